@@ -1,0 +1,374 @@
+// Package devserver runs a real Temporal server (go.temporal.io/server) inside
+// the current process, with SQLite persistence, for `felhom-agent dev` and for
+// the end-to-end tests. It is the same server a production cluster runs, cut
+// down to one process: every service on 127.0.0.1, one history shard, SQLite
+// in a file (or in memory), the namespace registered with an explicit
+// retention and the project's search attributes registered on every start.
+package devserver
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	namespacepb "go.temporal.io/api/namespace/v1"
+	"go.temporal.io/api/operatorservice/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/server/common/cluster"
+	"go.temporal.io/server/common/config"
+	"go.temporal.io/server/common/dynamicconfig"
+	sqliteplugin "go.temporal.io/server/common/persistence/sql/sqlplugin/sqlite"
+	sqliteschema "go.temporal.io/server/schema/sqlite"
+	"go.temporal.io/server/temporal"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+const clusterName = "active"
+
+// Config says where the embedded server keeps its data and listens.
+type Config struct {
+	// DBPath is the SQLite file that holds all state. Empty keeps everything
+	// in memory, which is what tests want; the data is then gone at Stop.
+	DBPath string
+	// FrontendAddr is the gRPC address clients and workers dial. Empty means
+	// 127.0.0.1 on a free port chosen at start.
+	FrontendAddr string
+	// Namespace is registered at start. Empty means "default".
+	Namespace string
+	// Retention of closed workflows in Namespace. Zero means 72 hours.
+	Retention time.Duration
+	// SearchAttributes are registered in Namespace on every start, also on a
+	// database that already holds the namespace.
+	SearchAttributes map[string]enumspb.IndexedValueType
+	// SystemWorkers also runs the server's worker service (schedules, batch
+	// operations, namespace deletion). The agent needs none of them; tests
+	// leave it off because that service's pollers outlive Stop upstream.
+	SystemWorkers bool
+	// Logger receives the server's own logs. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Server is a running embedded Temporal server.
+type Server struct {
+	cfg          Config
+	server       temporal.Server
+	frontendAddr string
+}
+
+// Start starts the server and returns once its frontend answers, the
+// namespace exists with the configured retention and the search attributes
+// are registered. ctx bounds only the start-up.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Namespace == "" {
+		cfg.Namespace = "default"
+	}
+	if cfg.Retention == 0 {
+		cfg.Retention = 72 * time.Hour
+	}
+	if cfg.Retention < 24*time.Hour {
+		return nil, fmt.Errorf("devserver: retention %s: Temporal requires at least 24h", cfg.Retention)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+
+	frontend, err := reserveFrontend(cfg.FrontendAddr)
+	if err != nil {
+		return nil, err
+	}
+	ports, err := freePorts(7)
+	if err != nil {
+		return nil, err
+	}
+
+	sqlCfg, err := sqliteConfig(cfg.DBPath)
+	if err != nil {
+		return nil, err
+	}
+	nsCfg, err := sqliteschema.NewNamespaceConfig(clusterName, cfg.Namespace, false, nil)
+	if err != nil {
+		return nil, fmt.Errorf("devserver: namespace %q: %w", cfg.Namespace, err)
+	}
+	nsCfg.Detail.Config.Retention = durationpb.New(cfg.Retention)
+	if err := sqliteschema.CreateNamespaces(sqlCfg, nsCfg); err != nil {
+		return nil, fmt.Errorf("devserver: create namespace %q in %s: %w", cfg.Namespace, describeDB(cfg.DBPath), err)
+	}
+
+	srv, err := temporal.NewServer(
+		temporal.WithConfig(serverConfig(sqlCfg, frontend, ports)),
+		temporal.ForServices(services(cfg.SystemWorkers)),
+		temporal.WithLogger(newServerLogger(cfg.Logger)),
+		temporal.WithDynamicConfigClient(dynamicconfig.StaticClient{
+			// Search attributes registered at start must be usable at once.
+			dynamicconfig.ForceSearchAttributesCacheRefreshOnRead.Key(): []dynamicconfig.ConstrainedValue{{Value: true}},
+		}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("devserver: build server: %w", err)
+	}
+	if err := srv.Start(); err != nil {
+		return nil, fmt.Errorf("devserver: start server: %w", err)
+	}
+	s := &Server{cfg: cfg, server: srv, frontendAddr: frontend}
+	if err := s.prepareNamespace(ctx); err != nil {
+		_ = srv.Stop()
+		return nil, err
+	}
+	cfg.Logger.Info("embedded Temporal server started",
+		"frontend", frontend, "namespace", cfg.Namespace, "db", describeDB(cfg.DBPath))
+	return s, nil
+}
+
+// FrontendAddr is the host:port of the gRPC frontend.
+func (s *Server) FrontendAddr() string { return s.frontendAddr }
+
+// Namespace is the namespace the server registered at start.
+func (s *Server) Namespace() string { return s.cfg.Namespace }
+
+// Dial returns a client of the server's namespace.
+func (s *Server) Dial(ctx context.Context) (client.Client, error) {
+	return client.DialContext(ctx, client.Options{
+		HostPort:  s.frontendAddr,
+		Namespace: s.cfg.Namespace,
+		Logger:    s.cfg.Logger,
+	})
+}
+
+// Stop stops every service and releases the ports and the database.
+func (s *Server) Stop() error {
+	if err := s.server.Stop(); err != nil {
+		return fmt.Errorf("devserver: stop: %w", err)
+	}
+	return nil
+}
+
+// prepareNamespace waits for the frontend, then makes the namespace match the
+// configuration: the retention (a database from an earlier run may hold an
+// older value) and the search attributes (registered through the operator API
+// so that an existing database gains new ones too).
+func (s *Server) prepareNamespace(ctx context.Context) error {
+	c, err := s.waitReady(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	ns, err := c.WorkflowService().DescribeNamespace(ctx, &workflowservice.DescribeNamespaceRequest{Namespace: s.cfg.Namespace})
+	if err != nil {
+		return fmt.Errorf("devserver: describe namespace %q: %w", s.cfg.Namespace, err)
+	}
+	if ns.GetConfig().GetWorkflowExecutionRetentionTtl().AsDuration() != s.cfg.Retention {
+		_, err := c.WorkflowService().UpdateNamespace(ctx, &workflowservice.UpdateNamespaceRequest{
+			Namespace: s.cfg.Namespace,
+			Config: &namespacepb.NamespaceConfig{
+				WorkflowExecutionRetentionTtl: durationpb.New(s.cfg.Retention),
+			},
+		})
+		if err != nil {
+			return fmt.Errorf("devserver: set retention of %q to %s: %w", s.cfg.Namespace, s.cfg.Retention, err)
+		}
+	}
+	return registerSearchAttributes(ctx, c.OperatorService(), s.cfg.Namespace, s.cfg.SearchAttributes)
+}
+
+// waitReady dials the frontend until it answers a health check: Start of the
+// server returns before every service has joined the membership ring.
+func (s *Server) waitReady(ctx context.Context) (client.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	var lastErr error
+	for {
+		c, err := client.DialContext(ctx, client.Options{HostPort: s.frontendAddr, Namespace: s.cfg.Namespace, Logger: s.cfg.Logger})
+		if err == nil {
+			_, err = c.WorkflowService().DescribeNamespace(ctx, &workflowservice.DescribeNamespaceRequest{Namespace: s.cfg.Namespace})
+			if err == nil {
+				return c, nil
+			}
+			c.Close()
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("devserver: frontend %s not ready: %w (last error: %v)", s.frontendAddr, ctx.Err(), lastErr)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// registerSearchAttributes adds the attributes the namespace lacks and fails
+// when one exists with another type: silently keeping a wrongly typed
+// attribute would break every query that uses it.
+func registerSearchAttributes(ctx context.Context, op operatorservice.OperatorServiceClient, namespace string, want map[string]enumspb.IndexedValueType) error {
+	if len(want) == 0 {
+		return nil
+	}
+	have, err := op.ListSearchAttributes(ctx, &operatorservice.ListSearchAttributesRequest{Namespace: namespace})
+	if err != nil {
+		return fmt.Errorf("devserver: list search attributes: %w", err)
+	}
+	missing := map[string]enumspb.IndexedValueType{}
+	for name, typ := range want {
+		got, ok := have.GetCustomAttributes()[name]
+		switch {
+		case !ok:
+			missing[name] = typ
+		case got != typ:
+			return fmt.Errorf("devserver: search attribute %s is registered as %s, want %s", name, got, typ)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	_, err = op.AddSearchAttributes(ctx, &operatorservice.AddSearchAttributesRequest{
+		Namespace:        namespace,
+		SearchAttributes: missing,
+	})
+	var exists *serviceerror.AlreadyExists
+	if err != nil && !errors.As(err, &exists) {
+		return fmt.Errorf("devserver: add search attributes: %w", err)
+	}
+	return nil
+}
+
+// sqliteConfig returns the persistence settings for a file or, with an empty
+// path, for a private in-memory database.
+func sqliteConfig(path string) (*config.SQL, error) {
+	cfg := &config.SQL{
+		PluginName:        sqliteplugin.PluginName,
+		ConnectAttributes: map[string]string{},
+	}
+	if path == "" {
+		cfg.DatabaseName = "felhom-" + randomHex(8)
+		cfg.ConnectAttributes["mode"] = "memory"
+		cfg.ConnectAttributes["cache"] = "shared"
+		return cfg, nil
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("devserver: database path %q: %w", path, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(abs), 0o750); err != nil {
+		return nil, fmt.Errorf("devserver: database directory: %w", err)
+	}
+	cfg.DatabaseName = abs
+	cfg.ConnectAttributes["mode"] = "rwc"
+	// setup creates the schema in a new file and is a no-op on an existing one.
+	cfg.ConnectAttributes["setup"] = "true"
+	cfg.ConnectAttributes["journal_mode"] = "wal"
+	cfg.ConnectAttributes["synchronous"] = "2"
+	return cfg, nil
+}
+
+func serverConfig(sqlCfg *config.SQL, frontend string, ports []int) *config.Config {
+	_, fport, _ := net.SplitHostPort(frontend)
+	frontendPort, _ := strconv.Atoi(fport)
+	service := func(grpcPort, membershipPort int) config.Service {
+		return config.Service{RPC: config.RPC{GRPCPort: grpcPort, MembershipPort: membershipPort, BindOnIP: "127.0.0.1"}}
+	}
+	return &config.Config{
+		Global: config.Global{
+			Membership: config.Membership{MaxJoinDuration: 30 * time.Second, BroadcastAddress: "127.0.0.1"},
+		},
+		Persistence: config.Persistence{
+			DefaultStore:     sqliteplugin.PluginName,
+			VisibilityStore:  sqliteplugin.PluginName,
+			NumHistoryShards: 1,
+			DataStores:       map[string]config.DataStore{sqliteplugin.PluginName: {SQL: sqlCfg}},
+		},
+		ClusterMetadata: &cluster.Config{
+			EnableGlobalNamespace:    false,
+			FailoverVersionIncrement: 10,
+			MasterClusterName:        clusterName,
+			CurrentClusterName:       clusterName,
+			ClusterInformation: map[string]cluster.ClusterInformation{
+				clusterName: {Enabled: true, InitialFailoverVersion: 1, RPCAddress: frontend},
+			},
+		},
+		DCRedirectionPolicy: config.DCRedirectionPolicy{Policy: "noop"},
+		Services: map[string]config.Service{
+			"frontend": service(frontendPort, ports[0]),
+			"history":  service(ports[1], ports[2]),
+			"matching": service(ports[3], ports[4]),
+			"worker":   service(ports[5], ports[6]),
+		},
+		Archival: config.Archival{
+			History:    config.HistoryArchival{State: "disabled"},
+			Visibility: config.VisibilityArchival{State: "disabled"},
+		},
+		NamespaceDefaults: config.NamespaceDefaults{
+			Archival: config.ArchivalNamespaceDefaults{
+				History:    config.HistoryArchivalNamespaceDefaults{State: "disabled"},
+				Visibility: config.VisibilityArchivalNamespaceDefaults{State: "disabled"},
+			},
+		},
+		PublicClient: config.PublicClient{HostPort: frontend},
+	}
+}
+
+func services(systemWorkers bool) []string {
+	if systemWorkers {
+		return temporal.DefaultServices
+	}
+	return []string{"frontend", "history", "matching"}
+}
+
+// reserveFrontend checks that addr can be bound and returns it with the port
+// filled in. A taken port is reported here, naming the address, rather than
+// deep inside the server's start-up.
+func reserveFrontend(addr string) (string, error) {
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("devserver: frontend address %s is not available: %w", addr, err)
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// freePorts returns n ports on 127.0.0.1 that were free a moment ago. The
+// internal services need fixed ports in their configuration; asking the
+// kernel for them keeps parallel servers on a shared machine apart.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, 0, n)
+	listeners := make([]net.Listener, 0, n)
+	defer func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("devserver: reserve a port: %w", err)
+		}
+		listeners = append(listeners, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func describeDB(path string) string {
+	if path == "" {
+		return "memory"
+	}
+	return path
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

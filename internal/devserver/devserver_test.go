@@ -1,0 +1,212 @@
+package devserver_test
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/operatorservice/v1"
+	"go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/client"
+
+	"github.com/felhom/felhom-agent/internal/devserver"
+	"github.com/felhom/felhom-agent/internal/devserver/devservertest"
+	"github.com/felhom/felhom-agent/internal/visibility"
+)
+
+func startServer(t *testing.T, cfg devserver.Config) *devserver.Server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := devserver.Start(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	return s
+}
+
+func dial(t *testing.T, s *devserver.Server) client.Client {
+	t.Helper()
+	c, err := s.Dial(context.Background())
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	return c
+}
+
+func customAttributes(t *testing.T, c client.Client, ns string) map[string]enumspb.IndexedValueType {
+	t.Helper()
+	resp, err := c.OperatorService().ListSearchAttributes(context.Background(), &operatorservice.ListSearchAttributesRequest{Namespace: ns})
+	if err != nil {
+		t.Fatalf("ListSearchAttributes: %v", err)
+	}
+	return resp.GetCustomAttributes()
+}
+
+func TestInMemoryServerHasNamespaceRetentionAndSearchAttributes(t *testing.T) {
+	cfg := devservertest.Config()
+	cfg.Retention = 96 * time.Hour
+	s := startServer(t, cfg)
+	defer s.Stop()
+	c := dial(t, s)
+	defer c.Close()
+
+	if !strings.HasPrefix(s.FrontendAddr(), "127.0.0.1:") {
+		t.Errorf("frontend %q does not listen on 127.0.0.1", s.FrontendAddr())
+	}
+	ns, err := c.WorkflowService().DescribeNamespace(context.Background(), &workflowservice.DescribeNamespaceRequest{Namespace: "default"})
+	if err != nil {
+		t.Fatalf("DescribeNamespace: %v", err)
+	}
+	if got := ns.GetConfig().GetWorkflowExecutionRetentionTtl().AsDuration(); got != 96*time.Hour {
+		t.Errorf("retention = %s, want 96h", got)
+	}
+	got := customAttributes(t, c, "default")
+	for name, typ := range visibility.SearchAttributes() {
+		if got[name] != typ {
+			t.Errorf("search attribute %s = %s, want %s", name, got[name], typ)
+		}
+	}
+}
+
+// A database written by an earlier version, without the search attributes and
+// with another retention, is brought up to date on the next start; and the
+// workflows it holds survive the restart.
+func TestFileServerKeepsDataAndUpgradesExistingDatabase(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "temporal.db")
+
+	first := startServer(t, devserver.Config{DBPath: db, Retention: 24 * time.Hour})
+	c := dial(t, first)
+	run, err := c.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{ID: "survivor", TaskQueue: "nobody-polls"}, "SomeWorkflow")
+	if err != nil {
+		t.Fatalf("ExecuteWorkflow: %v", err)
+	}
+	if n := len(customAttributes(t, c, "default")); n != 0 {
+		t.Fatalf("first start registered %d custom search attributes, want 0", n)
+	}
+	c.Close()
+	if err := first.Stop(); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+
+	second := startServer(t, devserver.Config{DBPath: db, Retention: 48 * time.Hour, SearchAttributes: visibility.SearchAttributes()})
+	defer second.Stop()
+	c = dial(t, second)
+	defer c.Close()
+	desc, err := c.DescribeWorkflowExecution(context.Background(), "survivor", "")
+	if err != nil {
+		t.Fatalf("workflow started before the restart is gone: %v", err)
+	}
+	if desc.GetWorkflowExecutionInfo().GetExecution().GetRunId() != run.GetRunID() {
+		t.Errorf("run id after restart = %s, want %s", desc.GetWorkflowExecutionInfo().GetExecution().GetRunId(), run.GetRunID())
+	}
+	ns, err := c.WorkflowService().DescribeNamespace(context.Background(), &workflowservice.DescribeNamespaceRequest{Namespace: "default"})
+	if err != nil {
+		t.Fatalf("DescribeNamespace: %v", err)
+	}
+	if got := ns.GetConfig().GetWorkflowExecutionRetentionTtl().AsDuration(); got != 48*time.Hour {
+		t.Errorf("retention after restart = %s, want 48h", got)
+	}
+	got := customAttributes(t, c, "default")
+	for name, typ := range visibility.SearchAttributes() {
+		if got[name] != typ {
+			t.Errorf("search attribute %s = %s after restart, want %s", name, got[name], typ)
+		}
+	}
+}
+
+func TestTakenFrontendPortFailsClearly(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, err = devserver.Start(context.Background(), devserver.Config{FrontendAddr: l.Addr().String()})
+	if err == nil {
+		t.Fatal("Start on a taken port succeeded")
+	}
+	if !strings.Contains(err.Error(), l.Addr().String()) || !strings.Contains(err.Error(), "not available") {
+		t.Errorf("error %q does not name the taken address", err)
+	}
+}
+
+func TestRetentionBelowServerMinimumIsRejected(t *testing.T) {
+	_, err := devserver.Start(context.Background(), devserver.Config{Retention: time.Hour})
+	if err == nil || !strings.Contains(err.Error(), "retention") {
+		t.Fatalf("Start with 1h retention: err = %v, want a retention error", err)
+	}
+}
+
+func TestStopReleasesPortAndGoroutines(t *testing.T) {
+	// Other tests' servers leave upstream reconnect loops behind; count only
+	// this server's, in a process of its own.
+	if os.Getenv("DEVSERVER_LEAK_CHILD") == "" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestStopReleasesPortAndGoroutines$", "-test.count=1")
+		cmd.Env = append(os.Environ(), "DEVSERVER_LEAK_CHILD=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("isolated run failed: %v\n%s", err, out)
+		}
+		return
+	}
+	s := startServer(t, devserver.Config{})
+	addr := s.FrontendAddr()
+	if err := s.Stop(); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("frontend port still held after Stop: %v", err)
+	}
+	l.Close()
+
+	// Some goroutines end shortly after Stop returns.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		leaked := leakedGoroutines()
+		if len(leaked) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines still running after Stop:\n\n%s", len(leaked), strings.Join(leaked, "\n\n"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// upstreamLeaks are goroutines that go.temporal.io/server v1.32.1 starts and
+// never stops, whoever embeds it: package-level metric tickers, ringpop's
+// timers and the callback serializers of the gRPC clients its services build.
+// Everything else that outlives Stop is ours and fails the test.
+var upstreamLeaks = []string{
+	"created by github.com/temporalio/ringpop-go.(*Ringpop).startTimers",
+	"created by github.com/rcrowley/go-metrics.NewMeter",
+	"created by google.golang.org/grpc/internal/grpcsync.NewCallbackSerializer",
+	"created by database/sql.OpenDB",
+}
+
+func leakedGoroutines() []string {
+	buf := make([]byte, 4<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var leaked []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "testing.(*T).Run") || strings.Contains(g, "testing.(*M).Run") || strings.Contains(g, "leakedGoroutines") {
+			continue
+		}
+		known := false
+		for _, u := range upstreamLeaks {
+			known = known || strings.Contains(g, u)
+		}
+		if !known {
+			leaked = append(leaked, g)
+		}
+	}
+	return leaked
+}
