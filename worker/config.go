@@ -1,0 +1,328 @@
+package worker
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the agent's configuration: a YAML file, then FELHOM_* environment
+// variables on top (see EnvKeys), then Validate.
+type Config struct {
+	// HostID names this Proxmox host in workflow IDs, task queues and signed
+	// ops. It is pinned: a signed op for another host is refused.
+	HostID           string         `yaml:"host_id"`
+	Temporal         TemporalConfig `yaml:"temporal"`
+	Proxmox          ProxmoxConfig  `yaml:"proxmox"`
+	Signers          SignersConfig  `yaml:"signers"`
+	NonceStore       string         `yaml:"nonce_store"`
+	ProvenanceLedger string         `yaml:"provenance_ledger"`
+	Metrics          MetricsConfig  `yaml:"metrics"`
+	Log              LogConfig      `yaml:"log"`
+	// ShutdownTimeout is how long in-flight activities get to heartbeat and
+	// stop after SIGINT/SIGTERM before the worker gives up on them; Temporal
+	// then retries them elsewhere or after restart.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// TemporalConfig says how to reach the Temporal cluster.
+type TemporalConfig struct {
+	Address   string    `yaml:"address"`
+	Namespace string    `yaml:"namespace"`
+	TLS       TLSConfig `yaml:"tls"`
+	// APIKeyFile holds an API key sent as a bearer token (Temporal Cloud or
+	// a cluster with an authorizer). APIKey is for the environment only.
+	APIKeyFile string `yaml:"api_key_file"`
+	APIKey     string `yaml:"api_key"`
+}
+
+// TLSConfig is a client TLS setup: a CA to trust and, for mTLS, a client
+// certificate and key.
+type TLSConfig struct {
+	CAFile     string `yaml:"ca_file"`
+	CertFile   string `yaml:"cert_file"`
+	KeyFile    string `yaml:"key_file"`
+	ServerName string `yaml:"server_name"`
+}
+
+// Enabled reports whether any TLS setting was given.
+func (t TLSConfig) Enabled() bool {
+	return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != ""
+}
+
+// ProxmoxConfig says how to reach this host's Proxmox VE API.
+type ProxmoxConfig struct {
+	// URL is the API base, e.g. https://127.0.0.1:8006/api2/json. Empty in
+	// `dev` means: run the simulator.
+	URL  string `yaml:"url"`
+	Node string `yaml:"node"`
+	// TokenID is USER@REALM!TOKENNAME.
+	TokenID         string        `yaml:"token_id"`
+	TokenSecretFile string        `yaml:"token_secret_file"`
+	TokenSecret     string        `yaml:"token_secret"`
+	CAFile          string        `yaml:"ca_file"`
+	Insecure        bool          `yaml:"insecure_skip_verify"`
+	Timeout         time.Duration `yaml:"timeout"`
+}
+
+// SignersConfig pins the operators' public keys, one OpenSSH
+// authorized_keys or allowed_signers line each.
+type SignersConfig struct {
+	Operational []string `yaml:"operational"`
+	Recovery    []string `yaml:"recovery"`
+}
+
+// MetricsConfig is where the SDK's Prometheus metrics are served; "off"
+// disables them.
+type MetricsConfig struct {
+	Address string `yaml:"address"`
+}
+
+// LogConfig selects the level and format of the structured log.
+type LogConfig struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// Defaults returns the configuration a file is laid over.
+func Defaults() Config {
+	return Config{
+		Temporal:         TemporalConfig{Address: "127.0.0.1:7233", Namespace: "default"},
+		Proxmox:          ProxmoxConfig{Timeout: 30 * time.Second},
+		NonceStore:       "/var/lib/felhom-agent/nonces.log",
+		ProvenanceLedger: "/var/lib/felhom-agent/provenance.log",
+		Metrics:          MetricsConfig{Address: "127.0.0.1:9464"},
+		Log:              LogConfig{Level: "info", Format: "json"},
+		ShutdownTimeout:  30 * time.Second,
+	}
+}
+
+// LoadConfig reads path (if not empty) over the defaults, applies the
+// environment and validates the result.
+func LoadConfig(path string, environ []string) (Config, error) {
+	cfg := Defaults()
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return Config{}, fmt.Errorf("config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec.KnownFields(true)
+		// An empty file is an empty document, not an error.
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+			return Config{}, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	if err := cfg.ApplyEnv(environ); err != nil {
+		return Config{}, err
+	}
+	if cfg.Proxmox.Node == "" {
+		cfg.Proxmox.Node = cfg.HostID
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// EnvPrefix starts every environment override.
+const EnvPrefix = "FELHOM_"
+
+// EnvKeys lists every environment variable the configuration accepts, each
+// named after its YAML path: temporal.tls.ca_file is FELHOM_TEMPORAL_TLS_CA_FILE.
+func EnvKeys() []string {
+	var keys []string
+	walkFields(reflect.ValueOf(&Config{}).Elem(), EnvPrefix, func(key string, _ reflect.Value) {
+		keys = append(keys, key)
+	})
+	return keys
+}
+
+// ApplyEnv overrides fields from FELHOM_* variables in environ (os.Environ
+// form). A list takes one item per line; a duration is Go syntax ("30s").
+// An unknown FELHOM_ variable is an error, so a typo does not go unnoticed.
+func (c *Config) ApplyEnv(environ []string) error {
+	env := map[string]string{}
+	for _, kv := range environ {
+		k, v, ok := strings.Cut(kv, "=")
+		if ok && strings.HasPrefix(k, EnvPrefix) {
+			env[k] = v
+		}
+	}
+	var errs []error
+	walkFields(reflect.ValueOf(c).Elem(), EnvPrefix, func(key string, f reflect.Value) {
+		v, ok := env[key]
+		if !ok {
+			return
+		}
+		delete(env, key)
+		if err := setField(f, v); err != nil {
+			errs = append(errs, fmt.Errorf("config: %s: %w", key, err))
+		}
+	})
+	for k := range env {
+		if k == "FELHOM_CONFIG" {
+			continue
+		}
+		errs = append(errs, fmt.Errorf("config: %s is not a known setting (see felhom-agent run --help)", k))
+	}
+	return errors.Join(errs...)
+}
+
+func walkFields(v reflect.Value, prefix string, fn func(key string, f reflect.Value)) {
+	t := v.Type()
+	for i := range t.NumField() {
+		tag := t.Field(i).Tag.Get("yaml")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		key := prefix + strings.ToUpper(tag)
+		f := v.Field(i)
+		if f.Kind() == reflect.Struct {
+			walkFields(f, key+"_", fn)
+			continue
+		}
+		fn(key, f)
+	}
+}
+
+func setField(f reflect.Value, v string) error {
+	switch {
+	case f.Type() == reflect.TypeFor[time.Duration]():
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return err
+		}
+		f.SetInt(int64(d))
+	case f.Kind() == reflect.String:
+		f.SetString(v)
+	case f.Kind() == reflect.Bool:
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%q is not a boolean", v)
+		}
+		f.SetBool(b)
+	case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.String:
+		var items []string
+		for line := range strings.SplitSeq(v, "\n") {
+			if line = strings.TrimSpace(line); line != "" {
+				items = append(items, line)
+			}
+		}
+		f.Set(reflect.ValueOf(items))
+	default:
+		return fmt.Errorf("unsupported field type %s", f.Type())
+	}
+	return nil
+}
+
+var (
+	hostIDPattern  = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	tokenIDPattern = regexp.MustCompile(`^[^@!\s]+@[^@!\s]+![A-Za-z][A-Za-z0-9._-]*$`)
+)
+
+// Validate checks every field and reports all problems at once, each naming
+// its field and the reason.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config: %s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if !hostIDPattern.MatchString(c.HostID) {
+		bad("host_id", "%q must be 1-63 lower-case letters, digits or '-', starting with a letter or digit", c.HostID)
+	}
+	if _, _, err := net.SplitHostPort(c.Temporal.Address); err != nil {
+		bad("temporal.address", "%q is not host:port", c.Temporal.Address)
+	}
+	if c.Temporal.Namespace == "" {
+		bad("temporal.namespace", "must not be empty")
+	}
+	tls := c.Temporal.TLS
+	if (tls.CertFile == "") != (tls.KeyFile == "") {
+		bad("temporal.tls", "cert_file and key_file must be given together")
+	}
+	for field, path := range map[string]string{
+		"temporal.tls.ca_file": tls.CAFile, "temporal.tls.cert_file": tls.CertFile,
+		"temporal.tls.key_file": tls.KeyFile, "temporal.api_key_file": c.Temporal.APIKeyFile,
+		"proxmox.ca_file": c.Proxmox.CAFile, "proxmox.token_secret_file": c.Proxmox.TokenSecretFile,
+	} {
+		if path == "" {
+			continue
+		}
+		if _, err := os.Stat(path); err != nil {
+			bad(field, "%v", err)
+		}
+	}
+	if c.Temporal.APIKey != "" && c.Temporal.APIKeyFile != "" {
+		bad("temporal.api_key", "give api_key or api_key_file, not both")
+	}
+	errs = append(errs, c.validateProxmox()...)
+	if c.NonceStore == "" {
+		bad("nonce_store", "must name the file of the host-local nonce store")
+	}
+	if c.ProvenanceLedger == "" {
+		bad("provenance_ledger", "must name the file of the host-local provenance ledger")
+	}
+	if c.Metrics.Address != "off" {
+		if _, _, err := net.SplitHostPort(c.Metrics.Address); err != nil {
+			bad("metrics.address", "%q is not host:port or \"off\"", c.Metrics.Address)
+		}
+	}
+	if _, err := parseLevel(c.Log.Level); err != nil {
+		bad("log.level", "%v", err)
+	}
+	if c.Log.Format != "json" && c.Log.Format != "text" {
+		bad("log.format", "%q is not json or text", c.Log.Format)
+	}
+	if c.ShutdownTimeout <= 0 {
+		bad("shutdown_timeout", "must be positive, got %s", c.ShutdownTimeout)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) validateProxmox() []error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config: %s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	p := c.Proxmox
+	if p.URL == "" {
+		bad("proxmox.url", "must be set, e.g. https://127.0.0.1:8006/api2/json")
+		return errs
+	}
+	u, err := url.Parse(p.URL)
+	switch {
+	case err != nil:
+		bad("proxmox.url", "%v", err)
+	case u.Scheme != "https" && u.Scheme != "http":
+		bad("proxmox.url", "%q must start with https://", p.URL)
+	case u.Host == "":
+		bad("proxmox.url", "%q has no host", p.URL)
+	case !strings.HasSuffix(strings.TrimSuffix(u.Path, "/"), "/api2/json"):
+		bad("proxmox.url", "%q must end in /api2/json", p.URL)
+	}
+	if !tokenIDPattern.MatchString(p.TokenID) {
+		bad("proxmox.token_id", "%q is not USER@REALM!TOKENNAME", p.TokenID)
+	}
+	if (p.TokenSecret == "") == (p.TokenSecretFile == "") {
+		bad("proxmox.token_secret_file", "give exactly one of token_secret_file or FELHOM_PROXMOX_TOKEN_SECRET")
+	}
+	if p.Insecure && p.CAFile != "" {
+		bad("proxmox.insecure_skip_verify", "conflicts with proxmox.ca_file")
+	}
+	if p.Timeout <= 0 {
+		bad("proxmox.timeout", "must be positive, got %s", p.Timeout)
+	}
+	return errs
+}

@@ -1,0 +1,131 @@
+package worker
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const validYAML = `
+host_id: pve1
+temporal:
+  address: temporal.example:7233
+  namespace: fleet
+proxmox:
+  url: https://127.0.0.1:8006/api2/json
+  token_id: felhom@pve!agent
+  token_secret: s3cret
+signers:
+  operational:
+    - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops
+nonce_store: /var/lib/felhom-agent/nonces.log
+provenance_ledger: /var/lib/felhom-agent/provenance.log
+`
+
+func TestLoadConfigFileThenEnvironment(t *testing.T) {
+	path := writeFile(t, "agent.yaml", validYAML)
+	cfg, err := LoadConfig(path, []string{
+		"FELHOM_TEMPORAL_NAMESPACE=override",
+		"FELHOM_PROXMOX_TIMEOUT=5s",
+		"FELHOM_PROXMOX_INSECURE_SKIP_VERIFY=true",
+		"FELHOM_SIGNERS_RECOVERY=ssh-ed25519 AAAA one\n\nssh-ed25519 BBBB two\n",
+		"PATH=/usr/bin",
+	})
+	if err != nil {
+		t.Fatalf("LoadConfig: %v", err)
+	}
+	if cfg.HostID != "pve1" || cfg.Temporal.Address != "temporal.example:7233" {
+		t.Errorf("file values lost: %+v", cfg)
+	}
+	if cfg.Temporal.Namespace != "override" {
+		t.Errorf("namespace = %q, want the environment's", cfg.Temporal.Namespace)
+	}
+	if cfg.Proxmox.Timeout != 5*time.Second || !cfg.Proxmox.Insecure {
+		t.Errorf("proxmox = %+v, want timeout 5s and insecure from the environment", cfg.Proxmox)
+	}
+	if cfg.Proxmox.Node != "pve1" {
+		t.Errorf("proxmox.node = %q, want it to default to host_id", cfg.Proxmox.Node)
+	}
+	if want := []string{"ssh-ed25519 AAAA one", "ssh-ed25519 BBBB two"}; !slices.Equal(cfg.Signers.Recovery, want) {
+		t.Errorf("recovery signers = %q, want %q", cfg.Signers.Recovery, want)
+	}
+	if cfg.Metrics.Address != "127.0.0.1:9464" || cfg.ShutdownTimeout != 30*time.Second {
+		t.Errorf("defaults not applied: %+v", cfg)
+	}
+}
+
+func TestLoadConfigRejects(t *testing.T) {
+	tests := []struct {
+		name    string
+		yaml    string
+		env     []string
+		wantErr string
+	}{
+		{"unknown yaml field", validYAML + "colour: blue\n", nil, "field colour not found"},
+		{"unknown env key", validYAML, []string{"FELHOM_TEMPORAL_ADRESS=x:1"}, "FELHOM_TEMPORAL_ADRESS is not a known setting"},
+		{"missing host id", strings.Replace(validYAML, "host_id: pve1", "", 1), nil, "host_id"},
+		{"upper-case host id", validYAML, []string{"FELHOM_HOST_ID=PVE1"}, `host_id: "PVE1" must be`},
+		{"address without port", validYAML, []string{"FELHOM_TEMPORAL_ADDRESS=temporal"}, `temporal.address: "temporal" is not host:port`},
+		{"cert without key", validYAML, []string{"FELHOM_TEMPORAL_TLS_CERT_FILE=/etc/hostname"}, "temporal.tls: cert_file and key_file must be given together"},
+		{"missing ca file", validYAML, []string{"FELHOM_TEMPORAL_TLS_CA_FILE=/nonexistent/ca.pem"}, "temporal.tls.ca_file"},
+		{"proxmox url without api path", validYAML, []string{"FELHOM_PROXMOX_URL=https://pve:8006"}, "proxmox.url: \"https://pve:8006\" must end in /api2/json"},
+		{"proxmox url other scheme", validYAML, []string{"FELHOM_PROXMOX_URL=ftp://pve/api2/json"}, "must start with https://"},
+		{"token id without token name", validYAML, []string{"FELHOM_PROXMOX_TOKEN_ID=root@pam"}, "proxmox.token_id"},
+		{"two token secrets", validYAML, []string{"FELHOM_PROXMOX_TOKEN_SECRET_FILE=/etc/hostname"}, "exactly one of token_secret_file"},
+		{"insecure with ca", validYAML, []string{"FELHOM_PROXMOX_INSECURE_SKIP_VERIFY=1", "FELHOM_PROXMOX_CA_FILE=/etc/hostname"}, "conflicts with proxmox.ca_file"},
+		{"bad bool", validYAML, []string{"FELHOM_PROXMOX_INSECURE_SKIP_VERIFY=maybe"}, `FELHOM_PROXMOX_INSECURE_SKIP_VERIFY: "maybe" is not a boolean`},
+		{"bad duration", validYAML, []string{"FELHOM_SHUTDOWN_TIMEOUT=soon"}, "FELHOM_SHUTDOWN_TIMEOUT"},
+		{"bad metrics address", validYAML, []string{"FELHOM_METRICS_ADDRESS=9464"}, "metrics.address"},
+		{"bad log level", validYAML, []string{"FELHOM_LOG_LEVEL=loud"}, "log.level"},
+		{"no nonce store", validYAML, []string{"FELHOM_NONCE_STORE="}, "nonce_store"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := LoadConfig(writeFile(t, "agent.yaml", tt.yaml), tt.env)
+			if err == nil {
+				t.Fatalf("LoadConfig succeeded, want an error containing %q", tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("error = %v\nwant it to contain %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestLoadConfigReportsAllProblemsAtOnce(t *testing.T) {
+	_, err := LoadConfig("", []string{"FELHOM_TEMPORAL_ADDRESS=nope"})
+	if err == nil {
+		t.Fatal("empty configuration accepted")
+	}
+	for _, field := range []string{"host_id", "temporal.address", "proxmox.url"} {
+		if !strings.Contains(err.Error(), field) {
+			t.Errorf("error does not mention %s:\n%v", field, err)
+		}
+	}
+}
+
+func TestEnvKeysNameEveryLeafField(t *testing.T) {
+	keys := EnvKeys()
+	for _, want := range []string{
+		"FELHOM_HOST_ID", "FELHOM_TEMPORAL_ADDRESS", "FELHOM_TEMPORAL_TLS_CA_FILE",
+		"FELHOM_TEMPORAL_API_KEY_FILE", "FELHOM_PROXMOX_TOKEN_SECRET_FILE",
+		"FELHOM_SIGNERS_OPERATIONAL", "FELHOM_NONCE_STORE", "FELHOM_PROVENANCE_LEDGER",
+		"FELHOM_METRICS_ADDRESS", "FELHOM_LOG_LEVEL", "FELHOM_SHUTDOWN_TIMEOUT",
+	} {
+		if !slices.Contains(keys, want) {
+			t.Errorf("EnvKeys lacks %s", want)
+		}
+	}
+}
