@@ -111,6 +111,19 @@ func Defaults() Config {
 // LoadConfig reads path (if not empty) over the defaults, applies the
 // environment and validates the result.
 func LoadConfig(path string, environ []string) (Config, error) {
+	cfg, err := LoadConfigUnvalidated(path, environ)
+	if err != nil {
+		return Config{}, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// LoadConfigUnvalidated is LoadConfig for a caller that fills in more
+// fields before it calls Validate itself.
+func LoadConfigUnvalidated(path string, environ []string) (Config, error) {
 	cfg := Defaults()
 	if path != "" {
 		data, err := os.ReadFile(path)
@@ -129,9 +142,6 @@ func LoadConfig(path string, environ []string) (Config, error) {
 	}
 	if cfg.Proxmox.Node == "" {
 		cfg.Proxmox.Node = cfg.HostID
-	}
-	if err := cfg.Validate(); err != nil {
-		return Config{}, err
 	}
 	return cfg, nil
 }
