@@ -108,6 +108,8 @@ const (
 	opConfirm op = "create_confirm"
 	opAbort   op = "create_abort"
 	opRemove  op = "removed"
+	opAdmit   op = "admitted"
+	opSpent   op = "admission_spent"
 )
 
 type record struct {
@@ -117,19 +119,31 @@ type record struct {
 	Workflow string    `json:"workflow,omitempty"`
 	Run      string    `json:"run"`
 	Scratch  bool      `json:"scratch,omitempty"`
+	Key      string    `json:"key,omitempty"`
 	At       time.Time `json:"at"`
+}
+
+// Admission records that the gate admitted a signed approval for one
+// activity, so that a retry of that same activity after a crash can proceed
+// although the approval's nonce is already spent.
+type Admission struct {
+	Key  string    `json:"key"`
+	VMID int       `json:"vmid"`
+	Run  string    `json:"run"`
+	At   time.Time `json:"at"`
 }
 
 // Ledger is an open provenance ledger. It is safe for concurrent use.
 type Ledger struct {
 	path string
 
-	mu      sync.Mutex
-	f       *os.File
-	lock    *os.File
-	entries map[int]Entry
-	records int // records in the file, for compaction accounting
-	now     func() time.Time
+	mu         sync.Mutex
+	f          *os.File
+	lock       *os.File
+	entries    map[int]Entry
+	admissions map[string]Admission
+	records    int // records in the file, for compaction accounting
+	now        func() time.Time
 }
 
 // Open opens (creating if needed) the ledger at path, replays it and takes an
@@ -146,7 +160,7 @@ func Open(path string) (*Ledger, error) {
 		}
 		return nil, fmt.Errorf("ledger: lock %s: %w", path, err)
 	}
-	l := &Ledger{path: path, lock: lock, entries: map[int]Entry{}, now: time.Now}
+	l := &Ledger{path: path, lock: lock, entries: map[int]Entry{}, admissions: map[string]Admission{}, now: time.Now}
 	if err := l.load(); err != nil {
 		l.f = nil
 		lock.Close()
@@ -197,7 +211,7 @@ func (l *Ledger) load() error {
 		return fmt.Errorf("ledger: seek: %w", err)
 	}
 	l.f = f
-	if l.records >= compactMinRecords && l.records > 2*len(l.entries) {
+	if l.records >= compactMinRecords && l.records > 2*(len(l.entries)+len(l.admissions)) {
 		return l.compactLocked()
 	}
 	return nil
@@ -293,6 +307,10 @@ func (l *Ledger) apply(r record) {
 		}
 	case opRemove:
 		delete(l.entries, r.VMID)
+	case opAdmit:
+		l.admissions[r.Key] = Admission{Key: r.Key, VMID: r.VMID, Run: r.Run, At: r.At}
+	case opSpent:
+		delete(l.admissions, r.Key)
 	}
 }
 
@@ -408,6 +426,38 @@ func (l *Ledger) Lookup(vmid int) Provenance {
 	return Provenance{AgentCreated: true, CreatedByRun: e.Run, Scratch: e.Scratch}
 }
 
+// Admit durably records an admission under key (see Admission).
+func (l *Ledger) Admit(key string, vmid int, run string) error {
+	if key == "" {
+		return fmt.Errorf("ledger: admit: empty key")
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.admissions[key]; ok {
+		return nil
+	}
+	return l.append(record{Op: opAdmit, Key: key, VMID: vmid, Run: run})
+}
+
+// Admitted reports whether key holds an admission that is not yet spent.
+func (l *Ledger) Admitted(key string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, ok := l.admissions[key]
+	return ok
+}
+
+// Spend durably marks the admission under key as used up: the step it
+// admitted has completed and no retry may lean on it any more.
+func (l *Ledger) Spend(key string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.admissions[key]; !ok {
+		return nil
+	}
+	return l.append(record{Op: opSpent, Key: key})
+}
+
 // Entries returns a copy of all entries.
 func (l *Ledger) Entries() []Entry {
 	l.mu.Lock()
@@ -444,6 +494,15 @@ func (l *Ledger) compactLocked() error {
 			buf.Write(b)
 			n++
 		}
+	}
+	for _, ad := range l.admissions {
+		b, err := encode(record{Op: opAdmit, Key: ad.Key, VMID: ad.VMID, Run: ad.Run, At: ad.At})
+		if err != nil {
+			f.Close()
+			return err
+		}
+		buf.Write(b)
+		n++
 	}
 	if _, err := f.Write(buf.Bytes()); err != nil {
 		f.Close()

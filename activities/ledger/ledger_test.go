@@ -409,3 +409,35 @@ func BenchmarkAppend(b *testing.B) {
 		}
 	}
 }
+
+func TestAdmissions(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "prov.ledger")
+	l := openT(t, path)
+	if l.Admitted("k1") {
+		t.Fatal("unknown key admitted")
+	}
+	if err := l.Admit("k1", 101, "run-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Admit("k2", 102, "run-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Spend("k2"); err != nil {
+		t.Fatal(err)
+	}
+	// enough churn to make the next open compact the log
+	for i := 0; i < 300; i++ {
+		if err := l.BeginCreate(Entry{VMID: 500, Run: "churn"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	l = openT(t, path)
+	defer l.Close()
+	if !l.Admitted("k1") {
+		t.Fatal("admission lost across reopen and compaction")
+	}
+	if l.Admitted("k2") {
+		t.Fatal("spent admission came back")
+	}
+}
