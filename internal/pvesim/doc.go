@@ -1,0 +1,81 @@
+// Package pvesim is an in-memory Proxmox VE node that speaks the
+// /api2/json REST API the way pveproxy does, for tests, benchmarks and
+// `felhom-agent dev`. It is driven with the real go-proxmox client.
+//
+// What it simulates, on one node (default "pve1"):
+//
+//   - API-token authentication ("Authorization: PVEAPIToken=USER@REALM!ID=SECRET");
+//     a missing or wrong token is a 401 ("No ticket", "invalid token value!").
+//   - QEMU VMs and LXC containers: power state, config (memory in MiB, cores,
+//     name/hostname, tags, description, disks / rootfs, protection, lock,
+//     any other key verbatim), the config digest (SHA-1 of the config text)
+//     with its optimistic-concurrency check, QEMU pending changes for keys
+//     that are not hot-pluggable on a running VM (GET config returns pending
+//     values unless current=1; they are applied at the next start/reboot).
+//   - Listings for one-call drift detection: /cluster/resources?type=vm,
+//     /nodes/{node}/qemu and /nodes/{node}/lxc, plus /cluster/nextid.
+//   - Create, restore over an existing guest (QEMU archive+force, LXC
+//     restore+force), start, stop, shutdown (forceStop, timeout), reboot,
+//     destroy (purge, destroy-unreferenced-disks), vzdump backups that hold
+//     the "backup" lock while they run, and volumes on two storages
+//     ("local": backups; "local-lvm": images) with DELETE of a volume.
+//   - Asynchronous tasks with real UPIDs
+//     (UPID:node:PID:PSTART:STARTTIME:type:id:user:), running for
+//     Config.TaskDuration, then stopped with exitstatus "OK", "WARNINGS: n"
+//     or an error text; task status, log, list and stop endpoints.
+//   - pve's locking: a task holds the guest's config lock (flock) while it
+//     runs; other changes wait up to Config.LockTimeout and fail with "can't
+//     lock file '/var/lock/qemu-server/lock-101.conf' - got timeout". A
+//     config lock ("backup", "create"...) refuses changes with "VM is locked
+//     (backup)" / "CT is locked (backup)".
+//   - pve's error shape: the message is the reason phrase of the status
+//     line ("HTTP/1.1 500 VM is locked (backup)"), written on the hijacked
+//     connection because net/http cannot set a reason phrase. A missing guest
+//     is a 500 "Configuration file 'nodes/pve1/qemu-server/999.conf' does not
+//     exist". Parameter errors are 400 "Parameter verification failed." with
+//     an "errors" map.
+//   - Fault injection (Inject) per method+path pattern and/or per guest for N
+//     requests: HTTP errors (500/595/596 with a message; 59x with an empty
+//     body as pveproxy sends them), delays, failing or "WARNINGS" task exit
+//     statuses, connections dropped before or after the side effect, and
+//     config-lock timeouts.
+//   - A record of every mutating request (Requests, RequestsMatching,
+//     ResetRequests) with its form values, answer status and task UPID.
+//
+// Where it follows pve rather than what go-proxmox v0.8.2 expects:
+//
+//   - PUT /nodes/{node}/lxc/{vmid}/config returns data null (no task), so
+//     go-proxmox's Container.Config returns a nil *Task and no error.
+//   - QEMU "memory" in config is a string ("2048"; a property string since
+//     qemu-server 8); LXC "memory" is a number. A QEMU memory set as
+//     "current=N" is stored and returned verbatim, which go-proxmox cannot
+//     parse (StringOrInt).
+//   - Errors carry the message only in the reason phrase; go-proxmox turns
+//     500/501 into errors.New(res.Status). 595/596 have an empty body, so
+//     go-proxmox reports "unexpected end of JSON input", or nothing at all
+//     for calls without a result target (e.g. VirtualMachine.ConfigSync).
+//   - Exit status "WARNINGS: n" is a success in pve; go-proxmox's Task marks
+//     it IsFailed.
+//   - pve's own message texts are kept, typos and all: QEMU restore over a
+//     protected VM fails with "unable to restore VM 101 - - protection mode
+//     enabled", and an LXC reboot of a stopped container says "VM 101 not
+//     running".
+//
+// Known differences from a real node:
+//
+//   - One node, no cluster, HA, replication, pools, firewall, snapshots,
+//     clones, migration, cloud-init, agent, console, or ticket (cookie)
+//     login; unknown endpoints answer 501 "Method '...' not implemented".
+//   - Tasks are not processes: effects happen at the end of the task's
+//     duration; a shutdown of a guest that ignores ACPI fails (or, with
+//     forceStop, stops) at the end of the task duration, not after the
+//     requested timeout. DELETE of a task ends it with "interrupted by signal".
+//   - A guest being created exists (config with lock "create") from the POST
+//     on, as pve's create_and_lock_config does; a failed create removes it,
+//     a failed restore only drops the lock.
+//   - Only images owned by an existing guest are protected from the volume
+//     DELETE ("Cannot remove image, a guest with VMID '101' exists!"); pve's
+//     permission checks are not simulated (the token may do everything).
+//   - LXC config changes apply at once even for keys pve keeps pending.
+//   - An unknown node name is a 500 "no such cluster node 'x'".
+package pvesim

@@ -1,0 +1,142 @@
+package pvesim
+
+import (
+	"net/http"
+	"path"
+	"strings"
+	"time"
+)
+
+// FaultKind says what an injected fault does to the request it hits.
+type FaultKind string
+
+const (
+	// FaultHTTPError answers Status (default 500) with Message as the reason
+	// phrase, without any side effect. 595/596 replies have an empty body,
+	// as pveproxy's own errors do.
+	FaultHTTPError FaultKind = "http_error"
+	// FaultDelay only delays the request by Delay; it is then served normally.
+	FaultDelay FaultKind = "delay"
+	// FaultTaskError lets the call start its task, which then stops with
+	// exit status Message (default "command failed") without its effect.
+	// It is consumed even by a call that starts no task.
+	FaultTaskError FaultKind = "task_error"
+	// FaultTaskWarnings lets the task do its work and stop with exit status
+	// "WARNINGS: N" (Message overrides), which Proxmox counts as success.
+	FaultTaskWarnings FaultKind = "task_warnings"
+	// FaultDropBefore closes the connection without a reply and without
+	// serving the request.
+	FaultDropBefore FaultKind = "drop_before"
+	// FaultDropAfter serves the request (the guest changes, the task starts)
+	// and then closes the connection without a reply.
+	FaultDropAfter FaultKind = "drop_after"
+	// FaultLockTimeout makes the call's wait for the guest's config lock fail
+	// at once with pve's "can't lock file ... - got timeout": a 500 for
+	// synchronous calls, a failed task for asynchronous ones.
+	FaultLockTimeout FaultKind = "lock_timeout"
+)
+
+// Fault describes a failure to inject. The empty Method, Path and VMID match
+// anything.
+type Fault struct {
+	// Method is the HTTP method to match ("POST"), "" for any.
+	Method string
+	// Path is a path.Match pattern relative to the API root, where "*" is one
+	// path segment, e.g. "/nodes/*/qemu/*/status/start". "" matches any path.
+	Path string
+	// VMID restricts the fault to requests about this guest (path or vmid
+	// parameter). 0 for any.
+	VMID int
+	Kind FaultKind
+	// Status is the HTTP status for FaultHTTPError (500, 595, 596...).
+	Status int
+	// Message is the reason phrase (FaultHTTPError) or the task exit status
+	// (FaultTaskError, FaultTaskWarnings).
+	Message string
+	// Delay is waited before the request is handled, for any kind.
+	Delay time.Duration
+	// Times is how many matching requests the fault hits: 0 means once, a
+	// negative number means until ClearFaults.
+	Times int
+}
+
+type activeFault struct {
+	Fault
+	left int // <0: unlimited
+}
+
+// Inject arms a fault. Faults are tried in the order injected; the first
+// match hits the request.
+func (s *Server) Inject(f Fault) {
+	left := f.Times
+	if left == 0 {
+		left = 1
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults = append(s.faults, &activeFault{Fault: f, left: left})
+}
+
+// ClearFaults disarms every fault.
+func (s *Server) ClearFaults() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults = nil
+}
+
+// PendingFaults is how many armed faults have not been used up.
+func (s *Server) PendingFaults() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.faults)
+}
+
+// takeFault returns the first armed fault matching the request and uses one
+// of its occurrences.
+func (s *Server) takeFault(method, p string, vmid int) *Fault {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, f := range s.faults {
+		if !matchRequest(f.Method, f.Path, method, p) {
+			continue
+		}
+		if f.VMID != 0 && f.VMID != vmid {
+			continue
+		}
+		if f.left > 0 {
+			f.left--
+			if f.left == 0 {
+				s.faults = append(s.faults[:i:i], s.faults[i+1:]...)
+			}
+		}
+		hit := f.Fault
+		return &hit
+	}
+	return nil
+}
+
+func matchRequest(wantMethod, pattern, method, p string) bool {
+	if wantMethod != "" && !strings.EqualFold(wantMethod, method) {
+		return false
+	}
+	if pattern == "" {
+		return true
+	}
+	ok, err := path.Match(pattern, p)
+	return err == nil && ok
+}
+
+func (f *Fault) httpError() *apiError {
+	status := f.Status
+	if status == 0 {
+		status = http.StatusInternalServerError
+	}
+	msg := f.Message
+	if msg == "" {
+		msg = http.StatusText(status)
+		if msg == "" {
+			msg = "injected failure"
+		}
+	}
+	return &apiError{Status: status, Message: msg}
+}

@@ -1,0 +1,321 @@
+package pvesim
+
+import (
+	"fmt"
+	"strings"
+)
+
+// lxcCreate is POST /nodes/{node}/lxc: create a container from ostemplate,
+// or with restore=1 restore the backup named by ostemplate (over an
+// existing container only with force=1).
+func (s *Server) lxcCreate(c *call) (any, *apiError) {
+	vmid, aerr := requiredVMID(c)
+	if aerr != nil {
+		return nil, aerr
+	}
+	set, aerr := configParams(KindLXC, c, lxcCreateOnly)
+	if aerr != nil {
+		return nil, aerr
+	}
+	ostemplate := c.param("ostemplate")
+	if ostemplate == "" {
+		return nil, paramErr("ostemplate", "property is missing and it is not optional")
+	}
+	restore := c.flag("restore")
+	force := c.flag("force")
+	emsg := fmt.Sprintf("unable to create CT %d -", vmid)
+	if restore {
+		emsg = fmt.Sprintf("unable to restore CT %d -", vmid)
+	}
+
+	s.mu.Lock()
+	var backup *volume
+	if restore {
+		backup = s.volumes[ostemplate]
+		if backup == nil || backup.content != "backup" || backup.backup == nil || backup.backup.kind != KindLXC {
+			s.mu.Unlock()
+			return nil, errf("volume '%s' does not exist", ostemplate)
+		}
+	} else if !strings.Contains(ostemplate, ":vztmpl/") {
+		s.mu.Unlock()
+		return nil, errf("%s volume '%s' is not a container template", emsg, ostemplate)
+	}
+	g := s.guests[vmid]
+	existed := g != nil
+	if existed {
+		if !(restore && force) {
+			s.mu.Unlock()
+			return nil, errf("%s %s %d already exists on node '%s'", emsg, g.kind.label(), vmid, s.cfg.Node)
+		}
+		if g.kind != KindLXC {
+			s.mu.Unlock()
+			return nil, errf("%s VM %d already exists on node '%s'", emsg, vmid, s.cfg.Node)
+		}
+		if g.protected() {
+			s.mu.Unlock()
+			return nil, errf("unable to restore CT %d - protection mode enabled", vmid)
+		}
+		if g.running {
+			s.mu.Unlock()
+			return nil, errf("unable to restore CT %d - CT is running", vmid)
+		}
+		if err := g.checkLock(); err != nil {
+			s.mu.Unlock()
+			return nil, errf("%s %s", emsg, err.Error())
+		}
+		g.conf["lock"] = "create"
+	} else {
+		g = &guest{kind: KindLXC, vmid: vmid, conf: map[string]string{"lock": "create"}}
+		s.guests[vmid] = g
+	}
+	s.mu.Unlock()
+
+	typ := "vzcreate"
+	if restore {
+		typ = "vzrestore"
+	}
+	start := c.flag("start")
+	upid := s.startTask(c, taskSpec{typ: typ, vmid: vmid, kind: KindLXC,
+		cleanup: func() {
+			if g := s.guests[vmid]; g != nil && g.conf["lock"] == "create" {
+				if existed {
+					delete(g.conf, "lock")
+				} else {
+					delete(s.guests, vmid)
+				}
+			}
+		},
+		run: func(t *task) (int, error) {
+			g := s.guests[vmid]
+			if g == nil {
+				return 0, fmt.Errorf("%s config vanished", emsg)
+			}
+			if restore {
+				if existed {
+					s.freeGuestVolumes(g, true, t)
+				}
+				conf, err := s.restoreConf(vmid, backup, set, c.param("storage"), t)
+				if err != nil {
+					return 0, fmt.Errorf("%s %v", emsg, err)
+				}
+				g.conf = conf
+			} else {
+				conf := map[string]string{}
+				for k, v := range set {
+					if isDiskKey(KindLXC, k) {
+						spec, aerr := s.allocDisk(vmid, v)
+						if aerr != nil {
+							return 0, fmt.Errorf("%s %s", emsg, aerr.Message)
+						}
+						v = spec
+						s.registerVolume(v, vmid)
+					}
+					conf[k] = v
+				}
+				if _, ok := conf["rootfs"]; !ok {
+					st := c.param("storage")
+					if st == "" {
+						st = "local-lvm"
+					}
+					spec, aerr := s.allocDisk(vmid, st+":4")
+					if aerr != nil {
+						return 0, fmt.Errorf("%s %s", emsg, aerr.Message)
+					}
+					conf["rootfs"] = spec
+				}
+				for k, def := range map[string]string{"memory": "512", "swap": "512", "cores": "1",
+					"ostype": "debian", "arch": "amd64", "hostname": fmt.Sprintf("CT%d", vmid)} {
+					if _, ok := conf[k]; !ok {
+						conf[k] = def
+					}
+				}
+				g.conf = conf
+				t.log = append(t.log, fmt.Sprintf("extracting archive '%s'", ostemplate))
+			}
+			if start {
+				s.setRunning(g, true)
+			}
+			return 0, nil
+		}})
+	return upid, nil
+}
+
+// lxcConfigUpdate is PUT /nodes/{node}/lxc/{vmid}/config: synchronous, no
+// task, data null. Changes apply at once (running containers take cgroup
+// limits live).
+func (s *Server) lxcConfigUpdate(c *call, vmid int) (any, *apiError) {
+	set, aerr := configParams(KindLXC, c, lxcUpdateOnly)
+	if aerr != nil {
+		return nil, aerr
+	}
+	deletes := splitList(c.param("delete"))
+	for _, k := range deletes {
+		if !lxcConfigKey.MatchString(k) {
+			return nil, paramErr("delete", fmt.Sprintf("invalid format - '%s' is not a config key", k))
+		}
+	}
+	digest := c.param("digest")
+	return s.withGuestLock(c, KindLXC, vmid, func() (any, *apiError) {
+		g := s.guests[vmid]
+		if g == nil {
+			return nil, s.missingConfig(KindLXC, vmid)
+		}
+		if digest != "" && digest != g.digest() {
+			return nil, errf("detected modified configuration - file changed by other user? Try again.")
+		}
+		if err := g.checkLock(); err != nil {
+			return nil, errf("%s", err.Error())
+		}
+		for k, v := range set {
+			if isDiskKey(KindLXC, k) {
+				spec, aerr := s.allocDisk(vmid, v)
+				if aerr != nil {
+					return nil, aerr
+				}
+				if old, ok := g.conf[k]; ok && old != spec && k != "rootfs" {
+					g.conf[g.nextUnused()] = old
+				}
+				s.registerVolume(spec, vmid)
+				v = spec
+			}
+			g.conf[k] = v
+		}
+		for _, k := range deletes {
+			v, ok := g.conf[k]
+			if !ok {
+				continue
+			}
+			if k == "rootfs" {
+				return nil, errf("unable to delete required option '%s'", k)
+			}
+			delete(g.conf, k)
+			if volid, _, isVol := diskVolume(v); isVol && isDiskKey(KindLXC, k) {
+				if strings.HasPrefix(k, "unused") {
+					delete(s.volumes, volid)
+				} else {
+					g.conf[g.nextUnused()] = volid
+				}
+			}
+		}
+		return nil, nil
+	})
+}
+
+// lxcAction is POST /nodes/{node}/lxc/{vmid}/status/{action}. Unlike QEMU,
+// pve-container checks the power state before forking the task.
+func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
+	s.mu.Lock()
+	running := s.guests[vmid].running
+	s.mu.Unlock()
+	var spec taskSpec
+	switch action {
+	case "start":
+		if running {
+			return nil, errf("CT %d already running", vmid)
+		}
+		spec = taskSpec{typ: "vzstart", run: func(t *task) (int, error) {
+			g := s.guests[vmid]
+			if err := g.checkLock(); err != nil {
+				return 0, err
+			}
+			s.setRunning(g, true)
+			return 0, nil
+		}}
+	case "stop":
+		if !running {
+			return nil, errf("CT %d not running", vmid)
+		}
+		spec = taskSpec{typ: "vzstop", run: func(t *task) (int, error) {
+			g := s.guests[vmid]
+			if !c.flag("skiplock") {
+				if err := g.checkLock(); err != nil {
+					return 0, err
+				}
+			}
+			s.setRunning(g, false)
+			return 0, nil
+		}}
+	case "shutdown":
+		if !running {
+			return nil, errf("CT %d not running", vmid)
+		}
+		forceStop := c.flag("forceStop")
+		timeout := c.param("timeout")
+		if timeout == "" {
+			timeout = "60"
+		}
+		spec = taskSpec{typ: "vzshutdown", run: func(t *task) (int, error) {
+			g := s.guests[vmid]
+			if err := g.checkLock(); err != nil {
+				return 0, err
+			}
+			if g.ignoresShutdown && !forceStop {
+				return 0, fmt.Errorf("command 'lxc-stop -n %d --nokill --timeout %s' failed: exit code 1", vmid, timeout)
+			}
+			s.setRunning(g, false)
+			return 0, nil
+		}}
+	case "reboot":
+		if !running {
+			// sic: pve-container says "VM" here
+			return nil, errf("VM %d not running", vmid)
+		}
+		spec = taskSpec{typ: "vzreboot", run: func(t *task) (int, error) {
+			g := s.guests[vmid]
+			if err := g.checkLock(); err != nil {
+				return 0, err
+			}
+			s.setRunning(g, false)
+			s.setRunning(g, true)
+			return 0, nil
+		}}
+	default:
+		return nil, notImplemented(c)
+	}
+	spec.vmid = vmid
+	spec.kind = KindLXC
+	return s.startTask(c, spec), nil
+}
+
+// lxcDestroy is DELETE /nodes/{node}/lxc/{vmid}; force=1 stops a running
+// container first.
+func (s *Server) lxcDestroy(c *call, vmid int) (any, *apiError) {
+	force := c.flag("force")
+	early := func(g *guest) error {
+		if g == nil {
+			return fmt.Errorf("%s", s.missingConfig(KindLXC, vmid).Message)
+		}
+		if g.protected() {
+			return fmt.Errorf("can't remove CT %d - protection mode enabled", vmid)
+		}
+		if g.running && !force {
+			return fmt.Errorf("unable to destroy CT %d - container is running", vmid)
+		}
+		return nil
+	}
+	s.mu.Lock()
+	err := early(s.guests[vmid])
+	s.mu.Unlock()
+	if err != nil {
+		return nil, errf("%s", err.Error())
+	}
+	purge := c.flag("purge")
+	unreferenced := c.flag("destroy-unreferenced-disks")
+	upid := s.startTask(c, taskSpec{typ: "vzdestroy", vmid: vmid, kind: KindLXC, run: func(t *task) (int, error) {
+		g := s.guests[vmid]
+		if err := early(g); err != nil {
+			return 0, err
+		}
+		if err := g.checkLock(); err != nil {
+			return 0, err
+		}
+		s.setRunning(g, false)
+		s.freeGuestVolumes(g, unreferenced, t)
+		if purge {
+			t.log = append(t.log, fmt.Sprintf("purging CT %d from related configurations..", vmid))
+		}
+		delete(s.guests, vmid)
+		return 0, nil
+	}})
+	return upid, nil
+}

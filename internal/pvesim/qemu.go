@@ -1,0 +1,448 @@
+package pvesim
+
+import (
+	"fmt"
+	"strconv"
+)
+
+// QEMU keys a running VM cannot change without a restart (pve's default
+// hotplug is "network,disk,usb"): changes to them stay pending.
+var qemuColdKeys = map[string]bool{"memory": true, "cores": true, "sockets": true, "cpu": true,
+	"vcpus": true, "machine": true, "bios": true, "numa": true, "ostype": true, "args": true,
+	"scsihw": true, "vga": true, "hugepages": true, "balloon": true}
+
+// qemuCreate is POST /nodes/{node}/qemu: create a VM, or with archive
+// restore a backup (over an existing VM only with force=1).
+func (s *Server) qemuCreate(c *call) (any, *apiError) {
+	vmid, aerr := requiredVMID(c)
+	if aerr != nil {
+		return nil, aerr
+	}
+	set, aerr := configParams(KindQEMU, c, qemuCreateOnly)
+	if aerr != nil {
+		return nil, aerr
+	}
+	archive := c.param("archive")
+	restore := archive != ""
+	force := c.flag("force")
+	if force && !restore {
+		return nil, paramErr("force", "missing property 'archive' (required when 'force' is set)")
+	}
+	emsg := fmt.Sprintf("unable to create VM %d -", vmid)
+	if restore {
+		emsg = fmt.Sprintf("unable to restore VM %d -", vmid)
+	}
+
+	s.mu.Lock()
+	var backup *volume
+	if restore {
+		backup = s.volumes[archive]
+		if backup == nil || backup.content != "backup" {
+			s.mu.Unlock()
+			return nil, errf("volume '%s' does not exist", archive)
+		}
+		if backup.backup == nil || backup.backup.kind != KindQEMU {
+			s.mu.Unlock()
+			return nil, errf("%s archive '%s' is not a QEMU backup", emsg, archive)
+		}
+	}
+	// create_and_lock_config
+	g := s.guests[vmid]
+	existed := g != nil
+	if existed {
+		if !force {
+			s.mu.Unlock()
+			return nil, errf("%s %s %d already exists on node '%s'", emsg, g.kind.label(), vmid, s.cfg.Node)
+		}
+		if g.kind != KindQEMU {
+			s.mu.Unlock()
+			return nil, errf("%s CT %d already exists on node '%s'", emsg, vmid, s.cfg.Node)
+		}
+		if err := g.checkLock(); err != nil {
+			s.mu.Unlock()
+			return nil, errf("%s %s", emsg, err.Error())
+		}
+		g.conf["lock"] = "create"
+	} else {
+		g = &guest{kind: KindQEMU, vmid: vmid, conf: map[string]string{"lock": "create"}}
+		s.guests[vmid] = g
+	}
+	s.mu.Unlock()
+
+	typ := "qmcreate"
+	if restore {
+		typ = "qmrestore"
+	}
+	start := c.flag("start")
+	upid := s.startTask(c, taskSpec{typ: typ, vmid: vmid, kind: KindQEMU,
+		cleanup: func() {
+			// a failed create leaves nothing behind; a failed restore unlocks
+			if g := s.guests[vmid]; g != nil && g.conf["lock"] == "create" {
+				if existed {
+					delete(g.conf, "lock")
+				} else {
+					delete(s.guests, vmid)
+				}
+			}
+		},
+		run: func(t *task) (int, error) {
+			g := s.guests[vmid]
+			if g == nil {
+				return 0, fmt.Errorf("%s config vanished", emsg)
+			}
+			if restore {
+				if existed {
+					// pve's message really has the doubled dash
+					if g.protected() {
+						return 0, fmt.Errorf("%s - protection mode enabled", emsg)
+					}
+					if g.running {
+						return 0, fmt.Errorf("%s vm is running", emsg)
+					}
+					s.freeGuestVolumes(g, true, t)
+				}
+				conf, err := s.restoreConf(vmid, backup, set, c.param("storage"), t)
+				if err != nil {
+					return 0, fmt.Errorf("%s %v", emsg, err)
+				}
+				g.conf = conf
+				g.pending, g.pendingDelete = nil, nil
+				t.log = append(t.log, fmt.Sprintf("restore vma archive: %s", archive))
+			} else {
+				conf := map[string]string{}
+				for k, v := range set {
+					if isDiskKey(KindQEMU, k) {
+						spec, aerr := s.allocDisk(vmid, v)
+						if aerr != nil {
+							return 0, fmt.Errorf("%s %s", emsg, aerr.Message)
+						}
+						v = spec
+						s.registerVolume(v, vmid)
+					}
+					conf[k] = v
+				}
+				if _, ok := conf["memory"]; !ok {
+					conf["memory"] = "512"
+				}
+				for k, def := range map[string]string{"cores": "1", "sockets": "1", "ostype": "other"} {
+					if _, ok := conf[k]; !ok {
+						conf[k] = def
+					}
+				}
+				conf["vmgenid"] = randomUUID()
+				conf["smbios1"] = "uuid=" + randomUUID()
+				g.conf = conf
+			}
+			if start {
+				s.setRunning(g, true)
+			}
+			return 0, nil
+		}})
+	return upid, nil
+}
+
+// restoreConf builds a restored guest's config from a backup: its disks get
+// fresh volumes (on storage, if given) and override values win. s.mu held.
+func (s *Server) restoreConf(vmid int, backup *volume, override map[string]string, storage string, t *task) (map[string]string, error) {
+	conf := map[string]string{}
+	for k, v := range backup.backup.conf {
+		if !isDiskKey(backup.backup.kind, k) {
+			conf[k] = v
+			continue
+		}
+		if len(k) >= 6 && k[:6] == "unused" {
+			continue
+		}
+		volid, size, ok := diskVolume(v)
+		if !ok {
+			conf[k] = v
+			continue
+		}
+		target := storage
+		if target == "" {
+			target, _, _ = cutColon(volid)
+		}
+		gb := float64(size) / float64(1<<30)
+		spec, aerr := s.allocDisk(vmid, fmt.Sprintf("%s:%s", target, strconv.FormatFloat(gb, 'f', -1, 64)))
+		if aerr != nil {
+			return nil, fmt.Errorf("%s", aerr.Message)
+		}
+		conf[k] = spec
+		t.log = append(t.log, fmt.Sprintf("new volume ID is '%s'", spec))
+	}
+	for k, v := range override {
+		conf[k] = v
+	}
+	return conf, nil
+}
+
+func cutColon(v string) (string, string, bool) {
+	for i := 0; i < len(v); i++ {
+		if v[i] == ':' {
+			return v[:i], v[i+1:], true
+		}
+	}
+	return v, "", false
+}
+
+func requiredVMID(c *call) (int, *apiError) {
+	v := c.param("vmid")
+	if v == "" {
+		return 0, paramErr("vmid", "property is missing and it is not optional")
+	}
+	id, err := strconv.Atoi(v)
+	if err != nil || id < 100 || id > 999999999 {
+		return 0, paramErr("vmid", fmt.Sprintf("invalid format - value '%s' does not look like a valid VM ID", v))
+	}
+	return id, nil
+}
+
+// qemuConfigUpdate is POST (async, returns a UPID) or PUT (sync, returns
+// null) /nodes/{node}/qemu/{vmid}/config. The digest and the lock are
+// checked at once, under the config lock, as pve's update_vm_api does.
+func (s *Server) qemuConfigUpdate(c *call, vmid int, sync bool) (any, *apiError) {
+	set, aerr := configParams(KindQEMU, c, qemuUpdateOnly)
+	if aerr != nil {
+		return nil, aerr
+	}
+	deletes := splitList(c.param("delete"))
+	for _, k := range deletes {
+		if !qemuConfigKey.MatchString(k) {
+			return nil, paramErr("delete", fmt.Sprintf("invalid format - '%s' is not a config key", k))
+		}
+		if _, both := set[k]; both {
+			return nil, paramErr("delete", fmt.Sprintf("cannot set and delete '%s' at the same time", k))
+		}
+	}
+	if len(set) == 0 && len(deletes) == 0 && !c.has("revert") {
+		return nil, errf("no options specified")
+	}
+	digest := c.param("digest")
+	skiplock := c.flag("skiplock")
+	check := func() (any, *apiError) {
+		g := s.guests[vmid]
+		if g == nil {
+			return nil, s.missingConfig(KindQEMU, vmid)
+		}
+		if digest != "" && digest != g.digest() {
+			return nil, errf("checksum mismatch (file change by other user?)")
+		}
+		if !skiplock {
+			if err := g.checkLock(); err != nil {
+				return nil, errf("%s", err.Error())
+			}
+		}
+		return nil, nil
+	}
+	apply := func(t *task) error {
+		g := s.guests[vmid]
+		if g == nil {
+			return fmt.Errorf("%s", s.missingConfig(KindQEMU, vmid).Message)
+		}
+		return s.qemuApply(g, set, deletes, t)
+	}
+	if sync {
+		return s.withGuestLock(c, KindQEMU, vmid, func() (any, *apiError) {
+			if _, aerr := check(); aerr != nil {
+				return nil, aerr
+			}
+			if err := apply(nil); err != nil {
+				return nil, errf("%s", err.Error())
+			}
+			return nil, nil
+		})
+	}
+	if _, aerr := s.withGuestLock(c, KindQEMU, vmid, check); aerr != nil {
+		return nil, aerr
+	}
+	upid := s.startTask(c, taskSpec{typ: "qmconfig", vmid: vmid, kind: KindQEMU, run: func(t *task) (int, error) {
+		return 0, apply(t)
+	}})
+	return upid, nil
+}
+
+// qemuApply writes config changes: cold keys of a running VM go pending,
+// a removed disk becomes unusedN, a removed unusedN frees its volume, a
+// "STORAGE:SIZE" disk allocates a volume. s.mu held.
+func (s *Server) qemuApply(g *guest, set map[string]string, deletes []string, t *task) error {
+	for k, v := range set {
+		if isDiskKey(KindQEMU, k) {
+			spec, aerr := s.allocDisk(g.vmid, v)
+			if aerr != nil {
+				return fmt.Errorf("%s", aerr.Message)
+			}
+			if old, ok := g.conf[k]; ok && old != spec {
+				g.conf[g.nextUnused()] = old
+			}
+			s.registerVolume(spec, g.vmid)
+			v = spec
+		}
+		if g.running && qemuColdKeys[k] && g.conf[k] != v {
+			if g.pending == nil {
+				g.pending = map[string]string{}
+			}
+			g.pending[k] = v
+			delete(g.pendingDelete, k)
+			continue
+		}
+		g.conf[k] = v
+		delete(g.pending, k)
+	}
+	for _, k := range deletes {
+		if _, ok := g.conf[k]; !ok {
+			delete(g.pending, k)
+			continue
+		}
+		if g.running && qemuColdKeys[k] {
+			if g.pendingDelete == nil {
+				g.pendingDelete = map[string]bool{}
+			}
+			g.pendingDelete[k] = true
+			continue
+		}
+		v := g.conf[k]
+		delete(g.conf, k)
+		if !isDiskKey(KindQEMU, k) {
+			continue
+		}
+		volid, _, ok := diskVolume(v)
+		if !ok {
+			continue
+		}
+		if len(k) >= 6 && k[:6] == "unused" {
+			delete(s.volumes, volid)
+			if t != nil {
+				t.log = append(t.log, fmt.Sprintf("Removing volume '%s'", volid))
+			}
+		} else {
+			g.conf[g.nextUnused()] = volid
+		}
+	}
+	return nil
+}
+
+// qemuAction is POST /nodes/{node}/qemu/{vmid}/status/{action}. As in pve,
+// the lock and "already running" are checked inside the task.
+func (s *Server) qemuAction(c *call, vmid int, action string) (any, *apiError) {
+	skiplock := c.flag("skiplock")
+	lockOK := func(g *guest) error {
+		if skiplock {
+			return nil
+		}
+		return g.checkLock()
+	}
+	var spec taskSpec
+	switch action {
+	case "start":
+		spec = taskSpec{typ: "qmstart", run: func(t *task) (int, error) {
+			g := s.guests[vmid]
+			if err := lockOK(g); err != nil {
+				return 0, err
+			}
+			if g.running {
+				return 0, fmt.Errorf("VM %d already running", vmid)
+			}
+			s.setRunning(g, true)
+			return 0, nil
+		}}
+	case "stop":
+		spec = taskSpec{typ: "qmstop", run: func(t *task) (int, error) {
+			g := s.guests[vmid]
+			if err := lockOK(g); err != nil {
+				return 0, err
+			}
+			s.setRunning(g, false)
+			return 0, nil
+		}}
+	case "shutdown":
+		forceStop := c.flag("forceStop")
+		spec = taskSpec{typ: "qmshutdown", run: func(t *task) (int, error) {
+			g := s.guests[vmid]
+			if err := lockOK(g); err != nil {
+				return 0, err
+			}
+			if !g.running {
+				return 0, nil
+			}
+			if g.ignoresShutdown {
+				if !forceStop {
+					return 0, fmt.Errorf("VM quit/powerdown failed - got timeout")
+				}
+				t.log = append(t.log, "VM still running - terminating now with SIGTERM")
+			}
+			s.setRunning(g, false)
+			return 0, nil
+		}}
+	case "reboot":
+		s.mu.Lock()
+		running := s.guests[vmid].running
+		s.mu.Unlock()
+		if !running {
+			return nil, errf("VM %d not running", vmid)
+		}
+		spec = taskSpec{typ: "qmreboot", run: func(t *task) (int, error) {
+			g := s.guests[vmid]
+			if err := lockOK(g); err != nil {
+				return 0, err
+			}
+			if !g.running {
+				return 0, fmt.Errorf("VM %d not running", vmid)
+			}
+			if g.ignoresShutdown {
+				return 0, fmt.Errorf("VM quit/powerdown failed - got timeout")
+			}
+			s.setRunning(g, false)
+			s.setRunning(g, true)
+			return 0, nil
+		}}
+	default:
+		return nil, notImplemented(c)
+	}
+	spec.vmid = vmid
+	spec.kind = KindQEMU
+	return s.startTask(c, spec), nil
+}
+
+// qemuDestroy is DELETE /nodes/{node}/qemu/{vmid}: protection and a running
+// VM are refused at once; the lock is checked in the task.
+func (s *Server) qemuDestroy(c *call, vmid int) (any, *apiError) {
+	early := func(g *guest) error {
+		if g == nil {
+			return fmt.Errorf("%s", s.missingConfig(KindQEMU, vmid).Message)
+		}
+		if g.protected() {
+			return fmt.Errorf("can't remove VM %d - protection mode enabled", vmid)
+		}
+		if g.running {
+			return fmt.Errorf("VM %d is running - destroy failed", vmid)
+		}
+		return nil
+	}
+	s.mu.Lock()
+	err := early(s.guests[vmid])
+	s.mu.Unlock()
+	if err != nil {
+		return nil, errf("%s", err.Error())
+	}
+	skiplock := c.flag("skiplock")
+	purge := c.flag("purge")
+	unreferenced := c.flag("destroy-unreferenced-disks")
+	upid := s.startTask(c, taskSpec{typ: "qmdestroy", vmid: vmid, kind: KindQEMU, run: func(t *task) (int, error) {
+		g := s.guests[vmid]
+		if err := early(g); err != nil {
+			return 0, err
+		}
+		if !skiplock {
+			if err := g.checkLock(); err != nil {
+				return 0, err
+			}
+		}
+		s.freeGuestVolumes(g, unreferenced, t)
+		if purge {
+			t.log = append(t.log, fmt.Sprintf("purging VM %d from related configurations..", vmid))
+		}
+		delete(s.guests, vmid)
+		return 0, nil
+	}})
+	return upid, nil
+}

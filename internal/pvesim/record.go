@@ -1,0 +1,90 @@
+package pvesim
+
+import (
+	"net/url"
+	"time"
+)
+
+// Request is one mutating request (POST, PUT, DELETE) as the simulator
+// received it, whatever its outcome.
+type Request struct {
+	Method string
+	// Path is relative to the API root, e.g. "/nodes/pve1/qemu/101/status/start".
+	Path string
+	// Form holds the query and body parameters, JSON bodies flattened to strings.
+	Form url.Values
+	Time time.Time
+	// VMID is the guest the request is about (from the path or a vmid
+	// parameter), 0 when none.
+	VMID int
+	// Status is the HTTP status answered; 0 when the connection was dropped.
+	Status int
+	// UPID is the task the request started, if any.
+	UPID string
+	// Fault names the injected fault kind that hit this request, if any.
+	Fault FaultKind
+}
+
+func (s *Server) record(r Request) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.requests = append(s.requests, r)
+	return len(s.requests) - 1
+}
+
+func (s *Server) finishRecord(i int, status int, upid string, fault FaultKind) {
+	if i < 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i >= len(s.requests) {
+		return // reset meanwhile
+	}
+	s.requests[i].Status = status
+	s.requests[i].UPID = upid
+	if fault != "" {
+		s.requests[i].Fault = fault
+	}
+}
+
+// Requests returns every mutating request received since start (or the last
+// ResetRequests), oldest first.
+func (s *Server) Requests() []Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Request, len(s.requests))
+	for i, r := range s.requests {
+		r.Form = cloneValues(r.Form)
+		out[i] = r
+	}
+	return out
+}
+
+// RequestsMatching returns the recorded requests with this method ("" for
+// any) whose path matches pattern, a path.Match pattern where "*" stands for
+// one path segment (e.g. "/nodes/*/qemu/*/status/start"; "" for any).
+func (s *Server) RequestsMatching(method, pattern string) []Request {
+	var out []Request
+	for _, r := range s.Requests() {
+		if matchRequest(method, pattern, r.Method, r.Path) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// ResetRequests forgets the recorded requests.
+func (s *Server) ResetRequests() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.requests = nil
+}
+
+func cloneValues(v url.Values) url.Values {
+	out := make(url.Values, len(v))
+	for k, vs := range v {
+		out[k] = append([]string(nil), vs...)
+	}
+	return out
+}

@@ -1,0 +1,214 @@
+package pvesim
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// TLSMode selects how the simulator serves.
+type TLSMode int
+
+const (
+	// TLSSelfSigned serves HTTPS with a fresh self-signed certificate, like a
+	// freshly installed Proxmox node. HTTPClient trusts exactly that certificate.
+	TLSSelfSigned TLSMode = iota
+	// TLSOff serves plain HTTP, for local tooling that cannot load a CA.
+	TLSOff
+)
+
+// Config configures a simulated node. The zero value is usable.
+type Config struct {
+	// Node is the node name (default "pve1").
+	Node string
+	// Addr is the listen address (default "127.0.0.1:0").
+	Addr string
+	// TLS selects HTTPS with a self-signed certificate (default) or plain HTTP.
+	TLS TLSMode
+	// TokenID is the one valid API token id, USER@REALM!TOKENNAME
+	// (default "root@pam!felhom").
+	TokenID string
+	// TokenSecret is its secret (default: a random UUID).
+	TokenSecret string
+	// TaskDuration is how long every task runs before it stops (default 0:
+	// the task is already stopped at its first status poll).
+	TaskDuration time.Duration
+	// LockTimeout is how long a call waits for a guest's config lock held by
+	// another task before failing with "got timeout" (default 10s, as pve).
+	LockTimeout time.Duration
+	// Logger receives one line per request (default: discard).
+	Logger *slog.Logger
+}
+
+// Server is a running simulated Proxmox VE node.
+type Server struct {
+	cfg      Config
+	ln       net.Listener
+	srv      *http.Server
+	client   *http.Client
+	url      string
+	log      *slog.Logger
+	closed   chan struct{}
+	closeOne sync.Once
+	tasksWG  sync.WaitGroup
+
+	mu       sync.Mutex
+	guests   map[int]*guest
+	flocks   map[int]*flock
+	tasks    map[string]*task
+	taskSeq  uint32
+	volumes  map[string]*volume
+	requests []Request
+	faults   []*activeFault
+	bootTime time.Time
+}
+
+// Start starts a simulated node listening on cfg.Addr.
+func Start(cfg Config) (*Server, error) {
+	if cfg.Node == "" {
+		cfg.Node = "pve1"
+	}
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	if cfg.TokenID == "" {
+		cfg.TokenID = "root@pam!felhom"
+	}
+	if !strings.Contains(cfg.TokenID, "!") || !strings.Contains(cfg.TokenID, "@") {
+		return nil, fmt.Errorf("pvesim: token id %q is not USER@REALM!TOKENNAME", cfg.TokenID)
+	}
+	if cfg.TokenSecret == "" {
+		cfg.TokenSecret = randomUUID()
+	}
+	if cfg.LockTimeout == 0 {
+		cfg.LockTimeout = 10 * time.Second
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+
+	s := &Server{
+		cfg:      cfg,
+		log:      logger,
+		closed:   make(chan struct{}),
+		guests:   map[int]*guest{},
+		flocks:   map[int]*flock{},
+		tasks:    map[string]*task{},
+		volumes:  map[string]*volume{},
+		bootTime: time.Now(),
+	}
+
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("pvesim: listen %s: %w", cfg.Addr, err)
+	}
+	s.srv = &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second,
+		// HTTP/2 has no Hijacker; error replies and dropped connections need it.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		ErrorLog:     slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+	}
+	transport := &http.Transport{ForceAttemptHTTP2: false}
+	scheme := "http"
+	if cfg.TLS == TLSSelfSigned {
+		cert, pool, err := selfSignedCert(ln.Addr())
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("pvesim: certificate: %w", err)
+		}
+		ln = tls.NewListener(ln, &tls.Config{
+			Certificates: []tls.Certificate{cert},
+			NextProtos:   []string{"http/1.1"},
+			MinVersion:   tls.VersionTLS12,
+		})
+		transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		scheme = "https"
+	}
+	s.ln = ln
+	s.client = &http.Client{Transport: transport, Timeout: 30 * time.Second}
+	s.url = fmt.Sprintf("%s://%s/api2/json", scheme, ln.Addr().String())
+
+	go func() {
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("pvesim: serve", "err", err)
+		}
+	}()
+	return s, nil
+}
+
+// URL is the API base URL, e.g. "https://127.0.0.1:PORT/api2/json", as
+// go-proxmox's NewClient takes it.
+func (s *Server) URL() string { return s.url }
+
+// Addr is the address the simulator listens on.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Node is the simulated node's name.
+func (s *Server) Node() string { return s.cfg.Node }
+
+// TokenID is the valid API token id (USER@REALM!TOKENNAME).
+func (s *Server) TokenID() string { return s.cfg.TokenID }
+
+// TokenSecret is the valid API token secret.
+func (s *Server) TokenSecret() string { return s.cfg.TokenSecret }
+
+// HTTPClient returns a client that trusts the simulator's certificate. It is
+// a new client each call, with a 30s timeout and no retries.
+func (s *Server) HTTPClient() *http.Client {
+	c := *s.client
+	return &c
+}
+
+// Close stops the listener, aborts running tasks and waits for them.
+func (s *Server) Close() error {
+	var err error
+	s.closeOne.Do(func() {
+		close(s.closed)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		err = s.srv.Shutdown(ctx)
+		if err != nil {
+			err = s.srv.Close()
+		}
+		s.tasksWG.Wait()
+	})
+	return err
+}
+
+// sleep waits for d, returning false when the server closes first.
+func (s *Server) sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-s.closed:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func randomUUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = (b[6] & 0x0f) | 0x40
+	b[8] = (b[8] & 0x3f) | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}

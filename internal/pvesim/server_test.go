@@ -1,0 +1,115 @@
+package pvesim_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	proxmox "github.com/luthermonson/go-proxmox"
+
+	"github.com/felhom/felhom-agent/internal/pvesim"
+)
+
+// newSim starts a simulator for one test and returns it with a go-proxmox
+// client authenticated with its token.
+func newSim(t *testing.T, cfg pvesim.Config) (*pvesim.Server, *proxmox.Client) {
+	t.Helper()
+	if cfg.TaskDuration == 0 {
+		cfg.TaskDuration = 20 * time.Millisecond
+	}
+	srv, err := pvesim.Start(cfg)
+	if err != nil {
+		t.Fatalf("start simulator: %v", err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	return srv, newClient(srv, srv.TokenID(), srv.TokenSecret())
+}
+
+func newClient(srv *pvesim.Server, id, secret string) *proxmox.Client {
+	return proxmox.NewClient(srv.URL(),
+		proxmox.WithHTTPClient(srv.HTTPClient()),
+		proxmox.WithAPIToken(id, secret))
+}
+
+// waitTask polls a task until it stops and returns its final state.
+func waitTask(t *testing.T, task *proxmox.Task) *proxmox.Task {
+	t.Helper()
+	if task == nil {
+		t.Fatal("no task returned")
+	}
+	ctx := context.Background()
+	if err := task.Wait(ctx, 5*time.Millisecond, 5*time.Second); err != nil {
+		t.Fatalf("wait %s: %v", task.UPID, err)
+	}
+	return task
+}
+
+func mustAdd(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("seed guest: %v", err)
+	}
+}
+
+func TestGoProxmoxStartsAVM(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{Node: "pve1"})
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Name: "web", Status: "stopped", MemoryMiB: 2048, Cores: 2,
+		Disks: map[string]string{"scsi0": "local-lvm:vm-101-disk-0,size=32G"}}))
+	ctx := context.Background()
+
+	v, err := client.Version(ctx)
+	if err != nil {
+		t.Fatalf("version: %v", err)
+	}
+	if v.Release == "" {
+		t.Errorf("version has no release: %+v", v)
+	}
+	nodes, err := client.Nodes(ctx)
+	if err != nil {
+		t.Fatalf("nodes: %v", err)
+	}
+	if len(nodes) != 1 || nodes[0].Node != "pve1" || nodes[0].Status != "online" {
+		t.Fatalf("nodes = %+v", nodes)
+	}
+	node, err := client.Node(ctx, "pve1")
+	if err != nil {
+		t.Fatalf("node: %v", err)
+	}
+	vm, err := node.VirtualMachine(ctx, 101)
+	if err != nil {
+		t.Fatalf("vm: %v", err)
+	}
+	if vm.Name != "web" || vm.Status != "stopped" || vm.MaxMem != 2048<<20 || vm.CPUs != 2 {
+		t.Errorf("status = name %q status %q maxmem %d cpus %d", vm.Name, vm.Status, vm.MaxMem, vm.CPUs)
+	}
+	if int(vm.VirtualMachineConfig.Memory) != 2048 || vm.VirtualMachineConfig.Digest == "" {
+		t.Errorf("config memory %d digest %q", vm.VirtualMachineConfig.Memory, vm.VirtualMachineConfig.Digest)
+	}
+	if vm.VirtualMachineConfig.SCSIs["scsi0"] != "local-lvm:vm-101-disk-0,size=32G" {
+		t.Errorf("scsi0 = %q", vm.VirtualMachineConfig.SCSIs["scsi0"])
+	}
+
+	task, err := vm.Start(ctx)
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	if task.Type != "qmstart" || task.ID != "101" || task.Node != "pve1" || task.User != srv.TokenID() {
+		t.Errorf("UPID fields: type %q id %q node %q user %q (%s)", task.Type, task.ID, task.Node, task.User, task.UPID)
+	}
+	waitTask(t, task)
+	if !task.IsSuccessful || task.ExitStatus != "OK" {
+		t.Fatalf("task ended %q successful=%v", task.ExitStatus, task.IsSuccessful)
+	}
+	if err := vm.Ping(ctx); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+	if !vm.IsRunning() {
+		t.Errorf("VM not running after start: %q", vm.Status)
+	}
+	if g, _ := srv.Guest(101); g.Status != "running" {
+		t.Errorf("simulator state %q", g.Status)
+	}
+	if got := srv.RequestsMatching("POST", "/nodes/pve1/qemu/101/status/start"); len(got) != 1 || got[0].UPID != string(task.UPID) {
+		t.Errorf("recorded start requests = %+v", got)
+	}
+}

@@ -1,0 +1,295 @@
+package pvesim
+
+import (
+	"fmt"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// task is one pve worker task.
+type task struct {
+	upid      string
+	typ       string
+	id        string
+	user      string
+	vmid      int
+	pid       uint32
+	pstart    uint32
+	start     time.Time
+	end       time.Time
+	running   bool
+	exit      string
+	log       []string
+	cancel    chan struct{}
+	cancelled bool
+	cleanup   func()
+}
+
+// taskSpec says what a task does. run is called with s.mu held once the
+// task has its guest's config lock and has run for its duration; the error
+// it returns becomes the exit status. warnings > 0 makes a successful task
+// stop with "WARNINGS: n".
+type taskSpec struct {
+	typ      string
+	vmid     int    // guest whose config lock the task holds, 0 for none
+	kind     Kind   // of that guest, for the lock file name
+	id       string // UPID id field; defaults to the vmid
+	logStart []string
+	run      func(t *task) (warnings int, err error)
+	// cleanup runs with s.mu held when the task stops, however it stops.
+	cleanup func()
+}
+
+// startTask creates a running task and its worker, and returns the UPID.
+// Must be called without s.mu held.
+func (s *Server) startTask(c *call, spec taskSpec) string {
+	now := time.Now()
+	s.mu.Lock()
+	s.taskSeq++
+	id := spec.id
+	if id == "" && spec.vmid != 0 {
+		id = strconv.Itoa(spec.vmid)
+	}
+	t := &task{
+		typ:     spec.typ,
+		id:      id,
+		user:    s.tokenUser(),
+		vmid:    spec.vmid,
+		pid:     0x1000 + s.taskSeq*7,
+		pstart:  uint32(now.Sub(s.bootTime)/(10*time.Millisecond)) + 0x100000,
+		start:   now,
+		running: true,
+		cancel:  make(chan struct{}),
+		log:     append([]string(nil), spec.logStart...),
+		cleanup: spec.cleanup,
+	}
+	t.upid = fmt.Sprintf("UPID:%s:%08X:%08X:%08X:%s:%s:%s:", s.cfg.Node, t.pid, t.pstart, now.Unix(), t.typ, t.id, t.user)
+	s.tasks[t.upid] = t
+	s.tasksWG.Add(1)
+	s.mu.Unlock()
+
+	fault := c.fault
+	c.upid = t.upid
+	go s.runTask(t, spec, fault)
+	return t.upid
+}
+
+func (s *Server) runTask(t *task, spec taskSpec, fault *Fault) {
+	defer s.tasksWG.Done()
+	if spec.vmid != 0 {
+		if lerr := s.lockGuest(spec.vmid, spec.kind, fault, t.cancel); lerr != nil {
+			s.finishTask(t, 0, lerr)
+			return
+		}
+		defer s.unlockGuest(spec.vmid)
+	}
+	timer := time.NewTimer(s.cfg.TaskDuration)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-s.closed:
+		s.finishTask(t, 0, fmt.Errorf("interrupted by signal"))
+		return
+	case <-t.cancel:
+		s.finishTask(t, 0, fmt.Errorf("interrupted by signal"))
+		return
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if fault != nil && fault.Kind == FaultTaskError {
+		msg := fault.Message
+		if msg == "" {
+			msg = "command failed"
+		}
+		s.finishTaskLocked(t, 0, fmt.Errorf("%s", msg))
+		return
+	}
+	warnings, err := spec.run(t)
+	if err == nil && fault != nil && fault.Kind == FaultTaskWarnings {
+		if warnings == 0 {
+			warnings = 1
+		}
+		t.log = append(t.log, "WARN: injected warning")
+	}
+	s.finishTaskLocked(t, warnings, err)
+	if err == nil && fault != nil && fault.Kind == FaultTaskWarnings && fault.Message != "" {
+		t.exit = fault.Message
+	}
+}
+
+func (s *Server) finishTask(t *task, warnings int, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.finishTaskLocked(t, warnings, err)
+}
+
+func (s *Server) finishTaskLocked(t *task, warnings int, err error) {
+	if t.cleanup != nil {
+		t.cleanup()
+		t.cleanup = nil
+	}
+	t.running = false
+	t.end = time.Now()
+	switch {
+	case err != nil:
+		msg := strings.TrimSpace(err.Error())
+		t.exit = msg
+		t.log = append(t.log, "TASK ERROR: "+msg)
+	case warnings > 0:
+		t.exit = fmt.Sprintf("WARNINGS: %d", warnings)
+		t.log = append(t.log, "TASK "+t.exit)
+	default:
+		t.exit = "OK"
+		t.log = append(t.log, "TASK OK")
+	}
+}
+
+// parseUPID checks a UPID's shape as pve's decode_upid does.
+func parseUPID(upid string) (node string, ok bool) {
+	parts := strings.Split(upid, ":")
+	if len(parts) != 9 || parts[0] != "UPID" || parts[8] != "" {
+		return "", false
+	}
+	for _, hexField := range parts[2:5] {
+		if _, err := strconv.ParseUint(hexField, 16, 64); err != nil {
+			return "", false
+		}
+	}
+	return parts[1], true
+}
+
+func (s *Server) routeTasks(c *call) (any, *apiError) {
+	seg := c.segs
+	n := len(seg)
+	if n == 3 && c.method == http.MethodGet {
+		return s.taskList(c), nil
+	}
+	if n < 4 {
+		return nil, notImplemented(c)
+	}
+	upid := seg[3]
+	if _, ok := parseUPID(upid); !ok {
+		return nil, paramErr("upid", fmt.Sprintf("unable to parse worker upid '%s'", upid))
+	}
+	s.mu.Lock()
+	t := s.tasks[upid]
+	s.mu.Unlock()
+	if t == nil {
+		return nil, errf("unable to open file '/var/log/pve/tasks/%s' - No such file or directory", upid)
+	}
+	switch {
+	case n == 4 && c.method == http.MethodGet:
+		return dirIndex("log", "status"), nil
+	case n == 4 && c.method == http.MethodDelete:
+		s.mu.Lock()
+		if t.running && !t.cancelled {
+			t.cancelled = true
+			close(t.cancel)
+		}
+		s.mu.Unlock()
+		return nil, nil
+	case n == 5 && seg[4] == "status" && c.method == http.MethodGet:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.taskStatus(t), nil
+	case n == 5 && seg[4] == "log" && c.method == http.MethodGet:
+		start, _ := strconv.Atoi(c.param("start"))
+		limit := 50
+		if l, err := strconv.Atoi(c.param("limit")); err == nil && l > 0 {
+			limit = l
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		lines := []map[string]any{}
+		for i := start; i < len(t.log) && len(lines) < limit; i++ {
+			lines = append(lines, map[string]any{"n": i + 1, "t": t.log[i]})
+		}
+		return lines, nil
+	}
+	return nil, notImplemented(c)
+}
+
+// taskStatus is the reply of GET .../tasks/{upid}/status. It always carries
+// upid and node: go-proxmox's Task.Ping needs both.
+func (s *Server) taskStatus(t *task) map[string]any {
+	user, token, _ := strings.Cut(t.user, "!")
+	res := map[string]any{
+		"upid":      t.upid,
+		"node":      s.cfg.Node,
+		"pid":       t.pid,
+		"pstart":    t.pstart,
+		"starttime": t.start.Unix(),
+		"type":      t.typ,
+		"id":        t.id,
+		"user":      user,
+		"status":    "running",
+	}
+	if token != "" {
+		res["tokenid"] = token
+	}
+	if !t.running {
+		res["status"] = "stopped"
+		res["exitstatus"] = t.exit
+		res["endtime"] = t.end.Unix()
+	}
+	return res
+}
+
+// taskList answers GET /nodes/{node}/tasks with pve's filters vmid,
+// typefilter, source (active|archive|all), start and limit.
+func (s *Server) taskList(c *call) []map[string]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	all := make([]*task, 0, len(s.tasks))
+	for _, t := range s.tasks {
+		all = append(all, t)
+	}
+	sort.Slice(all, func(i, j int) bool {
+		if !all[i].start.Equal(all[j].start) {
+			return all[i].start.After(all[j].start)
+		}
+		return all[i].pid > all[j].pid
+	})
+	source := c.param("source")
+	if source == "" {
+		source = "archive"
+	}
+	start, _ := strconv.Atoi(c.param("start"))
+	limit := 50
+	if l, err := strconv.Atoi(c.param("limit")); err == nil && l > 0 {
+		limit = l
+	}
+	out := []map[string]any{}
+	skipped := 0
+	for _, t := range all {
+		if v := c.param("vmid"); v != "" && v != t.id {
+			continue
+		}
+		if tf := c.param("typefilter"); tf != "" && tf != t.typ {
+			continue
+		}
+		if source == "active" && !t.running || source == "archive" && t.running {
+			continue
+		}
+		if skipped < start {
+			skipped++
+			continue
+		}
+		if len(out) >= limit {
+			break
+		}
+		row := s.taskStatus(t)
+		if !t.running {
+			row["status"] = t.exit
+		} else {
+			delete(row, "status")
+		}
+		delete(row, "exitstatus")
+		out = append(out, row)
+	}
+	return out
+}
