@@ -1,0 +1,91 @@
+// Package gate is the agent's security core: it decides whether an action
+// on a Proxmox guest may run, and for destructive actions it verifies the
+// operator's SSH signature over that exact operation on the host itself. It
+// imports nothing from Temporal; whatever the control plane or workflow
+// history says, a destructive action runs only if Decide allows it here.
+//
+// # Decision
+//
+// Classify puts an action in one of two classes by provenance and
+// data-bearing-ness. Start, stop, shutdown, reboot, create and config are
+// Benign. Destroying or overwriting a guest's data (guest.destroy,
+// guest.restore, volume.wipe, disk.detach, disk.shrink) is Destructive unless
+// the host-local provenance ledger says the agent created that guest in the
+// same workflow run (a compensating rollback) or as scratch. signers.rotate
+// and every unknown op are Destructive.
+//
+// Gate.Decide allows a Benign action unsigned. A Destructive action needs an
+// Approval (raw blob + armored SSHSIG) that passes the Verifier, whose signer
+// role permits the op (a recovery key may only rotate signers; an
+// operational key may approve any destructive op, including a planned
+// rotation) and whose op, host, guest and params name exactly the action
+// (Bind). Without an approval the answer is ErrPendingSignature. Every
+// decision is written as one slog record ("gate decision"); the record is a
+// signal, never the guard.
+//
+// # Verify pipeline
+//
+// Verifier.Verify runs, in this order, each stage with its own error:
+//
+//	parse armor        ErrArmor          envelope magic, version 1, no trailing bytes, sha256/sha512
+//	namespace          ErrNamespace      must be the constant Namespace ("felhom-op-v1")
+//	parse public key   ErrPublicKey      ed25519, sk-ssh-ed25519, ECDSA P-256/384/521, sk-ecdsa, RSA ≥ 2048 bits
+//	allow-list         ErrUnknownSigner  by key material; key_id in the blob is advisory only
+//	crypto             ErrSignature      ssh.PublicKey.Verify over the raw received bytes
+//	parse blob         ErrBlob           the bytes must be exactly a canonical op
+//	target             ErrWrongHost      host_id must be this host
+//	time window        ErrNotYetValid    not_before <= now
+//	                   ErrExpired        now < expires_at
+//	nonce              ErrReplay         recorded last, so a rejected op never burns its nonce
+//
+// The gate adds its role (ErrRoleDenied) and binding (ErrBindingMismatch)
+// checks after the time window and before the nonce, so a validly signed op
+// presented for the wrong action is refused without being used up.
+//
+// The signed data follows OpenSSH's PROTOCOL.sshsig and is always built with
+// the Namespace constant and an empty reserved field, as OpenSSH does. RSA
+// signatures must be rsa-sha2-256 or rsa-sha2-512; a legacy SHA-1 "ssh-rsa"
+// signature is refused even though x/crypto would accept it. Security-key
+// (sk-*) signatures must carry the user-presence flag: stricter than
+// ssh-keygen -Y verify, which accepts a signature made without a touch.
+//
+// # Canonical op blob
+//
+// An op is signed as one byte string, produced only by Canonicalize (and
+// CanonicalJSON for any other value). The form is RFC 8785, the JSON
+// Canonicalization Scheme, restricted to integers:
+//
+//   - UTF-8, no byte order mark, no whitespace between tokens, no trailing
+//     newline.
+//   - Object keys sorted by their UTF-16 code units (byte order for ASCII
+//     keys), at every level including inside params; no duplicate keys.
+//   - Strings escape only '"', '\\' and U+0000..U+001F: \b \f \n \r \t
+//     where JSON has a short escape, \u00xx (lower-case hex) otherwise.
+//     Everything else, including '/', '<', non-ASCII and U+2028, is written
+//     as itself. Strings must be valid UTF-8.
+//   - Numbers are integers in ±(2^53-1) written as the shortest decimal
+//     (no '+', no leading zeros, no fraction or exponent, never -0). A
+//     non-integer, non-finite or larger number is rejected: send it as a
+//     string.
+//   - An op is an object with exactly the keys expires_at, guest_id,
+//     host_id, key_id, nonce, not_before, op, params. Times are RFC 3339 UTC
+//     whole seconds ("2026-11-23T08:00:00Z"); params is an object ({} when
+//     empty); guest_id is "" or a decimal VMID; nonce is 1..255 bytes
+//     without control characters; expires_at is after not_before.
+//
+// For example:
+//
+//	{"expires_at":"2026-11-23T09:00:00Z","guest_id":"101","host_id":"pve1","key_id":"ops","nonce":"4f1c","not_before":"2026-11-23T08:00:00Z","op":"guest.destroy","params":{"purge":true}}
+//
+// The verifier checks the signature over the bytes it received and never
+// re-canonicalises them; ParseOp then refuses any blob that is not exactly
+// the canonical form of the op it carries, so no two parsers can read two
+// different ops out of one signed blob.
+//
+// # Nonce stores
+//
+// MemoryNonceStore is for tests and tools. FileNonceStore is the agent's
+// durable store: an fsync'd, checksummed append log, replayed on open,
+// locked against a second process, compacted by dropping only expired
+// entries. See nonce_file.go for its format.
+package gate

@@ -1,0 +1,123 @@
+package gate
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+)
+
+// Approval is an operator's approval as received: the raw op blob and its
+// armored SSHSIG signature.
+type Approval struct {
+	Blob      []byte
+	Signature []byte
+}
+
+// Request asks whether an action may run now.
+type Request struct {
+	Action     Action
+	Provenance Provenance // from the host-local ledger only
+	CurrentRun string     // the workflow run performing the action
+	Approval   *Approval  // nil when nothing was signed
+}
+
+// Decision is the gate's answer. Code is CodeAllowedBenign, CodeAllowedSigned
+// or the rejection's Code.
+type Decision struct {
+	Class   Class
+	Allowed bool
+	Code    string
+	Op      *VerifiedOp // the verified op, when one was presented and verified
+}
+
+// Gate decides whether actions may run. It is safe for concurrent use.
+type Gate struct {
+	verifier *Verifier
+	log      *slog.Logger
+}
+
+// New returns a gate that verifies approvals with v and writes an audit
+// record for every decision to logger (slog.Default() if nil). With a nil v
+// no signer is pinned, so every destructive action stays pending.
+func New(v *Verifier, logger *slog.Logger) *Gate {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Gate{verifier: v, log: logger}
+}
+
+// Decide returns a Decision with Allowed set and a nil error when the action
+// may run. Otherwise the error wraps the rejection's sentinel (errors.Is) and
+// the Decision carries its Code. Benign actions are allowed unsigned. A
+// destructive action needs an approval whose op passes the verifier, whose
+// signer's role permits the op, and whose op, host, guest and params name
+// exactly this action; its nonce is burnt only when all of that holds.
+func (g *Gate) Decide(ctx context.Context, req Request) (Decision, error) {
+	d, err := g.decide(ctx, req)
+	g.audit(ctx, req, d, err)
+	return d, err
+}
+
+func (g *Gate) decide(ctx context.Context, req Request) (Decision, error) {
+	d := Decision{Class: Classify(req.Action, req.Provenance, req.CurrentRun)}
+	if d.Class == Benign {
+		d.Allowed, d.Code = true, CodeAllowedBenign
+		return d, nil
+	}
+	reject := func(err error) (Decision, error) {
+		d.Code = Code(err)
+		return d, err
+	}
+	if req.Approval == nil || len(req.Approval.Blob) == 0 || len(req.Approval.Signature) == 0 {
+		return reject(fmt.Errorf("%w: %s", ErrPendingSignature, describe(req.Action)))
+	}
+	if g.verifier == nil {
+		return reject(fmt.Errorf("%w: no signer keys are pinned on this host", ErrUnknownSigner))
+	}
+	vop, err := g.verifier.verify(ctx, req.Approval.Signature, req.Approval.Blob, func(v *VerifiedOp) error {
+		if !v.Signer.Role.permits(v.Op.Op) {
+			return fmt.Errorf("%w: a %s key may not approve %s", ErrRoleDenied, v.Signer.Role, v.Op.Op)
+		}
+		return Bind(req.Action, v.Op)
+	})
+	d.Op = vop
+	if err != nil {
+		return reject(err)
+	}
+	d.Allowed, d.Code = true, CodeAllowedSigned
+	return d, nil
+}
+
+// Bind checks that op names exactly action: same op, host, guest and
+// canonically equal params. The error wraps ErrBindingMismatch.
+func Bind(action Action, op Op) error {
+	switch {
+	case op.Op != action.Op:
+		return fmt.Errorf("%w: signed op %q, action %q", ErrBindingMismatch, op.Op, action.Op)
+	case op.HostID != action.HostID:
+		return fmt.Errorf("%w: signed host %q, action host %q", ErrBindingMismatch, op.HostID, action.HostID)
+	case op.GuestID != action.GuestID:
+		return fmt.Errorf("%w: signed guest %q, action guest %q", ErrBindingMismatch, op.GuestID, action.GuestID)
+	}
+	signed, err := CanonicalJSON(op.Params)
+	if err != nil {
+		return fmt.Errorf("%w: signed params: %v", ErrBindingMismatch, err)
+	}
+	actual, err := CanonicalJSON(action.Params)
+	if err != nil {
+		return fmt.Errorf("%w: action params: %v", ErrBindingMismatch, err)
+	}
+	if !bytes.Equal(signed, actual) {
+		return fmt.Errorf("%w: signed params %s, action params %s", ErrBindingMismatch, signed, actual)
+	}
+	return nil
+}
+
+func describe(a Action) string {
+	params, err := CanonicalJSON(a.Params)
+	if err != nil {
+		params = []byte("(unencodable)")
+	}
+	return fmt.Sprintf("%s host=%s guest=%s params=%s", a.Op, a.HostID, a.GuestID, params)
+}
