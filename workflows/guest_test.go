@@ -1,0 +1,229 @@
+package workflows
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+
+	"github.com/felhom/felhom-agent/workflows/desired"
+)
+
+// fakeHost is an in-memory host for fast tests of the workflow's logic. The
+// end-to-end tests in tests/ run the same workflow against a real server,
+// the real activities and the Proxmox simulator.
+type fakeHost struct {
+	mu       sync.Mutex
+	guest    desired.Observed
+	prov     Provenance
+	executed []string
+	// acceptBlob is the only approval blob the fake gate accepts.
+	acceptBlob string
+}
+
+func (h *fakeHost) ObserveGuest(ctx context.Context, in ObserveInput) (Observation, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return Observation{Guest: h.guest, Provenance: h.prov}, nil
+}
+
+func (h *fakeHost) ExecuteAction(ctx context.Context, in ExecuteInput) (ExecuteResult, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if in.Action.Destructive {
+		if in.Approval == nil {
+			return ExecuteResult{}, temporal.NewNonRetryableApplicationError("needs a signature", ErrTypeGateRejection, nil, "pending_signature")
+		}
+		if in.Approval.Blob != h.acceptBlob {
+			return ExecuteResult{}, temporal.NewNonRetryableApplicationError("signed op does not match the action", ErrTypeGateRejection, nil, "binding_mismatch")
+		}
+	}
+	h.executed = append(h.executed, in.Action.Op)
+	switch in.Action.Op {
+	case desired.OpCreate:
+		h.guest = desired.Observed{Exists: true, Kind: desired.Kind(in.Action.Params["kind"].(string)), Status: "stopped",
+			MemoryMiB: int(in.Action.Params["memory"].(float64)), Cores: int(in.Action.Params["cores"].(float64))}
+		if n, ok := in.Action.Params["name"].(string); ok {
+			h.guest.Name = n
+		}
+	case desired.OpStart:
+		h.guest.Status = "running"
+	case desired.OpShutdown:
+		h.guest.Status = "stopped"
+	case desired.OpDestroy:
+		h.guest = desired.Observed{}
+	case desired.OpConfig:
+		if m, ok := in.Action.Params["memory"].(float64); ok {
+			h.guest.MemoryMiB = int(m)
+		}
+	}
+	return ExecuteResult{Detail: in.Action.Op + " done"}, nil
+}
+
+func (h *fakeHost) ops() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.executed...)
+}
+
+func newEnv(t *testing.T, h *fakeHost) *testsuite.TestWorkflowEnvironment {
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(GuestReconcileWorkflow)
+	env.RegisterActivityWithOptions(h.ObserveGuest, activity.RegisterOptions{Name: ActivityObserveGuest})
+	env.RegisterActivityWithOptions(h.ExecuteAction, activity.RegisterOptions{Name: ActivityExecuteAction})
+	// The host workflow is not running in these tests: telling it fails.
+	env.OnSignalExternalWorkflow(mock.Anything, HostWorkflowID("pve1"), "", SignalDesiredChanged, mock.Anything).Return(nil).Maybe()
+	return env
+}
+
+func spec(state desired.State) *desired.Spec {
+	return &desired.Spec{Host: "pve1", VMID: 101, Kind: desired.QEMU, Name: "web", State: state, Memory: "1GiB", Cores: 2}
+}
+
+func queryStatus(t *testing.T, env *testsuite.TestWorkflowEnvironment) GuestStatus {
+	t.Helper()
+	v, err := env.QueryWorkflow(QueryStatus)
+	if err != nil {
+		t.Fatalf("query status: %v", err)
+	}
+	var st GuestStatus
+	if err := v.Get(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func TestGuestWorkflowCreatesAndStarts(t *testing.T) {
+	h := &fakeHost{}
+	env := newEnv(t, h)
+	env.RegisterDelayedCallback(func() {
+		st := queryStatus(t, env)
+		if st.Phase != PhaseConverged {
+			t.Errorf("phase = %s, want %s (last error %q)", st.Phase, PhaseConverged, st.LastError)
+		}
+		if h.guest.Status != "running" || h.guest.MemoryMiB != 1024 {
+			t.Errorf("guest = %+v, want running with 1024 MiB", h.guest)
+		}
+		env.CancelWorkflow()
+	}, time.Minute)
+	env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Running)})
+	if got, want := strings.Join(h.ops(), ","), "guest.create,guest.start"; got != want {
+		t.Errorf("executed %s, want %s", got, want)
+	}
+}
+
+func TestGuestWorkflowHoldsDestroyForAMatchingSignature(t *testing.T) {
+	h := &fakeHost{guest: desired.Observed{Exists: true, Kind: desired.QEMU, Status: "running", Name: "web", MemoryMiB: 1024, Cores: 2}, acceptBlob: "good"}
+	env := newEnv(t, h)
+	var verdicts []ApprovalVerdict
+	approve := func(blob string) {
+		env.UpdateWorkflow(UpdateApprove, blob, &testsuite.TestUpdateCallback{
+			OnReject: func(err error) { t.Errorf("approval %s rejected by the validator: %v", blob, err) },
+			OnAccept: func() {},
+			OnComplete: func(v any, err error) {
+				if err != nil {
+					t.Errorf("approval %s: %v", blob, err)
+					return
+				}
+				verdicts = append(verdicts, v.(ApprovalVerdict))
+			},
+		}, Approval{Blob: blob, Signature: "sig"})
+	}
+	env.RegisterDelayedCallback(func() {
+		st := queryStatus(t, env)
+		if st.Phase != PhasePending || st.Pending == nil || st.Pending.Action.Op != desired.OpDestroy {
+			t.Fatalf("status = %+v, want pending_signature on guest.destroy", st)
+		}
+		if tpl := st.Pending.OpTemplate; tpl.HostID != "pve1" || tpl.GuestID != "101" || tpl.Op != desired.OpDestroy {
+			t.Errorf("op template = %+v", tpl)
+		}
+		if len(h.ops()) != 0 {
+			t.Errorf("executed %v before any approval", h.ops())
+		}
+		approve("wrong")
+	}, time.Minute)
+	env.RegisterDelayedCallback(func() {
+		if st := queryStatus(t, env); st.Phase != PhasePending || st.Pending.LastRejection != "binding_mismatch" {
+			t.Errorf("after a wrong approval: phase %s, last rejection %q", st.Phase, st.Pending.LastRejection)
+		}
+		approve("good")
+	}, 2*time.Minute)
+	env.RegisterDelayedCallback(func() {
+		if st := queryStatus(t, env); st.Phase != PhaseConverged {
+			t.Errorf("phase after approval = %s, want converged", st.Phase)
+		}
+		env.CancelWorkflow()
+	}, 3*time.Minute)
+	env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Absent)})
+
+	if got := strings.Join(h.ops(), ","); got != "guest.destroy" {
+		t.Errorf("executed %q, want only guest.destroy", got)
+	}
+	if len(verdicts) != 2 || verdicts[0].Accepted || verdicts[0].Code != "binding_mismatch" || !verdicts[1].Accepted {
+		t.Errorf("verdicts = %+v, want binding_mismatch then accepted", verdicts)
+	}
+}
+
+func TestGuestWorkflowDropsAWaitWhenTheDesiredStateChanges(t *testing.T) {
+	h := &fakeHost{guest: desired.Observed{Exists: true, Kind: desired.QEMU, Status: "running", Name: "web", MemoryMiB: 1024, Cores: 2}}
+	env := newEnv(t, h)
+	env.RegisterDelayedCallback(func() {
+		if st := queryStatus(t, env); st.Phase != PhasePending {
+			t.Fatalf("phase = %s, want pending", st.Phase)
+		}
+		env.SignalWorkflow(SignalSetDesired, *spec(desired.Running))
+	}, time.Minute)
+	env.RegisterDelayedCallback(func() {
+		st := queryStatus(t, env)
+		if st.Phase != PhaseConverged || st.Pending != nil || st.Generation != 2 {
+			t.Errorf("status = %+v, want converged at generation 2 with nothing pending", st)
+		}
+		env.CancelWorkflow()
+	}, 2*time.Minute)
+	env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Absent)})
+	if len(h.ops()) != 0 {
+		t.Errorf("executed %v, want nothing", h.ops())
+	}
+}
+
+func TestGuestWorkflowRejectsABadSpecByUpdate(t *testing.T) {
+	h := &fakeHost{}
+	env := newEnv(t, h)
+	env.RegisterDelayedCallback(func() {
+		bad := *spec(desired.Running)
+		bad.Memory = "lots"
+		env.UpdateWorkflow(UpdateSetDesired, "bad", &testsuite.TestUpdateCallback{
+			OnReject: func(err error) {
+				if !strings.Contains(err.Error(), "memory") {
+					t.Errorf("rejection %q does not name the field", err)
+				}
+			},
+			OnAccept:   func() { t.Error("bad spec accepted") },
+			OnComplete: func(any, error) {},
+		}, bad)
+		other := *spec(desired.Running)
+		other.VMID = 102
+		env.UpdateWorkflow(UpdateSetDesired, "other", &testsuite.TestUpdateCallback{
+			OnReject:   func(err error) {},
+			OnAccept:   func() { t.Error("spec of another guest accepted") },
+			OnComplete: func(any, error) {},
+		}, other)
+	}, time.Minute)
+	env.RegisterDelayedCallback(func() {
+		if st := queryStatus(t, env); st.Desired != nil || st.Phase != PhaseWaiting {
+			t.Errorf("status = %+v, want still waiting for a desired state", st)
+		}
+		env.CancelWorkflow()
+	}, 2*time.Minute)
+	env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101})
+	if len(h.ops()) != 0 {
+		t.Errorf("executed %v", h.ops())
+	}
+}
