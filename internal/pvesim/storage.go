@@ -354,3 +354,19 @@ func (s *Server) deleteVolume(c *call, st *storageDef, volid string) (any, *apiE
 	}})
 	return upid, nil
 }
+
+// AddVolume creates a volume ("local-lvm:vm-101-disk-3") that no config
+// needs to reference, like the leftovers of a crashed create.
+func (s *Server) AddVolume(volid string, size uint64) error {
+	storage, _, ok := strings.Cut(volid, ":")
+	if !ok || findStorage(storage) == nil {
+		return fmt.Errorf("pvesim: volume %q is not on a simulated storage", volid)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.volumes[volid] != nil {
+		return fmt.Errorf("pvesim: volume %q exists", volid)
+	}
+	s.registerVolume(fmt.Sprintf("%s,size=%dK", volid, size>>10), 0)
+	return nil
+}
