@@ -1,0 +1,63 @@
+// Package activities holds the Temporal activities that act on one Proxmox VE
+// node through go-proxmox: reading and listing guests, power steps, config
+// changes, creates, and the destructive executors (destroy, restore over an
+// existing guest, volume wipe, disk detach/shrink), which run the gate
+// themselves, on the host.
+//
+// Register a *Proxmox with the worker; each exported method is an activity
+// taking (ctx, XInput) and returning (XResult, error), all JSON-serialisable.
+//
+// # Mutations and crash resume
+//
+// A mutating activity POSTs, immediately records the task's UPID as its
+// heartbeat (Progress), then polls the task status, heartbeating on every
+// poll, until the task stops. Success is exit status "OK" or "WARNINGS: n"
+// (Proxmox's own rule; go-proxmox's Task.Wait gets it wrong and ignores the
+// context, so it is not used). A retried attempt reads the last heartbeat and
+// resumes waiting on the recorded UPID instead of POSTing again. Where no UPID
+// was recorded (the process died between the POST and the heartbeat), the
+// activity first reads the guest's real state: start of a running guest,
+// stop/shutdown of a stopped one, a config whose values are already set, a
+// destroy of a VMID that is gone, are done without a request. A reboot cannot
+// be told from state, so in that window a retry may reboot twice (benign). A
+// restore cannot either; restoring the same archive again gives the same
+// result.
+//
+// Creates keep the host's provenance ledger in step (see Proxmox.create for
+// the state-by-state reasoning): a pending record is fsync'd before the POST,
+// confirmed after the task succeeded, and a retry never claims a VMID that
+// this workflow run did not record.
+//
+// # The gate on the host
+//
+// Destructive executors take the operator's signed approval in their input
+// and call Gate.Decide with the action exactly as they are about to perform
+// it (op, host, guest, params computed from the guest's real state), the
+// provenance from the host-local ledger and the current workflow run id. A
+// rejection is a non-retryable application error whose type is the gate's
+// code ("pending_signature", "binding_mismatch", "replay", ...). A guest with
+// protection enabled is refused before the gate runs and before anything is
+// stopped. Because the first attempt spends the approval's nonce, an
+// admission (approval hash, run, activity id) is fsync'd in the ledger right
+// after the gate allowed; a retry of that same activity whose gate answer is
+// "replay" (every other check having passed again) proceeds, and the admission
+// is spent when the step completed. If the process dies between the gate
+// burning the nonce and the admission reaching the disk, the retry is refused
+// as a replay: fail-safe, the operator signs again.
+//
+// # Errors
+//
+// Errors are Temporal application errors with stable types (ErrType*):
+// locks, 5xx, 595/596 and network errors are retryable; bad parameters,
+// permission, protection, digest mismatch, a taken VMID and a missing guest
+// (for any step but destroy) are not. A panic inside go-proxmox is recovered
+// into a retryable ProxmoxMalformed error.
+//
+// # Gated actions
+//
+//	guest.destroy  guest_id=VMID  params {"kind": "qemu"|"lxc"}
+//	guest.restore  guest_id=VMID  params {"archive": VOLID[, "storage": STORAGE]}
+//	volume.wipe    guest_id=owner VMID from the volume name, or ""  params {"volume": VOLID}
+//	disk.detach    guest_id=VMID  params {"disk": KEY}
+//	disk.shrink    guest_id=VMID  params {"disk": KEY, "size_gib": N}
+package activities

@@ -1,0 +1,244 @@
+package activities
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	proxmox "github.com/luthermonson/go-proxmox"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/felhom/felhom-agent/activities/ledger"
+	"github.com/felhom/felhom-agent/gate"
+)
+
+// Gate decides whether an action may run; *gate.Gate implements it.
+type Gate interface {
+	Decide(ctx context.Context, req gate.Request) (gate.Decision, error)
+}
+
+// Guest kinds, as Proxmox names them in API paths.
+const (
+	KindQEMU = "qemu"
+	KindLXC  = "lxc"
+)
+
+// DefaultPollInterval is how often a running Proxmox task is polled.
+const DefaultPollInterval = time.Second
+
+// Proxmox holds the activities acting on one Proxmox node. Register a
+// *Proxmox with the worker; every exported method is an activity.
+type Proxmox struct {
+	// Client must come from pveclient.New: it never retries inside the client
+	// and reports every non-2xx answer with its status.
+	Client *proxmox.Client
+	// Node is the Proxmox node name this worker acts on.
+	Node string
+	// HostID is the agent's host id, the host_id of signed ops.
+	HostID string
+	// Ledger is the host-local provenance ledger.
+	Ledger *ledger.Ledger
+	// Gate verifies destructive steps on this host.
+	Gate Gate
+	// Log receives one line per mutation (slog.Default when nil).
+	Log *slog.Logger
+	// PollInterval between task status polls (DefaultPollInterval when zero).
+	PollInterval time.Duration
+}
+
+// Progress is the heartbeat detail of a mutating activity: the Proxmox task
+// it is waiting on. A retried attempt resumes from it instead of POSTing
+// again.
+type Progress struct {
+	Phase string `json:"phase"`
+	UPID  string `json:"upid"`
+}
+
+// TaskResult is the outcome of a mutating activity.
+type TaskResult struct {
+	// UPID of the task that did the work ("" when nothing had to be done or
+	// the call was synchronous).
+	UPID string `json:"upid,omitempty"`
+	// ExitStatus of that task: "OK" or "WARNINGS: n".
+	ExitStatus string `json:"exit_status,omitempty"`
+	// AlreadyDone is true when the guest was already in the requested state,
+	// so nothing was sent to Proxmox.
+	AlreadyDone bool `json:"already_done,omitempty"`
+	// Resumed is true when this attempt resumed a task a previous attempt
+	// had started.
+	Resumed bool `json:"resumed,omitempty"`
+}
+
+func (a *Proxmox) log() *slog.Logger {
+	if a.Log != nil {
+		return a.Log
+	}
+	return slog.Default()
+}
+
+func (a *Proxmox) guestPath(kind string, vmid int) string {
+	return fmt.Sprintf("/nodes/%s/%s/%d", url.PathEscape(a.Node), kind, vmid)
+}
+
+// postTask sends a mutating request and returns the UPID Proxmox answered
+// with ("" for a synchronous call that answers null).
+func (a *Proxmox) postTask(ctx context.Context, method, path string, params map[string]any) (string, error) {
+	var upid *string
+	var err error
+	switch method {
+	case "POST":
+		err = a.Client.Post(ctx, path, params, &upid)
+	case "PUT":
+		err = a.Client.Put(ctx, path, params, &upid)
+	case "DELETE":
+		if len(params) > 0 {
+			q := url.Values{}
+			for k, v := range params {
+				q.Set(k, fmt.Sprint(v))
+			}
+			path += "?" + q.Encode()
+		}
+		err = a.Client.Delete(ctx, path, &upid)
+	default:
+		return "", fmt.Errorf("unsupported method %s", method)
+	}
+	if err != nil {
+		return "", err
+	}
+	if upid == nil {
+		return "", nil
+	}
+	if _, err := parseUPID(*upid); err != nil {
+		return "", fmt.Errorf("%s %s answered %w", method, path, err)
+	}
+	return *upid, nil
+}
+
+// upidInfo is what the agent reads from a UPID:
+// UPID:node:pid:pstart:starttime:type:id:user:
+type upidInfo struct {
+	Node, Type, ID string
+}
+
+func parseUPID(s string) (upidInfo, error) {
+	f := strings.Split(s, ":")
+	if len(f) < 8 || f[0] != "UPID" || f[1] == "" {
+		return upidInfo{}, fmt.Errorf("malformed UPID %q", s)
+	}
+	return upidInfo{Node: f[1], Type: f[5], ID: f[6]}, nil
+}
+
+type taskStatus struct {
+	Status     string `json:"status"`
+	ExitStatus string `json:"exitstatus"`
+	UPID       string `json:"upid"`
+	Node       string `json:"node"`
+}
+
+// resumed returns the progress a previous attempt recorded, if any.
+func resumed(ctx context.Context) (Progress, bool) {
+	if !activity.HasHeartbeatDetails(ctx) {
+		return Progress{}, false
+	}
+	var p Progress
+	if err := activity.GetHeartbeatDetails(ctx, &p); err != nil || p.UPID == "" {
+		return Progress{}, false
+	}
+	return p, true
+}
+
+// launch sends the mutating request and records its UPID as the heartbeat
+// before doing anything else: from here on a retry waits instead of posting.
+func (a *Proxmox) launch(ctx context.Context, phase, method, path string, params map[string]any) (string, error) {
+	upid, err := a.postTask(ctx, method, path, params)
+	if err != nil {
+		return "", err
+	}
+	if upid != "" {
+		activity.RecordHeartbeat(ctx, Progress{Phase: phase, UPID: upid})
+	}
+	a.log().Info("proxmox request sent", "phase", phase, "method", method, "path", path, "upid", upid)
+	return upid, nil
+}
+
+// wait polls the task until it stops, heartbeating on every poll, and
+// returns a *TaskError when it failed. It honours ctx: a cancelled or timed
+// out activity stops waiting at once (the task itself keeps running on the
+// host, and the next attempt resumes waiting on it).
+func (a *Proxmox) wait(ctx context.Context, phase, upid string) (TaskResult, error) {
+	info, err := parseUPID(upid)
+	if err != nil {
+		return TaskResult{}, err
+	}
+	interval := a.PollInterval
+	if interval <= 0 {
+		interval = DefaultPollInterval
+	}
+	path := fmt.Sprintf("/nodes/%s/tasks/%s/status", url.PathEscape(info.Node), url.PathEscape(upid))
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return TaskResult{}, ctx.Err()
+		case <-timer.C:
+		}
+		var st *taskStatus
+		if err := a.Client.Get(ctx, path, &st); err != nil {
+			return TaskResult{}, err
+		}
+		if st == nil {
+			return TaskResult{}, fmt.Errorf("task %s: status answered null", upid)
+		}
+		activity.RecordHeartbeat(ctx, Progress{Phase: phase, UPID: upid})
+		if st.Status != "running" && st.Status != "" {
+			if !taskSucceeded(st.ExitStatus) {
+				return TaskResult{}, &TaskError{UPID: upid, ExitStatus: st.ExitStatus}
+			}
+			return TaskResult{UPID: upid, ExitStatus: st.ExitStatus}, nil
+		}
+		timer.Reset(interval)
+	}
+}
+
+// runTask launches a request and waits for its task.
+func (a *Proxmox) runTask(ctx context.Context, phase, method, path string, params map[string]any) (TaskResult, error) {
+	upid, err := a.launch(ctx, phase, method, path, params)
+	if err != nil || upid == "" {
+		return TaskResult{}, err
+	}
+	return a.wait(ctx, phase, upid)
+}
+
+// resumeTask waits on the task a previous attempt recorded for phase. ok is
+// false when there is nothing to resume, or when Proxmox no longer knows the
+// task (then the caller decides from the guest's real state).
+func (a *Proxmox) resumeTask(ctx context.Context, p Progress, hasProgress bool, phase string) (TaskResult, bool, error) {
+	if !hasProgress || p.Phase != phase {
+		return TaskResult{}, false, nil
+	}
+	if _, err := parseUPID(p.UPID); err != nil {
+		return TaskResult{}, true, temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("resume %s: the recorded task id cannot be parsed: %v", phase, err), ErrTypeMalformedUPID, err)
+	}
+	a.log().Info("resuming proxmox task", "phase", phase, "upid", p.UPID)
+	res, err := a.wait(ctx, phase, p.UPID)
+	if err != nil {
+		if code, msg, ok := httpStatus(err); ok && (code == 404 || (code == 500 && contains(msg, "no such task", "unable to open file", "does not exist"))) {
+			a.log().Warn("recorded task unknown to proxmox; deciding from the guest's state", "upid", p.UPID, "err", err)
+			return TaskResult{}, false, nil
+		}
+		return TaskResult{}, true, err
+	}
+	res.Resumed = true
+	return res, true, nil
+}
+
+func vmidString(vmid int) string { return strconv.Itoa(vmid) }
+
+func validKind(kind string) bool { return kind == KindQEMU || kind == KindLXC }
