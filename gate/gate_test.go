@@ -1,0 +1,355 @@
+package gate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// keys made once per test binary by the real ssh-keygen.
+var (
+	keysOnce                                     sync.Once
+	opKey, recKey, strangerKey, smallRSA, rsaKey testKey
+)
+
+func testKeys(t *testing.T) {
+	keysOnce.Do(func() {
+		opKey = genKeyIn(t, sharedDir, "ed25519", 0)
+		recKey = genKeyIn(t, sharedDir, "ed25519", 0)
+		strangerKey = genKeyIn(t, sharedDir, "ed25519", 0)
+		smallRSA = genKeyIn(t, sharedDir, "rsa", 1024)
+		rsaKey = genKeyIn(t, sharedDir, "rsa", 2048)
+	})
+}
+
+func destroyAction() Action {
+	return Action{Op: OpGuestDestroy, HostID: "pve1", GuestID: "101", Params: map[string]any{"purge": true}}
+}
+
+func destroyOp(nonce string) Op {
+	op := baseOp()
+	op.Nonce = nonce
+	op.Params = map[string]any{"purge": true}
+	return op
+}
+
+func newGate(t *testing.T, store NonceStore, logger *slog.Logger) *Gate {
+	t.Helper()
+	testKeys(t)
+	signers, err := ParseSigners([]string{opKey.line, rsaKey.line}, []string{"# recovery", "", recKey.line})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewVerifier(VerifierConfig{HostID: "pve1", Signers: signers, Nonces: store, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(v, logger)
+}
+
+// approve signs op with k through ssh-keygen.
+func approve(t *testing.T, k testKey, op Op) *Approval {
+	blob := mustCanon(t, op)
+	return &Approval{Blob: blob, Signature: keygenSign(t, k, Namespace, blob)}
+}
+
+func TestDecideAdversarialMatrix(t *testing.T) {
+	testKeys(t)
+	tests := []struct {
+		name    string
+		req     func(t *testing.T) Request
+		wantErr error
+		code    string
+	}{
+		{"unsigned destructive", func(t *testing.T) Request {
+			return Request{Action: destroyAction()}
+		}, ErrPendingSignature, "pending_signature"},
+		{"hub-supplied scratch tag on a data-bearing guest", func(t *testing.T) Request {
+			a := destroyAction()
+			a.Params = map[string]any{"purge": true, "tags": "scratch", "scratch": true}
+			return Request{Action: a, CurrentRun: "run-1"}
+		}, ErrPendingSignature, "pending_signature"},
+		{"guest created by another run", func(t *testing.T) Request {
+			return Request{Action: destroyAction(), Provenance: Provenance{AgentCreated: true, CreatedByRun: "run-0"}, CurrentRun: "run-1"}
+		}, ErrPendingSignature, "pending_signature"},
+		{"malformed armor", func(t *testing.T) Request {
+			return Request{Action: destroyAction(), Approval: &Approval{Blob: mustCanon(t, destroyOp("m1")), Signature: []byte("-----BEGIN SSH SIGNATURE-----\n!!!\n-----END SSH SIGNATURE-----\n")}}
+		}, ErrArmor, "armor"},
+		{"wrong namespace", func(t *testing.T) Request {
+			blob := mustCanon(t, destroyOp("m2"))
+			return Request{Action: destroyAction(), Approval: &Approval{Blob: blob, Signature: keygenSign(t, opKey, "felhom-op-v2", blob)}}
+		}, ErrNamespace, "namespace"},
+		{"RSA key under 2048 bits", func(t *testing.T) Request {
+			return Request{Action: destroyAction(), Approval: approve(t, smallRSA, destroyOp("m3"))}
+		}, ErrPublicKey, "public_key"},
+		{"unknown signer", func(t *testing.T) Request {
+			return Request{Action: destroyAction(), Approval: approve(t, strangerKey, destroyOp("m4"))}
+		}, ErrUnknownSigner, "unknown_signer"},
+		{"key_id naming a pinned key does not help", func(t *testing.T) Request {
+			op := destroyOp("m5")
+			op.KeyID = ssh.FingerprintSHA256(opKey.pub)
+			return Request{Action: destroyAction(), Approval: approve(t, strangerKey, op)}
+		}, ErrUnknownSigner, "unknown_signer"},
+		{"tampered byte", func(t *testing.T) Request {
+			a := approve(t, opKey, destroyOp("m6"))
+			a.Blob = bytes.Replace(a.Blob, []byte(`"purge":true`), []byte(`"purge":trUe`), 1)
+			a.Blob = bytes.Replace(a.Blob, []byte(`"101"`), []byte(`"102"`), 1)
+			return Request{Action: destroyAction(), Approval: a}
+		}, ErrSignature, "signature"},
+		{"trailing newline added", func(t *testing.T) Request {
+			a := approve(t, opKey, destroyOp("m7"))
+			a.Blob = append(a.Blob, '\n')
+			return Request{Action: destroyAction(), Approval: a}
+		}, ErrSignature, "signature"},
+		{"legacy ssh-rsa SHA-1 signature", func(t *testing.T) Request {
+			blob := mustCanon(t, destroyOp("m8"))
+			return Request{Action: destroyAction(), Approval: &Approval{Blob: blob, Signature: signRaw(t, rsaKey.signer, Namespace, "sha512", ssh.KeyAlgoRSA, blob)}}
+		}, ErrSignature, "signature"},
+		{"signed blob that is not canonical", func(t *testing.T) Request {
+			blob := mustCanon(t, destroyOp("m9"))
+			blob = bytes.Replace(blob, []byte(`"op":`), []byte(`"op": `), 1)
+			return Request{Action: destroyAction(), Approval: &Approval{Blob: blob, Signature: keygenSign(t, opKey, Namespace, blob)}}
+		}, ErrBlob, "blob"},
+		{"wrong host", func(t *testing.T) Request {
+			op := destroyOp("m10")
+			op.HostID = "pve2"
+			return Request{Action: destroyAction(), Approval: approve(t, opKey, op)}
+		}, ErrWrongHost, "wrong_host"},
+		{"not yet valid", func(t *testing.T) Request {
+			op := destroyOp("m11")
+			op.NotBefore, op.ExpiresAt = now.Add(time.Minute), now.Add(time.Hour)
+			return Request{Action: destroyAction(), Approval: approve(t, opKey, op)}
+		}, ErrNotYetValid, "not_yet_valid"},
+		{"expired", func(t *testing.T) Request {
+			op := destroyOp("m12")
+			op.NotBefore, op.ExpiresAt = now.Add(-time.Hour), now
+			return Request{Action: destroyAction(), Approval: approve(t, opKey, op)}
+		}, ErrExpired, "expired"},
+		{"recovery key on an ordinary destructive op", func(t *testing.T) Request {
+			return Request{Action: destroyAction(), Approval: approve(t, recKey, destroyOp("m13"))}
+		}, ErrRoleDenied, "role_denied"},
+		{"wrong guest", func(t *testing.T) Request {
+			op := destroyOp("m14")
+			op.GuestID = "102"
+			return Request{Action: destroyAction(), Approval: approve(t, opKey, op)}
+		}, ErrBindingMismatch, "binding_mismatch"},
+		{"wrong op", func(t *testing.T) Request {
+			op := destroyOp("m15")
+			op.Op = OpVolumeWipe
+			return Request{Action: destroyAction(), Approval: approve(t, opKey, op)}
+		}, ErrBindingMismatch, "binding_mismatch"},
+		{"wrong params", func(t *testing.T) Request {
+			op := destroyOp("m16")
+			op.Params = map[string]any{"purge": false}
+			return Request{Action: destroyAction(), Approval: approve(t, opKey, op)}
+		}, ErrBindingMismatch, "binding_mismatch"},
+		{"extra param in the action", func(t *testing.T) Request {
+			a := destroyAction()
+			a.Params["storage"] = "local-lvm"
+			return Request{Action: a, Approval: approve(t, opKey, destroyOp("m17"))}
+		}, ErrBindingMismatch, "binding_mismatch"},
+	}
+	g := newGate(t, NewMemoryNonceStore(), slog.New(slog.DiscardHandler))
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, err := g.Decide(context.Background(), tt.req(t))
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Decide error = %v, want %v", err, tt.wantErr)
+			}
+			if d.Allowed || d.Code != tt.code || Code(err) != tt.code {
+				t.Fatalf("decision %+v (Code(err)=%q), want refused with code %q", d, Code(err), tt.code)
+			}
+			if d.Class != Destructive {
+				t.Fatalf("class %q, want destructive", d.Class)
+			}
+		})
+	}
+}
+
+func TestDecideAcceptsOnceThenReplayAcrossRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nonces.log")
+	store, err := OpenFileNonceStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newGate(t, store, slog.New(slog.DiscardHandler))
+	ok := approve(t, opKey, destroyOp("fresh"))
+
+	// Rejections of the very same nonce must not use it up.
+	wrongGuest := destroyAction()
+	wrongGuest.GuestID = "102"
+	if _, err := g.Decide(context.Background(), Request{Action: wrongGuest, Approval: ok}); !errors.Is(err, ErrBindingMismatch) {
+		t.Fatalf("wrong guest: %v", err)
+	}
+	bad := *ok
+	bad.Blob = append(append([]byte{}, ok.Blob...), '\n')
+	if _, err := g.Decide(context.Background(), Request{Action: destroyAction(), Approval: &bad}); !errors.Is(err, ErrSignature) {
+		t.Fatalf("bad signature: %v", err)
+	}
+
+	d, err := g.Decide(context.Background(), Request{Action: destroyAction(), Approval: ok})
+	if err != nil || !d.Allowed || d.Code != CodeAllowedSigned || d.Op == nil || d.Op.Op.Nonce != "fresh" {
+		t.Fatalf("valid op: %+v, %v", d, err)
+	}
+	if _, err := g.Decide(context.Background(), Request{Action: destroyAction(), Approval: ok}); !errors.Is(err, ErrReplay) {
+		t.Fatalf("second presentation: %v, want ErrReplay", err)
+	}
+	// A re-armored signature (different bytes, same op) is still a replay:
+	// replay is keyed on the nonce, not on signature bytes.
+	rewrapped := *ok
+	rewrapped.Signature = bytes.ReplaceAll(ok.Signature, []byte("\n"), []byte("\r\n"))
+	if _, err := g.Decide(context.Background(), Request{Action: destroyAction(), Approval: &rewrapped}); !errors.Is(err, ErrReplay) {
+		t.Fatalf("re-armored signature: %v, want ErrReplay", err)
+	}
+
+	store.Close()
+	store, err = OpenFileNonceStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	g = newGate(t, store, slog.New(slog.DiscardHandler))
+	d, err = g.Decide(context.Background(), Request{Action: destroyAction(), Approval: ok})
+	if !errors.Is(err, ErrReplay) || d.Allowed || d.Code != "replay" {
+		t.Fatalf("after restart: %+v, %v, want replay", d, err)
+	}
+}
+
+func TestDecideRoles(t *testing.T) {
+	g := newGate(t, NewMemoryNonceStore(), slog.New(slog.DiscardHandler))
+	rotate := Action{Op: OpSignersRotate, HostID: "pve1", Params: map[string]any{"operational": []any{"ssh-ed25519 AAAA new"}}}
+	rotOp := func(nonce string) Op {
+		op := baseOp()
+		op.Op, op.GuestID, op.Nonce, op.Params = OpSignersRotate, "", nonce, rotate.Params
+		return op
+	}
+	tests := []struct {
+		name string
+		key  testKey
+		act  Action
+		op   Op
+		want error
+	}{
+		{"recovery key rotates signers", recKey, rotate, rotOp("r1"), nil},
+		{"operational key plans a rotation", opKey, rotate, rotOp("r2"), nil},
+		{"operational key destroys", opKey, destroyAction(), destroyOp("r3"), nil},
+		{"RSA operational key destroys", rsaKey, destroyAction(), destroyOp("r4"), nil},
+		{"recovery key destroys", recKey, destroyAction(), destroyOp("r5"), ErrRoleDenied},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, err := g.Decide(context.Background(), Request{Action: tt.act, Approval: approve(t, tt.key, tt.op)})
+			if !errors.Is(err, tt.want) || d.Allowed != (tt.want == nil) {
+				t.Fatalf("Decide = %+v, %v; want %v", d, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestClassify(t *testing.T) {
+	created := Provenance{AgentCreated: true, CreatedByRun: "run-1"}
+	tests := []struct {
+		op   string
+		prov Provenance
+		run  string
+		want Class
+	}{
+		{OpGuestStart, Provenance{}, "", Benign},
+		{OpGuestStop, Provenance{}, "", Benign},
+		{OpGuestShutdown, Provenance{}, "", Benign},
+		{OpGuestReboot, Provenance{}, "", Benign},
+		{OpGuestCreate, Provenance{}, "", Benign},
+		{OpGuestConfig, Provenance{}, "", Benign},
+		{OpGuestDestroy, Provenance{}, "run-1", Destructive},
+		{OpGuestDestroy, created, "run-1", Benign},                                // compensating rollback
+		{OpGuestDestroy, created, "run-2", Destructive},                           // created earlier: may hold data now
+		{OpGuestDestroy, Provenance{CreatedByRun: "run-1"}, "run-1", Destructive}, // not agent-created
+		{OpGuestDestroy, Provenance{AgentCreated: true}, "", Destructive},         // empty run ids never match
+		{OpGuestDestroy, Provenance{AgentCreated: true, Scratch: true}, "", Benign},
+		{OpGuestDestroy, Provenance{Scratch: true}, "", Destructive}, // scratch claim without agent creation
+		{OpGuestRestore, created, "run-2", Destructive},
+		{OpVolumeWipe, Provenance{}, "", Destructive},
+		{OpDiskDetach, Provenance{}, "", Destructive},
+		{OpDiskShrink, Provenance{AgentCreated: true, Scratch: true}, "", Benign},
+		{OpSignersRotate, Provenance{AgentCreated: true, Scratch: true}, "", Destructive},
+		{"guest.migrate", Provenance{}, "", Destructive}, // unknown class fails safe
+		{"", Provenance{}, "", Destructive},
+	}
+	for _, tt := range tests {
+		a := Action{Op: tt.op, HostID: "pve1", GuestID: "101", Params: map[string]any{"scratch": true}}
+		if got := Classify(a, tt.prov, tt.run); got != tt.want {
+			t.Errorf("Classify(%s, %+v, %q) = %s, want %s", tt.op, tt.prov, tt.run, got, tt.want)
+		}
+	}
+}
+
+func TestDecideBenignAndAudit(t *testing.T) {
+	var logs bytes.Buffer
+	g := newGate(t, NewMemoryNonceStore(), slog.New(slog.NewJSONHandler(&logs, nil)))
+	d, err := g.Decide(context.Background(), Request{Action: Action{Op: OpGuestStart, HostID: "pve1", GuestID: "101"}})
+	if err != nil || !d.Allowed || d.Class != Benign || d.Code != CodeAllowedBenign {
+		t.Fatalf("benign: %+v, %v", d, err)
+	}
+	rollback := Request{Action: destroyAction(), Provenance: Provenance{AgentCreated: true, CreatedByRun: "run-7"}, CurrentRun: "run-7"}
+	if d, err := g.Decide(context.Background(), rollback); err != nil || !d.Allowed || d.Class != Benign {
+		t.Fatalf("rollback of own create: %+v, %v", d, err)
+	}
+	if _, err := g.Decide(context.Background(), Request{Action: destroyAction()}); !errors.Is(err, ErrPendingSignature) {
+		t.Fatal(err)
+	}
+	if _, err := g.Decide(context.Background(), Request{Action: destroyAction(), Approval: approve(t, opKey, destroyOp("audit"))}); err != nil {
+		t.Fatal(err)
+	}
+
+	var records []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var r map[string]any
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		records = append(records, r)
+	}
+	if len(records) != 4 {
+		t.Fatalf("%d audit records for 4 decisions:\n%s", len(records), logs.String())
+	}
+	want := []struct {
+		level, code string
+		allowed     bool
+	}{
+		{"INFO", "allowed_benign", true},
+		{"INFO", "allowed_benign", true},
+		{"WARN", "pending_signature", false},
+		{"INFO", "allowed_signed", true},
+	}
+	for i, w := range want {
+		r := records[i]
+		if r["msg"] != "gate decision" || r["level"] != w.level || r["code"] != w.code || r["allowed"] != w.allowed {
+			t.Errorf("record %d = %v, want %+v", i, r, w)
+		}
+	}
+	signed, _ := records[3]["signed"].(map[string]any)
+	if signed["signer"] != ssh.FingerprintSHA256(opKey.pub) || signed["role"] != "operational" || signed["nonce"] != "audit" {
+		t.Errorf("signed op not in audit record: %v", records[3])
+	}
+	if records[2]["params"] != `{"purge":true}` || records[2]["error"] == nil {
+		t.Errorf("pending record lacks the action or error: %v", records[2])
+	}
+}
+
+func TestDecideWithoutPinnedKeys(t *testing.T) {
+	testKeys(t)
+	g := New(nil, slog.New(slog.DiscardHandler))
+	_, err := g.Decide(context.Background(), Request{Action: destroyAction(), Approval: approve(t, opKey, destroyOp("x"))})
+	if !errors.Is(err, ErrUnknownSigner) {
+		t.Fatalf("no verifier: %v, want ErrUnknownSigner", err)
+	}
+}
