@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 
@@ -60,6 +61,7 @@ func newHarness(t *testing.T, cfg pvesim.Config) *harness {
 	t.Cleanup(func() { srv.Close() })
 	dir := t.TempDir()
 	h := &harness{t: t, srv: srv, keyDir: dir}
+	h.suite.SetLogger(log.NewStructuredLogger(quietLogger()))
 	h.act = h.newActivities(filepath.Join(dir, "provenance.log"), filepath.Join(dir, "nonces.log"))
 	return h
 }

@@ -1,0 +1,133 @@
+package activities
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/felhom/felhom-agent/activities/ledger"
+	"github.com/felhom/felhom-agent/internal/pvesim"
+)
+
+func TestCreateVM(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	in := CreateVMInput{VMID: 150, Name: "app", MemoryMiB: 2048, Cores: 2, Tags: []string{"prod"},
+		Disks: map[string]string{"scsi0": "local-lvm:8"}, Options: map[string]string{"net0": "virtio,bridge=vmbr0"}, Scratch: true}
+	res, err := run[CreateResult](h, h.act.CreateVM, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.VMID != 150 || res.Kind != "qemu" || res.UPID == "" || res.ExitStatus != "OK" {
+		t.Fatalf("CreateVM = %+v", res)
+	}
+	g, ok := h.guest(150)
+	if !ok || g.Name != "app" || g.MemoryMiB != 2048 || g.Cores != 2 || !strings.HasPrefix(g.Disks["scsi0"], "local-lvm:vm-150-disk-") {
+		t.Fatalf("created guest %+v", g)
+	}
+	if p := h.ledger.Lookup(150); p != (ledger.Provenance{AgentCreated: true, CreatedByRun: testRun, Scratch: true}) {
+		t.Fatalf("ledger provenance = %+v", p)
+	}
+
+	// Retried after completion was lost: done, no second POST.
+	res, err = run[CreateResult](h, h.act.CreateVM, in)
+	if err != nil || !res.AlreadyDone {
+		t.Fatalf("repeated CreateVM = %+v, %v; want AlreadyDone", res, err)
+	}
+	if n := h.mutations("POST", "/nodes/*/qemu"); n != 1 {
+		t.Fatalf("%d create requests, want 1", n)
+	}
+}
+
+func TestCreateContainer(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	in := CreateContainerInput{VMID: 250, Hostname: "db", OSTemplate: "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst",
+		MemoryMiB: 512, Cores: 1, RootFS: "local-lvm:4", Mounts: map[string]string{"mp0": "local-lvm:8,mp=/data"}}
+	res, err := run[CreateResult](h, h.act.CreateContainer, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Kind != "lxc" || res.UPID == "" {
+		t.Fatalf("CreateContainer = %+v", res)
+	}
+	g, ok := h.guest(250)
+	if !ok || g.Name != "db" || g.Disks["rootfs"] == "" || g.Disks["mp0"] == "" {
+		t.Fatalf("created container %+v", g)
+	}
+	if p := h.ledger.Lookup(250); !p.AgentCreated || p.Scratch || p.CreatedByRun != testRun {
+		t.Fatalf("ledger provenance = %+v", p)
+	}
+}
+
+func TestCreateRefusesForeignVMID(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	h.addVM(pvesim.Guest{VMID: 150, Name: "customer", MemoryMiB: 4096})
+	_, err := run[CreateResult](h, h.act.CreateVM, CreateVMInput{VMID: 150, Name: "app", MemoryMiB: 512})
+	wantErr(t, err, ErrTypeVMIDTaken, false)
+	if n := len(h.srv.Requests()); n != 0 {
+		t.Fatalf("%d requests sent for a taken VMID", n)
+	}
+	if _, ok := h.ledger.Entry(150); ok {
+		t.Fatal("ledger claims the customer's VMID")
+	}
+
+	// Created by another run of the agent: not this run's either.
+	h.ledger.BeginCreate(ledger.Entry{VMID: 160, Kind: "qemu", Run: "other-run"})
+	h.ledger.ConfirmCreate(160, "other-run")
+	h.addVM(pvesim.Guest{VMID: 160, Name: "app", MemoryMiB: 512})
+	_, err = run[CreateResult](h, h.act.CreateVM, CreateVMInput{VMID: 160, Name: "app", MemoryMiB: 512})
+	wantErr(t, err, ErrTypeVMIDTaken, false)
+}
+
+// TestCreateVMIDRace: somebody takes the VMID between the read and the POST;
+// Proxmox refuses, and the pending ledger record is dropped.
+func TestCreateVMIDRace(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	h.srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu", Kind: pvesim.FaultDelay, Delay: 200 * 1e6})
+	go func() {
+		h.srv.AddVM(pvesim.Guest{VMID: 150, Name: "theirs", MemoryMiB: 512})
+	}()
+	_, err := run[CreateResult](h, h.act.CreateVM, CreateVMInput{VMID: 150, Name: "app", MemoryMiB: 512})
+	wantErr(t, err, ErrTypeVMIDTaken, false)
+	if _, ok := h.ledger.Entry(150); ok {
+		t.Fatal("pending record left for a VMID someone else took")
+	}
+	if g, _ := h.guest(150); g.Name != "theirs" {
+		t.Fatalf("guest 150 = %+v", g)
+	}
+}
+
+func TestCreateFailedTaskDropsPending(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	h.srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu", Kind: pvesim.FaultTaskError, Message: "unable to create VM 150 - no space left"})
+	_, err := run[CreateResult](h, h.act.CreateVM, CreateVMInput{VMID: 150, Name: "app", MemoryMiB: 512})
+	wantErr(t, err, ErrTypeTaskFailed, false)
+	if _, ok := h.ledger.Entry(150); ok {
+		t.Fatal("pending record left after a failed create task")
+	}
+	if _, ok := h.guest(150); ok {
+		t.Fatal("failed create left a guest")
+	}
+}
+
+func TestCreateInputValidation(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	for name, in := range map[string]CreateVMInput{
+		"no name":      {VMID: 150, MemoryMiB: 512},
+		"no memory":    {VMID: 150, Name: "a"},
+		"low vmid":     {VMID: 99, Name: "a", MemoryMiB: 512},
+		"bad disk key": {VMID: 150, Name: "a", MemoryMiB: 512, Disks: map[string]string{"rootfs": "local-lvm:4"}},
+		"duplicate":    {VMID: 150, Name: "a", MemoryMiB: 512, Options: map[string]string{"name": "b"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := run[CreateResult](h, h.act.CreateVM, in)
+			wantErr(t, err, ErrTypeBadRequest, false)
+		})
+	}
+	_, err := run[CreateResult](h, h.act.CreateVM, CreateVMInput{VMID: 150, Name: "a", MemoryMiB: 512, Options: map[string]string{"frobnicate": "1"}})
+	wantErr(t, err, ErrTypeBadRequest, false)
+	if len(h.srv.Requests()) != 1 {
+		t.Fatalf("requests: %+v", h.srv.Requests())
+	}
+	if _, ok := h.ledger.Entry(150); ok {
+		t.Fatal("pending record left after Proxmox refused the parameters")
+	}
+}

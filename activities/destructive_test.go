@@ -1,0 +1,258 @@
+package activities
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/felhom/felhom-agent/activities/ledger"
+	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/internal/pvesim"
+)
+
+func customerVM(vmid int, status string) pvesim.Guest {
+	return pvesim.Guest{VMID: vmid, Name: "customer", Status: status, MemoryMiB: 2048, Cores: 2,
+		Disks: map[string]string{"scsi0": "local-lvm:vm-" + vmidString(vmid) + "-disk-0,size=32G"}}
+}
+
+func TestDestroyGuestIsGated(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	h.addVM(customerVM(101, "running"))
+
+	// No approval: refused, and the guest keeps running.
+	_, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 101})
+	wantErr(t, err, "pending_signature", false)
+	if !strings.Contains(err.Error(), `guest.destroy host=pve1 guest=101 params={"kind":"qemu"}`) {
+		t.Errorf("refusal %q does not show the action to sign", err)
+	}
+	// Signed for another guest, or with other params: binding mismatch.
+	_, err = run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 101,
+		Approval: h.approve(gate.OpGuestDestroy, "102", map[string]any{"kind": "qemu"})})
+	wantErr(t, err, "binding_mismatch", false)
+	_, err = run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 101,
+		Approval: h.approve(gate.OpGuestDestroy, "101", map[string]any{"kind": "lxc"})})
+	wantErr(t, err, "binding_mismatch", false)
+	// A hub that claims scratch in the input changes nothing: provenance is
+	// read from the ledger only (there is no such input field to abuse).
+	if len(h.srv.Requests()) != 0 {
+		t.Fatalf("refused destroys sent requests: %+v", h.srv.Requests())
+	}
+	if g, _ := h.guest(101); g.Status != "running" {
+		t.Fatalf("a refused destroy stopped the guest: %+v", g)
+	}
+
+	// Signed: the guest is stopped, then destroyed.
+	approval := h.approve(gate.OpGuestDestroy, "101", map[string]any{"kind": "qemu"})
+	res, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 101, Approval: approval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := h.guest(101); ok || res.UPID == "" {
+		t.Fatalf("guest still exists after destroy (%+v)", res)
+	}
+	reqs := h.srv.Requests()
+	if len(reqs) != 2 || !strings.HasSuffix(reqs[0].Path, "/status/stop") || reqs[1].Method != "DELETE" {
+		t.Fatalf("requests %+v, want stop then DELETE", reqs)
+	}
+	if reqs[1].Form.Get("purge") != "1" || reqs[1].Form.Get("destroy-unreferenced-disks") != "1" {
+		t.Errorf("destroy params %v", reqs[1].Form)
+	}
+	if slices.ContainsFunc(h.srv.Volumes(), func(v string) bool { return strings.Contains(v, "vm-101-") }) {
+		t.Errorf("volumes left: %v", h.srv.Volumes())
+	}
+
+	// The same approval once more, from a new activity: a replay.
+	h.addVM(customerVM(101, "stopped"))
+	_, err = run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 101, Approval: approval})
+	wantErr(t, err, "replay", false)
+	if _, ok := h.guest(101); !ok {
+		t.Fatal("replayed approval destroyed a guest")
+	}
+}
+
+func TestDestroyProtectedRefusedBeforeAnything(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	g := customerVM(101, "running")
+	g.Protection = true
+	h.addVM(g)
+	approval := h.approve(gate.OpGuestDestroy, "101", map[string]any{"kind": "qemu"})
+	_, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 101, Approval: approval})
+	wantErr(t, err, ErrTypeProtected, false)
+	if len(h.srv.Requests()) != 0 {
+		t.Fatalf("protected destroy sent %+v", h.srv.Requests())
+	}
+	if g, _ := h.guest(101); g.Status != "running" {
+		t.Fatal("protected guest was stopped")
+	}
+	// The refusal did not spend the approval: the gate never ran. Once the
+	// operator lifts the protection, the same approval destroys the guest.
+	if err := h.act.Client.Put(context.Background(), "/nodes/pve1/qemu/101/config", map[string]any{"protection": 0}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 101, Approval: approval}); err != nil {
+		t.Fatalf("destroy with the unspent approval: %v", err)
+	}
+}
+
+func TestDestroyGoneIsDone(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	h.ledger.BeginCreate(ledger.Entry{VMID: 150, Kind: "qemu", Run: testRun})
+	h.ledger.ConfirmCreate(150, testRun)
+	res, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 150})
+	if err != nil || !res.AlreadyDone {
+		t.Fatalf("DestroyGuest of a missing guest = %+v, %v; want AlreadyDone", res, err)
+	}
+	if _, ok := h.ledger.Entry(150); ok {
+		t.Fatal("ledger still lists the gone guest")
+	}
+}
+
+// TestDestroyAgentCreated: compensating rollback (same run) and scratch
+// guests are benign by the ledger's provenance, no signature needed; a guest
+// the agent created in another run, not as scratch, needs one.
+func TestDestroyAgentCreated(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	for _, c := range []struct {
+		vmid    int
+		run     string
+		scratch bool
+		benign  bool
+	}{
+		{150, testRun, false, true},
+		{151, "earlier-run", true, true},
+		{152, "earlier-run", false, false},
+	} {
+		h.ledger.BeginCreate(ledger.Entry{VMID: c.vmid, Kind: "qemu", Run: c.run, Scratch: c.scratch})
+		h.ledger.ConfirmCreate(c.vmid, c.run)
+		h.addVM(pvesim.Guest{VMID: c.vmid, Name: "x", MemoryMiB: 512, Status: "running"})
+		_, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: c.vmid})
+		_, exists := h.guest(c.vmid)
+		if c.benign {
+			if err != nil || exists {
+				t.Fatalf("vmid %d (run %s scratch %v): err %v, exists %v; want destroyed unsigned", c.vmid, c.run, c.scratch, err, exists)
+			}
+			if p := h.ledger.Lookup(c.vmid); p.AgentCreated {
+				t.Fatalf("ledger still lists %d", c.vmid)
+			}
+		} else {
+			wantErr(t, err, "pending_signature", false)
+			if !exists {
+				t.Fatal("destroyed without signature")
+			}
+		}
+	}
+	// A pending (unconfirmed) create is not provenance.
+	h.ledger.BeginCreate(ledger.Entry{VMID: 160, Kind: "qemu", Run: testRun, Scratch: true})
+	h.addVM(pvesim.Guest{VMID: 160, Name: "x", MemoryMiB: 512})
+	_, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 160})
+	wantErr(t, err, "pending_signature", false)
+}
+
+func TestDestroyContainer(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	h.addCT(pvesim.Guest{VMID: 201, Name: "db", Status: "running", MemoryMiB: 512,
+		Disks: map[string]string{"rootfs": "local-lvm:subvol-201-disk-0,size=8G"}})
+	// The input's kind is ignored for the action: the guest's real kind is
+	// what gets signed.
+	_, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 201, Kind: "qemu",
+		Approval: h.approve(gate.OpGuestDestroy, "201", map[string]any{"kind": "lxc"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := h.guest(201); ok {
+		t.Fatal("container still exists")
+	}
+}
+
+func TestRestoreBackup(t *testing.T) {
+	for _, kind := range []pvesim.Kind{pvesim.KindQEMU, pvesim.KindLXC} {
+		t.Run(string(kind), func(t *testing.T) {
+			h := newHarness(t, pvesim.Config{})
+			g := pvesim.Guest{VMID: 101, Name: "app", Status: "running", MemoryMiB: 1024, Cores: 1}
+			if kind == pvesim.KindLXC {
+				g.Disks = map[string]string{"rootfs": "local-lvm:subvol-101-disk-0,size=4G"}
+			} else {
+				g.Disks = map[string]string{"scsi0": "local-lvm:vm-101-disk-0,size=4G"}
+			}
+			backupOf := g
+			backupOf.MemoryMiB = 4096
+			archive, err := h.srv.AddBackup(kind, backupOf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kind == pvesim.KindLXC {
+				h.addCT(g)
+			} else {
+				h.addVM(g)
+			}
+			in := RestoreBackupInput{VMID: 101, Archive: archive}
+			_, err = run[TaskResult](h, h.act.RestoreBackup, in)
+			wantErr(t, err, "pending_signature", false)
+			if len(h.srv.Requests()) != 0 {
+				t.Fatalf("unsigned restore sent %+v", h.srv.Requests())
+			}
+
+			in.Approval = h.approve(gate.OpGuestRestore, "101", map[string]any{"archive": archive})
+			res, err := run[TaskResult](h, h.act.RestoreBackup, in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := h.guest(101)
+			if got.MemoryMiB != 4096 || got.Status != "stopped" || res.UPID == "" {
+				t.Fatalf("after restore: %+v (%+v); want the backup's 4096 MiB, stopped", got, res)
+			}
+		})
+	}
+
+	h := newHarness(t, pvesim.Config{})
+	_, err := run[TaskResult](h, h.act.RestoreBackup, RestoreBackupInput{VMID: 404, Archive: "local:backup/x.vma.zst"})
+	wantErr(t, err, ErrTypeNotFound, false)
+	_, err = run[TaskResult](h, h.act.RestoreBackup, RestoreBackupInput{VMID: 404, Archive: "nonsense"})
+	wantErr(t, err, ErrTypeBadRequest, false)
+}
+
+func TestWipeVolume(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	g := customerVM(101, "stopped")
+	h.addVM(g)
+	backup, err := h.srv.AddBackup(pvesim.KindQEMU, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := WipeVolumeInput{Volume: backup}
+	_, err = run[TaskResult](h, h.act.WipeVolume, in)
+	wantErr(t, err, "pending_signature", false)
+	if !strings.Contains(err.Error(), "guest=101") {
+		t.Errorf("the backup's owner is not named: %v", err)
+	}
+
+	in.Approval = h.approve(gate.OpVolumeWipe, "101", map[string]any{"volume": backup})
+	if _, err := run[TaskResult](h, h.act.WipeVolume, in); err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(h.srv.Volumes(), backup) {
+		t.Fatal("volume still there")
+	}
+	res, err := run[TaskResult](h, h.act.WipeVolume, WipeVolumeInput{Volume: backup})
+	if err != nil || !res.AlreadyDone {
+		t.Fatalf("wipe of a gone volume = %+v, %v; want AlreadyDone without a signature", res, err)
+	}
+
+	// A disk of an existing guest: Proxmox refuses after the gate allowed.
+	disk := "local-lvm:vm-101-disk-0"
+	_, err = run[TaskResult](h, h.act.WipeVolume, WipeVolumeInput{Volume: disk,
+		Approval: h.approve(gate.OpVolumeWipe, "101", map[string]any{"volume": disk})})
+	wantErr(t, err, ErrTypeVolumeInUse, false)
+}
+
+func TestGateMissingFailsSafe(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	h.addVM(customerVM(101, "stopped"))
+	h.act.Gate = nil
+	_, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 101})
+	wantErr(t, err, "gate_missing", false)
+	if _, ok := h.guest(101); !ok {
+		t.Fatal("destroyed without a gate")
+	}
+}
