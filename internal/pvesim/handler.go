@@ -76,55 +76,60 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if mutating {
 		recIdx = s.record(Request{Method: r.Method, Path: rel, Form: cloneValues(params), Time: start, VMID: vmid})
 	}
-	status, faultKind := s.serve(w, c, vmid, perr)
-	s.finishRecord(recIdx, status, c.upid, faultKind)
+	status, faultKind := s.serve(w, c, vmid, perr, recIdx)
 	s.log.Debug("pvesim request", "method", r.Method, "path", rel, "status", status,
 		"fault", string(faultKind), "upid", c.upid, "elapsed", time.Since(start))
 }
 
-// serve answers the call and returns the HTTP status sent (0: dropped).
-func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error) (int, FaultKind) {
+// serve answers the call and returns the HTTP status sent (0: dropped). The
+// request record is completed before the client can see any reply, so a
+// test reading Requests after a call sees its outcome.
+func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, recIdx int) (int, FaultKind) {
+	var kind FaultKind
+	reply := func(status int, data any, aerr *apiError) (int, FaultKind) {
+		s.finishRecord(recIdx, status, c.upid, kind)
+		switch {
+		case status == 0:
+			dropConnection(w)
+		case aerr != nil:
+			writeError(w, aerr)
+		default:
+			writeJSON(w, data)
+		}
+		return status, kind
+	}
 	if e := s.authenticate(c.r); e != nil {
-		writeError(w, e)
-		return e.Status, ""
+		return reply(e.Status, nil, e)
 	}
 	if perr != nil {
 		e := &apiError{Status: http.StatusBadRequest, Message: "Parameter verification failed.",
 			Errors: map[string]string{"body": perr.Error()}}
-		writeError(w, e)
-		return e.Status, ""
+		return reply(e.Status, nil, e)
 	}
 	f := s.takeFault(c.method, c.path, vmid)
-	var kind FaultKind
 	if f != nil {
 		kind = f.Kind
 		if !s.sleep(c.r.Context(), f.Delay) {
-			dropConnection(w)
-			return 0, kind
+			return reply(0, nil, nil)
 		}
 		switch f.Kind {
 		case FaultHTTPError:
 			e := f.httpError()
-			writeError(w, e)
-			return e.Status, kind
+			return reply(e.Status, nil, e)
 		case FaultDropBefore:
-			dropConnection(w)
-			return 0, kind
+			return reply(0, nil, nil)
 		case FaultTaskError, FaultTaskWarnings, FaultLockTimeout:
 			c.fault = f
 		}
 	}
 	data, aerr := s.route(c)
 	if f != nil && f.Kind == FaultDropAfter {
-		dropConnection(w)
-		return 0, kind
+		return reply(0, nil, nil)
 	}
 	if aerr != nil {
-		writeError(w, aerr)
-		return aerr.Status, kind
+		return reply(aerr.Status, nil, aerr)
 	}
-	writeJSON(w, data)
-	return http.StatusOK, kind
+	return reply(http.StatusOK, data, nil)
 }
 
 // readParams merges the query string and the body (JSON, as go-proxmox

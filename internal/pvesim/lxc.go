@@ -213,11 +213,10 @@ func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
 		if running {
 			return nil, errf("CT %d already running", vmid)
 		}
-		spec = taskSpec{typ: "vzstart", run: func(t *task) (int, error) {
+		spec = taskSpec{typ: "vzstart", check: func(t *task) error {
+			return s.guests[vmid].checkLock()
+		}, run: func(t *task) (int, error) {
 			g := s.guests[vmid]
-			if err := g.checkLock(); err != nil {
-				return 0, err
-			}
 			s.setRunning(g, true)
 			return 0, nil
 		}}
@@ -225,13 +224,14 @@ func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
 		if !running {
 			return nil, errf("CT %d not running", vmid)
 		}
-		spec = taskSpec{typ: "vzstop", run: func(t *task) (int, error) {
-			g := s.guests[vmid]
-			if !c.flag("skiplock") {
-				if err := g.checkLock(); err != nil {
-					return 0, err
-				}
+		skiplock := c.flag("skiplock")
+		spec = taskSpec{typ: "vzstop", check: func(t *task) error {
+			if skiplock {
+				return nil
 			}
+			return s.guests[vmid].checkLock()
+		}, run: func(t *task) (int, error) {
+			g := s.guests[vmid]
 			s.setRunning(g, false)
 			return 0, nil
 		}}
@@ -244,11 +244,10 @@ func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
 		if timeout == "" {
 			timeout = "60"
 		}
-		spec = taskSpec{typ: "vzshutdown", run: func(t *task) (int, error) {
+		spec = taskSpec{typ: "vzshutdown", check: func(t *task) error {
+			return s.guests[vmid].checkLock()
+		}, run: func(t *task) (int, error) {
 			g := s.guests[vmid]
-			if err := g.checkLock(); err != nil {
-				return 0, err
-			}
 			if g.ignoresShutdown && !forceStop {
 				return 0, fmt.Errorf("command 'lxc-stop -n %d --nokill --timeout %s' failed: exit code 1", vmid, timeout)
 			}
@@ -260,11 +259,10 @@ func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
 			// sic: pve-container says "VM" here
 			return nil, errf("VM %d not running", vmid)
 		}
-		spec = taskSpec{typ: "vzreboot", run: func(t *task) (int, error) {
+		spec = taskSpec{typ: "vzreboot", check: func(t *task) error {
+			return s.guests[vmid].checkLock()
+		}, run: func(t *task) (int, error) {
 			g := s.guests[vmid]
-			if err := g.checkLock(); err != nil {
-				return 0, err
-			}
 			s.setRunning(g, false)
 			s.setRunning(g, true)
 			return 0, nil
@@ -301,14 +299,14 @@ func (s *Server) lxcDestroy(c *call, vmid int) (any, *apiError) {
 	}
 	purge := c.flag("purge")
 	unreferenced := c.flag("destroy-unreferenced-disks")
-	upid := s.startTask(c, taskSpec{typ: "vzdestroy", vmid: vmid, kind: KindLXC, run: func(t *task) (int, error) {
+	upid := s.startTask(c, taskSpec{typ: "vzdestroy", vmid: vmid, kind: KindLXC, check: func(t *task) error {
 		g := s.guests[vmid]
 		if err := early(g); err != nil {
-			return 0, err
+			return err
 		}
-		if err := g.checkLock(); err != nil {
-			return 0, err
-		}
+		return g.checkLock()
+	}, run: func(t *task) (int, error) {
+		g := s.guests[vmid]
 		s.setRunning(g, false)
 		s.freeGuestVolumes(g, unreferenced, t)
 		if purge {

@@ -334,33 +334,33 @@ func (s *Server) qemuAction(c *call, vmid int, action string) (any, *apiError) {
 	var spec taskSpec
 	switch action {
 	case "start":
-		spec = taskSpec{typ: "qmstart", run: func(t *task) (int, error) {
+		spec = taskSpec{typ: "qmstart", check: func(t *task) error {
 			g := s.guests[vmid]
 			if err := lockOK(g); err != nil {
-				return 0, err
+				return err
 			}
 			if g.running {
-				return 0, fmt.Errorf("VM %d already running", vmid)
+				return fmt.Errorf("VM %d already running", vmid)
 			}
-			s.setRunning(g, true)
+			return nil
+		}, run: func(t *task) (int, error) {
+			s.setRunning(s.guests[vmid], true)
 			return 0, nil
 		}}
 	case "stop":
-		spec = taskSpec{typ: "qmstop", run: func(t *task) (int, error) {
+		spec = taskSpec{typ: "qmstop", check: func(t *task) error {
+			return lockOK(s.guests[vmid])
+		}, run: func(t *task) (int, error) {
 			g := s.guests[vmid]
-			if err := lockOK(g); err != nil {
-				return 0, err
-			}
 			s.setRunning(g, false)
 			return 0, nil
 		}}
 	case "shutdown":
 		forceStop := c.flag("forceStop")
-		spec = taskSpec{typ: "qmshutdown", run: func(t *task) (int, error) {
+		spec = taskSpec{typ: "qmshutdown", check: func(t *task) error {
+			return lockOK(s.guests[vmid])
+		}, run: func(t *task) (int, error) {
 			g := s.guests[vmid]
-			if err := lockOK(g); err != nil {
-				return 0, err
-			}
 			if !g.running {
 				return 0, nil
 			}
@@ -380,14 +380,17 @@ func (s *Server) qemuAction(c *call, vmid int, action string) (any, *apiError) {
 		if !running {
 			return nil, errf("VM %d not running", vmid)
 		}
-		spec = taskSpec{typ: "qmreboot", run: func(t *task) (int, error) {
+		spec = taskSpec{typ: "qmreboot", check: func(t *task) error {
 			g := s.guests[vmid]
 			if err := lockOK(g); err != nil {
-				return 0, err
+				return err
 			}
 			if !g.running {
-				return 0, fmt.Errorf("VM %d not running", vmid)
+				return fmt.Errorf("VM %d not running", vmid)
 			}
+			return nil
+		}, run: func(t *task) (int, error) {
+			g := s.guests[vmid]
 			if g.ignoresShutdown {
 				return 0, fmt.Errorf("VM quit/powerdown failed - got timeout")
 			}
@@ -427,16 +430,17 @@ func (s *Server) qemuDestroy(c *call, vmid int) (any, *apiError) {
 	skiplock := c.flag("skiplock")
 	purge := c.flag("purge")
 	unreferenced := c.flag("destroy-unreferenced-disks")
-	upid := s.startTask(c, taskSpec{typ: "qmdestroy", vmid: vmid, kind: KindQEMU, run: func(t *task) (int, error) {
+	upid := s.startTask(c, taskSpec{typ: "qmdestroy", vmid: vmid, kind: KindQEMU, check: func(t *task) error {
 		g := s.guests[vmid]
 		if err := early(g); err != nil {
-			return 0, err
+			return err
 		}
 		if !skiplock {
-			if err := g.checkLock(); err != nil {
-				return 0, err
-			}
+			return g.checkLock()
 		}
+		return nil
+	}, run: func(t *task) (int, error) {
+		g := s.guests[vmid]
 		s.freeGuestVolumes(g, unreferenced, t)
 		if purge {
 			t.log = append(t.log, fmt.Sprintf("purging VM %d from related configurations..", vmid))

@@ -38,7 +38,10 @@ type taskSpec struct {
 	kind     Kind   // of that guest, for the lock file name
 	id       string // UPID id field; defaults to the vmid
 	logStart []string
-	run      func(t *task) (warnings int, err error)
+	// check runs with s.mu held as soon as the task has the config lock,
+	// where pve checks locks and power state; an error ends the task.
+	check func(t *task) error
+	run   func(t *task) (warnings int, err error)
 	// cleanup runs with s.mu held when the task stops, however it stops.
 	cleanup func()
 }
@@ -85,6 +88,17 @@ func (s *Server) runTask(t *task, spec taskSpec, fault *Fault) {
 			return
 		}
 		defer s.unlockGuest(spec.vmid)
+	}
+	if spec.check != nil {
+		s.mu.Lock()
+		err := spec.check(t)
+		if err != nil {
+			s.finishTaskLocked(t, 0, err)
+		}
+		s.mu.Unlock()
+		if err != nil {
+			return
+		}
 	}
 	timer := time.NewTimer(s.cfg.TaskDuration)
 	defer timer.Stop()

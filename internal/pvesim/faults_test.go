@@ -1,0 +1,175 @@
+package pvesim_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	proxmox "github.com/luthermonson/go-proxmox"
+
+	"github.com/felhom/felhom-agent/internal/pvesim"
+)
+
+func TestFaultsOnStart(t *testing.T) {
+	startPath := "/nodes/*/qemu/*/status/start"
+	tests := []struct {
+		name        string
+		fault       pvesim.Fault
+		wantErr     string // substring of go-proxmox's error; "" for none
+		wantExit    string // task exit status when a task came back
+		wantRunning bool   // the side effect happened
+		wantStatus  int    // recorded HTTP status
+	}{
+		{"http 500", pvesim.Fault{Path: startPath, Kind: pvesim.FaultHTTPError, Message: "pvedaemon is restarting"},
+			"500 pvedaemon is restarting", "", false, 500},
+		{"http 596 busy proxy", pvesim.Fault{Path: startPath, Kind: pvesim.FaultHTTPError, Status: 596, Message: "Connection timed out"},
+			"unexpected end of JSON input", "", false, 596},
+		{"http 595", pvesim.Fault{Path: startPath, Kind: pvesim.FaultHTTPError, Status: 595, Message: "Errors during connection establishment, proxy handshake failed"},
+			"unexpected end of JSON input", "", false, 595},
+		{"task error", pvesim.Fault{Path: startPath, Kind: pvesim.FaultTaskError, Message: "start failed: QEMU exited with code 1"},
+			"", "start failed: QEMU exited with code 1", false, 200},
+		{"task warnings", pvesim.Fault{Path: startPath, Kind: pvesim.FaultTaskWarnings},
+			"", "WARNINGS: 1", true, 200},
+		{"drop before", pvesim.Fault{Path: startPath, Kind: pvesim.FaultDropBefore},
+			"EOF", "", false, 0},
+		{"drop after the side effect", pvesim.Fault{Path: startPath, Kind: pvesim.FaultDropAfter},
+			"EOF", "", true, 0},
+		{"lock timeout in the task", pvesim.Fault{Path: startPath, Kind: pvesim.FaultLockTimeout},
+			"", "can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout", false, 200},
+		{"other guest unaffected", pvesim.Fault{VMID: 102, Kind: pvesim.FaultHTTPError},
+			"", "OK", true, 200},
+		{"other method unaffected", pvesim.Fault{Method: "GET", Path: startPath, Kind: pvesim.FaultHTTPError},
+			"", "OK", true, 200},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, client := newSim(t, pvesim.Config{})
+			mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101}))
+			mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 102}))
+			vm := vmOf(t, client, 101)
+			srv.Inject(tt.fault)
+			task, err := vm.Start(context.Background())
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && !strings.Contains(errText(err), tt.wantErr) {
+				t.Fatalf("error %q, want %q", errText(err), tt.wantErr)
+			}
+			if err == nil {
+				if exit := finished(t, task); exit != tt.wantExit {
+					t.Fatalf("exit %q, want %q", exit, tt.wantExit)
+				}
+			} else {
+				// a dropped start may still be running its task
+				eventually(t, "tasks to settle", func() bool {
+					var rows []map[string]any
+					_ = client.Get(context.Background(), "/nodes/pve1/tasks?source=active", &rows)
+					return len(rows) == 0
+				})
+			}
+			if g, _ := srv.Guest(101); (g.Status == "running") != tt.wantRunning {
+				t.Fatalf("status %q, want running=%v", g.Status, tt.wantRunning)
+			}
+			reqs := srv.RequestsMatching("POST", "/nodes/pve1/qemu/101/status/start")
+			if len(reqs) != 1 || reqs[0].Status != tt.wantStatus {
+				t.Fatalf("recorded %+v, want one with status %d", reqs, tt.wantStatus)
+			}
+			if tt.fault.VMID == 0 && tt.fault.Method == "" && reqs[0].Fault != tt.fault.Kind {
+				t.Errorf("recorded fault %q", reqs[0].Fault)
+			}
+		})
+	}
+}
+
+func TestFaultStatusLineAndBody(t *testing.T) {
+	tests := []struct {
+		name       string
+		fault      pvesim.Fault
+		wantStatus string
+		wantBody   bool
+	}{
+		{"500 has body", pvesim.Fault{Kind: pvesim.FaultHTTPError, Message: "got timeout"}, "500 got timeout", true},
+		{"596 has none", pvesim.Fault{Kind: pvesim.FaultHTTPError, Status: 596, Message: "Connection timed out"}, "596 Connection timed out", false},
+		{"503 default text", pvesim.Fault{Kind: pvesim.FaultHTTPError, Status: 503}, "503 Service Unavailable", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, _ := newSim(t, pvesim.Config{})
+			srv.Inject(tt.fault)
+			got := raw(t, srv, http.MethodGet, "/version", nil, "")
+			if got.Status != tt.wantStatus || (len(got.Body) > 0) != tt.wantBody {
+				t.Fatalf("status %q body %q", got.Status, got.Body)
+			}
+		})
+	}
+}
+
+// A 596 on a call without a result target is swallowed by go-proxmox:
+// ConfigSync reports success though nothing changed.
+func TestFault596LostByConfigSync(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{})
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, MemoryMiB: 2048}))
+	vm := vmOf(t, client, 101)
+	srv.Inject(pvesim.Fault{Method: "PUT", Kind: pvesim.FaultHTTPError, Status: 596, Message: "Connection timed out"})
+	err := vm.ConfigSync(context.Background(), proxmox.VirtualMachineOption{Name: "memory", Value: 4096})
+	if err != nil {
+		t.Fatalf("go-proxmox now reports the 596 (%v): update the package doc", err)
+	}
+	if g, _ := srv.Guest(101); g.MemoryMiB != 2048 {
+		t.Fatalf("memory %d: the faulted PUT took effect", g.MemoryMiB)
+	}
+}
+
+func TestFaultTimesAndDelay(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{})
+	srv.Inject(pvesim.Fault{Path: "/version", Kind: pvesim.FaultHTTPError, Status: 500, Message: "busy", Times: 2})
+	srv.Inject(pvesim.Fault{Path: "/version", Kind: pvesim.FaultDelay, Delay: 50 * time.Millisecond})
+	ctx := context.Background()
+	for i := range 2 {
+		if _, err := client.Version(ctx); errText(err) != "500 busy" {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	start := time.Now()
+	if _, err := client.Version(ctx); err != nil {
+		t.Fatalf("third call: %v", err)
+	}
+	if time.Since(start) < 50*time.Millisecond {
+		t.Errorf("delay fault not applied")
+	}
+	if srv.PendingFaults() != 0 {
+		t.Errorf("%d faults still armed", srv.PendingFaults())
+	}
+	srv.Inject(pvesim.Fault{Kind: pvesim.FaultHTTPError, Times: -1})
+	for range 3 {
+		if _, err := client.Version(ctx); err == nil {
+			t.Fatal("unlimited fault stopped hitting")
+		}
+	}
+	srv.ClearFaults()
+	if _, err := client.Version(ctx); err != nil {
+		t.Fatalf("after ClearFaults: %v", err)
+	}
+}
+
+func TestFaultLockTimeoutOnSyncCall(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{})
+	mustAdd(t, srv.AddContainer(pvesim.Guest{VMID: 200, MemoryMiB: 512}))
+	srv.Inject(pvesim.Fault{VMID: 200, Method: "PUT", Kind: pvesim.FaultLockTimeout})
+	_, err := ctOf(t, client, 200).Config(context.Background(), proxmox.ContainerOption{Name: "memory", Value: 1024})
+	if want := "500 can't lock file '/run/lock/lxc/pve-config-200.lock' - got timeout"; errText(err) != want {
+		t.Fatalf("error %q, want %q", errText(err), want)
+	}
+	if g, _ := srv.Guest(200); g.MemoryMiB != 512 {
+		t.Fatalf("memory changed to %d", g.MemoryMiB)
+	}
+}
+
+func TestDroppedConnectionIsANetworkError(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{})
+	srv.Inject(pvesim.Fault{Kind: pvesim.FaultDropBefore})
+	_, err := client.Version(context.Background())
+	if err == nil || errors.Is(err, proxmox.ErrNotAuthorized) {
+		t.Fatalf("error %v, want a transport error", err)
+	}
+}
