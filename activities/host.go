@@ -1,0 +1,223 @@
+package activities
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/workflows"
+	"github.com/felhom/felhom-agent/workflows/desired"
+)
+
+// Host is the set of activities the workflows call by name (see the
+// Activity* constants in package workflows). It translates planned actions
+// into the Proxmox activities of this package, which do the work, heartbeat
+// and resume; every destructive one asks the gate on this host itself.
+type Host struct {
+	Proxmox *Proxmox
+	// Temporal lets WakeGuest signal-with-start guest workflows.
+	Temporal client.Client
+}
+
+// ObserveGuest reads one guest and what this host's ledger says of it.
+func (h *Host) ObserveGuest(ctx context.Context, in workflows.ObserveInput) (workflows.Observation, error) {
+	g, err := h.Proxmox.ReadGuest(ctx, ReadGuestInput{VMID: in.VMID})
+	if err != nil {
+		return workflows.Observation{}, err
+	}
+	p := h.Proxmox.provenance(in.VMID)
+	return workflows.Observation{
+		Guest: desired.Observed{
+			Exists: g.Exists, Kind: desired.Kind(g.Kind), Status: g.Status, Name: g.Name,
+			MemoryMiB: g.MemoryMiB, Cores: g.Cores, Disks: g.Disks, Tags: g.Tags,
+			Protection: g.Protection, Lock: g.Lock,
+		},
+		Provenance: workflows.Provenance{AgentCreated: p.AgentCreated, CreatedByRun: p.CreatedByRun, Scratch: p.Scratch},
+	}, nil
+}
+
+// ExecuteAction performs one planned action of a guest workflow.
+func (h *Host) ExecuteAction(ctx context.Context, in workflows.ExecuteInput) (workflows.ExecuteResult, error) {
+	a := in.Action
+	if a.Host != h.Proxmox.HostID {
+		return workflows.ExecuteResult{}, temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("action for host %q sent to host %q", a.Host, h.Proxmox.HostID), ErrTypeBadRequest, nil)
+	}
+	vmid, err := strconv.Atoi(a.Guest)
+	if err != nil {
+		return workflows.ExecuteResult{}, temporal.NewNonRetryableApplicationError("guest "+strconv.Quote(a.Guest)+" is not a VMID", ErrTypeBadRequest, nil)
+	}
+	approval := gateApproval(in.Approval)
+	kind := param[string](a.Params, "kind")
+	p := h.Proxmox
+	var res TaskResult
+	switch a.Op {
+	case desired.OpCreate:
+		return h.create(ctx, vmid, a.Params)
+	case desired.OpStart:
+		res, err = p.StartGuest(ctx, GuestInput{VMID: vmid})
+	case gate.OpGuestStop:
+		res, err = p.StopGuest(ctx, GuestInput{VMID: vmid})
+	case gate.OpGuestReboot:
+		res, err = p.RebootGuest(ctx, GuestInput{VMID: vmid})
+	case desired.OpShutdown:
+		res, err = p.ShutdownGuest(ctx, ShutdownGuestInput{
+			VMID: vmid, TimeoutSeconds: param[int](a.Params, "timeout_seconds"), ForceStop: param[bool](a.Params, "force_stop"),
+		})
+	case desired.OpConfig:
+		res, err = p.SetConfig(ctx, SetConfigInput{VMID: vmid, Set: a.Params})
+	case desired.OpDetach:
+		res, err = p.SetConfig(ctx, SetConfigInput{VMID: vmid, Delete: []string{param[string](a.Params, "disk")}, Approval: approval})
+	case desired.OpDestroy:
+		res, err = p.DestroyGuest(ctx, DestroyGuestInput{VMID: vmid, Kind: kind, Approval: approval})
+	default:
+		return workflows.ExecuteResult{}, temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("op %q cannot be run by a guest workflow", a.Op), ErrTypeBadRequest, nil)
+	}
+	return taskOutcome(res, err)
+}
+
+func (h *Host) create(ctx context.Context, vmid int, params map[string]any) (workflows.ExecuteResult, error) {
+	disks := map[string]string{}
+	for k, v := range param[map[string]any](params, "disks") {
+		disks[k], _ = v.(string)
+	}
+	options := map[string]string{}
+	for k, v := range param[map[string]any](params, "options") {
+		options[k], _ = v.(string)
+	}
+	var tags []string
+	if t := param[string](params, "tags"); t != "" {
+		tags = strings.Split(t, ";")
+	}
+	name := param[string](params, "name")
+	memory, cores, scratch := param[int](params, "memory"), param[int](params, "cores"), param[bool](params, "scratch")
+	var (
+		res CreateResult
+		err error
+	)
+	switch desired.Kind(param[string](params, "kind")) {
+	case desired.QEMU:
+		res, err = h.Proxmox.CreateVM(ctx, CreateVMInput{
+			VMID: vmid, Name: name, MemoryMiB: memory, Cores: cores, Tags: tags, Disks: disks, Options: options, Scratch: scratch,
+		})
+	case desired.LXC:
+		rootfs := disks["rootfs"]
+		delete(disks, "rootfs")
+		res, err = h.Proxmox.CreateContainer(ctx, CreateContainerInput{
+			VMID: vmid, Hostname: name, OSTemplate: param[string](params, "ostemplate"), MemoryMiB: memory, Cores: cores,
+			RootFS: rootfs, Tags: tags, Mounts: disks, Options: options, Scratch: scratch,
+		})
+	default:
+		return workflows.ExecuteResult{}, temporal.NewNonRetryableApplicationError("create: kind must be qemu or lxc", ErrTypeBadRequest, nil)
+	}
+	return taskOutcome(res.TaskResult, err)
+}
+
+// ListGuests lists every guest of the node in one Proxmox call.
+func (h *Host) ListGuests(ctx context.Context) (workflows.ListGuestsResult, error) {
+	list, err := h.Proxmox.ListGuests(ctx, ListGuestsInput{})
+	if err != nil {
+		return workflows.ListGuestsResult{}, err
+	}
+	out := workflows.ListGuestsResult{Guests: make([]workflows.GuestSummary, 0, len(list.Guests))}
+	for _, g := range list.Guests {
+		out.Guests = append(out.Guests, workflows.GuestSummary{
+			VMID: g.VMID, Kind: desired.Kind(g.Kind), Name: g.Name, Status: g.Status, MemoryMiB: g.MemoryMiB, Cores: g.Cores,
+		})
+	}
+	return out, nil
+}
+
+// WakeGuest asks a guest workflow to read its guest again, starting the
+// workflow if it does not run (Signal-With-Start).
+func (h *Host) WakeGuest(ctx context.Context, in workflows.WakeGuestInput) error {
+	_, err := h.Temporal.SignalWithStartWorkflow(ctx, workflows.GuestWorkflowID(in.Host, in.VMID), workflows.SignalReconcile, in.Reason,
+		client.StartWorkflowOptions{TaskQueue: workflows.TaskQueue(in.Host)},
+		workflows.GuestReconcileWorkflow, workflows.GuestInput{Host: in.Host, VMID: in.VMID})
+	return err
+}
+
+// RunSignedJob performs a one-shot destructive operation; the executor it
+// calls verifies the approval on this host.
+func (h *Host) RunSignedJob(ctx context.Context, in workflows.SignedJobInput) (workflows.ExecuteResult, error) {
+	a := in.Action
+	approval := gateApproval(&in.Approval)
+	vmid, _ := strconv.Atoi(a.Guest)
+	var (
+		res TaskResult
+		err error
+	)
+	switch a.Op {
+	case gate.OpGuestRestore:
+		res, err = h.Proxmox.RestoreBackup(ctx, RestoreBackupInput{
+			VMID: vmid, Kind: param[string](a.Params, "kind"), Archive: param[string](a.Params, "archive"),
+			Storage: param[string](a.Params, "storage"), Approval: approval,
+		})
+	case gate.OpVolumeWipe:
+		res, err = h.Proxmox.WipeVolume(ctx, WipeVolumeInput{Volume: param[string](a.Params, "volume"), Approval: approval})
+	case gate.OpGuestDestroy:
+		res, err = h.Proxmox.DestroyGuest(ctx, DestroyGuestInput{VMID: vmid, Kind: param[string](a.Params, "kind"), Approval: approval})
+	default:
+		return workflows.ExecuteResult{}, temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("op %q is not a signed job this host runs", a.Op), ErrTypeBadRequest, nil)
+	}
+	return taskOutcome(res, err)
+}
+
+func gateApproval(a *workflows.Approval) *gate.Approval {
+	if a == nil {
+		return nil
+	}
+	return &gate.Approval{Blob: []byte(a.Blob), Signature: []byte(a.Signature)}
+}
+
+// taskOutcome reports a gate refusal under one error type, with the gate's
+// code as its detail, so that workflows tell a refused approval from a
+// failed action without knowing every code.
+func taskOutcome(res TaskResult, err error) (workflows.ExecuteResult, error) {
+	if err != nil {
+		if code := gate.Code(err); code != "" && code != "internal" {
+			var appErr *temporal.ApplicationError
+			msg := err.Error()
+			if errors.As(err, &appErr) {
+				msg = appErr.Message()
+			}
+			return workflows.ExecuteResult{}, temporal.NewNonRetryableApplicationError(msg, workflows.ErrTypeGateRejection, nil, code)
+		}
+		return workflows.ExecuteResult{}, err
+	}
+	detail := "done"
+	switch {
+	case res.AlreadyDone:
+		detail = "already in place"
+	case res.Resumed:
+		detail = "resumed task " + res.UPID
+	case res.UPID != "":
+		detail = "task " + res.UPID + " " + res.ExitStatus
+	}
+	return workflows.ExecuteResult{UPID: res.UPID, Detail: detail}, nil
+}
+
+// param reads a value of an action's params as decoded from JSON, where
+// every number is a float64.
+func param[T any](params map[string]any, key string) T {
+	var zero T
+	v, ok := params[key]
+	if !ok {
+		return zero
+	}
+	if f, isFloat := v.(float64); isFloat {
+		if n, ok := any(int(f)).(T); ok {
+			return n
+		}
+	}
+	t, _ := v.(T)
+	return t
+}

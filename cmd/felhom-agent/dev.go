@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/felhom/felhom-agent/internal/devserver"
+	"github.com/felhom/felhom-agent/internal/pvesim"
+	"github.com/felhom/felhom-agent/internal/visibility"
+	"github.com/felhom/felhom-agent/internal/webui"
+	"github.com/felhom/felhom-agent/worker"
+)
+
+const devHelp = `Usage: felhom-agent dev [flags]
+
+Runs the whole system in one process, with nothing else to install:
+  - a real Temporal server (SQLite in DATA_DIR/temporal.db; data survives restarts),
+  - the Temporal Web UI,
+  - a Proxmox VE API simulator seeded with demo guests (unless --config sets proxmox.url),
+  - this host's worker, with an operator signing key made for you in DATA_DIR.
+
+Every address must be free; a taken one fails at start with its name. Use
+127.0.0.1:0 for any free port. Ctrl-C stops everything gracefully.
+`
+
+type devFlags struct {
+	dataDir, frontendAddr, uiAddr, metricsAddr, pveAddr, hostID, configPath, logLevel string
+	taskDuration                                                                      time.Duration
+}
+
+func cmdDev(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("dev", devHelp, stderr)
+	var f devFlags
+	fs.StringVar(&f.dataDir, "data-dir", ".felhom-dev", "`directory` for the Temporal database, the host-local stores and the dev operator key")
+	fs.StringVar(&f.frontendAddr, "frontend-addr", "127.0.0.1:7233", "Temporal frontend gRPC `address`")
+	fs.StringVar(&f.uiAddr, "ui-addr", "127.0.0.1:8233", "Temporal Web UI `address`, or \"off\"")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:9464", "worker Prometheus metrics `address`, or \"off\"")
+	fs.StringVar(&f.pveAddr, "pvesim-addr", "127.0.0.1:0", "Proxmox simulator `address`")
+	fs.DurationVar(&f.taskDuration, "pvesim-task-duration", 2*time.Second, "how long each simulated Proxmox task runs")
+	fs.StringVar(&f.hostID, "host-id", "dev", "this host's `id`")
+	fs.StringVar(&f.configPath, "config", "", "optional agent configuration `file`: a proxmox.url there drives a real Proxmox instead of the simulator")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := worker.NewLogger(worker.LogConfig{Level: f.logLevel, Format: "text"}, stderr)
+	if err != nil {
+		return usageError{fmt.Errorf("--log-level: %w", err)}
+	}
+	// The server's own info lines are about its internals; keep its warnings
+	// unless everything was asked for.
+	serverLevel := "warn"
+	if f.logLevel == "debug" {
+		serverLevel = "debug"
+	}
+	serverLog, _ := worker.NewLogger(worker.LogConfig{Level: serverLevel, Format: "text"}, stderr)
+	cfg, err := devConfig(f)
+	if err != nil {
+		return usageError{err}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	temporal, err := devserver.Start(ctx, devserver.Config{
+		DBPath:           filepath.Join(f.dataDir, "temporal.db"),
+		FrontendAddr:     f.frontendAddr,
+		SearchAttributes: visibility.SearchAttributes(),
+		SystemWorkers:    true,
+		Logger:           serverLog,
+	})
+	if err != nil {
+		return fmt.Errorf("%w (choose another with --frontend-addr)", err)
+	}
+	defer temporal.Stop()
+	cfg.Temporal.Address = temporal.FrontendAddr()
+	cfg.Temporal.Namespace = temporal.Namespace()
+
+	uiURL := "off"
+	if f.uiAddr != "off" {
+		ui, err := webui.Start(ctx, webui.Config{Addr: f.uiAddr, TemporalAddr: temporal.FrontendAddr(), Namespace: temporal.Namespace(), Logger: log})
+		if err != nil {
+			return fmt.Errorf("%w (choose another with --ui-addr, or --ui-addr off)", err)
+		}
+		defer ui.Stop()
+		uiURL = ui.URL()
+	}
+
+	var opts worker.RunOptions
+	proxmoxWhere := cfg.Proxmox.URL
+	if cfg.Proxmox.URL == "" {
+		sim, err := pvesim.Start(pvesim.Config{Node: cfg.HostID, Addr: f.pveAddr, TaskDuration: f.taskDuration, Logger: log.With("component", "pvesim")})
+		if err != nil {
+			return fmt.Errorf("%w (choose another with --pvesim-addr)", err)
+		}
+		defer sim.Close()
+		if err := sim.SeedDemo(); err != nil {
+			return fmt.Errorf("seed the simulator: %w", err)
+		}
+		cfg.Proxmox.URL = sim.URL()
+		cfg.Proxmox.Node = sim.Node()
+		cfg.Proxmox.TokenID = sim.TokenID()
+		cfg.Proxmox.TokenSecret = sim.TokenSecret()
+		if t, ok := sim.HTTPClient().Transport.(*http.Transport); ok && t.TLSClientConfig != nil {
+			opts.ProxmoxRootCAs = t.TLSClientConfig.RootCAs
+		}
+		proxmoxWhere = sim.URL() + " (simulator, seeded with demo guests)"
+	}
+	if err := cfg.Validate(); err != nil {
+		return usageError{err}
+	}
+
+	opts.Ready = func(info worker.Info) {
+		printDevBanner(stdout, devBanner{
+			UI: uiURL, Frontend: temporal.FrontendAddr(), Namespace: temporal.Namespace(),
+			Metrics: info.MetricsURL, Proxmox: proxmoxWhere, TaskQueue: info.TaskQueue,
+			HostID: cfg.HostID, OperatorKey: filepath.Join(f.dataDir, "operator_ed25519"),
+		})
+	}
+	err = worker.Run(ctx, cfg, log, opts)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// devConfig is the worker configuration of `dev`: the optional file, then
+// the data directory for everything host-local, and a signing key made for
+// the developer so that approvals can be tried at once.
+func devConfig(f devFlags) (worker.Config, error) {
+	cfg := worker.Defaults()
+	if f.configPath != "" {
+		var err error
+		if cfg, err = worker.LoadConfigUnvalidated(f.configPath, os.Environ()); err != nil {
+			return cfg, err
+		}
+	}
+	if cfg.HostID == "" {
+		cfg.HostID = f.hostID
+	}
+	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
+		return cfg, fmt.Errorf("--data-dir: %w", err)
+	}
+	cfg.NonceStore = filepath.Join(f.dataDir, "nonces.log")
+	cfg.ProvenanceLedger = filepath.Join(f.dataDir, "provenance.log")
+	cfg.Metrics.Address = f.metricsAddr
+	cfg.Log.Level = f.logLevel
+	if len(cfg.Signers.Operational) == 0 {
+		pub, err := devOperatorKey(filepath.Join(f.dataDir, "operator_ed25519"))
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Signers.Operational = []string{pub}
+	}
+	return cfg, nil
+}
+
+// devOperatorKey returns the authorized_keys line of the dev operator key at
+// path, creating the key pair (OpenSSH format, unencrypted) on first use.
+func devOperatorKey(path string) (string, error) {
+	if pub, err := os.ReadFile(path + ".pub"); err == nil {
+		return strings.TrimSpace(string(pub)), nil
+	}
+	pubKey, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return "", err
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "felhom dev operator")
+	if err != nil {
+		return "", err
+	}
+	sshPub, err := ssh.NewPublicKey(pubKey)
+	if err != nil {
+		return "", err
+	}
+	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshPub))) + " felhom-dev-operator"
+	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		return "", fmt.Errorf("dev operator key: %w", err)
+	}
+	if err := os.WriteFile(path+".pub", []byte(line+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("dev operator key: %w", err)
+	}
+	return line, nil
+}
+
+type devBanner struct {
+	UI, Frontend, Namespace, Metrics, Proxmox, TaskQueue, HostID, OperatorKey string
+}
+
+func printDevBanner(w io.Writer, b devBanner) {
+	if b.Metrics == "" {
+		b.Metrics = "off"
+	}
+	fmt.Fprintf(w, `
+felhom-agent dev is running.
+
+  Temporal Web UI   %s
+  Temporal frontend %s  (namespace %s)
+  Worker metrics    %s
+  Proxmox API       %s
+  Task queue        %s
+  Operator key      %s  (pinned as this host's operational signer)
+
+`, b.UI, b.Frontend, b.Namespace, b.Metrics, b.Proxmox, b.TaskQueue, b.OperatorKey)
+	fmt.Fprint(w, firstSteps(b))
+}
+
+// firstSteps shows how to send a first desired state and a first approval
+// with nothing but the temporal CLI and ssh-keygen.
+func firstSteps(b devBanner) string {
+	guest := func(vmid int, body string) string {
+		return fmt.Sprintf(`{"host":"%s","vmid":%d,"desired":{"host":"%s","vmid":%d,%s}}`, b.HostID, vmid, b.HostID, vmid, body)
+	}
+	return fmt.Sprintf(`First steps (temporal CLI; see README.md "Operating" for felhomctl and more):
+
+  # a desired state: start the stopped demo VM 101
+  temporal workflow start --address %[1]s --task-queue %[2]s --type GuestReconcileWorkflow \
+    --workflow-id guest/%[3]s/101 --input '%[4]s'
+
+  # a destructive one: VM 100 absent. It waits for an operator's signature:
+  temporal workflow start --address %[1]s --task-queue %[2]s --type GuestReconcileWorkflow \
+    --workflow-id guest/%[3]s/100 --input '%[5]s'
+  temporal workflow list --address %[1]s --query 'FelhomPendingSignature = true'
+  temporal workflow query --address %[1]s --workflow-id guest/%[3]s/100 --type pending
+
+  # approve it: sign the op with the dev operator key and send it (README.md, "Approving")
+  ssh-keygen -Y sign -n felhom-op-v1 -f %[6]s op.json
+
+`, b.Frontend, b.TaskQueue, b.HostID,
+		guest(101, `"kind":"qemu","name":"worker","state":"running","memory":"4GiB","cores":4,"tags":["demo"]`),
+		guest(100, `"state":"absent"`),
+		b.OperatorKey)
+}

@@ -1,0 +1,95 @@
+// Command felhom-agent is the worker daemon of one Proxmox VE host: it polls
+// the host's Temporal task queue and runs the guest reconcile workflows and
+// their Proxmox activities.
+//
+//	felhom-agent run --config /etc/felhom-agent/agent.yaml   # production
+//	felhom-agent dev                                         # everything in one process
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+const usage = `felhom-agent keeps this Proxmox VE host's guests at the state the control plane asks for.
+
+Usage:
+  felhom-agent run --config FILE   run the host's worker against an existing Temporal cluster
+  felhom-agent dev [flags]         run Temporal, the Web UI, the worker and a Proxmox simulator in one process
+
+Run "felhom-agent COMMAND --help" for a command's flags.
+`
+
+func main() {
+	os.Exit(runMain(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// exitUsage is the exit code for a command line or configuration that cannot work.
+const exitUsage = 2
+
+func runMain(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	var err error
+	switch args[0] {
+	case "run":
+		err = cmdRun(args[1:], stdout, stderr)
+	case "dev":
+		err = cmdDev(args[1:], stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "felhom-agent: unknown command %q\n\n%s", args[0], usage)
+		return exitUsage
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, new(usageError)):
+		fmt.Fprintln(stderr, "felhom-agent:", err)
+		return exitUsage
+	default:
+		fmt.Fprintln(stderr, "felhom-agent:", err)
+		return 1
+	}
+}
+
+// usageError marks an error in the command line or the configuration, as
+// opposed to one met while running.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func newFlagSet(name, help string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), help)
+		fmt.Fprintln(fs.Output(), "\nFlags:")
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args and refuses positional arguments.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
+	}
+	return nil
+}

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"context"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/felhom/felhom-agent/worker"
+)
+
+const runHelp = `Usage: felhom-agent run --config FILE
+
+Runs this host's worker against an existing Temporal cluster: it connects to
+temporal.address, polls task queue felhom-host-<host_id>, and drives the
+Proxmox API at proxmox.url. Every setting can be overridden by an environment
+variable FELHOM_<PATH> (e.g. FELHOM_TEMPORAL_ADDRESS); the configuration is
+checked at start and every bad field is named.
+
+SIGINT or SIGTERM stops it gracefully: in-flight activities get
+shutdown_timeout to heartbeat and stop, and Temporal resumes them later.
+`
+
+func cmdRun(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("run", runHelp, stderr)
+	configPath := fs.String("config", os.Getenv("FELHOM_CONFIG"), "YAML configuration `file` (env FELHOM_CONFIG)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := worker.LoadConfig(*configPath, os.Environ())
+	if err != nil {
+		return usageError{err}
+	}
+	log, err := worker.NewLogger(cfg.Log, stderr)
+	if err != nil {
+		return usageError{err}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return worker.Run(ctx, cfg, log, worker.RunOptions{})
+}

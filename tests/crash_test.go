@@ -1,0 +1,74 @@
+package tests
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/client"
+
+	"github.com/felhom/felhom-agent/internal/pvesim"
+	"github.com/felhom/felhom-agent/workflows"
+	"github.com/felhom/felhom-agent/workflows/desired"
+)
+
+// A worker killed while Proxmox runs the start task it POSTed: the next
+// worker process resumes waiting on the recorded task instead of POSTing
+// again, and the guest workflow converges.
+func TestWorkerKilledMidMutationResumesWithoutSecondPost(t *testing.T) {
+	const host = "pve-crash1"
+	sim, err := pvesim.Start(pvesim.Config{Node: host, TaskDuration: 4 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	if err := sim.AddVM(pvesim.Guest{VMID: 101, Name: "db", Status: "stopped", MemoryMiB: 2048, Cores: 2}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := agentConfig(t, host, sim, t.TempDir(), newOperatorKey(t, "ed25519").Pub)
+	env := childEnviron(cfg, simCAFile(t, sim))
+
+	first := startChild(t, env, "worker-1.log")
+	c := clientFor(t)
+	spec := desired.Spec{Host: host, VMID: 101, Kind: desired.QEMU, Name: "db", State: desired.Running, Memory: "2GiB", Cores: 2}
+	_, err = c.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{
+		ID: workflows.GuestWorkflowID(host, 101), TaskQueue: workflows.TaskQueue(host),
+	}, workflows.GuestReconcileWorkflow, workflows.GuestInput{Host: host, VMID: 101, Desired: &spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Kill the worker once the start task runs on the node.
+	deadline := time.Now().Add(30 * time.Second)
+	for countRequests(sim, "POST", "/qemu/101/status/start") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("start was never POSTed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // past the heartbeat that records the UPID
+	first.kill(t)
+	if g, _ := sim.Guest(101); g.Status == "running" {
+		t.Fatal("the start task finished before the worker was killed: the test proves nothing")
+	}
+
+	startChild(t, env, "worker-2.log")
+	a := &agent{host: host, sim: sim, client: c}
+	st := a.waitPhaseWithin(t, 101, workflows.PhaseConverged, 90*time.Second)
+
+	if n := countRequests(sim, "POST", "/qemu/101/status/start"); n != 1 {
+		t.Errorf("start was POSTed %d times across the crash, want once", n)
+	}
+	if g, _ := sim.Guest(101); g.Status != "running" {
+		t.Errorf("guest status = %s, want running", g.Status)
+	}
+	var resumed bool
+	for _, r := range st.Recent {
+		if r.Action.Op == desired.OpStart && r.Result == "done" && len(r.Detail) > 7 && r.Detail[:7] == "resumed" {
+			resumed = true
+		}
+	}
+	if !resumed {
+		t.Errorf("recent actions = %+v, want a guest.start that resumed the recorded task", st.Recent)
+	}
+}

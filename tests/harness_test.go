@@ -1,0 +1,206 @@
+// Package tests runs felhom-agent end to end: a real Temporal server started
+// in-process (SQLite in memory), the real worker with its activities, the
+// real go-proxmox client against the Proxmox simulator, real ssh-keygen
+// signatures, and real process kills.
+package tests
+
+import (
+	"context"
+	"crypto/x509"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/client"
+
+	"github.com/felhom/felhom-agent/internal/devserver/devservertest"
+	"github.com/felhom/felhom-agent/internal/pvesim"
+	"github.com/felhom/felhom-agent/worker"
+	"github.com/felhom/felhom-agent/workflows"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(runChildWorker())
+	}
+	devservertest.Main(m)
+}
+
+// agent is one host's worker, running in this process, with its simulator.
+type agent struct {
+	host   string
+	sim    *pvesim.Server
+	cfg    worker.Config
+	client client.Client
+	stop   func()
+}
+
+// startSim starts a simulated Proxmox node named host.
+func startSim(t *testing.T, host string) *pvesim.Server {
+	t.Helper()
+	sim, err := pvesim.Start(pvesim.Config{Node: host, TaskDuration: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("start simulator: %v", err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	return sim
+}
+
+// agentConfig is the worker configuration of host against the shared
+// Temporal server and sim, with its stores in dir.
+func agentConfig(t *testing.T, host string, sim *pvesim.Server, dir string, operational ...string) worker.Config {
+	t.Helper()
+	srv := devservertest.Start(t)
+	cfg := worker.Defaults()
+	cfg.HostID = host
+	cfg.Temporal.Address = srv.FrontendAddr()
+	cfg.Temporal.Namespace = srv.Namespace()
+	cfg.Proxmox.URL = sim.URL()
+	cfg.Proxmox.Node = sim.Node()
+	cfg.Proxmox.TokenID = sim.TokenID()
+	cfg.Proxmox.TokenSecret = sim.TokenSecret()
+	cfg.NonceStore = filepath.Join(dir, "nonces.log")
+	cfg.ProvenanceLedger = filepath.Join(dir, "provenance.log")
+	cfg.Metrics.Address = "off"
+	cfg.ShutdownTimeout = 5 * time.Second
+	cfg.Signers.Operational = operational
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("agent config: %v", err)
+	}
+	return cfg
+}
+
+func simRootCAs(sim *pvesim.Server) *x509.CertPool {
+	if t, ok := sim.HTTPClient().Transport.(*http.Transport); ok && t.TLSClientConfig != nil {
+		return t.TLSClientConfig.RootCAs
+	}
+	return nil
+}
+
+// startAgent runs host's worker in this process until the test ends.
+func startAgent(t *testing.T, host string, sim *pvesim.Server, operational ...string) *agent {
+	t.Helper()
+	cfg := agentConfig(t, host, sim, t.TempDir(), operational...)
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	log := testLogger(t)
+	go func() {
+		done <- worker.Run(ctx, cfg, log, worker.RunOptions{ProxmoxRootCAs: simRootCAs(sim), Ready: func(worker.Info) { close(ready) }})
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("worker did not start: %v", err)
+	case <-time.After(60 * time.Second):
+		cancel()
+		t.Fatal("worker did not start within 60s")
+	}
+	a := &agent{host: host, sim: sim, cfg: cfg, client: devservertest.Client(t)}
+	a.stop = func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("worker stopped with: %v", err)
+		}
+	}
+	t.Cleanup(a.stop)
+	return a
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	if os.Getenv("FELHOM_TEST_LOGS") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// guestStatus queries a guest workflow's status.
+func (a *agent) guestStatus(t *testing.T, vmid int) workflows.GuestStatus {
+	t.Helper()
+	st, err := a.queryStatus(vmid)
+	if err != nil {
+		t.Fatalf("query guest %d: %v", vmid, err)
+	}
+	return st
+}
+
+func (a *agent) queryStatus(vmid int) (workflows.GuestStatus, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var st workflows.GuestStatus
+	v, err := a.client.QueryWorkflow(ctx, workflows.GuestWorkflowID(a.host, vmid), "", workflows.QueryStatus)
+	if err == nil {
+		err = v.Get(&st)
+	}
+	return st, err
+}
+
+// clientFor returns a client of the shared Temporal server.
+func clientFor(t *testing.T) client.Client { return devservertest.Client(t) }
+
+// waitPhase waits until the guest workflow reports phase.
+func (a *agent) waitPhase(t *testing.T, vmid int, phase string) workflows.GuestStatus {
+	t.Helper()
+	return a.waitPhaseWithin(t, vmid, phase, 60*time.Second)
+}
+
+func (a *agent) waitPhaseWithin(t *testing.T, vmid int, phase string, within time.Duration) workflows.GuestStatus {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	var (
+		st  workflows.GuestStatus
+		err error
+	)
+	for time.Now().Before(deadline) {
+		// A query fails while no worker serves the workflow (a restart).
+		if st, err = a.queryStatus(vmid); err == nil && st.Phase == phase {
+			return st
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("guest %d: last query failed: %v", vmid, err)
+	}
+	t.Fatalf("guest %d: phase %s after %s, want %s (last error %q, recent %+v)", vmid, st.Phase, within, phase, st.LastError, st.Recent)
+	return st
+}
+
+// countRequests counts the simulator's recorded requests of method whose
+// path ends in suffix.
+func countRequests(sim *pvesim.Server, method, suffix string) int {
+	n := 0
+	for _, r := range sim.Requests() {
+		if r.Method == method && len(r.Path) >= len(suffix) && r.Path[len(r.Path)-len(suffix):] == suffix {
+			n++
+		}
+	}
+	return n
+}
+
+// operatorKey is an SSH key made by ssh-keygen for a test operator.
+type operatorKey struct {
+	Path string // private key file
+	Pub  string // authorized_keys line
+}
+
+// newOperatorKey generates a key of the given ssh-keygen type (ed25519,
+// rsa, ecdsa) in the test's temporary directory.
+func newOperatorKey(t *testing.T, typ string) operatorKey {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "id_"+typ)
+	out, err := exec.Command("ssh-keygen", "-q", "-t", typ, "-N", "", "-C", "operator@test", "-f", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	pub, err := os.ReadFile(path + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return operatorKey{Path: path, Pub: strings.TrimSpace(string(pub))}
+}

@@ -1,0 +1,178 @@
+// Package worker wires one host's felhom-agent: it loads and checks the
+// configuration, connects to Temporal and to Proxmox, opens the host-local
+// stores, and runs the Temporal worker on the host's task queue with the
+// workflows and activities registered.
+package worker
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/client"
+	sdkworker "go.temporal.io/sdk/worker"
+
+	"github.com/felhom/felhom-agent/activities"
+	"github.com/felhom/felhom-agent/activities/ledger"
+	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/internal/pveclient"
+	"github.com/felhom/felhom-agent/workflows"
+)
+
+// RunOptions are what `dev` and tests add to a Config.
+type RunOptions struct {
+	// ProxmoxRootCAs trusts these CAs for the Proxmox API (the embedded
+	// simulator's certificate in `dev`).
+	ProxmoxRootCAs *x509.CertPool
+	// Ready is called once the worker polls its task queue.
+	Ready func(Info)
+}
+
+// Info describes a running worker.
+type Info struct {
+	TaskQueue  string
+	MetricsURL string
+}
+
+// TaskQueue is the task queue of one host.
+func TaskQueue(hostID string) string { return workflows.TaskQueue(hostID) }
+
+// Run runs the host's worker until ctx is done, then stops it gracefully:
+// in-flight activities get cfg.ShutdownTimeout to heartbeat and return, and
+// Temporal hands whatever did not finish to the next worker of this host.
+func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) error {
+	metrics, err := StartMetrics(cfg.Metrics.Address, log)
+	if err != nil {
+		return err
+	}
+	defer metrics.Close()
+
+	c, err := DialTemporal(ctx, cfg.Temporal, log, metrics.Handler)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	host, err := OpenHost(ctx, cfg, log, opts.ProxmoxRootCAs)
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+
+	queue := TaskQueue(cfg.HostID)
+	w := sdkworker.New(c, queue, sdkworker.Options{
+		Identity:          fmt.Sprintf("felhom-agent/%s/%d", cfg.HostID, os.Getpid()),
+		WorkerStopTimeout: cfg.ShutdownTimeout,
+	})
+	Register(w, host.Activities(c))
+	if err := w.Start(); err != nil {
+		return fmt.Errorf("worker: start on task queue %s: %w", queue, err)
+	}
+	defer w.Stop()
+	if err := ensureHostWorkflow(ctx, c, cfg.HostID); err != nil {
+		return err
+	}
+	log.Info("worker polling", "task_queue", queue, "temporal", cfg.Temporal.Address, "namespace", cfg.Temporal.Namespace,
+		"proxmox", cfg.Proxmox.URL, "node", cfg.Proxmox.Node, "metrics", metrics.URL())
+	if opts.Ready != nil {
+		opts.Ready(Info{TaskQueue: queue, MetricsURL: metrics.URL()})
+	}
+	<-ctx.Done()
+	log.Info("stopping worker", "grace", cfg.ShutdownTimeout)
+	return nil
+}
+
+// Register registers every workflow and activity of the agent on w.
+func Register(w sdkworker.Registry, acts *activities.Host) {
+	w.RegisterWorkflow(workflows.GuestReconcileWorkflow)
+	w.RegisterWorkflow(workflows.HostWorkflow)
+	w.RegisterWorkflow(workflows.SignedJobWorkflow)
+	w.RegisterActivity(acts)
+}
+
+// ensureHostWorkflow starts the host's supervisor unless it runs already.
+func ensureHostWorkflow(ctx context.Context, c client.Client, hostID string) error {
+	_, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID:                       workflows.HostWorkflowID(hostID),
+		TaskQueue:                TaskQueue(hostID),
+		WorkflowIDConflictPolicy: enums.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
+	}, workflows.HostWorkflow, workflows.HostInput{Host: hostID})
+	if err != nil {
+		return fmt.Errorf("worker: start host workflow: %w", err)
+	}
+	return nil
+}
+
+// Host is what the activities of one host act with: the Proxmox client,
+// the host-local stores and the gate built from the pinned keys.
+type Host struct {
+	cfg     Config
+	log     *slog.Logger
+	proxmox *activities.Proxmox
+	ledger  *ledger.Ledger
+	nonces  *gate.FileNonceStore
+}
+
+// OpenHost connects to Proxmox (failing early on a bad URL or token) and
+// opens the nonce store and the provenance ledger, which another process
+// must not hold.
+func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.CertPool) (*Host, error) {
+	signers, err := gate.ParseSigners(cfg.Signers.Operational, cfg.Signers.Recovery)
+	if err != nil {
+		return nil, fmt.Errorf("config: signers: %w", err)
+	}
+	pve, err := pveclient.New(pveclient.Config{
+		URL: cfg.Proxmox.URL, TokenID: cfg.Proxmox.TokenID,
+		TokenSecret: cfg.Proxmox.TokenSecret, TokenSecretFile: cfg.Proxmox.TokenSecretFile,
+		CAFile: cfg.Proxmox.CAFile, RootCAs: rootCAs, InsecureSkipVerify: cfg.Proxmox.Insecure,
+		Timeout: cfg.Proxmox.Timeout,
+	})
+	if err != nil {
+		return nil, err
+	}
+	checkCtx, cancel := context.WithTimeout(ctx, cfg.Proxmox.Timeout)
+	defer cancel()
+	if err := pveclient.Check(checkCtx, pve, cfg.Proxmox.Node); err != nil {
+		return nil, err
+	}
+	nonces, err := gate.OpenFileNonceStore(cfg.NonceStore)
+	if err != nil {
+		return nil, fmt.Errorf("nonce_store: %w", err)
+	}
+	led, err := ledger.Open(cfg.ProvenanceLedger)
+	if err != nil {
+		nonces.Close()
+		return nil, fmt.Errorf("provenance_ledger: %w", err)
+	}
+	verifier, err := gate.NewVerifier(gate.VerifierConfig{HostID: cfg.HostID, Signers: signers, Nonces: nonces})
+	if err != nil {
+		led.Close()
+		nonces.Close()
+		return nil, err
+	}
+	if len(signers) == 0 {
+		log.Warn("no signer keys pinned: every destructive action will wait for a signature that cannot be given")
+	}
+	return &Host{
+		cfg: cfg, log: log, ledger: led, nonces: nonces,
+		proxmox: &activities.Proxmox{
+			Client: pve, Node: cfg.Proxmox.Node, HostID: cfg.HostID, Ledger: led,
+			Gate: gate.New(verifier, log.With("component", "gate")), Log: log,
+		},
+	}, nil
+}
+
+// Activities returns the activities of this host; c lets them wake guest
+// workflows.
+func (h *Host) Activities(c client.Client) *activities.Host {
+	return &activities.Host{Proxmox: h.proxmox, Temporal: c}
+}
+
+// Close closes the host-local stores.
+func (h *Host) Close() error {
+	return errors.Join(h.ledger.Close(), h.nonces.Close())
+}
