@@ -113,3 +113,71 @@ func TestGoProxmoxStartsAVM(t *testing.T) {
 		t.Errorf("recorded start requests = %+v", got)
 	}
 }
+
+func TestPlainHTTPAndSeedDemo(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{TLS: pvesim.TLSOff, Addr: "127.0.0.1:0"})
+	if got := srv.URL(); got != "http://"+srv.Addr()+"/api2/json" {
+		t.Fatalf("URL %q", got)
+	}
+	if err := srv.SeedDemo(); err != nil {
+		t.Fatal(err)
+	}
+	vms, err := nodeOf(t, client).VirtualMachines(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cts, err := nodeOf(t, client).Containers(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vms) < 2 || len(cts) < 1 {
+		t.Fatalf("demo has %d VMs and %d containers", len(vms), len(cts))
+	}
+	if len(srv.Guests()) != len(vms)+len(cts) {
+		t.Errorf("Guests() = %d entries", len(srv.Guests()))
+	}
+}
+
+func TestCloseEndsRunningTasks(t *testing.T) {
+	srv, err := pvesim.Start(pvesim.Config{TaskDuration: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101}))
+	client := newClient(srv, srv.TokenID(), srv.TokenSecret())
+	if _, err := vmOf(t, client, 101).Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waited for an hour-long task")
+	}
+	if g, _ := srv.Guest(101); g.Status != "stopped" {
+		t.Errorf("aborted start left the VM %q", g.Status)
+	}
+}
+
+func TestStartRejectsBadConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  pvesim.Config
+	}{
+		{"token id without realm", pvesim.Config{TokenID: "felhom"}},
+		{"busy address", pvesim.Config{Addr: "256.0.0.1:0"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, err := pvesim.Start(tt.cfg)
+			if err == nil {
+				srv.Close()
+				t.Fatal("Start accepted it")
+			}
+		})
+	}
+}

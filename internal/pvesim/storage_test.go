@@ -1,0 +1,185 @@
+package pvesim_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+
+	proxmox "github.com/luthermonson/go-proxmox"
+
+	"github.com/felhom/felhom-agent/internal/pvesim"
+)
+
+func TestVolumeDelete(t *testing.T) {
+	tests := []struct {
+		name     string
+		volid    string
+		wantErr  string
+		wantGone bool
+	}{
+		{"orphan image", "local-lvm:vm-150-disk-0", "", true},
+		{"image of an existing guest", "local-lvm:vm-101-disk-0",
+			"500 Cannot remove image, a guest with VMID '101' exists! You can delete the image from the guest's hardware pane", false},
+		{"missing volume", "local-lvm:vm-777-disk-0", "500 volume 'local-lvm:vm-777-disk-0' does not exist", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, client := newSim(t, pvesim.Config{})
+			mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Disks: map[string]string{"scsi0": "local-lvm:vm-101-disk-0,size=8G"}}))
+			if err := srv.AddVolume("local-lvm:vm-150-disk-0", 4<<30); err != nil {
+				t.Fatal(err)
+			}
+			storage, err := nodeOf(t, client).Storage(context.Background(), "local-lvm")
+			if err != nil {
+				t.Fatalf("storage: %v", err)
+			}
+			task, err := storage.DeleteContent(context.Background(), tt.volid)
+			if errText(err) != tt.wantErr {
+				t.Fatalf("error %q, want %q", errText(err), tt.wantErr)
+			}
+			if err == nil {
+				if exit := finished(t, task); exit != "OK" || task.Type != "imgdel" {
+					t.Fatalf("task %s ended %q", task.Type, exit)
+				}
+			}
+			if gone := !slices.Contains(srv.Volumes(), tt.volid); gone != tt.wantGone {
+				t.Fatalf("volume gone=%v, want %v (%v)", gone, tt.wantGone, srv.Volumes())
+			}
+		})
+	}
+}
+
+func TestDiskDetachThenWipeThroughConfig(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{})
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Disks: map[string]string{
+		"scsi0": "local-lvm:vm-101-disk-0,size=8G", "scsi1": "local-lvm:vm-101-disk-1,size=100G"}}))
+	ctx := context.Background()
+	// detaching keeps the data as unused0
+	if err := vmOf(t, client, 101).ConfigSync(ctx, proxmox.VirtualMachineOption{Name: "delete", Value: "scsi1"}); err != nil {
+		t.Fatalf("detach: %v", err)
+	}
+	cfg := vmOf(t, client, 101).VirtualMachineConfig
+	if _, still := cfg.SCSIs["scsi1"]; still || cfg.Unuseds["unused0"] != "local-lvm:vm-101-disk-1" {
+		t.Fatalf("after detach scsi=%v unused=%v", cfg.SCSIs, cfg.Unuseds)
+	}
+	if !slices.Contains(srv.Volumes(), "local-lvm:vm-101-disk-1") {
+		t.Fatal("detach destroyed the volume")
+	}
+	// removing the unused entry destroys the volume
+	task, err := vmOf(t, client, 101).Config(ctx, proxmox.VirtualMachineOption{Name: "delete", Value: "unused0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	finished(t, task)
+	if slices.Contains(srv.Volumes(), "local-lvm:vm-101-disk-1") {
+		t.Fatal("volume still there after deleting unused0")
+	}
+	if cfg := vmOf(t, client, 101).VirtualMachineConfig; len(cfg.Unuseds) != 0 {
+		t.Fatalf("unused left: %v", cfg.Unuseds)
+	}
+}
+
+func TestStorageContentListing(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{})
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Disks: map[string]string{"scsi0": "local-lvm:vm-101-disk-0,size=8G"}}))
+	archive, err := srv.AddBackup(pvesim.KindQEMU, pvesim.Guest{VMID: 101, Disks: map[string]string{"scsi0": "local-lvm:vm-101-disk-0,size=8G"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		storage string
+		want    string
+		format  string
+	}{
+		{"local-lvm", "local-lvm:vm-101-disk-0", "raw"},
+		{"local", archive, "vma.zst"},
+	}
+	for _, tt := range tests {
+		st, err := nodeOf(t, client).Storage(context.Background(), tt.storage)
+		if err != nil {
+			t.Fatal(err)
+		}
+		content, err := st.GetContent(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(content) != 1 || content[0].Volid != tt.want || content[0].Format != tt.format || content[0].Size == 0 || content[0].VMID != 101 {
+			t.Errorf("%s content %+v", tt.storage, content)
+		}
+	}
+}
+
+func TestRestoreOverExistingGuest(t *testing.T) {
+	tests := []struct {
+		name     string
+		kind     pvesim.Kind
+		current  pvesim.Guest
+		force    bool
+		wantErr  string
+		wantExit string
+		wantName string
+	}{
+		{"qemu forced", pvesim.KindQEMU, pvesim.Guest{Name: "now"}, true, "", "OK", "then"},
+		{"qemu without force", pvesim.KindQEMU, pvesim.Guest{Name: "now"}, false,
+			"500 unable to restore VM 101 - VM 101 already exists on node 'pve1'", "", "now"},
+		{"qemu protected", pvesim.KindQEMU, pvesim.Guest{Name: "now", Protection: true}, true,
+			"", "unable to restore VM 101 - - protection mode enabled", "now"},
+		{"qemu running", pvesim.KindQEMU, pvesim.Guest{Name: "now", Status: "running"}, true,
+			"", "unable to restore VM 101 - vm is running", "now"},
+		{"lxc forced", pvesim.KindLXC, pvesim.Guest{Name: "now"}, true, "", "OK", "then"},
+		{"lxc without force", pvesim.KindLXC, pvesim.Guest{Name: "now"}, false,
+			"500 unable to restore CT 101 - CT 101 already exists on node 'pve1'", "", "now"},
+		{"lxc protected", pvesim.KindLXC, pvesim.Guest{Name: "now", Protection: true}, true,
+			"500 unable to restore CT 101 - protection mode enabled", "", "now"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, client := newSim(t, pvesim.Config{})
+			disk := "scsi0"
+			if tt.kind == pvesim.KindLXC {
+				disk = "rootfs"
+			}
+			then := pvesim.Guest{VMID: 101, Name: "then", MemoryMiB: 1024, Disks: map[string]string{disk: "local-lvm:vm-101-disk-0,size=8G"}}
+			archive, err := srv.AddBackup(tt.kind, then)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.current.VMID = 101
+			tt.current.Disks = map[string]string{disk: "local-lvm:vm-101-disk-0,size=8G", "unused0": "local-lvm:vm-101-disk-1,size=2G"}
+			var params map[string]any
+			path := "/nodes/pve1/qemu"
+			if tt.kind == pvesim.KindLXC {
+				mustAdd(t, srv.AddContainer(tt.current))
+				params = map[string]any{"vmid": 101, "ostemplate": archive, "restore": 1}
+				path = "/nodes/pve1/lxc"
+			} else {
+				mustAdd(t, srv.AddVM(tt.current))
+				params = map[string]any{"vmid": 101, "archive": archive}
+			}
+			if tt.force {
+				params["force"] = 1
+			}
+			task, err := postTask(t, client, path, params)
+			if errText(err) != tt.wantErr {
+				t.Fatalf("error %q, want %q", errText(err), tt.wantErr)
+			}
+			if err == nil {
+				if exit := finished(t, task); exit != tt.wantExit {
+					t.Fatalf("exit %q, want %q", exit, tt.wantExit)
+				}
+			}
+			g, ok := srv.Guest(101)
+			if !ok || g.Name != tt.wantName || g.Lock != "" {
+				t.Fatalf("guest after restore: %+v", g)
+			}
+			restored := tt.wantName == "then"
+			if hasUnused := slices.Contains(srv.Volumes(), "local-lvm:vm-101-disk-1"); hasUnused == restored {
+				t.Errorf("old unused disk present=%v after restore=%v: %v", hasUnused, restored, srv.Volumes())
+			}
+			if restored && fmt.Sprint(g.Disks) != fmt.Sprintf("map[%s:local-lvm:vm-101-disk-0,size=8G]", disk) {
+				t.Errorf("disks %v", g.Disks)
+			}
+		})
+	}
+}
