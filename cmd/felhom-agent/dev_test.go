@@ -1,0 +1,171 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"os/exec"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/client"
+
+	"github.com/felhom/felhom-agent/workflows"
+	"github.com/felhom/felhom-agent/workflows/desired"
+)
+
+// devProcess is `felhom-agent dev` running as its own process.
+type devProcess struct {
+	cmd      *exec.Cmd
+	ui       string
+	frontend string
+	stderr   *strings.Builder
+}
+
+var (
+	bannerUI       = regexp.MustCompile(`Temporal Web UI\s+(http://\S+)`)
+	bannerFrontend = regexp.MustCompile(`Temporal frontend\s+(\S+)`)
+)
+
+func startDev(t *testing.T, dataDir string) *devProcess {
+	t.Helper()
+	cmd := exec.Command("felhom-agent", "dev", "--data-dir", dataDir,
+		"--frontend-addr", "127.0.0.1:0", "--ui-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
+		"--pvesim-task-duration", "100ms")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &devProcess{cmd: cmd, stderr: &strings.Builder{}}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	found := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			line := sc.Text()
+			if m := bannerUI.FindStringSubmatch(line); m != nil {
+				p.ui = m[1]
+			}
+			if m := bannerFrontend.FindStringSubmatch(line); m != nil {
+				p.frontend = m[1]
+				close(found)
+			}
+		}
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case <-found:
+	case <-time.After(90 * time.Second):
+		t.Fatalf("dev printed no banner within 90s; stderr:\n%s", p.stderr)
+	}
+	return p
+}
+
+// stop sends SIGTERM, as Ctrl-C or systemd would, and expects a clean exit.
+func (p *devProcess) stop(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("dev exited with %v after SIGTERM; stderr:\n%s", err, p.stderr)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("dev did not stop within 60s of SIGTERM")
+	}
+}
+
+// uiWorkflows lists workflows through the Web UI's own API, as the browser does.
+func (p *devProcess) uiWorkflows(t *testing.T, query string) []string {
+	t.Helper()
+	resp, err := http.Get(p.ui + "/api/v1/namespaces/default/workflows?query=" + url.QueryEscape(query))
+	if err != nil {
+		t.Fatalf("Web UI API: %v", err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Executions []struct {
+			Execution struct {
+				WorkflowID string `json:"workflowId"`
+			} `json:"execution"`
+		} `json:"executions"`
+	}
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("Web UI API: %s: %s", resp.Status, b)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, e := range body.Executions {
+		ids = append(ids, e.Execution.WorkflowID)
+	}
+	return ids
+}
+
+func TestDevRunsEverythingAndKeepsItsDataAcrossARestart(t *testing.T) {
+	dataDir := t.TempDir()
+	dev := startDev(t, dataDir)
+	c, err := client.Dial(client.Options{HostPort: dev.frontend})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	// VM 100 of the demo set runs; asking for it to be absent waits for a signature.
+	spec := desired.Spec{Host: "dev", VMID: 100, State: desired.Absent}
+	_, err = c.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{
+		ID: workflows.GuestWorkflowID("dev", 100), TaskQueue: workflows.TaskQueue("dev"),
+	}, workflows.GuestReconcileWorkflow, workflows.GuestInput{Host: "dev", VMID: 100, Desired: &spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the destroy to wait for a signature in the Web UI", func() bool {
+		ids := dev.uiWorkflows(t, "FelhomPendingSignature = true")
+		return len(ids) == 1 && ids[0] == "guest/dev/100"
+	})
+	if ids := dev.uiWorkflows(t, `WorkflowId = "host/dev"`); len(ids) != 1 {
+		t.Errorf("Web UI lists %v for the host workflow, want host/dev", ids)
+	}
+	c.Close()
+	dev.stop(t)
+
+	// Everything is still there after a restart on the same data directory.
+	dev = startDev(t, dataDir)
+	waitFor(t, "the pending destroy to survive the restart", func() bool {
+		ids := dev.uiWorkflows(t, "FelhomPendingSignature = true")
+		return len(ids) == 1 && ids[0] == "guest/dev/100"
+	})
+	dev.stop(t)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
