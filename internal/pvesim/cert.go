@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"math/big"
 	"net"
+	"os"
 	"time"
 )
 
@@ -35,8 +36,12 @@ func selfSignedCert(addr net.Addr) (tls.Certificate, *x509.CertPool, error) {
 		DNSNames:              []string{"localhost"},
 		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 	}
-	if tcp, ok := addr.(*net.TCPAddr); ok && !tcp.IP.IsUnspecified() {
+	if tcp, ok := addr.(*net.TCPAddr); ok && !tcp.IP.IsUnspecified() && !tcp.IP.IsLoopback() {
 		tmpl.IPAddresses = append(tmpl.IPAddresses, tcp.IP)
+	}
+	// `felhom-agent dev` may listen on every interface; name the host too.
+	if host, err := os.Hostname(); err == nil && host != "" && host != "localhost" {
+		tmpl.DNSNames = append(tmpl.DNSNames, host)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {

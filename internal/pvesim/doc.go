@@ -42,6 +42,21 @@
 //   - A record of every mutating request (Requests, RequestsMatching,
 //     ResetRequests) with its form values, answer status and task UPID.
 //
+// The failures operators of Proxmox automation meet, and how to produce them:
+//
+//   - lock timeouts under parallel updates: a long TaskDuration with a short
+//     LockTimeout, or FaultLockTimeout;
+//   - "WARNINGS: n" exit statuses: FaultTaskWarnings;
+//   - "already running" on a retried start: FaultDropAfter on the start, then
+//     start again (QEMU fails in the task, LXC with an immediate 500);
+//   - VMID races on /cluster/nextid: AddVM/AddContainer the returned id
+//     before the create (pve does not reserve ids either);
+//   - protected guests: Guest.Protection (destroy and restore are refused;
+//     shutdown is not, as in pve);
+//   - 596 while pvedaemon is busy: FaultHTTPError with Status 596;
+//   - a POST that took effect although the client saw an error:
+//     FaultDropAfter; one that did not: FaultDropBefore or FaultHTTPError.
+//
 // Where it follows pve rather than what go-proxmox v0.8.2 expects:
 //
 //   - PUT /nodes/{node}/lxc/{vmid}/config returns data null (no task), so

@@ -33,6 +33,8 @@ func TestFaultsOnStart(t *testing.T) {
 			"", "start failed: QEMU exited with code 1", false, 200},
 		{"task warnings", pvesim.Fault{Path: startPath, Kind: pvesim.FaultTaskWarnings},
 			"", "WARNINGS: 1", true, 200},
+		{"task warnings count", pvesim.Fault{Path: startPath, Kind: pvesim.FaultTaskWarnings, Message: "WARNINGS: 3"},
+			"", "WARNINGS: 3", true, 200},
 		{"drop before", pvesim.Fault{Path: startPath, Kind: pvesim.FaultDropBefore},
 			"EOF", "", false, 0},
 		{"drop after the side effect", pvesim.Fault{Path: startPath, Kind: pvesim.FaultDropAfter},
@@ -58,6 +60,18 @@ func TestFaultsOnStart(t *testing.T) {
 			if err == nil {
 				if exit := finished(t, task); exit != tt.wantExit {
 					t.Fatalf("exit %q, want %q", exit, tt.wantExit)
+				}
+				log, err := task.Log(context.Background(), 0, 100)
+				if err != nil {
+					t.Fatal(err)
+				}
+				last := log[len(log)-1]
+				if want := "TASK " + tt.wantExit; tt.wantExit != "OK" && !strings.HasPrefix(tt.wantExit, "WARNINGS") {
+					if last != "TASK ERROR: "+tt.wantExit {
+						t.Errorf("last log line %q", last)
+					}
+				} else if last != want {
+					t.Errorf("last log line %q, want %q", last, want)
 				}
 			} else {
 				// a dropped start may still be running its task

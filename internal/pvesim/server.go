@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -56,6 +58,8 @@ type Server struct {
 	ln       net.Listener
 	srv      *http.Server
 	client   *http.Client
+	certPEM  []byte
+	rootCAs  *x509.CertPool
 	url      string
 	log      *slog.Logger
 	closed   chan struct{}
@@ -134,6 +138,8 @@ func Start(cfg Config) (*Server, error) {
 			MinVersion:   tls.VersionTLS12,
 		})
 		transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		s.rootCAs = pool
+		s.certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
 		scheme = "https"
 	}
 	s.ln = ln
@@ -169,6 +175,18 @@ func (s *Server) TokenSecret() string { return s.cfg.TokenSecret }
 func (s *Server) HTTPClient() *http.Client {
 	c := *s.client
 	return &c
+}
+
+// CertificatePEM is the simulator's self-signed certificate in PEM, for a
+// client's CA file; nil with TLSOff.
+func (s *Server) CertificatePEM() []byte { return append([]byte(nil), s.certPEM...) }
+
+// RootCAs is a pool holding only the simulator's certificate; nil with TLSOff.
+func (s *Server) RootCAs() *x509.CertPool {
+	if s.rootCAs == nil {
+		return nil
+	}
+	return s.rootCAs.Clone()
 }
 
 // Close stops the listener, aborts running tasks and waits for them.

@@ -2,6 +2,8 @@ package pvesim_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"testing"
 	"time"
 
@@ -179,5 +181,27 @@ func TestStartRejectsBadConfig(t *testing.T) {
 				t.Fatal("Start accepted it")
 			}
 		})
+	}
+}
+
+func TestCertificateForCAFiles(t *testing.T) {
+	srv, _ := newSim(t, pvesim.Config{})
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(srv.CertificatePEM()) {
+		t.Fatalf("CertificatePEM is not PEM: %q", srv.CertificatePEM())
+	}
+	for name, roots := range map[string]*x509.CertPool{"from PEM": pool, "RootCAs": srv.RootCAs()} {
+		conn, err := tls.Dial("tcp", srv.Addr(), &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12})
+		if err != nil {
+			t.Fatalf("%s: TLS handshake: %v", name, err)
+		}
+		conn.Close()
+	}
+	if _, err := tls.Dial("tcp", srv.Addr(), &tls.Config{MinVersion: tls.VersionTLS12}); err == nil {
+		t.Fatal("system roots trust the self-signed certificate")
+	}
+	plain, _ := newSim(t, pvesim.Config{TLS: pvesim.TLSOff})
+	if plain.CertificatePEM() != nil || plain.RootCAs() != nil {
+		t.Error("plain HTTP server has a certificate")
 	}
 }

@@ -124,15 +124,14 @@ func (s *Server) runTask(t *task, spec taskSpec, fault *Fault) {
 	}
 	warnings, err := spec.run(t)
 	if err == nil && fault != nil && fault.Kind == FaultTaskWarnings {
-		if warnings == 0 {
-			warnings = 1
-		}
 		t.log = append(t.log, "WARN: injected warning")
+		if fault.Message != "" {
+			s.finishTaskExit(t, fault.Message)
+			return
+		}
+		warnings = max(warnings, 1)
 	}
 	s.finishTaskLocked(t, warnings, err)
-	if err == nil && fault != nil && fault.Kind == FaultTaskWarnings && fault.Message != "" {
-		t.exit = fault.Message
-	}
 }
 
 func (s *Server) finishTask(t *task, warnings int, err error) {
@@ -142,23 +141,30 @@ func (s *Server) finishTask(t *task, warnings int, err error) {
 }
 
 func (s *Server) finishTaskLocked(t *task, warnings int, err error) {
+	switch {
+	case err != nil:
+		s.finishTaskExit(t, strings.TrimSpace(err.Error()))
+	case warnings > 0:
+		s.finishTaskExit(t, fmt.Sprintf("WARNINGS: %d", warnings))
+	default:
+		s.finishTaskExit(t, "OK")
+	}
+}
+
+// finishTaskExit stops a task with an exit status and pve's last log line
+// ("TASK OK", "TASK WARNINGS: 2", "TASK ERROR: msg"). s.mu held.
+func (s *Server) finishTaskExit(t *task, exit string) {
 	if t.cleanup != nil {
 		t.cleanup()
 		t.cleanup = nil
 	}
 	t.running = false
 	t.end = time.Now()
-	switch {
-	case err != nil:
-		msg := strings.TrimSpace(err.Error())
-		t.exit = msg
-		t.log = append(t.log, "TASK ERROR: "+msg)
-	case warnings > 0:
-		t.exit = fmt.Sprintf("WARNINGS: %d", warnings)
-		t.log = append(t.log, "TASK "+t.exit)
-	default:
-		t.exit = "OK"
-		t.log = append(t.log, "TASK OK")
+	t.exit = exit
+	if exit == "OK" || strings.HasPrefix(exit, "WARNINGS: ") {
+		t.log = append(t.log, "TASK "+exit)
+	} else {
+		t.log = append(t.log, "TASK ERROR: "+exit)
 	}
 }
 
