@@ -101,6 +101,25 @@ func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput)
 	if kind == KindLXC {
 		method = "PUT"
 	}
+	if kind == KindQEMU {
+		// A config task of a previous attempt may still be running: let it
+		// finish and look again, rather than sending the change twice. (A
+		// config task of somebody else is only waited for, never taken for
+		// ours.)
+		if upid, err := a.inFlight(ctx, in.VMID, taskType(kind, "config"), false); err != nil {
+			return TaskResult{}, err
+		} else if upid != "" {
+			if _, err := a.wait(ctx, "config-other", upid); err != nil {
+				a.log().Warn("config task under way failed", "upid", upid, "err", err)
+			}
+			if g, err = a.readGuest(ctx, in.VMID, kind); err != nil {
+				return TaskResult{}, err
+			}
+			if g.Exists && configApplied(g, in) {
+				return TaskResult{UPID: upid, Resumed: true}, nil
+			}
+		}
+	}
 	res, err := a.runTask(ctx, "config", method, a.guestPath(kind, in.VMID)+"/config", params)
 	if err != nil {
 		return TaskResult{}, err

@@ -165,19 +165,29 @@ func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name 
 		return CreateResult{}, err
 	}
 	if g.Exists {
-		if !ours || g.Kind != kind || g.Name != name {
-			return CreateResult{}, temporal.NewNonRetryableApplicationError(
+		taken := func(g Guest) error {
+			return temporal.NewNonRetryableApplicationError(
 				fmt.Sprintf("%s: VMID %d is already used by %s %q, which this workflow run did not create", what, vmid, g.Kind, g.Name),
 				ErrTypeVMIDTaken, nil)
+		}
+		if !ours || g.Kind != kind {
+			return CreateResult{}, taken(g)
 		}
 		if entry.State == ledger.StateCreated {
 			return out(TaskResult{AlreadyDone: true}), nil // state 5
 		}
-		gone, err := a.waitCreateLock(ctx, vmid, kind) // state 3
+		g, err = a.waitCreateLock(ctx, vmid, kind) // state 3
 		if err != nil {
 			return CreateResult{}, err
 		}
-		if !gone {
+		if g.Exists {
+			if g.Name != name {
+				// Not the guest this run asked for: drop the claim.
+				if err := a.Ledger.AbortCreate(vmid, run); err != nil {
+					a.log().Error("ledger: could not drop pending create", "vmid", vmid, "err", err)
+				}
+				return CreateResult{}, taken(g)
+			}
 			return out(TaskResult{AlreadyDone: true}), a.confirm(what, vmid, run)
 		}
 		// The create task failed and Proxmox removed the guest: create again.
@@ -217,28 +227,22 @@ func (a *Proxmox) createFailed(what string, vmid int, run string, err error) err
 }
 
 // waitCreateLock waits while the guest carries Proxmox's "create" lock (its
-// create task still runs). gone reports that the guest disappeared, i.e. the
-// create failed.
-func (a *Proxmox) waitCreateLock(ctx context.Context, vmid int, kind string) (gone bool, err error) {
+// create task still runs) and returns the guest as it is then; Exists false
+// means the create failed and Proxmox removed it.
+func (a *Proxmox) waitCreateLock(ctx context.Context, vmid int, kind string) (Guest, error) {
 	interval := a.PollInterval
 	if interval <= 0 {
 		interval = DefaultPollInterval
 	}
 	for {
 		g, err := a.readGuest(ctx, vmid, kind)
-		if err != nil {
-			return false, err
-		}
-		if !g.Exists {
-			return true, nil
-		}
-		if g.Lock != "create" {
-			return false, nil
+		if err != nil || !g.Exists || g.Lock != "create" {
+			return g, err
 		}
 		activity.RecordHeartbeat(ctx, Progress{Phase: "create-lock"})
 		select {
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return Guest{}, ctx.Err()
 		case <-time.After(interval):
 		}
 	}

@@ -200,11 +200,12 @@ func (a *Proxmox) destroy(ctx context.Context, what string, in DestroyGuestInput
 			return res, err
 		}
 	} else if g.Status == "running" {
-		if _, err := a.runTask(ctx, "stop", "POST", base+"/status/stop", nil); err != nil {
+		if _, err := a.runGuestTask(ctx, "stop", taskType(g.Kind, "stop"), in.VMID, false, "POST", base+"/status/stop", nil); err != nil {
 			return TaskResult{}, err
 		}
 	}
-	res, err := a.runTask(ctx, "destroy", "DELETE", base, map[string]any{"purge": 1, "destroy-unreferenced-disks": 1})
+	res, err := a.runGuestTask(ctx, "destroy", taskType(g.Kind, "destroy"), in.VMID, false,
+		"DELETE", base, map[string]any{"purge": 1, "destroy-unreferenced-disks": 1})
 	if err != nil {
 		return TaskResult{}, err
 	}
@@ -262,7 +263,7 @@ func (a *Proxmox) restore(ctx context.Context, what string, in RestoreBackupInpu
 			return res, err
 		}
 	} else if g.Status == "running" {
-		if _, err := a.runTask(ctx, "stop", "POST", base+"/status/stop", nil); err != nil {
+		if _, err := a.runGuestTask(ctx, "stop", taskType(g.Kind, "stop"), in.VMID, false, "POST", base+"/status/stop", nil); err != nil {
 			return TaskResult{}, err
 		}
 	}
@@ -276,7 +277,8 @@ func (a *Proxmox) restore(ctx context.Context, what string, in RestoreBackupInpu
 	} else {
 		post["archive"] = in.Archive
 	}
-	res, err := a.runTask(ctx, "restore", "POST", fmt.Sprintf("/nodes/%s/%s", a.Node, g.Kind), post)
+	res, err := a.runGuestTask(ctx, "restore", taskType(g.Kind, "restore"), in.VMID, true,
+		"POST", fmt.Sprintf("/nodes/%s/%s", a.Node, g.Kind), post)
 	if err != nil {
 		return TaskResult{}, err
 	}
@@ -327,6 +329,23 @@ func (a *Proxmox) wipe(ctx context.Context, what string, in WipeVolumeInput) (Ta
 	key, err := a.authorize(ctx, what, action, owner, in.Approval)
 	if err != nil {
 		return TaskResult{}, err
+	}
+	// A volume deletion of a previous attempt may still be running (its task
+	// is keyed by volume, not guest): let running deletions finish and look
+	// again before sending another.
+	if upid, err := a.inFlight(ctx, 0, "imgdel", false); err != nil {
+		return TaskResult{}, err
+	} else if upid != "" {
+		if _, err := a.wait(ctx, "wipe-other", upid); err != nil {
+			a.log().Warn("volume deletion under way failed", "upid", upid, "err", err)
+		}
+		if err := a.Client.Get(ctx, path, &info); err != nil {
+			if code, msg, ok := httpStatus(err); ok && (code == 404 || (code == 500 && isMissingGuest(msg))) {
+				a.spend(key)
+				return TaskResult{UPID: upid, Resumed: true}, nil
+			}
+			return TaskResult{}, err
+		}
 	}
 	res, err := a.runTask(ctx, "wipe", "DELETE", path, nil)
 	if err != nil {

@@ -109,5 +109,6 @@ func (a *Proxmox) power(ctx context.Context, what, action string, vmid int, kind
 	if g.Status == skipIf {
 		return TaskResult{AlreadyDone: true}, nil
 	}
-	return a.runTask(ctx, action, "POST", a.guestPath(kind, vmid)+"/status/"+action, params)
+	return a.runGuestTask(ctx, action, taskType(kind, action), vmid, action == "reboot",
+		"POST", a.guestPath(kind, vmid)+"/status/"+action, params)
 }

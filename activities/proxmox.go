@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -213,6 +214,71 @@ func (a *Proxmox) runTask(ctx context.Context, phase, method, path string, param
 		return TaskResult{}, err
 	}
 	return a.wait(ctx, phase, upid)
+}
+
+// taskType is Proxmox's task type for an action on a guest ("qmstart",
+// "vzshutdown", ...).
+func taskType(kind, action string) string {
+	if kind == KindLXC {
+		return "vz" + action
+	}
+	return "qm" + action
+}
+
+type taskListEntry struct {
+	UPID      string      `json:"upid"`
+	StartTime json.Number `json:"starttime"`
+	EndTime   json.Number `json:"endtime"`
+	Status    string      `json:"status"`
+}
+
+// inFlight looks for a task of type typ on guest vmid that a previous
+// attempt may have started without living to record its UPID: one still
+// running, or (recent) one started since the activity was first scheduled.
+// vmid 0 does not filter by guest.
+// Waiting on it is exactly what that attempt would have done.
+func (a *Proxmox) inFlight(ctx context.Context, vmid int, typ string, recent bool) (string, error) {
+	q := url.Values{"typefilter": {typ}, "source": {"active"}, "limit": {"20"}}
+	if vmid > 0 {
+		q.Set("vmid", strconv.Itoa(vmid))
+	}
+	if recent {
+		q.Set("source", "all")
+	}
+	var list []taskListEntry
+	if err := a.Client.Get(ctx, fmt.Sprintf("/nodes/%s/tasks?%s", url.PathEscape(a.Node), q.Encode()), &list); err != nil {
+		return "", err
+	}
+	since := activity.GetInfo(ctx).ScheduledTime.Unix()
+	for _, t := range list { // newest first
+		if _, err := parseUPID(t.UPID); err != nil {
+			continue
+		}
+		if t.EndTime == "" && t.Status == "" {
+			return t.UPID, nil
+		}
+		if start, err := t.StartTime.Int64(); recent && err == nil && !activity.GetInfo(ctx).ScheduledTime.IsZero() && start >= since {
+			return t.UPID, nil
+		}
+	}
+	return "", nil
+}
+
+// runGuestTask is runTask for an action on a guest that first adopts a task
+// of the same type already under way (see inFlight) instead of posting.
+func (a *Proxmox) runGuestTask(ctx context.Context, phase, typ string, vmid int, recent bool, method, path string, params map[string]any) (TaskResult, error) {
+	upid, err := a.inFlight(ctx, vmid, typ, recent)
+	if err != nil {
+		return TaskResult{}, err
+	}
+	if upid == "" {
+		return a.runTask(ctx, phase, method, path, params)
+	}
+	activity.RecordHeartbeat(ctx, Progress{Phase: phase, UPID: upid})
+	a.log().Info("adopting proxmox task already under way", "phase", phase, "upid", upid)
+	res, err := a.wait(ctx, phase, upid)
+	res.Resumed = err == nil
+	return res, err
 }
 
 // resumeTask waits on the task a previous attempt recorded for phase. ok is
