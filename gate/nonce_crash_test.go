@@ -105,3 +105,36 @@ func TestFileNonceStoreSurvivesSIGKILL(t *testing.T) {
 	}
 	t.Logf("%d kills, %d acknowledged nonces all still rejected", crashChildCount, len(acked))
 }
+
+// A store held open by another live process cannot be opened.
+func TestFileNonceStoreLockedAcrossProcesses(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nonces.log")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), crashChildEnv+"=lock", crashLogEnv+"="+path)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	// The first acknowledged nonce means the child holds the store.
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatalf("child acknowledged nothing: %v", err)
+	}
+	if s, err := OpenFileNonceStore(path); !errors.Is(err, ErrNonceLogLocked) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("open while another process holds the store = %v, want ErrNonceLogLocked", err)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	s, err := OpenFileNonceStore(path)
+	if err != nil {
+		t.Fatalf("open after the holder died: %v", err)
+	}
+	s.Close()
+}
