@@ -19,7 +19,8 @@ const (
 	FaultDelay FaultKind = "delay"
 	// FaultTaskError lets the call start its task, which then stops with
 	// exit status Message (default "command failed") without its effect.
-	// It is consumed even by a call that starts no task.
+	// Like the other task-level kinds it never hits a GET, but is used up by
+	// any other matching call, even one that starts no task.
 	FaultTaskError FaultKind = "task_error"
 	// FaultTaskWarnings lets the task do its work and stop with exit status
 	// "WARNINGS: N" (Message overrides), which Proxmox counts as success.
@@ -30,6 +31,9 @@ const (
 	// FaultDropAfter serves the request (the guest changes, the task starts)
 	// and then closes the connection without a reply.
 	FaultDropAfter FaultKind = "drop_after"
+	// FaultSlowTask makes the task the call starts run for TaskDuration
+	// instead of the configured duration, e.g. to crash a client mid-task.
+	FaultSlowTask FaultKind = "slow_task"
 	// FaultLockTimeout makes the call's wait for the guest's config lock fail
 	// at once with pve's "can't lock file ... - got timeout": a 500 for
 	// synchronous calls, a failed task for asynchronous ones.
@@ -55,9 +59,21 @@ type Fault struct {
 	Message string
 	// Delay is waited before the request is handled, for any kind.
 	Delay time.Duration
+	// TaskDuration is how long the started task runs, for FaultSlowTask.
+	TaskDuration time.Duration
 	// Times is how many matching requests the fault hits: 0 means once, a
 	// negative number means until ClearFaults.
 	Times int
+}
+
+// taskLevel kinds act on the task or the config lock of a call, so reads
+// never use them up.
+func (k FaultKind) taskLevel() bool {
+	switch k {
+	case FaultTaskError, FaultTaskWarnings, FaultSlowTask, FaultLockTimeout:
+		return true
+	}
+	return false
 }
 
 type activeFault struct {
@@ -102,6 +118,9 @@ func (s *Server) takeFault(method, p string, vmid int) *Fault {
 		}
 		if f.VMID != 0 && f.VMID != vmid {
 			continue
+		}
+		if f.Kind.taskLevel() && method == http.MethodGet {
+			continue // reads start no task and take no lock
 		}
 		if f.left > 0 {
 			f.left--

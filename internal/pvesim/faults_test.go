@@ -41,6 +41,8 @@ func TestFaultsOnStart(t *testing.T) {
 			"EOF", "", true, 0},
 		{"lock timeout in the task", pvesim.Fault{Path: startPath, Kind: pvesim.FaultLockTimeout},
 			"", "can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout", false, 200},
+		{"permission denied", pvesim.Fault{Path: startPath, Kind: pvesim.FaultHTTPError, Status: 403, Message: "Permission check failed (/vms/101, VM.PowerMgmt)"},
+			proxmox.ErrNotAuthorized.Error(), "", false, 403},
 		{"other guest unaffected", pvesim.Fault{VMID: 102, Kind: pvesim.FaultHTTPError},
 			"", "OK", true, 200},
 		{"other method unaffected", pvesim.Fault{Method: "GET", Path: startPath, Kind: pvesim.FaultHTTPError},
@@ -185,5 +187,38 @@ func TestDroppedConnectionIsANetworkError(t *testing.T) {
 	_, err := client.Version(context.Background())
 	if err == nil || errors.Is(err, proxmox.ErrNotAuthorized) {
 		t.Fatalf("error %v, want a transport error", err)
+	}
+}
+
+func TestSlowTasks(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{TaskDuration: time.Millisecond,
+		TaskDurations: map[string]time.Duration{"qmshutdown": time.Hour}})
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Status: "running"}))
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 102}))
+	ctx := context.Background()
+	shutdown, err := vmOf(t, client, 101).Shutdown(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Inject(pvesim.Fault{VMID: 102, Kind: pvesim.FaultSlowTask, TaskDuration: time.Hour})
+	start, err := vmOf(t, client, 102).Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	for _, task := range []*proxmox.Task{shutdown, start} {
+		if err := task.Ping(ctx); err != nil || task.IsCompleted {
+			t.Fatalf("%s completed=%v err=%v, want still running", task.Type, task.IsCompleted, err)
+		}
+		if err := task.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop, err := vmOf(t, client, 102).Stop(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exit := finished(t, stop); exit != "OK" {
+		t.Fatalf("normal task after the slow ones: %q", exit)
 	}
 }

@@ -118,7 +118,7 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 			return reply(e.Status, nil, e)
 		case FaultDropBefore:
 			return reply(0, nil, nil)
-		case FaultTaskError, FaultTaskWarnings, FaultLockTimeout:
+		case FaultTaskError, FaultTaskWarnings, FaultLockTimeout, FaultSlowTask:
 			c.fault = f
 		}
 	}

@@ -43,8 +43,11 @@ type Config struct {
 	// TokenSecret is its secret (default: a random UUID).
 	TokenSecret string
 	// TaskDuration is how long every task runs before it stops (default 0:
-	// the task is already stopped at its first status poll).
+	// tasks finish at once).
 	TaskDuration time.Duration
+	// TaskDurations overrides TaskDuration per task type ("qmshutdown",
+	// "qmrestore", "vzdump"...).
+	TaskDurations map[string]time.Duration
 	// LockTimeout is how long a call waits for a guest's config lock held by
 	// another task before failing with "got timeout" (default 10s, as pve).
 	LockTimeout time.Duration

@@ -100,7 +100,14 @@ func (s *Server) runTask(t *task, spec taskSpec, fault *Fault) {
 			return
 		}
 	}
-	timer := time.NewTimer(s.cfg.TaskDuration)
+	duration := s.cfg.TaskDuration
+	if d, ok := s.cfg.TaskDurations[t.typ]; ok {
+		duration = d
+	}
+	if fault != nil && fault.Kind == FaultSlowTask {
+		duration = fault.TaskDuration
+	}
+	timer := time.NewTimer(duration)
 	defer timer.Stop()
 	select {
 	case <-timer.C:
