@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -112,8 +113,12 @@ func classify(what string, err error) error {
 	if errors.As(err, &appErr) {
 		return err
 	}
+	var urlErr *url.Error
+	if errors.As(err, &urlErr) && urlErr.Timeout() {
+		return temporal.NewApplicationErrorWithCause(what+": Proxmox did not answer in time: "+err.Error(), ErrTypeUnavailable, err)
+	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return err
+		return err // the activity itself was cancelled or timed out
 	}
 	nonRetryable := func(typ, msg string) error {
 		return temporal.NewNonRetryableApplicationError(what+": "+msg, typ, err)
