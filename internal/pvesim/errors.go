@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -114,4 +115,14 @@ func dropConnection(w http.ResponseWriter) {
 		return
 	}
 	_ = conn.Close()
+}
+
+// rawBody is a reply body sent verbatim.
+type rawBody string
+
+func writeRaw(w http.ResponseWriter, body rawBody) {
+	w.Header().Set("Content-Type", "application/json;charset=UTF-8")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = io.WriteString(w, string(body))
 }

@@ -3,6 +3,7 @@ package pvesim_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -221,4 +222,50 @@ func TestSlowTasks(t *testing.T) {
 	if exit := finished(t, stop); exit != "OK" {
 		t.Fatalf("normal task after the slow ones: %q", exit)
 	}
+}
+
+func TestRawReplyFault(t *testing.T) {
+	tests := []struct {
+		name, body string
+		call       func(*proxmox.Client) error
+		wantErr    string
+	}{
+		{"malformed UPID", `{"data":"UPID:pve1:1:2:3:qmstart:101"}`, func(c *proxmox.Client) error {
+			var upid proxmox.UPID
+			err := c.Post(context.Background(), "/nodes/pve1/qemu/101/status/start", nil, &upid)
+			if upid != "UPID:pve1:1:2:3:qmstart:101" {
+				return fmt.Errorf("upid %q", upid)
+			}
+			return err
+		}, ""},
+		{"null status", `{"data":null}`, func(c *proxmox.Client) error {
+			vm := &proxmox.VirtualMachine{}
+			if err := c.Get(context.Background(), "/nodes/pve1/qemu/101/status/current", &vm); err != nil {
+				return err
+			}
+			if vm != nil {
+				return fmt.Errorf("data null did not reach the client: %+v", vm)
+			}
+			return nil
+		}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, client := newSim(t, pvesim.Config{})
+			mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101}))
+			srv.Inject(pvesim.Fault{Kind: pvesim.FaultRawReply, Message: tt.body})
+			if err := tt.call(client); errText(err) != tt.wantErr {
+				t.Fatalf("error %v", err)
+			}
+		})
+	}
+	// the start behind the malformed UPID still happened
+	srv, client := newSim(t, pvesim.Config{})
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101}))
+	srv.Inject(pvesim.Fault{Method: "POST", Kind: pvesim.FaultRawReply, Message: `{"data":"UPID:pve1:1:2:3:qmstart:101"}`})
+	var upid proxmox.UPID
+	if err := client.Post(context.Background(), "/nodes/pve1/qemu/101/status/start", nil, &upid); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the start to take effect", func() bool { g, _ := srv.Guest(101); return g.Status == "running" })
 }

@@ -91,6 +91,8 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 		switch {
 		case status == 0:
 			dropConnection(w)
+		case data != nil && aerr == nil && kind == FaultRawReply:
+			writeRaw(w, data.(rawBody))
 		case aerr != nil:
 			writeError(w, aerr)
 		default:
@@ -125,6 +127,9 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 	data, aerr := s.route(c)
 	if f != nil && f.Kind == FaultDropAfter {
 		return reply(0, nil, nil)
+	}
+	if f != nil && f.Kind == FaultRawReply {
+		return reply(http.StatusOK, rawBody(f.Message), nil)
 	}
 	if aerr != nil {
 		return reply(aerr.Status, nil, aerr)
