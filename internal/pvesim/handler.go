@@ -124,7 +124,7 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 			c.fault = f
 		}
 	}
-	data, aerr := s.route(c)
+	data, aerr := s.safeRoute(c)
 	if f != nil && f.Kind == FaultDropAfter {
 		return reply(0, nil, nil)
 	}
@@ -205,22 +205,42 @@ func notImplemented(c *call) *apiError {
 		Message: fmt.Sprintf("Method '%s %s%s' not implemented", c.method, apiRoot, c.path)}
 }
 
+// safeRoute turns a panic in an endpoint into a 500, so one simulator bug
+// shows up as a failed call instead of a dropped connection that looks like
+// an injected fault.
+func (s *Server) safeRoute(c *call) (data any, aerr *apiError) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("pvesim: endpoint panicked", "method", c.method, "path", c.path, "panic", r)
+			data, aerr = nil, errf("pvesim internal error: %v", r)
+		}
+	}()
+	return s.route(c)
+}
+
 // route dispatches a call to its endpoint.
 func (s *Server) route(c *call) (any, *apiError) {
 	seg := c.segs
 	n := len(seg)
 	get := c.method == http.MethodGet
-	switch {
-	case n == 0 && get:
+	if n == 0 {
+		if !get {
+			return nil, notImplemented(c)
+		}
 		return []map[string]string{{"subdir": "version"}, {"subdir": "cluster"}, {"subdir": "nodes"},
 			{"subdir": "storage"}, {"subdir": "access"}, {"subdir": "pools"}}, nil
+	}
+	switch {
 	case n == 1 && seg[0] == "version" && get:
 		return s.versionInfo(), nil
 	case seg[0] == "cluster":
 		return s.routeCluster(c)
 	case seg[0] == "nodes":
-		if n == 1 && get {
-			return s.nodeList(), nil
+		if n == 1 {
+			if get {
+				return s.nodeList(), nil
+			}
+			return nil, notImplemented(c)
 		}
 		if seg[1] != s.cfg.Node {
 			return nil, errf("no such cluster node '%s'", seg[1])

@@ -299,3 +299,34 @@ func TestQEMUDestroy(t *testing.T) {
 		})
 	}
 }
+
+// qemu-server accepts memory as a property string; go-proxmox v0.8.2 can
+// only parse a plain number, so a "current=N" value breaks its VM reads.
+func TestQEMUMemoryPropertyString(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{})
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, MemoryMiB: 2048}))
+	ctx := context.Background()
+	if err := vmOf(t, client, 101).ConfigSync(ctx, proxmox.VirtualMachineOption{Name: "memory", Value: "current=4096"}); err != nil {
+		t.Fatal(err)
+	}
+	if g, _ := srv.Guest(101); g.MemoryMiB != 4096 {
+		t.Fatalf("memory %d MiB", g.MemoryMiB)
+	}
+	var cfg map[string]any
+	if err := client.Get(ctx, "/nodes/pve1/qemu/101/config", &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg["memory"] != "current=4096" {
+		t.Fatalf("memory %v", cfg["memory"])
+	}
+	if _, err := nodeOf(t, client).VirtualMachine(ctx, 101); err == nil {
+		t.Fatal("go-proxmox now parses memory property strings: update the package doc")
+	}
+	var status map[string]any
+	if err := client.Get(ctx, "/nodes/pve1/qemu/101/status/current", &status); err != nil {
+		t.Fatal(err)
+	}
+	if status["maxmem"] != float64(4096<<20) {
+		t.Errorf("maxmem %v", status["maxmem"])
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"strings"
 	"testing"
 	"time"
 
@@ -203,5 +204,22 @@ func TestCertificateForCAFiles(t *testing.T) {
 	plain, _ := newSim(t, pvesim.Config{TLS: pvesim.TLSOff})
 	if plain.CertificatePEM() != nil || plain.RootCAs() != nil {
 		t.Error("plain HTTP server has a certificate")
+	}
+}
+
+func TestOddRequestsGetAnAnswer(t *testing.T) {
+	srv, _ := newSim(t, pvesim.Config{})
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101}))
+	paths := []string{"", "/", "/nodes", "/nodes/pve1", "/nodes/pve1/qemu", "/nodes/pve1/qemu/101",
+		"/nodes/pve1/qemu/abc", "/nodes/pve1/qemu/101/status", "/nodes/pve1/qemu/101/status/fly",
+		"/nodes/pve1/storage", "/nodes/pve1/storage/nope/content", "/nodes/pve1/tasks", "/nodes/pve1/tasks/x/y/z",
+		"/cluster", "/cluster/resources/extra", "/nodes/pve1/lxc/101/config", "/access/ticket"}
+	for _, p := range paths {
+		for _, m := range []string{"GET", "POST", "PUT", "DELETE"} {
+			got := raw(t, srv, m, p, nil, "")
+			if got.StatusCode == 0 || got.StatusCode == 500 && strings.Contains(got.Status, "internal error") {
+				t.Errorf("%s %s: %q", m, p, got.Status)
+			}
+		}
 	}
 }

@@ -217,8 +217,11 @@ func (s *Server) routeStorage(c *call) (any, *apiError) {
 	seg := c.segs
 	n := len(seg)
 	get := c.method == http.MethodGet
-	if n == 3 && get {
-		return s.storageList(c), nil
+	if n == 3 {
+		if get {
+			return s.storageList(c), nil
+		}
+		return nil, notImplemented(c)
 	}
 	st := findStorage(seg[3])
 	if st == nil {
