@@ -72,6 +72,43 @@ func BenchmarkVerify(b *testing.B) {
 			}
 		}
 	})
+	// interleaved runs both on each iteration so load from other processes
+	// hits them alike, and reports the ratio as pipeline/bare.
+	b.Run("interleaved-ratio", func(b *testing.B) {
+		pub, ops := signedOps(b, b.N)
+		v := newVerifier(b, NewMemoryNonceStore(), Signer{Key: pub, Role: RoleOperational})
+		raw := pub.(ssh.CryptoPublicKey).CryptoPublicKey().(ed25519.PublicKey)
+		type bare struct{ data, sig []byte }
+		bares := make([]bare, b.N)
+		for i, a := range ops {
+			env, err := ParseArmor(a.Signature)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var sig ssh.Signature
+			ssh.Unmarshal(env.Sig, &sig)
+			data, _ := SignedData(Namespace, "sha512", a.Blob)
+			bares[i] = bare{data, sig.Blob}
+		}
+		ctx := context.Background()
+		var tBare, tPipe time.Duration
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			start := time.Now()
+			if !ed25519.Verify(raw, bares[i].data, bares[i].sig) {
+				b.Fatal("bad signature")
+			}
+			mid := time.Now()
+			if _, err := v.Verify(ctx, ops[i].Signature, ops[i].Blob); err != nil {
+				b.Fatal(err)
+			}
+			tBare += mid.Sub(start)
+			tPipe += time.Since(mid)
+		}
+		b.ReportMetric(float64(tBare.Nanoseconds())/float64(b.N), "bare-ns/op")
+		b.ReportMetric(float64(tPipe.Nanoseconds())/float64(b.N), "pipeline-ns/op")
+		b.ReportMetric(float64(tPipe)/float64(tBare), "pipeline/bare")
+	})
 	b.Run("pipeline-file-store", func(b *testing.B) {
 		pub, ops := signedOps(b, b.N)
 		store, err := OpenFileNonceStore(filepath.Join(b.TempDir(), "nonces.log"))

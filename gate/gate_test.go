@@ -353,3 +353,36 @@ func TestDecideWithoutPinnedKeys(t *testing.T) {
 		t.Fatalf("no verifier: %v, want ErrUnknownSigner", err)
 	}
 }
+
+// Concurrent presentations of one approval: exactly one runs.
+func TestDecideConcurrentPresentations(t *testing.T) {
+	store, err := OpenFileNonceStore(filepath.Join(t.TempDir(), "nonces.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	g := newGate(t, store, slog.New(slog.DiscardHandler))
+	ok := approve(t, opKey, destroyOp("race"))
+	const n = 8
+	results := make(chan error, n)
+	for range n {
+		go func() {
+			_, err := g.Decide(context.Background(), Request{Action: destroyAction(), Approval: ok})
+			results <- err
+		}()
+	}
+	allowed, replays := 0, 0
+	for range n {
+		switch err := <-results; {
+		case err == nil:
+			allowed++
+		case errors.Is(err, ErrReplay):
+			replays++
+		default:
+			t.Fatal(err)
+		}
+	}
+	if allowed != 1 || replays != n-1 {
+		t.Fatalf("%d allowed, %d replays; want 1 and %d", allowed, replays, n-1)
+	}
+}

@@ -50,13 +50,18 @@ type NonceStore interface {
 
 // AllowList is the set of pinned signer keys, matched by key material.
 type AllowList struct {
-	byKey map[string]Signer
+	byKey map[string]pinned
+}
+
+type pinned struct {
+	Signer
+	fingerprint string
 }
 
 // NewAllowList pins signers. A key listed twice is an error, because its role
 // would be ambiguous.
 func NewAllowList(signers []Signer) (*AllowList, error) {
-	a := &AllowList{byKey: make(map[string]Signer, len(signers))}
+	a := &AllowList{byKey: make(map[string]pinned, len(signers))}
 	for _, s := range signers {
 		if s.Key == nil {
 			return nil, errors.New("gate: signer without a key")
@@ -68,7 +73,7 @@ func NewAllowList(signers []Signer) (*AllowList, error) {
 		if prev, dup := a.byKey[k]; dup {
 			return nil, fmt.Errorf("gate: key %s is listed twice (%s and %s)", ssh.FingerprintSHA256(s.Key), prev.Role, s.Role)
 		}
-		a.byKey[k] = s
+		a.byKey[k] = pinned{s, ssh.FingerprintSHA256(s.Key)}
 	}
 	return a, nil
 }
@@ -79,6 +84,7 @@ func (a *AllowList) Len() int { return len(a.byKey) }
 // SignatureCheck is the outcome of VerifySignature.
 type SignatureCheck struct {
 	Signer        Signer // the pinned entry that matched
+	Fingerprint   string // SHA256 fingerprint of its key
 	SigAlgorithm  string // e.g. "ssh-ed25519", "rsa-sha2-512"
 	HashAlgorithm string // "sha256" or "sha512"
 }
@@ -98,15 +104,15 @@ func VerifySignature(armored, rawBlob []byte, allowed *AllowList) (SignatureChec
 	if err != nil {
 		return SignatureCheck{}, err
 	}
-	signer, ok := allowed.byKey[string(env.PublicKey)]
+	p, ok := allowed.byKey[string(env.PublicKey)]
 	if !ok {
 		return SignatureCheck{}, fmt.Errorf("%w: %s %s", ErrUnknownSigner, pub.Type(), ssh.FingerprintSHA256(pub))
 	}
-	alg, err := verifyCrypto(signer.Key, env, rawBlob)
+	alg, err := verifyCrypto(p.Key, env, rawBlob)
 	if err != nil {
 		return SignatureCheck{}, err
 	}
-	return SignatureCheck{Signer: signer, SigAlgorithm: alg, HashAlgorithm: env.HashAlgorithm}, nil
+	return SignatureCheck{Signer: p.Signer, Fingerprint: p.fingerprint, SigAlgorithm: alg, HashAlgorithm: env.HashAlgorithm}, nil
 }
 
 // parseSignerKey parses the envelope's key and refuses kinds the gate does
@@ -255,7 +261,7 @@ func (v *Verifier) verify(ctx context.Context, armored, rawBlob []byte, check fu
 		Op:            op,
 		Blob:          rawBlob,
 		Signer:        sc.Signer,
-		Fingerprint:   ssh.FingerprintSHA256(sc.Signer.Key),
+		Fingerprint:   sc.Fingerprint,
 		SigAlgorithm:  sc.SigAlgorithm,
 		HashAlgorithm: sc.HashAlgorithm,
 	}
