@@ -73,16 +73,3 @@ func Classify(a Action, p Provenance, currentRun string) Class {
 	}
 	return Destructive
 }
-
-// permits reports whether role may approve op. Recovery keys exist to
-// regain control after an operational key is lost, so they rotate signers
-// and nothing else.
-func (r Role) permits(op string) bool {
-	switch r {
-	case RoleOperational:
-		return true
-	case RoleRecovery:
-		return op == OpSignersRotate
-	}
-	return false
-}

@@ -121,3 +121,16 @@ func describe(a Action) string {
 	}
 	return fmt.Sprintf("%s host=%s guest=%s params=%s", a.Op, a.HostID, a.GuestID, params)
 }
+
+// permits reports whether role may approve op. Recovery keys exist to
+// regain control after an operational key is lost, so they rotate signers
+// and nothing else.
+func (r Role) permits(op string) bool {
+	switch r {
+	case RoleOperational:
+		return true
+	case RoleRecovery:
+		return op == OpSignersRotate
+	}
+	return false
+}

@@ -182,3 +182,31 @@ func TestFileNonceStoreCompactDropsOnlyExpired(t *testing.T) {
 		t.Fatalf("expired nonce should have been pruned: %v", err)
 	}
 }
+
+// An append cut short at any byte leaves the earlier nonces used, the cut
+// one unused (it was never acknowledged), and the log appendable.
+func TestFileNonceStoreTornAtEveryByte(t *testing.T) {
+	ctx := context.Background()
+	log := append([]byte(nonceMagic), appendNonceRecord(nil, "first", t1.Unix())...)
+	last := appendNonceRecord(nil, "0123456789abcdef0123456789abcdef", t1.Unix())
+	for cut := 0; cut < len(last); cut++ {
+		path := filepath.Join(t.TempDir(), "nonces.log")
+		if err := os.WriteFile(path, append(append([]byte{}, log...), last[:cut]...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s, err := OpenFileNonceStore(path)
+		if err != nil {
+			t.Fatalf("cut at %d: %v", cut, err)
+		}
+		if err := s.Use(ctx, "first", t1); !errors.Is(err, ErrReplay) {
+			t.Fatalf("cut at %d: earlier nonce: %v", cut, err)
+		}
+		if err := s.Use(ctx, "0123456789abcdef0123456789abcdef", t1); err != nil {
+			t.Fatalf("cut at %d: unacknowledged nonce should be unused: %v", cut, err)
+		}
+		s.Close()
+		if fi, _ := os.Stat(path); fi.Size() != int64(len(log)+len(last)) {
+			t.Fatalf("cut at %d: log is %d bytes after re-append, want %d", cut, fi.Size(), len(log)+len(last))
+		}
+	}
+}
