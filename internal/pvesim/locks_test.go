@@ -151,3 +151,23 @@ func TestVzdumpHoldsBackupLock(t *testing.T) {
 		t.Fatalf("no archive among %v", srv.Volumes())
 	}
 }
+
+func TestTaskQueuedBehindADestroy(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{TaskDuration: 100 * time.Millisecond})
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101}))
+	vm := vmOf(t, client, 101)
+	destroy, err := vm.Delete(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, err := vm.Start(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exit := finished(t, start); exit != "Configuration file 'nodes/pve1/qemu-server/101.conf' does not exist" {
+		t.Fatalf("start after destroy: %q", exit)
+	}
+	if exit := finished(t, destroy); exit != "OK" {
+		t.Fatalf("destroy %q", exit)
+	}
+}

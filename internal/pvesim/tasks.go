@@ -26,6 +26,7 @@ type task struct {
 	cancel    chan struct{}
 	cancelled bool
 	cleanup   func()
+	waiter    *lockWaiter
 }
 
 // taskSpec says what a task does. run is called with s.mu held once the
@@ -69,6 +70,9 @@ func (s *Server) startTask(c *call, spec taskSpec) string {
 		log:     append([]string(nil), spec.logStart...),
 		cleanup: spec.cleanup,
 	}
+	if spec.vmid != 0 {
+		t.waiter = s.enqueueLock(spec.vmid)
+	}
 	t.upid = fmt.Sprintf("UPID:%s:%08X:%08X:%08X:%s:%s:%s:", s.cfg.Node, t.pid, t.pstart, now.Unix(), t.typ, t.id, t.user)
 	s.tasks[t.upid] = t
 	s.tasksWG.Add(1)
@@ -83,11 +87,23 @@ func (s *Server) startTask(c *call, spec taskSpec) string {
 func (s *Server) runTask(t *task, spec taskSpec, fault *Fault) {
 	defer s.tasksWG.Done()
 	if spec.vmid != 0 {
-		if lerr := s.lockGuest(spec.vmid, spec.kind, fault, t.cancel); lerr != nil {
+		if lerr := s.awaitLock(spec.vmid, spec.kind, t.waiter, fault, t.cancel); lerr != nil {
 			s.finishTask(t, 0, lerr)
 			return
 		}
 		defer s.unlockGuest(spec.vmid)
+	}
+	if spec.vmid != 0 {
+		// Destroyed while this task waited for the lock: only lock holders
+		// remove guests, so from here on the guest stays.
+		s.mu.Lock()
+		g := s.guests[spec.vmid]
+		if g == nil || g.kind != spec.kind {
+			s.finishTaskLocked(t, 0, fmt.Errorf("%s", s.missingConfig(spec.kind, spec.vmid).Message))
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
 	}
 	if spec.check != nil {
 		s.mu.Lock()
