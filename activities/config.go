@@ -60,6 +60,16 @@ func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput)
 	if err != nil {
 		return TaskResult{}, err
 	}
+	if name, ok := in.Set["name"]; ok && kind == KindLXC {
+		// A container's name is its hostname.
+		set := make(map[string]any, len(in.Set))
+		for k, v := range in.Set {
+			set[k] = v
+		}
+		delete(set, "name")
+		set["hostname"] = name
+		in.Set = set
+	}
 	p, has := resumed(ctx)
 	if res, ok, err := a.resumeTask(ctx, p, has, "config"); ok {
 		return res, err

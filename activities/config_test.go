@@ -185,3 +185,18 @@ func TestDestructiveDiskChange(t *testing.T) {
 		})
 	}
 }
+
+func TestSetConfigContainerName(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	h.addCT(pvesim.Guest{VMID: 201, Name: "old", MemoryMiB: 512, Disks: map[string]string{"rootfs": "local-lvm:subvol-201-disk-0,size=4G"}})
+	in := SetConfigInput{VMID: 201, Set: map[string]any{"name": "new"}}
+	if _, err := run[TaskResult](h, h.act.SetConfig, in); err != nil {
+		t.Fatal(err)
+	}
+	if g, _ := h.guest(201); g.Name != "new" {
+		t.Fatalf("container name %q, want new", g.Name)
+	}
+	if res, err := run[TaskResult](h, h.act.SetConfig, in); err != nil || !res.AlreadyDone {
+		t.Fatalf("repeat = %+v, %v", res, err)
+	}
+}

@@ -207,6 +207,12 @@ func (a *Proxmox) destroy(ctx context.Context, what string, in DestroyGuestInput
 	res, err := a.runGuestTask(ctx, "destroy", taskType(g.Kind, "destroy"), in.VMID, false,
 		"DELETE", base, map[string]any{"purge": 1, "destroy-unreferenced-disks": 1})
 	if err != nil {
+		// Gone since it was read (a destroy whose UPID heartbeat had not left
+		// the worker yet finished meanwhile): the goal is met.
+		if now, rerr := a.readGuest(ctx, in.VMID, g.Kind); rerr == nil && !now.Exists {
+			a.spend(key)
+			return TaskResult{AlreadyDone: true}, a.forget(ctx, what, in.VMID)
+		}
 		return TaskResult{}, err
 	}
 	if err := a.forget(ctx, what, in.VMID); err != nil {

@@ -15,13 +15,22 @@
 // (Proxmox's own rule; go-proxmox's Task.Wait gets it wrong and ignores the
 // context, so it is not used). A retried attempt reads the last heartbeat and
 // resumes waiting on the recorded UPID instead of POSTing again. Where no UPID
-// was recorded (the process died between the POST and the heartbeat), the
-// activity first reads the guest's real state: start of a running guest,
-// stop/shutdown of a stopped one, a config whose values are already set, a
-// destroy of a VMID that is gone, are done without a request. A reboot cannot
-// be told from state, so in that window a retry may reboot twice (benign). A
-// restore cannot either; restoring the same archive again gives the same
-// result.
+// was recorded (the process died between the POST and the heartbeat, or the
+// connection dropped after Proxmox acted), the activity first reads the
+// guest's real state: start of a running guest, stop/shutdown of a stopped
+// one, a config whose values are already set, a destroy of a VMID that is
+// gone, are done without a request. If the state does not say done yet, it
+// looks in the node's task list for a task of the same type on the same
+// guest that is still running (for reboot and restore, which state cannot
+// show, also one started since the activity was first scheduled) and waits
+// on that one instead of posting. A config change or volume wipe only waits
+// for such a task and then looks again, since it may be somebody else's.
+//
+// The SDK sends the first heartbeat of an attempt at once and batches later
+// ones; the UPID heartbeat of a second task in one attempt (destroy after its
+// stop, stop after a failed shutdown) can therefore lag, and a crash in that
+// lag is covered by the state check and task-list lookup above. Set the
+// activity's HeartbeatTimeout to several PollIntervals.
 //
 // Creates keep the host's provenance ledger in step (see Proxmox.create for
 // the state-by-state reasoning): a pending record is fsync'd before the POST,
@@ -44,6 +53,8 @@
 // is spent when the step completed. If the process dies between the gate
 // burning the nonce and the admission reaching the disk, the retry is refused
 // as a replay: fail-safe, the operator signs again.
+//
+// SetConfig takes the planner's "name" for a container as its "hostname".
 //
 // # Errors
 //
