@@ -29,10 +29,11 @@ type Op struct {
 // whole seconds.
 const TimeLayout = "2006-01-02T15:04:05Z"
 
-// Limits of the op fields. MaxNonceLen keeps a nonce store record small and
-// fixed-bounded.
+// Limits. MaxNonceLen keeps a nonce store record small and bounded;
+// MaxBlobLen bounds what ParseOp will decode.
 const (
 	MaxNonceLen = 255
+	MaxBlobLen  = 64 << 10
 	maxIDLen    = 255
 	// maxSafeInt is 2^53-1: every integer up to it has one exact IEEE 754
 	// double, so JavaScript and other JSON producers agree on its digits.
@@ -403,6 +404,9 @@ func ParseOp(blob []byte) (Op, error) {
 		NotBefore string         `json:"not_before"`
 		ExpiresAt string         `json:"expires_at"`
 		KeyID     string         `json:"key_id"`
+	}
+	if len(blob) > MaxBlobLen {
+		return Op{}, fmt.Errorf("%w: larger than %d bytes", ErrBlob, MaxBlobLen)
 	}
 	d := json.NewDecoder(bytes.NewReader(blob))
 	d.UseNumber()

@@ -160,6 +160,7 @@ func TestParseOpRejectsNonCanonical(t *testing.T) {
 		"not JSON":              "-----BEGIN SSH SIGNATURE-----",
 		"empty":                 "",
 		"numbers as JSON float": strings.Replace(g, `"params":{}`, `"params":{"a":1.0}`, 1),
+		"too large":             strings.Replace(g, `"params":{}`, `"params":{"a":"`+strings.Repeat("x", MaxBlobLen)+`"}`, 1),
 	}
 	for name, blob := range tests {
 		t.Run(name, func(t *testing.T) {

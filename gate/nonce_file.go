@@ -92,8 +92,12 @@ func (s *FileNonceStore) load() error {
 		return fmt.Errorf("nonce log: %w", err)
 	}
 	s.f = f
-	data, err := io.ReadAll(f)
+	fi, err := f.Stat()
 	if err != nil {
+		return fmt.Errorf("nonce log: %w", err)
+	}
+	data := make([]byte, fi.Size())
+	if _, err := io.ReadFull(f, data); err != nil {
 		return fmt.Errorf("nonce log: read %s: %w", s.path, err)
 	}
 	if len(data) < len(nonceMagic) {
