@@ -189,3 +189,25 @@ func BenchmarkCanonicalize(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkParseOp(b *testing.B) {
+	op := destroyOp("0123456789abcdef0123456789abcdef")
+	blob := mustCanon(b, op)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseOp(blob); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkVerifySignature(b *testing.B) {
+	pub, ops := signedOps(b, 1)
+	allowed, _ := NewAllowList([]Signer{{Key: pub, Role: RoleOperational}})
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := VerifySignature(ops[0].Signature, ops[0].Blob, allowed); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

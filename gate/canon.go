@@ -396,21 +396,19 @@ func utf16Key(r rune) int {
 // reads the same op out of it.
 func ParseOp(blob []byte) (Op, error) {
 	var w struct {
-		Op        string         `json:"op"`
-		HostID    string         `json:"host_id"`
-		GuestID   string         `json:"guest_id"`
-		Params    map[string]any `json:"params"`
-		Nonce     string         `json:"nonce"`
-		NotBefore string         `json:"not_before"`
-		ExpiresAt string         `json:"expires_at"`
-		KeyID     string         `json:"key_id"`
+		Op        string          `json:"op"`
+		HostID    string          `json:"host_id"`
+		GuestID   string          `json:"guest_id"`
+		Params    json.RawMessage `json:"params"`
+		Nonce     string          `json:"nonce"`
+		NotBefore string          `json:"not_before"`
+		ExpiresAt string          `json:"expires_at"`
+		KeyID     string          `json:"key_id"`
 	}
 	if len(blob) > MaxBlobLen {
 		return Op{}, fmt.Errorf("%w: larger than %d bytes", ErrBlob, MaxBlobLen)
 	}
-	d := json.NewDecoder(bytes.NewReader(blob))
-	d.UseNumber()
-	if err := d.Decode(&w); err != nil {
+	if err := json.Unmarshal(blob, &w); err != nil {
 		return Op{}, fmt.Errorf("%w: %v", ErrBlob, err)
 	}
 	op := Op{Op: w.Op, HostID: w.HostID, GuestID: w.GuestID, Nonce: w.Nonce, KeyID: w.KeyID}
@@ -421,7 +419,7 @@ func ParseOp(blob []byte) (Op, error) {
 	if op.ExpiresAt, err = parseTime("expires_at", w.ExpiresAt); err != nil {
 		return Op{}, err
 	}
-	if op.Params, err = intParams(w.Params, "params"); err != nil {
+	if op.Params, err = parseParams(w.Params); err != nil {
 		return Op{}, err
 	}
 	canon, err := Canonicalize(op)
@@ -447,6 +445,21 @@ func parseTime(field, s string) (time.Time, error) {
 		return time.Time{}, fieldErr(field, "%q is not of the form 2006-01-02T15:04:05Z", s)
 	}
 	return t, nil
+}
+
+// parseParams decodes params with integers as int64, the one number type a
+// verified op carries.
+func parseParams(raw json.RawMessage) (map[string]any, error) {
+	if string(raw) == "{}" {
+		return map[string]any{}, nil
+	}
+	d := json.NewDecoder(bytes.NewReader(raw))
+	d.UseNumber()
+	var m map[string]any
+	if err := d.Decode(&m); err != nil {
+		return nil, fieldErr("params", "%v", err)
+	}
+	return intParams(m, "params")
 }
 
 // intParams turns the json.Numbers of decoded params into int64, the one
