@@ -24,7 +24,9 @@
 //     Config.TaskDuration, then stopped with exitstatus "OK", "WARNINGS: n"
 //     or an error text; task status, log, list and stop endpoints.
 //   - pve's locking: a task holds the guest's config lock (flock) while it
-//     runs; other changes wait up to Config.LockTimeout and fail with "can't
+//     runs (waiters are served first come, first served, from the moment
+//     their call was accepted); other changes wait up to Config.LockTimeout
+//     and fail with "can't
 //     lock file '/var/lock/qemu-server/lock-101.conf' - got timeout". A
 //     config lock ("backup", "create"...) refuses changes with "VM is locked
 //     (backup)" / "CT is locked (backup)".
@@ -35,10 +37,11 @@
 //     exist". Parameter errors are 400 "Parameter verification failed." with
 //     an "errors" map.
 //   - Fault injection (Inject) per method+path pattern and/or per guest for N
-//     requests: HTTP errors (500/595/596 with a message; 59x with an empty
-//     body as pveproxy sends them), delays, failing or "WARNINGS" task exit
-//     statuses, connections dropped before or after the side effect, and
-//     config-lock timeouts.
+//     requests: HTTP errors (500/595/596/403... with a message; 59x with an
+//     empty body as pveproxy sends them), slow replies, failing or
+//     "WARNINGS" task exit statuses, slow tasks, connections dropped before
+//     or after the side effect, config-lock timeouts, and raw reply bodies
+//     (malformed UPIDs, data null) for go-proxmox's panics.
 //   - A record of every mutating request (Requests, RequestsMatching,
 //     ResetRequests) with its form values, answer status and task UPID.
 //
