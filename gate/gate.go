@@ -28,7 +28,9 @@ type Decision struct {
 	Class   Class
 	Allowed bool
 	Code    string
-	Op      *VerifiedOp // the verified op, when one was presented and verified
+	// Op is the signed op once its signature verified, also when a later
+	// check refused it (for the record). Only Allowed grants anything.
+	Op *VerifiedOp
 }
 
 // Gate decides whether actions may run. It is safe for concurrent use.

@@ -28,8 +28,8 @@ type Signer struct {
 	Comment string // from the configured line; for logs only
 }
 
-// VerifiedOp is an op whose signature, target, time window and nonce all
-// passed the pipeline.
+// VerifiedOp is a signed op whose signature verified. Verify returns one
+// only when every stage passed, its nonce included.
 type VerifiedOp struct {
 	Op            Op
 	Blob          []byte // the raw signed bytes
@@ -247,16 +247,6 @@ func (v *Verifier) verify(ctx context.Context, armored, rawBlob []byte, check fu
 	if err != nil {
 		return nil, err
 	}
-	if op.HostID != v.hostID {
-		return nil, fmt.Errorf("%w: op is for host %q, this is %q", ErrWrongHost, op.HostID, v.hostID)
-	}
-	now := v.now()
-	if now.Before(op.NotBefore) {
-		return nil, fmt.Errorf("%w: not before %s, now %s", ErrNotYetValid, op.NotBefore.Format(TimeLayout), now.UTC().Format(TimeLayout))
-	}
-	if !now.Before(op.ExpiresAt) {
-		return nil, fmt.Errorf("%w: expired at %s, now %s", ErrExpired, op.ExpiresAt.Format(TimeLayout), now.UTC().Format(TimeLayout))
-	}
 	vop := &VerifiedOp{
 		Op:            op,
 		Blob:          rawBlob,
@@ -264,6 +254,16 @@ func (v *Verifier) verify(ctx context.Context, armored, rawBlob []byte, check fu
 		Fingerprint:   sc.Fingerprint,
 		SigAlgorithm:  sc.SigAlgorithm,
 		HashAlgorithm: sc.HashAlgorithm,
+	}
+	if op.HostID != v.hostID {
+		return vop, fmt.Errorf("%w: op is for host %q, this is %q", ErrWrongHost, op.HostID, v.hostID)
+	}
+	now := v.now()
+	if now.Before(op.NotBefore) {
+		return vop, fmt.Errorf("%w: not before %s, now %s", ErrNotYetValid, op.NotBefore.Format(TimeLayout), now.UTC().Format(TimeLayout))
+	}
+	if !now.Before(op.ExpiresAt) {
+		return vop, fmt.Errorf("%w: expired at %s, now %s", ErrExpired, op.ExpiresAt.Format(TimeLayout), now.UTC().Format(TimeLayout))
 	}
 	if check != nil {
 		if err := check(vop); err != nil {
