@@ -85,7 +85,16 @@ func simRootCAs(sim *pvesim.Server) *x509.CertPool {
 // startAgent runs host's worker in this process until the test ends.
 func startAgent(t *testing.T, host string, sim *pvesim.Server, operational ...string) *agent {
 	t.Helper()
+	return startAgentWith(t, host, sim, nil, operational...)
+}
+
+// startAgentWith is startAgent with a change to the configuration.
+func startAgentWith(t *testing.T, host string, sim *pvesim.Server, edit func(*worker.Config), operational ...string) *agent {
+	t.Helper()
 	cfg := agentConfig(t, host, sim, t.TempDir(), operational...)
+	if edit != nil {
+		edit(&cfg)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan struct{})
 	done := make(chan error, 1)
@@ -152,6 +161,17 @@ func (a *agent) waitPhase(t *testing.T, vmid int, phase string) workflows.GuestS
 
 func (a *agent) waitPhaseWithin(t *testing.T, vmid int, phase string, within time.Duration) workflows.GuestStatus {
 	t.Helper()
+	return a.waitStatusWithin(t, vmid, "phase "+phase, within, func(st workflows.GuestStatus) bool { return st.Phase == phase })
+}
+
+// waitStatus waits until the guest workflow's status satisfies cond.
+func (a *agent) waitStatus(t *testing.T, vmid int, what string, cond func(workflows.GuestStatus) bool) workflows.GuestStatus {
+	t.Helper()
+	return a.waitStatusWithin(t, vmid, what, 60*time.Second, cond)
+}
+
+func (a *agent) waitStatusWithin(t *testing.T, vmid int, what string, within time.Duration, cond func(workflows.GuestStatus) bool) workflows.GuestStatus {
+	t.Helper()
 	deadline := time.Now().Add(within)
 	var (
 		st  workflows.GuestStatus
@@ -159,7 +179,7 @@ func (a *agent) waitPhaseWithin(t *testing.T, vmid int, phase string, within tim
 	)
 	for time.Now().Before(deadline) {
 		// A query fails while no worker serves the workflow (a restart).
-		if st, err = a.queryStatus(vmid); err == nil && st.Phase == phase {
+		if st, err = a.queryStatus(vmid); err == nil && cond(st) {
 			return st
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -167,7 +187,7 @@ func (a *agent) waitPhaseWithin(t *testing.T, vmid int, phase string, within tim
 	if err != nil {
 		t.Fatalf("guest %d: last query failed: %v", vmid, err)
 	}
-	t.Fatalf("guest %d: phase %s after %s, want %s (last error %q, recent %+v)", vmid, st.Phase, within, phase, st.LastError, st.Recent)
+	t.Fatalf("guest %d: phase %s after %s, want %s (last error %q, recent %+v)", vmid, st.Phase, within, what, st.LastError, st.Recent)
 	return st
 }
 
@@ -203,4 +223,16 @@ func newOperatorKey(t *testing.T, typ string) operatorKey {
 		t.Fatal(err)
 	}
 	return operatorKey{Path: path, Pub: strings.TrimSpace(string(pub))}
+}
+
+// waitFor polls cond until it holds, failing the test after 60s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }

@@ -30,6 +30,9 @@ type Config struct {
 	ProvenanceLedger string         `yaml:"provenance_ledger"`
 	Metrics          MetricsConfig  `yaml:"metrics"`
 	Log              LogConfig      `yaml:"log"`
+	// DriftCheckInterval is how often the host workflow lists the node's
+	// guests to find drift from the desired state.
+	DriftCheckInterval time.Duration `yaml:"drift_check_interval"`
 	// ShutdownTimeout is how long in-flight activities get to heartbeat and
 	// stop after SIGINT/SIGTERM before the worker gives up on them; Temporal
 	// then retries them elsewhere or after restart.
@@ -98,13 +101,14 @@ type LogConfig struct {
 // Defaults returns the configuration a file is laid over.
 func Defaults() Config {
 	return Config{
-		Temporal:         TemporalConfig{Address: "127.0.0.1:7233", Namespace: "default"},
-		Proxmox:          ProxmoxConfig{Timeout: 30 * time.Second},
-		NonceStore:       "/var/lib/felhom-agent/nonces.log",
-		ProvenanceLedger: "/var/lib/felhom-agent/provenance.log",
-		Metrics:          MetricsConfig{Address: "127.0.0.1:9464"},
-		Log:              LogConfig{Level: "info", Format: "json"},
-		ShutdownTimeout:  30 * time.Second,
+		Temporal:           TemporalConfig{Address: "127.0.0.1:7233", Namespace: "default"},
+		Proxmox:            ProxmoxConfig{Timeout: 30 * time.Second},
+		NonceStore:         "/var/lib/felhom-agent/nonces.log",
+		ProvenanceLedger:   "/var/lib/felhom-agent/provenance.log",
+		Metrics:            MetricsConfig{Address: "127.0.0.1:9464"},
+		Log:                LogConfig{Level: "info", Format: "json"},
+		ShutdownTimeout:    30 * time.Second,
+		DriftCheckInterval: time.Minute,
 	}
 }
 
@@ -294,6 +298,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Log.Format != "json" && c.Log.Format != "text" {
 		bad("log.format", "%q is not json or text", c.Log.Format)
+	}
+	if c.DriftCheckInterval < time.Second {
+		bad("drift_check_interval", "must be at least 1s, got %s", c.DriftCheckInterval)
 	}
 	if c.ShutdownTimeout <= 0 {
 		bad("shutdown_timeout", "must be positive, got %s", c.ShutdownTimeout)

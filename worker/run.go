@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
@@ -73,7 +74,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) err
 		return fmt.Errorf("worker: start on task queue %s: %w", queue, err)
 	}
 	defer w.Stop()
-	if err := ensureHostWorkflow(ctx, c, cfg.HostID); err != nil {
+	if err := ensureHostWorkflow(ctx, c, cfg.HostID, cfg.DriftCheckInterval); err != nil {
 		return err
 	}
 	log.Info("worker polling", "task_queue", queue, "temporal", cfg.Temporal.Address, "namespace", cfg.Temporal.Namespace,
@@ -94,13 +95,14 @@ func Register(w sdkworker.Registry, acts *activities.Host) {
 	w.RegisterActivity(acts)
 }
 
-// ensureHostWorkflow starts the host's supervisor unless it runs already.
-func ensureHostWorkflow(ctx context.Context, c client.Client, hostID string) error {
+// ensureHostWorkflow starts the host's supervisor unless it runs already
+// (a running one keeps its interval until it continues as new).
+func ensureHostWorkflow(ctx context.Context, c client.Client, hostID string, interval time.Duration) error {
 	_, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:                       workflows.HostWorkflowID(hostID),
 		TaskQueue:                TaskQueue(hostID),
 		WorkflowIDConflictPolicy: enums.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
-	}, workflows.HostWorkflow, workflows.HostInput{Host: hostID})
+	}, workflows.HostWorkflow, workflows.HostInput{Host: hostID, Interval: interval})
 	if err != nil {
 		return fmt.Errorf("worker: start host workflow: %w", err)
 	}

@@ -306,6 +306,10 @@ func (s *guestState) acceptSpec(ctx workflow.Context, spec desired.Spec) {
 	s.generation++
 	s.dirty = true
 	s.unconverged = 0
+	if s.phase != PhasePending {
+		// Until the next pass has read the guest, it is not known converged.
+		s.setPhase(ctx, PhaseConverging)
+	}
 	// The host workflow watches the desired set for drift. It may not run
 	// (yet): the guest still converges, only drift is noticed later.
 	notice := DesiredNotice{VMID: s.in.VMID, Spec: &spec}

@@ -168,6 +168,9 @@ func createParams(s Spec) map[string]any {
 		}
 		params["options"] = opts
 	}
+	if s.OSTemplate != "" {
+		params["ostemplate"] = s.OSTemplate
+	}
 	if s.Scratch {
 		params["scratch"] = true
 	}

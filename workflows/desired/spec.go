@@ -57,6 +57,9 @@ type Spec struct {
 	// guest holds no customer data. It only has effect at creation, on the
 	// host's own ledger: marking an existing guest scratch changes nothing.
 	Scratch bool `json:"scratch,omitempty" yaml:"scratch,omitempty"`
+	// OSTemplate is the template volume a container is created from
+	// ("local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst"); LXC only.
+	OSTemplate string `json:"ostemplate,omitempty" yaml:"ostemplate,omitempty"`
 	// Options are further Proxmox config keys, passed as they are.
 	Options map[string]string `json:"options,omitempty" yaml:"options,omitempty"`
 }
@@ -146,6 +149,12 @@ func Normalise(s Spec) (Spec, error) {
 	}
 	if s.Kind == LXC && s.State != Absent && s.Disks["rootfs"] == "" {
 		bad("disks.rootfs", "a container needs a rootfs")
+	}
+	switch {
+	case s.OSTemplate != "" && s.Kind != LXC:
+		bad("ostemplate", "only a container (kind lxc) is created from a template")
+	case s.Kind == LXC && s.State != Absent && s.OSTemplate == "":
+		bad("ostemplate", "a container needs a template to be created from")
 	}
 	tags := make([]string, 0, len(s.Tags))
 	for _, t := range s.Tags {
