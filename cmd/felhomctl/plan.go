@@ -1,0 +1,158 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/workflows/desired"
+)
+
+const planHelp = `Usage: felhomctl plan -f FILE|DIR [flags]
+
+A dry run: validates the desired state like apply, reads each guest's
+observed state from its workflow's status query, and prints the actions
+that applying it would run, in order. A destructive action is marked
+"needs signature": the workflow will hold it until an operator approves it
+(felhomctl approve). Nothing is sent and nothing changes.
+
+A guest whose workflow does not exist yet (or has not read its guest yet) is
+planned against "not observed yet", that is as if the guest did not exist:
+applying then starts the workflow, which reads the real guest first.
+
+The plan labels with the gate's classifier without the host's provenance
+ledger, so it is conservative: a destroy the host would find benign (a guest
+the agent created as scratch) is still shown as needing a signature.
+` + specFormatDoc
+
+// planAction and planGuest are plan's JSON output; field names are stable.
+type planAction struct {
+	Op             string         `json:"op"`
+	Params         map[string]any `json:"params"`
+	Reason         string         `json:"reason"`
+	Destructive    bool           `json:"destructive"`
+	NeedsSignature bool           `json:"needs_signature"`
+}
+
+type planGuest struct {
+	WorkflowID     string            `json:"workflow_id"`
+	Host           string            `json:"host"`
+	VMID           int               `json:"vmid"`
+	WorkflowExists bool              `json:"workflow_exists"`
+	Observed       *desired.Observed `json:"observed"` // null: not observed yet
+	Phase          string            `json:"phase,omitempty"`
+	Actions        []planAction      `json:"actions"`
+	Notes          []string          `json:"notes,omitempty"`
+}
+
+func (c *command) plan(args []string) error {
+	fs := c.newFlagSet("plan", planHelp)
+	file := fs.String("f", "", "desired state `FILE` or directory (required)")
+	if _, err := c.parseFlags(fs, args, 0); err != nil {
+		return err
+	}
+	if *file == "" {
+		return usageErrorf("-f FILE|DIR is required")
+	}
+	specs, err := loadSpecs(*file)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := c.context()
+	defer cancel()
+	tc, err := c.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer tc.Close()
+
+	var out []planGuest
+	changes, signatures := 0, 0
+	for _, g := range specs {
+		pg := planGuest{WorkflowID: g.workflowID(), Host: g.Spec.Host, VMID: g.Spec.VMID, Actions: []planAction{}}
+		st, err := c.queryStatus(ctx, tc, pg.WorkflowID)
+		switch {
+		case errors.Is(err, errNoWorkflow):
+		case err != nil:
+			return err
+		default:
+			pg.WorkflowExists, pg.Observed, pg.Phase = true, st.Observed, st.Phase
+		}
+		var obs desired.Observed
+		if pg.Observed != nil {
+			obs = *pg.Observed
+		}
+		p := desired.Make(g.Normalised, obs, conservativeClassifier(g.Spec.Host, g.Spec.VMID))
+		for _, a := range p.Actions {
+			pg.Actions = append(pg.Actions, planAction{
+				Op: a.Op, Params: a.Params, Reason: a.Reason, Destructive: a.Destructive, NeedsSignature: a.Destructive,
+			})
+			if a.Destructive {
+				signatures++
+			}
+		}
+		if len(p.Actions) > 0 {
+			changes++
+		}
+		pg.Notes = p.Notes
+		out = append(out, pg)
+		if !c.json() {
+			c.printPlanGuest(pg)
+		}
+	}
+	if c.json() {
+		return writeJSON(c.stdout, struct {
+			Guests []planGuest `json:"guests"`
+		}{out})
+	}
+	fmt.Fprintf(c.stdout, "\nPlan: %d of %d guests change, %d actions need a signature.\n", changes, len(out), signatures)
+	return nil
+}
+
+func (c *command) printPlanGuest(pg planGuest) {
+	state := "not observed yet"
+	switch {
+	case !pg.WorkflowExists:
+		state = "no workflow yet; planned against a guest not observed yet"
+	case pg.Observed != nil && !pg.Observed.Exists:
+		state = "observed: does not exist"
+	case pg.Observed != nil:
+		state = "observed: " + pg.Observed.Status
+	}
+	fmt.Fprintf(c.stdout, "%s (%s)\n", pg.WorkflowID, state)
+	if len(pg.Actions) == 0 {
+		fmt.Fprintln(c.stdout, "  no changes")
+	}
+	for _, a := range pg.Actions {
+		mark := ""
+		if a.NeedsSignature {
+			mark = "  [destructive: needs signature]"
+		}
+		fmt.Fprintf(c.stdout, "  - %s %s: %s%s\n", a.Op, paramsText(a.Params), a.Reason, mark)
+	}
+	for _, n := range pg.Notes {
+		fmt.Fprintf(c.stdout, "  note: %s\n", n)
+	}
+}
+
+// conservativeClassifier is the gate's classifier without provenance: only
+// the host's own ledger can make a data-destroying op benign.
+func conservativeClassifier(host string, vmid int) desired.Classifier {
+	guest := strconv.Itoa(vmid)
+	return func(op string) bool {
+		return gate.Classify(gate.Action{Op: op, HostID: host, GuestID: guest}, gate.Provenance{}, "") == gate.Destructive
+	}
+}
+
+// paramsText is params in canonical JSON, the form they are signed in.
+func paramsText(params map[string]any) string {
+	if params == nil {
+		params = map[string]any{}
+	}
+	b, err := gate.CanonicalJSON(params)
+	if err != nil {
+		return fmt.Sprint(params)
+	}
+	return string(b)
+}

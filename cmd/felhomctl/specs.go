@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/felhom/felhom-agent/workflows"
+	"github.com/felhom/felhom-agent/workflows/desired"
+)
+
+const specFormatDoc = `
+Desired state is YAML. A file holds one or more documents separated by
+"---"; each document is either one guest:
+
+  host: pve1
+  vmid: 101
+  kind: qemu            # qemu | lxc
+  state: running        # running | stopped | absent
+  name: web
+  memory: 2GiB          # or 2048 (MiB)
+  cores: 2
+  disks: {scsi0: "local-lvm:32"}
+  tags: [prod]
+
+or a list of guests under "guests:". A directory means every *.yaml and
+*.yml file in it (not in subdirectories), in name order. An unknown key is
+an error, and a guest (host/vmid) may appear only once.
+`
+
+// guestSpec is one spec as read from a file, with where it came from.
+type guestSpec struct {
+	Source string // "file.yaml" or "file.yaml, document 2, guests[1]"
+	Spec   desired.Spec
+	// Normalised is Spec as desired.Normalise returns it: what plans use.
+	Normalised desired.Spec
+}
+
+func (g guestSpec) workflowID() string { return workflows.GuestWorkflowID(g.Spec.Host, g.Spec.VMID) }
+
+// specDocument is either one spec or a guests: list.
+type specDocument struct {
+	Guests       []desired.Spec `yaml:"guests"`
+	desired.Spec `yaml:",inline"`
+}
+
+// loadSpecs reads path (a file or a directory) and validates every spec
+// with desired.Normalise. Every problem is reported, each naming the file,
+// the guest and the field; any problem is a usageError.
+func loadSpecs(path string) ([]guestSpec, error) {
+	files, err := specFiles(path)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		specs    []guestSpec
+		problems []string
+	)
+	for _, file := range files {
+		got, err := readSpecFile(file)
+		if err != nil {
+			problems = append(problems, err.Error())
+			continue
+		}
+		specs = append(specs, got...)
+	}
+	seen := map[string]string{}
+	for i := range specs {
+		g := &specs[i]
+		norm, err := desired.Normalise(g.Spec)
+		if err != nil {
+			for _, e := range flatten(err) {
+				problems = append(problems, fmt.Sprintf("%s: guest %s: %v", g.Source, guestName(g.Spec), e))
+			}
+			continue
+		}
+		g.Normalised = norm
+		id := g.workflowID()
+		if first, dup := seen[id]; dup {
+			problems = append(problems, fmt.Sprintf("%s: guest %s: already given in %s", g.Source, guestName(g.Spec), first))
+			continue
+		}
+		seen[id] = g.Source
+	}
+	if len(problems) > 0 {
+		return nil, usageErrorf("invalid desired state, nothing was sent:\n  %s", strings.Join(problems, "\n  "))
+	}
+	if len(specs) == 0 {
+		return nil, usageErrorf("%s holds no guest", path)
+	}
+	return specs, nil
+}
+
+func specFiles(path string) ([]string, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	if !info.IsDir() {
+		return []string{path}, nil
+	}
+	entries, err := os.ReadDir(path)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	var files []string
+	for _, e := range entries {
+		ext := filepath.Ext(e.Name())
+		if !e.IsDir() && (ext == ".yaml" || ext == ".yml") {
+			files = append(files, filepath.Join(path, e.Name()))
+		}
+	}
+	slices.Sort(files)
+	if len(files) == 0 {
+		return nil, usageErrorf("%s holds no *.yaml or *.yml file", path)
+	}
+	return files, nil
+}
+
+func readSpecFile(file string) ([]guestSpec, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var out []guestSpec
+	for n := 1; ; n++ {
+		var doc specDocument
+		err := dec.Decode(&doc)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		source := file
+		if n > 1 || bytes.Contains(data, []byte("\n---")) {
+			source = fmt.Sprintf("%s, document %d", file, n)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %s", source, yamlErrorText(err))
+		}
+		single := !reflect.ValueOf(doc.Spec).IsZero()
+		switch {
+		case single && doc.Guests != nil:
+			return nil, fmt.Errorf("%s: a document is one guest or a guests: list, not both", source)
+		case single:
+			out = append(out, guestSpec{Source: source, Spec: doc.Spec})
+		default:
+			for i, s := range doc.Guests {
+				out = append(out, guestSpec{Source: fmt.Sprintf("%s, guests[%d]", source, i), Spec: s})
+			}
+		}
+	}
+	return out, nil
+}
+
+// flatten undoes errors.Join, so each field problem gets its own line.
+func flatten(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}
+
+func guestName(s desired.Spec) string {
+	host := s.Host
+	if host == "" {
+		host = "?"
+	}
+	return fmt.Sprintf("%s/%d", host, s.VMID)
+}
+
+// yamlErrorText is a decoding error without the Go type names it mentions.
+func yamlErrorText(err error) string {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return err.Error()
+	}
+	msgs := make([]string, len(te.Errors))
+	for i, m := range te.Errors {
+		if j := strings.Index(m, " in type "); j >= 0 {
+			m = m[:j]
+		}
+		msgs[i] = m
+	}
+	return strings.Join(msgs, "; ")
+}
