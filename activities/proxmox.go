@@ -235,7 +235,10 @@ type taskListEntry struct {
 // inFlight looks for a task of type typ on guest vmid that a previous
 // attempt may have started without living to record its UPID: one still
 // running, or (recent) one started since the activity was first scheduled.
-// vmid 0 does not filter by guest.
+// vmid 0 does not filter by guest. Task start times are the host's clock in
+// whole seconds and the schedule time is the Temporal server's: a host clock
+// running behind can miss a finished reboot or restore (it is then done
+// again), one running ahead can take one started just before the activity.
 // Waiting on it is exactly what that attempt would have done.
 func (a *Proxmox) inFlight(ctx context.Context, vmid int, typ string, recent bool) (string, error) {
 	q := url.Values{"typefilter": {typ}, "source": {"active"}, "limit": {"20"}}

@@ -251,18 +251,29 @@ func TestResumeEdgeCases(t *testing.T) {
 func TestRebootFoundInTaskList(t *testing.T) {
 	h := newHarness(t, pvesim.Config{TaskDuration: time.Millisecond})
 	h.addVM(pvesim.Guest{VMID: 101, Name: "g", Status: "running", MemoryMiB: 512})
-	e := h.env() // scheduled now
-	time.Sleep(1100 * time.Millisecond)
+	// The SDK's test environment schedules an activity when it runs it, so
+	// the lost reboot and the retry have to share one second, the
+	// resolution of Proxmox's task start times.
+	for time.Now().Nanosecond() > 300e6 {
+		time.Sleep(5 * time.Millisecond)
+	}
 	upid, err := h.act.postTask(context.Background(), "POST", "/nodes/pve1/qemu/101/status/reboot", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitTaskDone(t, h, upid)
-	res, err := runIn[TaskResult](e, h.act.RebootGuest, GuestInput{VMID: 101})
+	res, err := run[TaskResult](h, h.act.RebootGuest, GuestInput{VMID: 101})
 	if err != nil || res.UPID != upid {
 		t.Fatalf("RebootGuest = %+v, %v; want the earlier reboot %s adopted", res, err, upid)
 	}
 	if n := h.mutations("POST", "/nodes/*/qemu/101/status/reboot"); n != 1 {
 		t.Fatalf("%d reboots sent", n)
+	}
+
+	// A reboot older than the activity is not taken for this one.
+	time.Sleep(1100 * time.Millisecond)
+	res, err = run[TaskResult](h, h.act.RebootGuest, GuestInput{VMID: 101})
+	if err != nil || res.UPID == upid || res.UPID == "" {
+		t.Fatalf("RebootGuest = %+v, %v; want a new reboot", res, err)
 	}
 }
