@@ -31,11 +31,14 @@ const (
 	// FaultDropAfter serves the request (the guest changes, the task starts)
 	// and then closes the connection without a reply.
 	FaultDropAfter FaultKind = "drop_after"
-	// FaultRawReply serves the request (with its side effect) and then
-	// answers 200 with Message as the raw body, e.g. `{"data":null}` for a
-	// status that go-proxmox dereferences, or a UPID with too few fields
+	// FaultRawReply answers 200 with Message as the raw body without serving
+	// the request (no side effect, no task): `{"data":null}` for a status
+	// that go-proxmox dereferences, or a UPID with too few fields
 	// (`{"data":"UPID:pve1:1:2:3:qmstart:101"}`), on which its NewTask panics.
 	FaultRawReply FaultKind = "raw_reply"
+	// FaultRawReplyAfter serves the request (side effect, task) and then
+	// answers 200 with Message as the raw body.
+	FaultRawReplyAfter FaultKind = "raw_reply_after"
 	// FaultSlowTask makes the task the call starts run for TaskDuration
 	// instead of the configured duration, e.g. to crash a client mid-task.
 	FaultSlowTask FaultKind = "slow_task"

@@ -259,13 +259,26 @@ func TestRawReplyFault(t *testing.T) {
 			}
 		})
 	}
-	// the start behind the malformed UPID still happened
-	srv, client := newSim(t, pvesim.Config{})
-	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101}))
-	srv.Inject(pvesim.Fault{Method: "POST", Kind: pvesim.FaultRawReply, Message: `{"data":"UPID:pve1:1:2:3:qmstart:101"}`})
-	var upid proxmox.UPID
-	if err := client.Post(context.Background(), "/nodes/pve1/qemu/101/status/start", nil, &upid); err != nil {
-		t.Fatal(err)
+	// FaultRawReply serves nothing; FaultRawReplyAfter serves the call first.
+	for kind, wantRunning := range map[pvesim.FaultKind]bool{pvesim.FaultRawReply: false, pvesim.FaultRawReplyAfter: true} {
+		srv, client := newSim(t, pvesim.Config{})
+		mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101}))
+		srv.Inject(pvesim.Fault{Method: "POST", Kind: kind, Message: `{"data":"UPID:pve1:1:2:3:qmstart:101"}`})
+		var upid proxmox.UPID
+		if err := client.Post(context.Background(), "/nodes/pve1/qemu/101/status/start", nil, &upid); err != nil {
+			t.Fatal(err)
+		}
+		if wantRunning {
+			eventually(t, "the start to take effect", func() bool { g, _ := srv.Guest(101); return g.Status == "running" })
+			continue
+		}
+		time.Sleep(50 * time.Millisecond)
+		var active []map[string]any
+		if err := client.Get(context.Background(), "/nodes/pve1/tasks?source=all", &active); err != nil {
+			t.Fatal(err)
+		}
+		if g, _ := srv.Guest(101); g.Status != "stopped" || len(active) != 0 {
+			t.Fatalf("%s: status %q, tasks %v; want nothing done", kind, g.Status, active)
+		}
 	}
-	eventually(t, "the start to take effect", func() bool { g, _ := srv.Guest(101); return g.Status == "running" })
 }

@@ -91,7 +91,7 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 		switch {
 		case status == 0:
 			dropConnection(w)
-		case data != nil && aerr == nil && kind == FaultRawReply:
+		case data != nil && aerr == nil && (kind == FaultRawReply || kind == FaultRawReplyAfter):
 			writeRaw(w, data.(rawBody))
 		case aerr != nil:
 			writeError(w, aerr)
@@ -120,6 +120,8 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 			return reply(e.Status, nil, e)
 		case FaultDropBefore:
 			return reply(0, nil, nil)
+		case FaultRawReply:
+			return reply(http.StatusOK, rawBody(f.Message), nil)
 		case FaultTaskError, FaultTaskWarnings, FaultLockTimeout, FaultSlowTask:
 			c.fault = f
 		}
@@ -128,7 +130,7 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 	if f != nil && f.Kind == FaultDropAfter {
 		return reply(0, nil, nil)
 	}
-	if f != nil && f.Kind == FaultRawReply {
+	if f != nil && f.Kind == FaultRawReplyAfter {
 		return reply(http.StatusOK, rawBody(f.Message), nil)
 	}
 	if aerr != nil {
