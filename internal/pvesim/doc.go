@@ -91,9 +91,18 @@
 //   - A guest being created exists (config with lock "create") from the POST
 //     on, as pve's create_and_lock_config does; a failed create removes it,
 //     a failed restore only drops the lock.
-//   - Only images owned by an existing guest are protected from the volume
-//     DELETE ("Cannot remove image, a guest with VMID '101' exists!"); pve's
-//     permission checks are not simulated (the token may do everything).
+//   - Kinder than pve, kept until activities/ stops relying on it: the
+//     volume DELETE refuses an image whose guest exists ("Cannot remove
+//     image, a guest with VMID '101' exists!"), a check only pve's web UI
+//     makes: the real API frees a stopped guest's disk and fails the imgdel
+//     task for a running guest's ("lvremove ... in use"). A missing volume
+//     (GET or DELETE) is "volume '...' does not exist" where pve reports the
+//     storage tool's error (or, for a gone thin volume, deletes nothing and
+//     succeeds). Running tasks in the task list have no status where pve
+//     says "RUNNING". A restore from a missing archive says "volume '...'
+//     does not exist" where pve says "can't find file '...'".
+//   - pve's permission checks are not simulated (the token may do
+//     everything); use FaultHTTPError with Status 403 for a refusal.
 //   - LXC config changes apply at once even for keys pve keeps pending.
 //   - An unknown node name is a 500 "no such cluster node 'x'".
 package pvesim
