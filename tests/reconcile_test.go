@@ -225,6 +225,7 @@ func TestDestroyWaitsForAMatchingSSHKeygenSignature(t *testing.T) {
 	if st := a.guestStatus(t, 140); st.Phase != workflows.PhasePending {
 		t.Fatalf("phase after refusals = %s, want still pending", st.Phase)
 	}
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 140), "", "rejected-approvals")
 
 	// The right signature, sent as a plain signal as the temporal CLI would.
 	good := signWithSSHKeygen(t, ops, opFor(tpl))
@@ -236,6 +237,7 @@ func TestDestroyWaitsForAMatchingSSHKeygenSignature(t *testing.T) {
 	if n := countRequests(sim, "DELETE", "/qemu/140"); n != 1 {
 		t.Errorf("destroy was sent %d times, want once", n)
 	}
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 140), "", "destroy-approved")
 	if ids := a.pendingByVisibility(t); len(ids) != 0 {
 		waitFor(t, "the pending flag to clear", func() bool { return len(a.pendingByVisibility(t)) == 0 })
 	}
@@ -277,6 +279,7 @@ func TestFailedCreateIsRolledBackWithoutASignature(t *testing.T) {
 	if st.Pending != nil {
 		t.Errorf("the rollback waited for a signature: %+v", st.Pending)
 	}
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 150), "", "compensation")
 }
 
 func TestHostWorkflowWakesOnlyDriftedGuestsAndReportsUnmanaged(t *testing.T) {
@@ -311,6 +314,7 @@ func TestHostWorkflowWakesOnlyDriftedGuestsAndReportsUnmanaged(t *testing.T) {
 	if _, ok := sim.Guest(199); !ok || countRequests(sim, "DELETE", "/qemu/199") != 0 {
 		t.Error("the unmanaged guest was touched")
 	}
+	recordHistory(t, a.client, workflows.HostWorkflowID(host), "", "host-drift")
 }
 
 func TestGuestWorkflowContinuesAsNewWithItsState(t *testing.T) {
@@ -346,6 +350,7 @@ func TestGuestWorkflowContinuesAsNewWithItsState(t *testing.T) {
 	if len(st.Recent) == 0 {
 		t.Error("recent actions were not carried over")
 	}
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 170), run.GetRunID(), "continue-as-new")
 }
 
 func TestSignedJobRunsOnceAndItsNonceCannotBeReplayed(t *testing.T) {
@@ -372,6 +377,7 @@ func TestSignedJobRunsOnceAndItsNonceCannotBeReplayed(t *testing.T) {
 	if slices.Contains(sim.Volumes(), "local-lvm:vm-180-disk-1") {
 		t.Fatal("the volume still exists after the job")
 	}
+	recordHistory(t, a.client, opts.ID, "", "signed-job")
 
 	// Temporal refuses a second job with the same nonce ...
 	_, err = a.client.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{
