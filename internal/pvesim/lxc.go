@@ -249,7 +249,8 @@ func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
 		}, run: func(t *task) (int, error) {
 			g := s.guests[vmid]
 			if g.ignoresShutdown && !forceStop {
-				return 0, fmt.Errorf("command 'lxc-stop -n %d --nokill --timeout %s' failed: exit code 1", vmid, timeout)
+				t.log = append(t.log, fmt.Sprintf("command 'lxc-stop -n %d --nokill --timeout %s' failed: exit code 1", vmid, timeout))
+				return 0, fmt.Errorf("container did not stop")
 			}
 			s.setRunning(g, false)
 			return 0, nil
