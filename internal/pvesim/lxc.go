@@ -277,7 +277,8 @@ func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
 }
 
 // lxcDestroy is DELETE /nodes/{node}/lxc/{vmid}; force=1 stops a running
-// container first.
+// container first. Unlike QEMU, protection, lock and power state are all
+// checked at once and again in the task.
 func (s *Server) lxcDestroy(c *call, vmid int) (any, *apiError) {
 	force := c.flag("force")
 	early := func(g *guest) error {
@@ -286,6 +287,9 @@ func (s *Server) lxcDestroy(c *call, vmid int) (any, *apiError) {
 		}
 		if g.protected() {
 			return fmt.Errorf("can't remove CT %d - protection mode enabled", vmid)
+		}
+		if err := g.checkLock(); err != nil {
+			return err
 		}
 		if g.running && !force {
 			return fmt.Errorf("unable to destroy CT %d - container is running", vmid)
@@ -301,11 +305,7 @@ func (s *Server) lxcDestroy(c *call, vmid int) (any, *apiError) {
 	purge := c.flag("purge")
 	unreferenced := c.flag("destroy-unreferenced-disks")
 	upid := s.startTask(c, taskSpec{typ: "vzdestroy", vmid: vmid, kind: KindLXC, check: func(t *task) error {
-		g := s.guests[vmid]
-		if err := early(g); err != nil {
-			return err
-		}
-		return g.checkLock()
+		return early(s.guests[vmid])
 	}, run: func(t *task) (int, error) {
 		g := s.guests[vmid]
 		s.setRunning(g, false)

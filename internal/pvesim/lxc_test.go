@@ -154,3 +154,15 @@ func TestLXCProtectionRefusesDestroy(t *testing.T) {
 		t.Fatal("protected container destroyed")
 	}
 }
+
+func TestLXCDestroyChecksLockAtOnce(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{})
+	mustAdd(t, srv.AddContainer(pvesim.Guest{VMID: 200, Lock: "backup"}))
+	_, err := ctOf(t, client, 200).Delete(context.Background(), &proxmox.ContainerDeleteOptions{Force: true})
+	if want := "500 CT is locked (backup)"; errText(err) != want {
+		t.Fatalf("error %q, want %q", errText(err), want)
+	}
+	if _, ok := srv.Guest(200); !ok {
+		t.Fatal("locked container destroyed")
+	}
+}
