@@ -57,7 +57,7 @@ func recordHistory(t *testing.T, c client.Client, workflowID, runID, name string
 func TestRecordedHistoriesReplay(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join(historiesDir, "*.json"))
 	must(t, err)
-	want := []string{"benign-converge", "destroy-approved", "rejected-approvals", "compensation", "continue-as-new", "host-drift", "signed-job"}
+	want := []string{"benign-converge", "benign-converge-announced", "destroy-approved", "rejected-approvals", "compensation", "continue-as-new", "host-drift", "signed-job"}
 	have := map[string]bool{}
 	for _, f := range files {
 		have[strings.TrimSuffix(filepath.Base(f), ".json")] = true

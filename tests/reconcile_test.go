@@ -287,12 +287,22 @@ func TestHostWorkflowWakesOnlyDriftedGuestsAndReportsUnmanaged(t *testing.T) {
 	sim := startSim(t, host)
 	must(t, sim.AddVM(pvesim.Guest{VMID: 160, Name: "one", Status: "running", MemoryMiB: 512, Cores: 1}))
 	must(t, sim.AddVM(pvesim.Guest{VMID: 161, Name: "two", Status: "running", MemoryMiB: 512, Cores: 1}))
+	must(t, sim.AddVM(pvesim.Guest{VMID: 162, Name: "three", Status: "running", MemoryMiB: 512, Cores: 1}))
 	must(t, sim.AddVM(pvesim.Guest{VMID: 199, Name: "nobodys", Status: "running", MemoryMiB: 512, Cores: 1}))
 	a := startAgentWith(t, host, sim, func(c *worker.Config) { c.DriftCheckInterval = time.Second }, newOperatorKey(t, "ed25519").Pub)
 	for _, vmid := range []int{160, 161} {
 		a.applySpec(t, desired.Spec{Host: host, VMID: vmid, Kind: desired.QEMU, State: desired.Running, Memory: "512", Cores: 1})
 		a.waitPhase(t, vmid, workflows.PhaseConverged)
 	}
+	// A guest workflow started with its desired state in the input tells
+	// the host workflow too.
+	spec162 := desired.Spec{Host: host, VMID: 162, Kind: desired.QEMU, State: desired.Running, Memory: "512", Cores: 1}
+	_, err := a.client.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{
+		ID: workflows.GuestWorkflowID(host, 162), TaskQueue: workflows.TaskQueue(host),
+	}, workflows.GuestReconcileWorkflow, workflows.GuestInput{Host: host, VMID: 162, Desired: &spec162})
+	must(t, err)
+	a.waitPhase(t, 162, workflows.PhaseConverged)
+	waitFor(t, "the host workflow to know guest 162", func() bool { return slices.Contains(a.hostStatus(t).Managed, 162) })
 	startsBefore := countRequests(sim, "POST", "/status/start")
 
 	// Somebody stops 160 behind the agent's back.

@@ -2,6 +2,16 @@
 // GuestReconcileWorkflow per guest, one HostWorkflow per host, and
 // SignedJobWorkflow for one-shot destructive operations. Workflow code only
 // decides; every side effect is an activity that runs on the host.
+//
+// # Changing this code
+//
+// Guest and host workflows run for months, so a deployed worker replays
+// histories written by older code. Any change that could alter the commands
+// a history holds (activities, timers, signals sent, search attributes,
+// their order) is guarded with workflow.GetVersion, keeping the old path for
+// old histories; see "announce-input-desired-state" in GuestReconcileWorkflow.
+// tests/testdata/histories holds recorded histories of the main paths, and
+// TestRecordedHistoriesReplay replays them against the current code.
 package workflows
 
 import (
@@ -175,6 +185,11 @@ func GuestReconcileWorkflow(ctx workflow.Context, in GuestInput) error {
 		return err
 	}
 	s.publish(ctx)
+	// Runs recorded before this version did not tell the host workflow of a
+	// desired state that came in the input; replaying them must not either.
+	if s.spec != nil && workflow.GetVersion(ctx, "announce-input-desired-state", workflow.DefaultVersion, 1) == 1 {
+		s.announce(ctx)
+	}
 
 	for {
 		if err := workflow.Await(ctx, func() bool { return s.spec != nil }); err != nil {
@@ -310,9 +325,14 @@ func (s *guestState) acceptSpec(ctx workflow.Context, spec desired.Spec) {
 		// Until the next pass has read the guest, it is not known converged.
 		s.setPhase(ctx, PhaseConverging)
 	}
-	// The host workflow watches the desired set for drift. It may not run
-	// (yet): the guest still converges, only drift is noticed later.
-	notice := DesiredNotice{VMID: s.in.VMID, Spec: &spec}
+	s.announce(ctx)
+}
+
+// announce tells the host workflow, which watches the desired set for
+// drift, this guest's desired state. It may not run (yet): the guest still
+// converges, only drift is noticed later.
+func (s *guestState) announce(ctx workflow.Context) {
+	notice := DesiredNotice{VMID: s.in.VMID, Spec: s.spec}
 	err := workflow.SignalExternalWorkflow(ctx, HostWorkflowID(s.in.Host), "", SignalDesiredChanged, notice).Get(ctx, nil)
 	if err != nil {
 		workflow.GetLogger(ctx).Info("host workflow not told of the desired state", "error", err)
