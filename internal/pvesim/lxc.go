@@ -154,17 +154,20 @@ func (s *Server) lxcConfigUpdate(c *call, vmid int) (any, *apiError) {
 			return nil, paramErr("delete", fmt.Sprintf("invalid format - '%s' is not a config key", k))
 		}
 	}
+	if len(set) == 0 && len(deletes) == 0 && !c.has("revert") {
+		return nil, errf("no options specified")
+	}
 	digest := c.param("digest")
 	return s.withGuestLock(c, KindLXC, vmid, func() (any, *apiError) {
 		g := s.guests[vmid]
 		if g == nil {
 			return nil, s.missingConfig(KindLXC, vmid)
 		}
-		if digest != "" && digest != g.digest() {
-			return nil, errf("detected modified configuration - file changed by other user? Try again.")
-		}
 		if err := g.checkLock(); err != nil {
 			return nil, errf("%s", err.Error())
+		}
+		if digest != "" && digest != g.digest() {
+			return nil, errf("detected modified configuration - file changed by other user? Try again.")
 		}
 		for k, v := range set {
 			if isDiskKey(KindLXC, k) {
@@ -213,7 +216,11 @@ func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
 		if running {
 			return nil, errf("CT %d already running", vmid)
 		}
+		skiplock := c.flag("skiplock")
 		spec = taskSpec{typ: "vzstart", check: func(t *task) error {
+			if skiplock {
+				return nil
+			}
 			return s.guests[vmid].checkLock()
 		}, run: func(t *task) (int, error) {
 			g := s.guests[vmid]
