@@ -3,6 +3,7 @@ package pvesim
 import (
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // QEMU keys a running VM cannot change without a restart (pve's default
@@ -27,6 +28,13 @@ func (s *Server) qemuCreate(c *call) (any, *apiError) {
 	force := c.flag("force")
 	if force && !restore {
 		return nil, paramErr("force", "missing property 'archive' (required when 'force' is set)")
+	}
+	if restore {
+		for k := range set {
+			if isDiskKey(KindQEMU, k) && !strings.HasPrefix(k, "unused") {
+				return nil, paramErr(k, "option conflicts with option 'archive'")
+			}
+		}
 	}
 	emsg := fmt.Sprintf("unable to create VM %d -", vmid)
 	if restore {

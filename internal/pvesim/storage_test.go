@@ -183,3 +183,18 @@ func TestRestoreOverExistingGuest(t *testing.T) {
 		})
 	}
 }
+
+func TestQEMURestoreRefusesDiskOptions(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{})
+	archive, err := srv.AddBackup(pvesim.KindQEMU, pvesim.Guest{VMID: 101})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = postTask(t, client, "/nodes/pve1/qemu", map[string]any{"vmid": 101, "archive": archive, "scsi0": "local-lvm:8"})
+	if want := `bad request: 400 Parameter verification failed. - {"scsi0":"option conflicts with option 'archive'"}`; errText(err) != want {
+		t.Fatalf("error %q, want %q", errText(err), want)
+	}
+	if _, ok := srv.Guest(101); ok {
+		t.Fatal("guest created")
+	}
+}
