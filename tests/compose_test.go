@@ -475,9 +475,23 @@ type composeFile struct {
 	Version  *string                   `yaml:"version"`
 	Name     string                    `yaml:"name"`
 	Services map[string]composeService `yaml:"services"`
-	Volumes  map[string]*yaml.Node     `yaml:"volumes"`
+	Volumes  map[string]*composeVolume `yaml:"volumes"`
 	Secrets  map[string]composeSource  `yaml:"secrets"`
 	Configs  map[string]composeSource  `yaml:"configs"`
+}
+
+type composeVolume struct {
+	Name     string `yaml:"name"`
+	External bool   `yaml:"external"`
+	Driver   string `yaml:"driver"`
+}
+
+type composeHealth struct {
+	Test        composeArgs `yaml:"test"`
+	Interval    string      `yaml:"interval"`
+	Timeout     string      `yaml:"timeout"`
+	Retries     int         `yaml:"retries"`
+	StartPeriod string      `yaml:"start_period"`
 }
 
 type composeSource struct {
@@ -497,7 +511,7 @@ type composeService struct {
 	Configs         []composeFileMount `yaml:"configs"`
 	Ports           []composePort      `yaml:"ports"`
 	DependsOn       composeDeps        `yaml:"depends_on"`
-	Healthcheck     *yaml.Node         `yaml:"healthcheck"`
+	Healthcheck     *composeHealth     `yaml:"healthcheck"`
 	Restart         string             `yaml:"restart"`
 	StopGracePeriod string             `yaml:"stop_grace_period"`
 }
