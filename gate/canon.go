@@ -29,11 +29,10 @@ type Op struct {
 // whole seconds.
 const TimeLayout = "2006-01-02T15:04:05Z"
 
-// Limits. MaxNonceLen keeps a nonce store record small and bounded;
-// MaxBlobLen bounds what ParseOp will decode.
+// Limits of the op fields. MaxNonceLen keeps a nonce store record small
+// and bounded.
 const (
 	MaxNonceLen = 255
-	MaxBlobLen  = 64 << 10
 	maxIDLen    = 255
 	// maxSafeInt is 2^53-1: every integer up to it has one exact IEEE 754
 	// double, so JavaScript and other JSON producers agree on its digits.
@@ -387,113 +386,4 @@ func utf16Key(r rune) int {
 	}
 	hi, lo := utf16.EncodeRune(r)
 	return int(hi)<<16 | int(lo)
-}
-
-// ParseOp parses a received op blob. The blob must be exactly the canonical
-// encoding of the op it carries: a different key order, spacing, escape,
-// number form, time form, a duplicate or unknown key, or a missing field is
-// rejected with ErrBlob, so one op has one byte string and every parser
-// reads the same op out of it.
-func ParseOp(blob []byte) (Op, error) {
-	var w struct {
-		Op        string          `json:"op"`
-		HostID    string          `json:"host_id"`
-		GuestID   string          `json:"guest_id"`
-		Params    json.RawMessage `json:"params"`
-		Nonce     string          `json:"nonce"`
-		NotBefore string          `json:"not_before"`
-		ExpiresAt string          `json:"expires_at"`
-		KeyID     string          `json:"key_id"`
-	}
-	if len(blob) > MaxBlobLen {
-		return Op{}, fmt.Errorf("%w: larger than %d bytes", ErrBlob, MaxBlobLen)
-	}
-	if err := json.Unmarshal(blob, &w); err != nil {
-		return Op{}, fmt.Errorf("%w: %v", ErrBlob, err)
-	}
-	op := Op{Op: w.Op, HostID: w.HostID, GuestID: w.GuestID, Nonce: w.Nonce, KeyID: w.KeyID}
-	var err error
-	if op.NotBefore, err = parseTime("not_before", w.NotBefore); err != nil {
-		return Op{}, err
-	}
-	if op.ExpiresAt, err = parseTime("expires_at", w.ExpiresAt); err != nil {
-		return Op{}, err
-	}
-	if op.Params, err = parseParams(w.Params); err != nil {
-		return Op{}, err
-	}
-	canon, err := Canonicalize(op)
-	if err != nil {
-		return Op{}, err
-	}
-	if !bytes.Equal(canon, blob) {
-		i := 0
-		for i < len(canon) && i < len(blob) && canon[i] == blob[i] {
-			i++
-		}
-		return Op{}, fmt.Errorf("%w: not in canonical form (first difference at byte %d)", ErrBlob, i)
-	}
-	return op, nil
-}
-
-func parseTime(field, s string) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, fieldErr(field, "missing")
-	}
-	t, err := time.Parse(TimeLayout, s)
-	if err != nil {
-		return time.Time{}, fieldErr(field, "%q is not of the form 2006-01-02T15:04:05Z", s)
-	}
-	return t, nil
-}
-
-// parseParams decodes params with integers as int64, the one number type a
-// verified op carries.
-func parseParams(raw json.RawMessage) (map[string]any, error) {
-	if string(raw) == "{}" {
-		return map[string]any{}, nil
-	}
-	d := json.NewDecoder(bytes.NewReader(raw))
-	d.UseNumber()
-	var m map[string]any
-	if err := d.Decode(&m); err != nil {
-		return nil, fieldErr("params", "%v", err)
-	}
-	return intParams(m, "params")
-}
-
-// intParams turns the json.Numbers of decoded params into int64, the one
-// number type a verified op carries.
-func intParams(m map[string]any, path string) (map[string]any, error) {
-	for k, v := range m {
-		nv, err := intValue(v, path+"."+k)
-		if err != nil {
-			return nil, err
-		}
-		m[k] = nv
-	}
-	return m, nil
-}
-
-func intValue(v any, path string) (any, error) {
-	switch x := v.(type) {
-	case json.Number:
-		n, err := strconv.ParseInt(string(x), 10, 64)
-		if err != nil {
-			return nil, fieldErr(path, "number %s is not an integer", x)
-		}
-		return n, nil
-	case map[string]any:
-		return intParams(x, path)
-	case []any:
-		for i, e := range x {
-			ne, err := intValue(e, path+"["+strconv.Itoa(i)+"]")
-			if err != nil {
-				return nil, err
-			}
-			x[i] = ne
-		}
-		return x, nil
-	}
-	return v, nil
 }
