@@ -75,6 +75,7 @@ func (s *Server) startTask(c *call, spec taskSpec) string {
 	}
 	t.upid = fmt.Sprintf("UPID:%s:%08X:%08X:%08X:%s:%s:%s:", s.cfg.Node, t.pid, t.pstart, now.Unix(), t.typ, t.id, t.user)
 	s.tasks[t.upid] = t
+	s.pruneTasks()
 	s.tasksWG.Add(1)
 	s.mu.Unlock()
 
@@ -82,6 +83,29 @@ func (s *Server) startTask(c *call, spec taskSpec) string {
 	c.upid = t.upid
 	go s.runTask(t, spec, fault)
 	return t.upid
+}
+
+// maxTasks bounds the task history of a long-running `felhom-agent dev`;
+// pve rotates its task index too.
+const maxTasks = 10000
+
+// pruneTasks forgets the oldest finished tasks once there are more than
+// maxTasks. s.mu held.
+func (s *Server) pruneTasks() {
+	if len(s.tasks) <= maxTasks {
+		return
+	}
+	done := make([]*task, 0, len(s.tasks))
+	for _, t := range s.tasks {
+		if !t.running {
+			done = append(done, t)
+		}
+	}
+	sort.Slice(done, func(i, j int) bool { return done[i].end.Before(done[j].end) })
+	// drop a tenth at a time so the sort is rare
+	for _, t := range done[:max(0, min(len(done), len(s.tasks)-maxTasks*9/10))] {
+		delete(s.tasks, t.upid)
+	}
 }
 
 func (s *Server) runTask(t *task, spec taskSpec, fault *Fault) {
