@@ -84,8 +84,15 @@
 //
 // # Nonce stores
 //
+// Replay protection keys on the blob's nonce, never on signature bytes: an
+// armored signature can be re-encoded without breaking it. A nonce stays
+// used until its op's expires_at, across restarts.
+//
 // MemoryNonceStore is for tests and tools. FileNonceStore is the agent's
-// durable store: an fsync'd, checksummed append log, replayed on open,
-// locked against a second process, compacted by dropping only expired
-// entries. See nonce_file.go for its format.
+// durable store: an fsync'd, checksummed append log, replayed on open (a
+// torn tail is truncated, damage before the tail refuses to open), locked
+// against a second process. It grows until Compact, which drops only
+// entries that expired before a given cutoff; the owner of the store calls
+// it, e.g. at start with a cutoff a day in the past. See nonce_file.go for
+// the record format.
 package gate
