@@ -61,7 +61,10 @@ func (c *command) apply(args []string) error {
 		r := applyResult{WorkflowID: g.workflowID(), Host: g.Spec.Host, VMID: g.Spec.VMID}
 		gen, err := c.sendSpec(ctx, tc, g)
 		if err != nil {
-			if ctx.Err() != nil || !isRejection(err) {
+			if ctx.Err() != nil {
+				return err
+			}
+			if !isRejection(err) {
 				return fmt.Errorf("%s: %w", r.WorkflowID, err)
 			}
 			r.Error = rejectionText(err)

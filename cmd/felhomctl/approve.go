@@ -133,6 +133,9 @@ func (c *command) sendApproval(ctx context.Context, tc client.Client, id string,
 	if err != nil && isRejection(err) && ctx.Err() == nil {
 		return workflows.ApprovalVerdict{Code: "not_pending", Detail: rejectionText(err)}, nil
 	}
+	if err != nil && ctx.Err() != nil {
+		return v, err
+	}
 	if err != nil {
 		return v, fmt.Errorf("%s: send approval: %w", id, err)
 	}

@@ -152,6 +152,9 @@ func (c *command) waitWithProgress(ctx context.Context, what string, probe func(
 	for {
 		select {
 		case err := <-done:
+			if err != nil && ctx.Err() != nil {
+				return fmt.Errorf("%s: no answer after %s (--command-timeout): is felhom-agent running for this host? (%w)", what, time.Since(start).Round(time.Second), err)
+			}
 			return err
 		case <-tick.C:
 			line := fmt.Sprintf("%s: still waiting (%s)", what, time.Since(start).Round(time.Second))
@@ -166,7 +169,7 @@ func (c *command) waitWithProgress(ctx context.Context, what string, probe func(
 }
 
 // progressEvery is how often a long wait reports on stderr.
-const progressEvery = 5 * time.Second
+var progressEvery = 5 * time.Second
 
 func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)

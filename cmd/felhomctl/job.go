@@ -130,7 +130,7 @@ func (c *command) job(args []string) error {
 	case err == nil:
 		res.Done, res.Detail, res.Finished = true, out.Detail, out.Finished
 	case ctx.Err() != nil:
-		return fmt.Errorf("%s: %w", id, err)
+		return err
 	case errors.As(err, &appErr) && appErr.Type() == workflows.ErrTypeGateRejection:
 		res.Code, res.Detail = "rejected", appErr.Message()
 		if appErr.HasDetails() {

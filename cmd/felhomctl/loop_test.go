@@ -351,6 +351,22 @@ state: running
 			t.Errorf("apply --output json of a refused spec: exit %d, %s", code, stdout)
 		}
 	})
+
+	t.Run("no worker for the host", func(t *testing.T) {
+		defer func(d time.Duration) { progressEvery = d }(progressEvery)
+		progressEvery = 300 * time.Millisecond
+		spec := writeFile(t, dir, "nohost.yaml", "{host: nohost, vmid: 101, kind: qemu, state: running}\n")
+		stdout, stderr, code := ctl(t, "apply", "-f", spec, "--command-timeout", "2s")
+		if code != exitFailure || stdout != "" ||
+			!strings.Contains(stderr, "guest/nohost/101: still waiting (") ||
+			!strings.Contains(stderr, "guest/nohost/101: no answer after 2s (--command-timeout): is felhom-agent running for this host?") {
+			t.Errorf("apply with no worker: exit %d, stdout %q, stderr:\n%s", code, stdout, stderr)
+		}
+		_, stderr, code = ctl(t, "status", "nohost/101", "--query-timeout", "1s")
+		if code != exitFailure || !strings.Contains(stderr, "guest/nohost/101: no worker answered the status query within 1s") {
+			t.Errorf("status with no worker: exit %d, %s", code, stderr)
+		}
+	})
 }
 
 // waitPhase polls felhomctl status --output json until the guest reaches phase.
