@@ -21,6 +21,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -205,10 +206,14 @@ func TestComposeAgentConfigLoads(t *testing.T) {
 		t.Errorf("service %s: host_id %q, proxmox.node %q; want both from FELHOM_HOST_ID %q", composeAgent, full.HostID, full.Proxmox.Node, hostEnv["FELHOM_HOST_ID"])
 	}
 
-	// The nonce store and the ledger must outlive the container: on a named
-	// volume, which the image declares too.
+	// The host-local state must outlive the container: on a named volume,
+	// which the image declares too.
 	volumes := agent.namedVolumeTargets(t, f)
-	for field, p := range map[string]string{"nonce_store": cfg.NonceStore, "provenance_ledger": cfg.ProvenanceLedger} {
+	for _, field := range agentStateKeys {
+		p, ok := configValue(cfg, field)
+		if !ok {
+			continue
+		}
 		if !slices.ContainsFunc(volumes, func(v string) bool { return isUnder(p, v) }) {
 			t.Errorf("service %s: %s %q is on no named volume (named volumes at %v): it would be lost with the container", composeAgent, field, p, volumes)
 		}
@@ -930,6 +935,23 @@ func fileMountTargets(t *testing.T, kind string, mounts []composeFileMount, decl
 
 func isUnder(path, dir string) bool {
 	return path == dir || strings.HasPrefix(path, strings.TrimSuffix(dir, "/")+"/")
+}
+
+// agentStateKeys are the configuration keys of the agent's host-local
+// files: losing one loses replay protection (nonce_store), the provenance
+// that makes a rollback benign (provenance_ledger) or a signer rotation,
+// bringing back the keys it retired (pinned_signers).
+var agentStateKeys = []string{"nonce_store", "provenance_ledger", "pinned_signers"}
+
+// configValue is the string field of cfg with the top-level YAML key.
+func configValue(cfg worker.Config, key string) (string, bool) {
+	v := reflect.ValueOf(cfg)
+	for i := range v.NumField() {
+		if v.Type().Field(i).Tag.Get("yaml") == key && v.Field(i).Kind() == reflect.String {
+			return v.Field(i).String(), true
+		}
+	}
+	return "", false
 }
 
 // configErrorFields lists the fields a worker.Config.Validate error names.
