@@ -61,7 +61,7 @@ func (c *command) apply(args []string) error {
 		r := applyResult{WorkflowID: g.workflowID(), Host: g.Spec.Host, VMID: g.Spec.VMID}
 		gen, err := c.sendSpec(ctx, tc, g)
 		if err != nil {
-			if ctx.Err() != nil {
+			if errors.As(err, new(*waitTimeout)) {
 				return err
 			}
 			if !isRejection(err) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -130,11 +131,11 @@ func (c *command) sendApproval(ctx context.Context, tc client.Client, id string,
 		}
 		return h.Get(ctx, &v)
 	})
-	if err != nil && isRejection(err) && ctx.Err() == nil {
-		return workflows.ApprovalVerdict{Code: "not_pending", Detail: rejectionText(err)}, nil
-	}
-	if err != nil && ctx.Err() != nil {
+	if errors.As(err, new(*waitTimeout)) {
 		return v, err
+	}
+	if err != nil && isRejection(err) {
+		return workflows.ApprovalVerdict{Code: "not_pending", Detail: rejectionText(err)}, nil
 	}
 	if err != nil {
 		return v, fmt.Errorf("%s: send approval: %w", id, err)

@@ -15,6 +15,8 @@ import (
 
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/felhom/felhom-agent/worker"
 	"github.com/felhom/felhom-agent/workflows"
@@ -152,8 +154,8 @@ func (c *command) waitWithProgress(ctx context.Context, what string, probe func(
 	for {
 		select {
 		case err := <-done:
-			if err != nil && ctx.Err() != nil {
-				return fmt.Errorf("%s: no answer after %s (--command-timeout): is felhom-agent running for this host? (%w)", what, time.Since(start).Round(time.Second), err)
+			if err != nil && timedOut(ctx, err) {
+				return &waitTimeout{what: what, waited: time.Since(start), err: err}
 			}
 			return err
 		case <-tick.C:
@@ -166,6 +168,26 @@ func (c *command) waitWithProgress(ctx context.Context, what string, probe func(
 			fmt.Fprintln(c.stderr, line)
 		}
 	}
+}
+
+// waitTimeout is a wait cut short by --command-timeout.
+type waitTimeout struct {
+	what   string
+	waited time.Duration
+	err    error
+}
+
+func (e *waitTimeout) Error() string {
+	return fmt.Sprintf("%s: no answer after %s (--command-timeout): is felhom-agent running for this host? (%v)", e.what, e.waited.Round(time.Second), e.err)
+}
+func (e *waitTimeout) Unwrap() error { return e.err }
+
+// timedOut reports whether err means the command's deadline passed; the SDK
+// may give up a moment before ctx itself expires.
+func timedOut(ctx context.Context, err error) bool {
+	var upd *client.WorkflowUpdateServiceTimeoutOrCanceledError
+	return ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &upd) ||
+		status.Code(err) == codes.DeadlineExceeded
 }
 
 // progressEvery is how often a long wait reports on stderr.

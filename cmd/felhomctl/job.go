@@ -129,7 +129,7 @@ func (c *command) job(args []string) error {
 	switch {
 	case err == nil:
 		res.Done, res.Detail, res.Finished = true, out.Detail, out.Finished
-	case ctx.Err() != nil:
+	case errors.As(err, new(*waitTimeout)):
 		return err
 	case errors.As(err, &appErr) && appErr.Type() == workflows.ErrTypeGateRejection:
 		res.Code, res.Detail = "rejected", appErr.Message()
