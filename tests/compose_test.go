@@ -138,6 +138,16 @@ func TestComposeAgentEnvironmentUsesOnlyKnownKeys(t *testing.T) {
 	if len(agent.Environment) == 0 {
 		t.Fatalf("service %s: sets no environment", composeAgent)
 	}
+	// A .env variable named like a setting must be that setting.
+	raw, err := os.ReadFile(filepath.Join(repoRoot(t), "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`\$\{(`+worker.EnvPrefix+`\w+)`).FindAllSubmatch(raw, -1) {
+		if name := string(m[1]); !known[name] {
+			t.Errorf("docker-compose.yml: variable ${%s} looks like an agent setting but is none; name it without %s", name, worker.EnvPrefix)
+		}
+	}
 	for _, key := range slices.Sorted(maps.Keys(agent.Environment)) {
 		switch {
 		case !strings.HasPrefix(key, worker.EnvPrefix):
