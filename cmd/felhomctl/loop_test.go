@@ -205,6 +205,10 @@ state: running
 		if !strings.Contains(stdout, "No action is waiting for a signature.") {
 			t.Errorf("pending --host elsewhere:\n%s", stdout)
 		}
+		stdout, _, _ = ctl(t, "pending", "--host", "elsewhere", "--output", "json")
+		if !strings.Contains(stdout, `"pending": []`) {
+			t.Errorf("pending --output json with nothing pending: %s", stdout)
+		}
 	})
 
 	t.Run("approve", func(t *testing.T) {

@@ -111,7 +111,7 @@ func (c *command) listPending(ctx context.Context, tc client.Client, host string
 		req.NextPageToken = resp.GetNextPageToken()
 	}
 	now := time.Now()
-	var items []pendingItem
+	items := []pendingItem{}
 	for _, id := range ids {
 		var p *workflows.PendingAction
 		if err := c.query(ctx, tc, id, workflows.QueryPending, &p); err != nil {

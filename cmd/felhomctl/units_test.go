@@ -1,0 +1,155 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/workflows"
+)
+
+func TestParseGuestRef(t *testing.T) {
+	tests := []struct {
+		ref, host string
+		wantHost  string
+		wantVMID  int
+		wantErr   string
+	}{
+		{ref: "pve1/101", wantHost: "pve1", wantVMID: 101},
+		{ref: "101", host: "pve1", wantHost: "pve1", wantVMID: 101},
+		{ref: "pve1/101", host: "pve1", wantHost: "pve1", wantVMID: 101},
+		{ref: "pve1/101", host: "pve2", wantErr: "names host pve1, --host says pve2"},
+		{ref: "101", wantErr: "give HOST/VMID"},
+		{ref: "pve1/99", wantErr: "is not HOST/VMID"},
+		{ref: "/101", wantErr: "is not HOST/VMID"},
+		{ref: "pve1/x", wantErr: "is not HOST/VMID"},
+	}
+	for _, tt := range tests {
+		h, v, err := parseGuestRef(tt.ref, tt.host)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("parseGuestRef(%q, %q) error = %v, want %q", tt.ref, tt.host, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || h != tt.wantHost || v != tt.wantVMID {
+			t.Errorf("parseGuestRef(%q, %q) = %q, %d, %v; want %q, %d", tt.ref, tt.host, h, v, err, tt.wantHost, tt.wantVMID)
+		}
+	}
+}
+
+func TestPendingQuery(t *testing.T) {
+	if got, want := pendingQuery(""), "FelhomPendingSignature = true AND ExecutionStatus = 'Running'"; got != want {
+		t.Errorf("pendingQuery(\"\") = %q, want %q", got, want)
+	}
+	if got, want := pendingQuery("pve1"), "FelhomPendingSignature = true AND ExecutionStatus = 'Running' AND FelhomHost = 'pve1'"; got != want {
+		t.Errorf("pendingQuery(pve1) = %q, want %q", got, want)
+	}
+}
+
+func TestWaited(t *testing.T) {
+	tests := []struct {
+		d    time.Duration
+		want string
+	}{
+		{0, "0s"}, {45 * time.Second, "45s"}, {12*time.Minute + 5*time.Second, "12m"},
+		{3*time.Hour + 20*time.Minute, "3h20m"}, {52 * time.Hour, "2d4h"},
+	}
+	for _, tt := range tests {
+		if got := waited(tt.d); got != tt.want {
+			t.Errorf("waited(%s) = %q, want %q", tt.d, got, tt.want)
+		}
+	}
+}
+
+func TestVerdictText(t *testing.T) {
+	tests := []struct {
+		v    workflows.ApprovalVerdict
+		want string
+	}{
+		{workflows.ApprovalVerdict{Accepted: true}, "accepted"},
+		{workflows.ApprovalVerdict{Accepted: true, Detail: "done"}, "accepted"},
+		{workflows.ApprovalVerdict{Accepted: true, Detail: "already in place"}, "accepted (already in place)"},
+		{workflows.ApprovalVerdict{Accepted: true, Code: "failed", Detail: "guest is locked"}, "accepted, but the action failed: guest is locked"},
+		{workflows.ApprovalVerdict{Code: "expired", Detail: "expired: op has expired"}, "rejected: expired: op has expired"},
+		{workflows.ApprovalVerdict{Code: "replay"}, "rejected: replay"},
+	}
+	for _, tt := range tests {
+		if got := verdictText(tt.v); got != tt.want {
+			t.Errorf("verdictText(%+v) = %q, want %q", tt.v, got, tt.want)
+		}
+	}
+}
+
+func TestParseParams(t *testing.T) {
+	p, err := parseParams(`{"volume":"local-lvm:vm-101-disk-1","size_gib":9007199254740991}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Numbers keep their digits: the canonical form is what was typed.
+	if got := paramsText(p); got != `{"size_gib":9007199254740991,"volume":"local-lvm:vm-101-disk-1"}` {
+		t.Errorf("params = %s", got)
+	}
+	for _, bad := range []string{``, `[]`, `"x"`, `{"a":1} {}`, `{"a":`} {
+		if _, err := parseParams(bad); err == nil {
+			t.Errorf("parseParams(%q) accepted", bad)
+		}
+	}
+}
+
+// signOp's output is what the host checks: a canonical blob the gate parses
+// back to the same op, signed in namespace felhom-op-v1 so that ssh-keygen
+// -Y verify accepts it too.
+func TestSignOpVerifiesWithGateAndSSHKeygen(t *testing.T) {
+	key := newKey(t, "ops@test")
+	signer := parseKey(t, key.path)
+	now := time.Date(2026, 11, 23, 9, 0, 30, 500, time.UTC)
+	tpl := gate.Op{Op: "guest.destroy", HostID: "pve1", GuestID: "101", Params: map[string]any{"kind": "qemu", "n": float64(3)}}
+	approval, op, err := signOp(tpl, signer, "", 10*time.Minute, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(op.Nonce) != 32 || op.NotBefore != time.Date(2026, 11, 23, 8, 59, 30, 0, time.UTC) || op.ExpiresAt != time.Date(2026, 11, 23, 9, 10, 30, 0, time.UTC) {
+		t.Errorf("op window/nonce = %s .. %s, %q", op.NotBefore, op.ExpiresAt, op.Nonce)
+	}
+	if !strings.HasPrefix(op.KeyID, "SHA256:") {
+		t.Errorf("key_id = %q, want the key's fingerprint", op.KeyID)
+	}
+	parsed, err := gate.ParseOp([]byte(approval.Blob))
+	if err != nil {
+		t.Fatalf("gate.ParseOp of the signed blob: %v", err)
+	}
+	if parsed.Nonce != op.Nonce || parsed.Params["n"] != int64(3) {
+		t.Errorf("parsed op = %+v", parsed)
+	}
+	pub, comment, err := gate.ParseSignerLine(key.pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allowed, err := gate.NewAllowList([]gate.Signer{{Key: pub, Role: gate.RoleOperational, Comment: comment}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gate.VerifySignature([]byte(approval.Signature), []byte(approval.Blob), allowed); err != nil {
+		t.Errorf("gate.VerifySignature: %v", err)
+	}
+
+	dir := t.TempDir()
+	sigFile := filepath.Join(dir, "op.sig")
+	signers := filepath.Join(dir, "allowed_signers")
+	if err := os.WriteFile(sigFile, []byte(approval.Signature), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(signers, []byte("ops@test "+key.pub+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("ssh-keygen", "-Y", "verify", "-f", signers, "-I", "ops@test", "-n", gate.Namespace, "-s", sigFile)
+	cmd.Stdin = strings.NewReader(approval.Blob)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("ssh-keygen -Y verify: %v\n%s", err, out)
+	}
+}
