@@ -14,9 +14,13 @@ import (
 type flock struct {
 	held  bool
 	queue []*lockWaiter
+	seq   uint64
 }
 
-type lockWaiter struct{}
+// lockWaiter is a place in a lock queue. It must not be zero-sized: Go may
+// give every new zero-sized value the same address, and waiters are told
+// apart by pointer.
+type lockWaiter struct{ seq uint64 }
 
 func lockFileName(kind Kind, vmid int) string {
 	if kind == KindLXC {
@@ -36,7 +40,8 @@ func (s *Server) enqueueLock(vmid int) *lockWaiter {
 		fl = &flock{}
 		s.flocks[vmid] = fl
 	}
-	w := &lockWaiter{}
+	fl.seq++
+	w := &lockWaiter{seq: fl.seq}
 	fl.queue = append(fl.queue, w)
 	return w
 }

@@ -72,7 +72,12 @@ func TestRunningTaskHoldsTheConfigLock(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv, client := newSim(t, pvesim.Config{TaskDuration: 300 * time.Millisecond, LockTimeout: tt.lockTimeout})
+			duration := 300 * time.Millisecond
+			if tt.wantErr != "" {
+				// long enough that a loaded machine still sends the PUT in time
+				duration = 5 * time.Second
+			}
+			srv, client := newSim(t, pvesim.Config{TaskDuration: duration, LockTimeout: tt.lockTimeout})
 			mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Cores: 2}))
 			vm := vmOf(t, client, 101)
 			start, err := vm.Start(context.Background())
@@ -87,6 +92,11 @@ func TestRunningTaskHoldsTheConfigLock(t *testing.T) {
 				// it only got the lock once the start had finished
 				if err := start.Ping(context.Background()); err != nil || !start.IsCompleted {
 					t.Fatalf("config applied while start task still running (%v)", err)
+				}
+			}
+			if tt.wantErr != "" {
+				if err := start.Stop(context.Background()); err != nil {
+					t.Fatal(err)
 				}
 			}
 			finished(t, start)
@@ -164,10 +174,10 @@ func TestTaskQueuedBehindADestroy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if exit := finished(t, start); exit != "Configuration file 'nodes/pve1/qemu-server/101.conf' does not exist" {
-		t.Fatalf("start after destroy: %q", exit)
-	}
 	if exit := finished(t, destroy); exit != "OK" {
 		t.Fatalf("destroy %q", exit)
+	}
+	if exit := finished(t, start); exit != "Configuration file 'nodes/pve1/qemu-server/101.conf' does not exist" {
+		t.Fatalf("start after destroy: %q (upids %s then %s)", exit, destroy.UPID, start.UPID)
 	}
 }

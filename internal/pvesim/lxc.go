@@ -43,21 +43,18 @@ func (s *Server) lxcCreate(c *call) (any, *apiError) {
 	g := s.guests[vmid]
 	existed := g != nil
 	if existed {
-		if !(restore && force) {
+		// pve-container calls check_vmid_unused without its error prefix
+		if !(restore && force) || g.kind != KindLXC {
 			s.mu.Unlock()
-			return nil, errf("%s %s %d already exists on node '%s'", emsg, g.kind.label(), vmid, s.cfg.Node)
+			return nil, errf("%s %d already exists on node '%s'", g.kind.label(), vmid, s.cfg.Node)
 		}
-		if g.kind != KindLXC {
+		if g.running {
 			s.mu.Unlock()
-			return nil, errf("%s VM %d already exists on node '%s'", emsg, vmid, s.cfg.Node)
+			return nil, errf("can't overwrite running container")
 		}
 		if g.protected() {
 			s.mu.Unlock()
 			return nil, errf("unable to restore CT %d - protection mode enabled", vmid)
-		}
-		if g.running {
-			s.mu.Unlock()
-			return nil, errf("unable to restore CT %d - CT is running", vmid)
 		}
 		if err := g.checkLock(); err != nil {
 			s.mu.Unlock()
@@ -124,7 +121,7 @@ func (s *Server) lxcCreate(c *call) (any, *apiError) {
 					conf["rootfs"] = spec
 				}
 				for k, def := range map[string]string{"memory": "512", "swap": "512", "cores": "1",
-					"ostype": "debian", "arch": "amd64", "hostname": fmt.Sprintf("CT%d", vmid)} {
+					"ostype": "debian", "arch": "amd64", "hostname": fmt.Sprintf("CT%d", vmid), "unprivileged": "1"} {
 					if _, ok := conf[k]; !ok {
 						conf[k] = def
 					}

@@ -129,7 +129,9 @@ func TestRestoreOverExistingGuest(t *testing.T) {
 			"", "unable to restore VM 101 - vm is running", "now"},
 		{"lxc forced", pvesim.KindLXC, pvesim.Guest{Name: "now"}, true, "", "OK", "then"},
 		{"lxc without force", pvesim.KindLXC, pvesim.Guest{Name: "now"}, false,
-			"500 unable to restore CT 101 - CT 101 already exists on node 'pve1'", "", "now"},
+			"500 CT 101 already exists on node 'pve1'", "", "now"},
+		{"lxc running", pvesim.KindLXC, pvesim.Guest{Name: "now", Status: "running"}, true,
+			"500 can't overwrite running container", "", "now"},
 		{"lxc protected", pvesim.KindLXC, pvesim.Guest{Name: "now", Protection: true}, true,
 			"500 unable to restore CT 101 - protection mode enabled", "", "now"},
 	}
