@@ -482,6 +482,14 @@ func TestComposeDockerignoreKeepsLocalStateOut(t *testing.T) {
 			t.Errorf(".dockerignore: does not exclude %s", want)
 		}
 	}
+	// What `go build ./cmd/felhom-agent` reads must stay in the context.
+	for _, need := range []string{"go.mod", "go.sum", "cmd", "cmd/felhom-agent", "gate", "worker", "workflows", "activities", "internal"} {
+		for p := range patterns {
+			if ok, _ := filepath.Match(p, need); ok {
+				t.Errorf(".dockerignore: pattern %q excludes %s, which the build needs", p, need)
+			}
+		}
+	}
 }
 
 // --- reading docker-compose.yml ---
