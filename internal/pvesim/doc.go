@@ -26,10 +26,9 @@
 //   - pve's locking: a task holds the guest's config lock (flock) while it
 //     runs (waiters are served first come, first served, from the moment
 //     their call was accepted); other changes wait up to Config.LockTimeout
-//     and fail with "can't
-//     lock file '/var/lock/qemu-server/lock-101.conf' - got timeout". A
-//     config lock ("backup", "create"...) refuses changes with "VM is locked
-//     (backup)" / "CT is locked (backup)".
+//     and fail with "can't lock file '/var/lock/qemu-server/lock-101.conf' -
+//     got timeout". A config lock ("backup", "create"...) refuses changes
+//     with "VM is locked (backup)" / "CT is locked (backup)".
 //   - pve's error shape: the message is the reason phrase of the status
 //     line ("HTTP/1.1 500 VM is locked (backup)"), written on the hijacked
 //     connection because net/http cannot set a reason phrase. A missing guest
@@ -89,9 +88,9 @@
 //     forceStop, stops) at the end of the task duration, not after the
 //     requested timeout. DELETE of a task ends it with "interrupted by signal".
 //   - A guest being created exists (config with lock "create") from the POST
-//     on, as pve's create_and_lock_config does; a failed create removes it,
-//     a failed restore only drops the lock.
-//   - Kinder than pve, kept until activities/ stops relying on it: the
+//     on, as pve's create_and_lock_config makes it; a failed create removes
+//     it and a failed restore only drops the lock, as in pve.
+//   - Kinder than pve for now (callers must not rely on it): the
 //     volume DELETE refuses an image whose guest exists ("Cannot remove
 //     image, a guest with VMID '101' exists!"), a check only pve's web UI
 //     makes: the real API frees a stopped guest's disk and fails the imgdel
@@ -100,7 +99,11 @@
 //     storage tool's error (or, for a gone thin volume, deletes nothing and
 //     succeeds). Running tasks in the task list have no status where pve
 //     says "RUNNING". A restore from a missing archive says "volume '...'
-//     does not exist" where pve says "can't find file '...'".
+//     does not exist" where pve says "can't find file '...'". The status or
+//     log of an unknown task is a 500 "unable to open file ..." where pve
+//     answers 400 with errors {"upid": "no such task"}.
+//   - The task list's source=active holds running tasks only; pve also keeps
+//     recently finished ones there until they are archived.
 //   - pve's permission checks are not simulated (the token may do
 //     everything); use FaultHTTPError with Status 403 for a refusal.
 //   - LXC config changes apply at once even for keys pve keeps pending.
