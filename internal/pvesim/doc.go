@@ -73,6 +73,9 @@
 //     for calls without a result target (e.g. VirtualMachine.ConfigSync).
 //   - Exit status "WARNINGS: n" is a success in pve; go-proxmox's Task marks
 //     it IsFailed.
+//   - go-proxmox's WithRetry re-sends a POST that has a body after a dropped
+//     connection, so an acted-on request is sent twice (FaultDropAfter and
+//     Requests show it); a POST without a body is not re-sent.
 //   - pve's own message texts are kept, typos and all: QEMU restore over a
 //     protected VM fails with "unable to restore VM 101 - - protection mode
 //     enabled", and an LXC reboot of a stopped container says "VM 101 not

@@ -3,6 +3,7 @@ package pvesim_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	proxmox "github.com/luthermonson/go-proxmox"
 
@@ -83,5 +84,28 @@ func TestRequestRecordKeepsRefusedAndFaultedCalls(t *testing.T) {
 	if len(got) != 2 || got[0].Method != "DELETE" || got[0].Status != 500 ||
 		got[1].Status != 0 || got[1].Fault != pvesim.FaultDropAfter || got[1].UPID == "" {
 		t.Fatalf("records %+v", got)
+	}
+}
+
+// Why clients must leave go-proxmox's WithRetry off: it re-sends a POST with
+// a body whose connection dropped after Proxmox acted on it, and the record
+// shows the duplicate. (A POST without a body is not re-sent.)
+func TestRecordShowsGoProxmoxRetryDuplicatingAPost(t *testing.T) {
+	srv, _ := newSim(t, pvesim.Config{})
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Tags: "a"}))
+	retrying := proxmox.NewClient(srv.URL(), proxmox.WithHTTPClient(srv.HTTPClient()),
+		proxmox.WithAPIToken(srv.TokenID(), srv.TokenSecret()),
+		proxmox.WithRetry(proxmox.WithRetryMax(2), proxmox.WithRetryBackoff(time.Millisecond, time.Millisecond)))
+	srv.Inject(pvesim.Fault{Method: "POST", Kind: pvesim.FaultDropAfter})
+	vm := &proxmox.VirtualMachine{}
+	vm.New(retrying, "pve1", 101)
+	task, err := vm.Config(context.Background(), proxmox.VirtualMachineOption{Name: "tags", Value: "a;b"})
+	if err != nil {
+		t.Fatalf("retried config: %v", err)
+	}
+	finished(t, task)
+	posts := srv.RequestsMatching("POST", "/nodes/pve1/qemu/101/config")
+	if len(posts) != 2 || posts[0].Status != 0 || posts[1].Status != 200 || posts[0].UPID == posts[1].UPID {
+		t.Fatalf("go-proxmox no longer re-sends the POST (update the package doc): %+v", posts)
 	}
 }
