@@ -208,9 +208,9 @@ func TestCrashAroundHeartbeat(t *testing.T) {
 				if point == "before-heartbeat" {
 					// Hold the request long enough to freeze the child while
 					// it waits for the answer.
-					h.srv.Inject(pvesim.Fault{Method: op.method, Path: op.path, Kind: pvesim.FaultDelay, Delay: 300 * time.Millisecond})
+					h.srv.Inject(pvesim.Fault{Method: op.method, Path: op.path, Kind: pvesim.FaultDelay, Delay: time.Second})
 				} else {
-					h.srv.Inject(pvesim.Fault{Method: op.method, Path: op.path, Kind: pvesim.FaultSlowTask, TaskDuration: 2 * time.Second})
+					h.srv.Inject(pvesim.Fault{Method: op.method, Path: op.path, Kind: pvesim.FaultSlowTask, TaskDuration: time.Second})
 				}
 				raw, _ := json.Marshal(spec)
 				cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1", "-test.v")

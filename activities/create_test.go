@@ -3,6 +3,7 @@ package activities
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/felhom/felhom-agent/activities/ledger"
 	"github.com/felhom/felhom-agent/internal/pvesim"
@@ -81,8 +82,11 @@ func TestCreateRefusesForeignVMID(t *testing.T) {
 // Proxmox refuses, and the pending ledger record is dropped.
 func TestCreateVMIDRace(t *testing.T) {
 	h := newHarness(t, pvesim.Config{})
-	h.srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu", Kind: pvesim.FaultDelay, Delay: 200 * 1e6})
-	go func() {
+	h.srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu", Kind: pvesim.FaultDelay, Delay: 200 * time.Millisecond})
+	go func() { // once the create request is in, someone else takes the VMID
+		for len(h.srv.RequestsMatching("POST", "/nodes/*/qemu")) == 0 {
+			time.Sleep(time.Millisecond)
+		}
 		h.srv.AddVM(pvesim.Guest{VMID: 150, Name: "theirs", MemoryMiB: 512})
 	}()
 	_, err := run[CreateResult](h, h.act.CreateVM, CreateVMInput{VMID: 150, Name: "app", MemoryMiB: 512})

@@ -33,7 +33,7 @@ const hostID = "pve1"
 // pveclient, a ledger and nonce store on disk, the real gate with an
 // operator key made by ssh-keygen, and the activities wired to all of them.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	srv    *pvesim.Server
 	act    *Proxmox
 	ledger *ledger.Ledger
@@ -43,7 +43,7 @@ type harness struct {
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func newHarness(t *testing.T, cfg pvesim.Config) *harness {
+func newHarness(t testing.TB, cfg pvesim.Config) *harness {
 	t.Helper()
 	if cfg.Node == "" {
 		cfg.Node = "pve1"

@@ -95,8 +95,10 @@ func TestStartAlreadyRunningIsSuccess(t *testing.T) {
 				h.addVM(g)
 			}
 			h.srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/*/101/status/start", Kind: pvesim.FaultDelay, Delay: 300 * time.Millisecond})
-			go func() {
-				time.Sleep(100 * time.Millisecond)
+			go func() { // once the start request is in, someone else starts the guest
+				for len(h.srv.RequestsMatching("POST", "/nodes/*/*/101/status/start")) == 0 {
+					time.Sleep(time.Millisecond)
+				}
 				h.srv.SetStatus(101, "running")
 			}()
 			res, err := run[TaskResult](h, h.act.StartGuest, GuestInput{VMID: 101})

@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"context"
 	"reflect"
 	"testing"
 
@@ -85,5 +86,41 @@ func TestListGuests(t *testing.T) {
 	got, err = run[ListGuestsResult](empty, empty.act.ListGuests, ListGuestsInput{})
 	if err != nil || got.Guests == nil || len(got.Guests) != 0 {
 		t.Fatalf("empty node: %+v, %v; want an empty, non-nil list", got, err)
+	}
+}
+
+// benchHarness is a harness for benchmarks: a node with n VMs.
+func benchHarness(b *testing.B, n int) *Proxmox {
+	h := newHarness(b, pvesim.Config{})
+	for i := 0; i < n; i++ {
+		if err := h.srv.AddVM(pvesim.Guest{VMID: 100 + i, Name: "g", MemoryMiB: 512, Cores: 1}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return h.act
+}
+
+// BenchmarkListGuests is the cost of one drift-detection pass over a node
+// with 200 guests (one /cluster/resources call).
+func BenchmarkListGuests(b *testing.B) {
+	act := benchHarness(b, 200)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := act.ListGuests(ctx, ListGuestsInput{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkReadGuest is one guest read with its kind known (two calls).
+func BenchmarkReadGuest(b *testing.B) {
+	act := benchHarness(b, 1)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := act.ReadGuest(ctx, ReadGuestInput{VMID: 100, Kind: KindQEMU}); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
