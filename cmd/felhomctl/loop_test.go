@@ -61,6 +61,7 @@ func TestOperatingLoop(t *testing.T) {
 		var stdout, stderr bytes.Buffer
 		args = append([]string{"--address", srv.FrontendAddr(), "--namespace", srv.Namespace()}, args...)
 		code := run(args, &stdout, &stderr)
+		t.Logf("felhomctl %s: exit %d\n%s%s", strings.Join(args[4:], " "), code, stdout.String(), stderr.String())
 		return stdout.String(), stderr.String(), code
 	}
 	tc := devservertest.Client(t)
