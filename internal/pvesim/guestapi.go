@@ -282,16 +282,19 @@ func configParams(kind Kind, c *call, apiOnly map[string]bool) (map[string]strin
 	return set, nil
 }
 
-// normaliseTags de-duplicates tags and joins them with ";", as pve stores them.
+// normaliseTags is pve's get_unique_tags with the default tag style:
+// lower-cased, sorted, de-duplicated, joined with ";".
 func normaliseTags(t string) string {
 	seen := map[string]bool{}
 	var out []string
-	for _, tag := range regexp.MustCompile(`[;, ]+`).Split(t, -1) {
-		if tag != "" && !seen[tag] {
+	for _, tag := range splitList(t) {
+		tag = strings.ToLower(tag)
+		if !seen[tag] {
 			seen[tag] = true
 			out = append(out, tag)
 		}
 	}
+	sort.Strings(out)
 	return strings.Join(out, ";")
 }
 

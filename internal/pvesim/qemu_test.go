@@ -141,7 +141,7 @@ func TestQEMUPendingChangesOnRunningVM(t *testing.T) {
 	if current["memory"] != "2048" || pending["memory"] != "8192" {
 		t.Fatalf("memory current=%v pending view=%v, want 2048 / 8192", current["memory"], pending["memory"])
 	}
-	if current["tags"] != "web;prod" {
+	if current["tags"] != "prod;web" {
 		t.Errorf("hot-pluggable tags not applied at once: %v", current["tags"])
 	}
 	vm = vmOf(t, client, 101)
@@ -197,7 +197,7 @@ func TestQEMUCreate(t *testing.T) {
 		proxmox.VirtualMachineOption{Name: "memory", Value: 1024},
 		proxmox.VirtualMachineOption{Name: "cores", Value: 2},
 		proxmox.VirtualMachineOption{Name: "scsi0", Value: "local-lvm:16"},
-		proxmox.VirtualMachineOption{Name: "tags", Value: "felhom,scratch"})
+		proxmox.VirtualMachineOption{Name: "tags", Value: "Scratch,felhom;scratch"})
 	if err != nil {
 		t.Fatalf("create: %v", err)
 	}
