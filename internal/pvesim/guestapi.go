@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // routeGuest serves /nodes/{node}/qemu/... and /nodes/{node}/lxc/...
@@ -278,6 +279,11 @@ func configParams(kind Kind, c *call, apiOnly map[string]bool) (map[string]strin
 	}
 	if t, ok := set["tags"]; ok {
 		set["tags"] = normaliseTags(t)
+	}
+	if d, ok := set["description"]; ok {
+		// pve keeps the description as comment lines and reads it back
+		// without trailing white space
+		set["description"] = strings.TrimRightFunc(d, unicode.IsSpace)
 	}
 	return set, nil
 }

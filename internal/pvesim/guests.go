@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // Kind is a guest type.
@@ -142,8 +143,8 @@ func (s *Server) addGuest(kind Kind, g Guest) error {
 	if g.Cores > 0 {
 		conf["cores"] = strconv.Itoa(g.Cores)
 	}
-	set("tags", g.Tags)
-	set("description", g.Description)
+	set("tags", normaliseTags(g.Tags))
+	set("description", strings.TrimRightFunc(g.Description, unicode.IsSpace))
 	if g.Protection {
 		conf["protection"] = "1"
 	}

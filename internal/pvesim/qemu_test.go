@@ -330,3 +330,29 @@ func TestQEMUMemoryPropertyString(t *testing.T) {
 		t.Errorf("maxmem %v", status["maxmem"])
 	}
 }
+
+func TestQEMUStoresValuesTheWayPveReadsThemBack(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{})
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101}))
+	tests := []struct {
+		key, value, want string
+	}{
+		{"tags", "Web,prod;web prod", "prod;web"},
+		{"description", "customer db\nowner: ops\n\n", "customer db\nowner: ops"},
+		{"name", "db-1", "db-1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key, func(t *testing.T) {
+			if err := vmOf(t, client, 101).ConfigSync(context.Background(), proxmox.VirtualMachineOption{Name: tt.key, Value: tt.value}); err != nil {
+				t.Fatal(err)
+			}
+			var cfg map[string]any
+			if err := client.Get(context.Background(), "/nodes/pve1/qemu/101/config", &cfg); err != nil {
+				t.Fatal(err)
+			}
+			if cfg[tt.key] != tt.want {
+				t.Fatalf("%s = %q, want %q", tt.key, cfg[tt.key], tt.want)
+			}
+		})
+	}
+}
