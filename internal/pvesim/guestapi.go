@@ -271,6 +271,12 @@ func configParams(kind Kind, c *call, apiOnly map[string]bool) (map[string]strin
 		case k == "memory" && kind == KindQEMU && memoryMiB(v) <= 0:
 			errs[k] = fmt.Sprintf("value '%s' does not match format", v)
 			continue
+		case k == "memory" && kind == KindQEMU && memoryMiB(v) < 16:
+			errs[k] = "invalid format - current: value must have a minimum value of 16"
+			continue
+		case k == "memory" && kind == KindLXC && memoryMiB(v) < 16:
+			errs[k] = "value must have a minimum value of 16"
+			continue
 		}
 		set[k] = v
 	}

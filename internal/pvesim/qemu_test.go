@@ -176,6 +176,7 @@ func TestQEMUConfigParameterChecks(t *testing.T) {
 	}{
 		{"unknown key", proxmox.VirtualMachineOption{Name: "memoryMiB", Value: 1}, `"memoryMiB":"property is not defined in schema`},
 		{"not an integer", proxmox.VirtualMachineOption{Name: "cores", Value: "two"}, `"cores":"type check ('integer') failed - got 'two'"`},
+		{"too little memory", proxmox.VirtualMachineOption{Name: "memory", Value: 8}, `"memory":"invalid format - current: value must have a minimum value of 16"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
