@@ -39,7 +39,9 @@ func (a *Proxmox) SetConfig(ctx context.Context, in SetConfigInput) (res TaskRes
 	what := "set config of guest " + vmidString(in.VMID)
 	defer recoverPanic(what, &err)
 	res, err = a.setConfig(ctx, what, in)
-	return res, classify(what, err)
+	err = classify(what, err)
+	a.settle(ctx, in.Approval, err)
+	return res, err
 }
 
 func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput) (TaskResult, error) {
@@ -89,10 +91,9 @@ func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput)
 	if err != nil {
 		return TaskResult{}, badInput(what, "%v", err)
 	}
-	var key string
 	if gated != nil {
 		gated.HostID, gated.GuestID = a.HostID, vmidString(in.VMID)
-		if key, err = a.authorize(ctx, what, *gated, in.VMID, in.Approval); err != nil {
+		if _, err := a.authorize(ctx, what, *gated, in.VMID, in.Approval); err != nil {
 			return TaskResult{}, err
 		}
 	}
@@ -134,7 +135,6 @@ func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput)
 	if err != nil {
 		return TaskResult{}, err
 	}
-	a.spend(key)
 	return res, nil
 }
 

@@ -133,6 +133,7 @@ func (a *Proxmox) authorize(ctx context.Context, what string, action gate.Action
 	return "", nil
 }
 
+// spend marks the admission under key used up.
 func (a *Proxmox) spend(key string) {
 	if key == "" || a.Ledger == nil {
 		return
@@ -140,6 +141,15 @@ func (a *Proxmox) spend(key string) {
 	if err := a.Ledger.Spend(key); err != nil {
 		a.log().Error("ledger: could not mark admission spent", "err", err)
 	}
+}
+
+// settle spends this activity's admission once no retry of it can follow:
+// it succeeded, or failed for good.
+func (a *Proxmox) settle(ctx context.Context, approval *gate.Approval, err error) {
+	if err != nil && !isNonRetryable(err) {
+		return
+	}
+	a.spend(admissionKey(ctx, approval))
 }
 
 func (a *Proxmox) forget(ctx context.Context, what string, vmid int) error {
@@ -165,7 +175,9 @@ func (a *Proxmox) DestroyGuest(ctx context.Context, in DestroyGuestInput) (res T
 	what := "destroy guest " + vmidString(in.VMID)
 	defer recoverPanic(what, &err)
 	res, err = a.destroy(ctx, what, in)
-	return res, classify(what, err)
+	err = classify(what, err)
+	a.settle(ctx, in.Approval, err)
+	return res, err
 }
 
 func (a *Proxmox) destroy(ctx context.Context, what string, in DestroyGuestInput) (TaskResult, error) {
@@ -190,8 +202,7 @@ func (a *Proxmox) destroy(ctx context.Context, what string, in DestroyGuestInput
 		return TaskResult{}, protected(what, in.VMID)
 	}
 	action := gate.Action{Op: OpDestroy, HostID: a.HostID, GuestID: vmidString(in.VMID), Params: map[string]any{"kind": g.Kind}}
-	key, err := a.authorize(ctx, what, action, in.VMID, in.Approval)
-	if err != nil {
+	if _, err := a.authorize(ctx, what, action, in.VMID, in.Approval); err != nil {
 		return TaskResult{}, err
 	}
 	base := a.guestPath(g.Kind, in.VMID)
@@ -210,16 +221,11 @@ func (a *Proxmox) destroy(ctx context.Context, what string, in DestroyGuestInput
 		// Gone since it was read (a destroy whose UPID heartbeat had not left
 		// the worker yet finished meanwhile): the goal is met.
 		if now, rerr := a.readGuest(ctx, in.VMID, g.Kind); rerr == nil && !now.Exists {
-			a.spend(key)
 			return TaskResult{AlreadyDone: true}, a.forget(ctx, what, in.VMID)
 		}
 		return TaskResult{}, err
 	}
-	if err := a.forget(ctx, what, in.VMID); err != nil {
-		return res, err
-	}
-	a.spend(key)
-	return res, nil
+	return res, a.forget(ctx, what, in.VMID)
 }
 
 // RestoreBackup restores a backup over an existing guest, after the gate
@@ -230,7 +236,9 @@ func (a *Proxmox) RestoreBackup(ctx context.Context, in RestoreBackupInput) (res
 	what := "restore backup over guest " + vmidString(in.VMID)
 	defer recoverPanic(what, &err)
 	res, err = a.restore(ctx, what, in)
-	return res, classify(what, err)
+	err = classify(what, err)
+	a.settle(ctx, in.Approval, err)
+	return res, err
 }
 
 func (a *Proxmox) restore(ctx context.Context, what string, in RestoreBackupInput) (TaskResult, error) {
@@ -259,8 +267,7 @@ func (a *Proxmox) restore(ctx context.Context, what string, in RestoreBackupInpu
 		params["storage"] = in.Storage
 	}
 	action := gate.Action{Op: OpRestore, HostID: a.HostID, GuestID: vmidString(in.VMID), Params: params}
-	key, err := a.authorize(ctx, what, action, in.VMID, in.Approval)
-	if err != nil {
+	if _, err := a.authorize(ctx, what, action, in.VMID, in.Approval); err != nil {
 		return TaskResult{}, err
 	}
 	base := a.guestPath(g.Kind, in.VMID)
@@ -288,7 +295,6 @@ func (a *Proxmox) restore(ctx context.Context, what string, in RestoreBackupInpu
 	if err != nil {
 		return TaskResult{}, err
 	}
-	a.spend(key)
 	return res, nil
 }
 
@@ -303,7 +309,9 @@ func (a *Proxmox) WipeVolume(ctx context.Context, in WipeVolumeInput) (res TaskR
 	what := "wipe volume " + in.Volume
 	defer recoverPanic(what, &err)
 	res, err = a.wipe(ctx, what, in)
-	return res, classify(what, err)
+	err = classify(what, err)
+	a.settle(ctx, in.Approval, err)
+	return res, err
 }
 
 func (a *Proxmox) wipe(ctx context.Context, what string, in WipeVolumeInput) (TaskResult, error) {
@@ -332,8 +340,7 @@ func (a *Proxmox) wipe(ctx context.Context, what string, in WipeVolumeInput) (Ta
 		guestID = vmidString(owner)
 	}
 	action := gate.Action{Op: OpWipe, HostID: a.HostID, GuestID: guestID, Params: map[string]any{"volume": in.Volume}}
-	key, err := a.authorize(ctx, what, action, owner, in.Approval)
-	if err != nil {
+	if _, err := a.authorize(ctx, what, action, owner, in.Approval); err != nil {
 		return TaskResult{}, err
 	}
 	// A volume deletion of a previous attempt may still be running (its task
@@ -347,7 +354,6 @@ func (a *Proxmox) wipe(ctx context.Context, what string, in WipeVolumeInput) (Ta
 		}
 		if err := a.Client.Get(ctx, path, &info); err != nil {
 			if code, msg, ok := httpStatus(err); ok && (code == 404 || (code == 500 && isMissingGuest(msg))) {
-				a.spend(key)
 				return TaskResult{UPID: upid, Resumed: true}, nil
 			}
 			return TaskResult{}, err
@@ -357,6 +363,5 @@ func (a *Proxmox) wipe(ctx context.Context, what string, in WipeVolumeInput) (Ta
 	if err != nil {
 		return TaskResult{}, err
 	}
-	a.spend(key)
 	return res, nil
 }

@@ -62,7 +62,9 @@ func TestDestroyGuestIsGated(t *testing.T) {
 		t.Errorf("volumes left: %v", h.srv.Volumes())
 	}
 
-	// The same approval once more, from a new activity: a replay.
+	// The same approval once more: a replay. (The test environment gives
+	// every execution the same run and activity id, so this also shows the
+	// admission was spent when the destroy completed.)
 	h.addVM(customerVM(101, "stopped"))
 	_, err = run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 101, Approval: approval})
 	wantErr(t, err, "replay", false)
@@ -254,5 +256,31 @@ func TestGateMissingFailsSafe(t *testing.T) {
 	wantErr(t, err, "gate_missing", false)
 	if _, ok := h.guest(101); !ok {
 		t.Fatal("destroyed without a gate")
+	}
+}
+
+// TestAdmissionSpentOnFinalFailure: a destroy that passed the gate and then
+// failed for good leaves no admission behind for a later attempt to use.
+func TestAdmissionSpentOnFinalFailure(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	h.addVM(customerVM(101, "stopped"))
+	approval := h.approve(gate.OpGuestDestroy, "101", map[string]any{"kind": "qemu"})
+	h.srv.Inject(pvesim.Fault{Method: "DELETE", Path: "/nodes/*/qemu/101", Kind: pvesim.FaultTaskError, Message: "zfs error: dataset is busy"})
+	_, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 101, Approval: approval})
+	wantErr(t, err, ErrTypeTaskFailed, false)
+	_, err = run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 101, Approval: approval})
+	wantErr(t, err, "replay", false)
+
+	// A retryable failure keeps it: the retry proceeds without a new signature.
+	h.addVM(customerVM(102, "stopped"))
+	approval = h.approve(gate.OpGuestDestroy, "102", map[string]any{"kind": "qemu"})
+	h.srv.Inject(pvesim.Fault{Method: "DELETE", Path: "/nodes/*/qemu/102", Kind: pvesim.FaultHTTPError, Status: 596})
+	_, err = run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 102, Approval: approval})
+	wantErr(t, err, ErrTypeUnavailable, true)
+	if _, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 102, Approval: approval}); err != nil {
+		t.Fatalf("retry after a retryable failure: %v", err)
+	}
+	if _, ok := h.guest(102); ok {
+		t.Fatal("guest 102 not destroyed")
 	}
 }
