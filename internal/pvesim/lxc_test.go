@@ -2,6 +2,7 @@ package pvesim_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 
@@ -164,5 +165,47 @@ func TestLXCDestroyChecksLockAtOnce(t *testing.T) {
 	}
 	if _, ok := srv.Guest(200); !ok {
 		t.Fatal("locked container destroyed")
+	}
+}
+
+func TestLXCMountPointLifecycle(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{})
+	mustAdd(t, srv.AddContainer(pvesim.Guest{VMID: 200, Disks: map[string]string{"rootfs": "local-lvm:vm-200-disk-0,size=8G"}}))
+	ctx := context.Background()
+	steps := []struct {
+		name       string
+		opts       []proxmox.ContainerOption
+		wantErr    string
+		wantKey    string
+		wantValue  string
+		wantVolume string
+		volumeLive bool
+	}{
+		{"add mount point", []proxmox.ContainerOption{{Name: "mp0", Value: "local-lvm:2,mp=/data"}}, "",
+			"mp0", "local-lvm:vm-200-disk-1,mp=/data,size=2G", "local-lvm:vm-200-disk-1", true},
+		{"detach keeps the data", []proxmox.ContainerOption{{Name: "delete", Value: "mp0"}}, "",
+			"unused0", "local-lvm:vm-200-disk-1", "local-lvm:vm-200-disk-1", true},
+		{"delete unused frees it", []proxmox.ContainerOption{{Name: "delete", Value: "unused0"}}, "",
+			"unused0", "", "local-lvm:vm-200-disk-1", false},
+		{"rootfs cannot go", []proxmox.ContainerOption{{Name: "delete", Value: "rootfs"}}, "500 unable to delete required option 'rootfs'",
+			"rootfs", "local-lvm:vm-200-disk-0,size=8G", "local-lvm:vm-200-disk-0", true},
+		{"nothing to do", nil, "500 no options specified", "rootfs", "local-lvm:vm-200-disk-0,size=8G", "local-lvm:vm-200-disk-0", true},
+	}
+	for _, st := range steps {
+		_, err := ctOf(t, client, 200).Config(ctx, st.opts...)
+		if errText(err) != st.wantErr {
+			t.Fatalf("%s: error %q, want %q", st.name, errText(err), st.wantErr)
+		}
+		var cfg map[string]any
+		if err := client.Get(ctx, "/nodes/pve1/lxc/200/config", &cfg); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := cfg[st.wantKey].(string)
+		if got != st.wantValue {
+			t.Fatalf("%s: %s = %q, want %q", st.name, st.wantKey, got, st.wantValue)
+		}
+		if live := slices.Contains(srv.Volumes(), st.wantVolume); live != st.volumeLive {
+			t.Fatalf("%s: volume %s present=%v", st.name, st.wantVolume, live)
+		}
 	}
 }

@@ -151,6 +151,22 @@ func TestQEMUPendingChangesOnRunningVM(t *testing.T) {
 	if g, _ := srv.Guest(101); g.Pending["memory"] != "8192" {
 		t.Errorf("snapshot pending = %v", g.Pending)
 	}
+	var rows []map[string]any
+	if err := client.Get(ctx, "/nodes/pve1/qemu/101/pending", &rows); err != nil {
+		t.Fatal(err)
+	}
+	memoryRow := false
+	for _, r := range rows {
+		if r["key"] == "memory" {
+			memoryRow = r["value"] == "2048" && r["pending"] == "8192"
+		}
+		if r["key"] == "tags" && r["pending"] != nil {
+			t.Errorf("applied key listed as pending: %v", r)
+		}
+	}
+	if !memoryRow {
+		t.Errorf("no memory 2048 -> 8192 row in %v", rows)
+	}
 
 	task, err = vm.Reboot(ctx)
 	if err != nil {
