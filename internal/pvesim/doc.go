@@ -37,7 +37,8 @@
 //     an "errors" map.
 //   - Fault injection (Inject) per method+path pattern and/or per guest for N
 //     requests: HTTP errors (500/595/596/403... with a message; 59x with an
-//     empty body as pveproxy sends them), slow replies, failing or
+//     empty body as pveproxy sends them), slow requests (before or after
+//     the side effect, for client timeouts either side of it), failing or
 //     "WARNINGS" task exit statuses, slow tasks, connections dropped before
 //     or after the side effect, config-lock timeouts, and raw reply bodies
 //     (malformed UPIDs, data null) for go-proxmox's panics.
@@ -57,7 +58,9 @@
 //     shutdown is not, as in pve);
 //   - 596 while pvedaemon is busy: FaultHTTPError with Status 596;
 //   - a POST that took effect although the client saw an error:
-//     FaultDropAfter; one that did not: FaultDropBefore or FaultHTTPError.
+//     FaultDropAfter, or FaultDelayAfter with a client timeout; one that did
+//     not: FaultDropBefore, FaultDelay with a client timeout, or
+//     FaultHTTPError.
 //
 // Where it follows pve rather than what go-proxmox v0.8.2 expects:
 //

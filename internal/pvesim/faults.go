@@ -17,6 +17,10 @@ const (
 	FaultHTTPError FaultKind = "http_error"
 	// FaultDelay only delays the request by Delay; it is then served normally.
 	FaultDelay FaultKind = "delay"
+	// FaultDelayAfter serves the request at once and delays only the reply
+	// by Delay: a client that times out meanwhile saw an error for a call
+	// that took effect.
+	FaultDelayAfter FaultKind = "delay_after"
 	// FaultTaskError lets the call start its task, which then stops with
 	// exit status Message (default "command failed") without its effect.
 	// Like the other task-level kinds it never hits a GET, but is used up by
@@ -65,7 +69,8 @@ type Fault struct {
 	// Message is the reason phrase (FaultHTTPError) or the task exit status
 	// (FaultTaskError, FaultTaskWarnings).
 	Message string
-	// Delay is waited before the request is handled, for any kind.
+	// Delay is waited before the request is handled (after it, for
+	// FaultDelayAfter).
 	Delay time.Duration
 	// TaskDuration is how long the started task runs, for FaultSlowTask.
 	TaskDuration time.Duration

@@ -282,3 +282,42 @@ func TestRawReplyFault(t *testing.T) {
 		}
 	}
 }
+
+// A client that gives up while the reply is delayed saw an error for a call
+// that took effect (FaultDelayAfter); one that gives up during FaultDelay
+// did not cause anything.
+func TestClientTimeoutBeforeAndAfterTheSideEffect(t *testing.T) {
+	tests := []struct {
+		kind        pvesim.FaultKind
+		wantRunning bool
+	}{
+		{pvesim.FaultDelay, false},
+		{pvesim.FaultDelayAfter, true},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.kind), func(t *testing.T) {
+			srv, _ := newSim(t, pvesim.Config{})
+			mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101}))
+			hc := srv.HTTPClient()
+			hc.Timeout = 100 * time.Millisecond
+			impatient := proxmox.NewClient(srv.URL(), proxmox.WithHTTPClient(hc), proxmox.WithAPIToken(srv.TokenID(), srv.TokenSecret()))
+			srv.Inject(pvesim.Fault{Method: "POST", Kind: tt.kind, Delay: 2 * time.Second})
+			vm := &proxmox.VirtualMachine{}
+			vm.New(impatient, "pve1", 101)
+			if _, err := vm.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "Client.Timeout") {
+				t.Fatalf("error %v, want a client timeout", err)
+			}
+			if tt.wantRunning {
+				eventually(t, "the start to take effect", func() bool { g, _ := srv.Guest(101); return g.Status == "running" })
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+			if g, _ := srv.Guest(101); g.Status != "stopped" {
+				t.Fatalf("status %q: the abandoned request took effect", g.Status)
+			}
+			if reqs := srv.Requests(); len(reqs) != 1 || reqs[0].Status != 0 || reqs[0].UPID != "" {
+				t.Fatalf("records %+v", reqs)
+			}
+		})
+	}
+}

@@ -111,7 +111,7 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 	f := s.takeFault(c.method, c.path, vmid)
 	if f != nil {
 		kind = f.Kind
-		if !s.sleep(c.r.Context(), f.Delay) {
+		if f.Kind != FaultDelayAfter && !s.sleep(c.r.Context(), f.Delay) {
 			return reply(0, nil, nil)
 		}
 		switch f.Kind {
@@ -128,6 +128,9 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 	}
 	data, aerr := s.safeRoute(c)
 	if f != nil && f.Kind == FaultDropAfter {
+		return reply(0, nil, nil)
+	}
+	if f != nil && f.Kind == FaultDelayAfter && !s.sleep(c.r.Context(), f.Delay) {
 		return reply(0, nil, nil)
 	}
 	if f != nil && f.Kind == FaultRawReplyAfter {
