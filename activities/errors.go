@@ -182,6 +182,12 @@ func classify(what string, err error) error {
 	return retryable(ErrTypeUnavailable, err.Error())
 }
 
+// malformed is a retryable error about an answer from Proxmox that cannot be
+// used (a null where data was due, a UPID that does not parse).
+func malformed(format string, args ...any) error {
+	return temporal.NewApplicationError("unusable answer from Proxmox: "+fmt.Sprintf(format, args...), ErrTypeMalformed)
+}
+
 // badInput is a non-retryable error about the activity's own input.
 func badInput(what, format string, args ...any) error {
 	return temporal.NewNonRetryableApplicationError(what+": "+fmt.Sprintf(format, args...), ErrTypeBadRequest, nil)

@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/converter"
+
 	"github.com/felhom/felhom-agent/internal/pveclient"
 	"github.com/felhom/felhom-agent/internal/pvesim"
 )
@@ -169,6 +172,60 @@ func TestClassifyPlainGoProxmoxErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.err.Error(), func(t *testing.T) {
 			wantErr(t, classify("step", tt.err), tt.typ, tt.retryable)
+		})
+	}
+}
+
+// TestMalformedAnswers: answers go-proxmox's typed helpers panic on are
+// retryable errors here, and the retry neither repeats a request that took
+// effect nor loses the outcome.
+func TestMalformedAnswers(t *testing.T) {
+	startPath := "/nodes/*/qemu/101/status/start"
+	tests := []struct {
+		name  string
+		fault pvesim.Fault
+		posts int // start requests after the retry
+	}{
+		{"status current null", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/status/current", Kind: pvesim.FaultRawReply, Message: `{"data":null}`}, 1},
+		{"config null", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/config", Kind: pvesim.FaultRawReply, Message: `{"data":null}`}, 1},
+		{"short UPID, nothing started", pvesim.Fault{Method: "POST", Path: startPath, Kind: pvesim.FaultRawReply, Message: `{"data":"UPID:pve1:1:2:3:qmstart:101"}`}, 2},
+		{"short UPID after the start", pvesim.Fault{Method: "POST", Path: startPath, Kind: pvesim.FaultRawReplyAfter, Message: `{"data":"UPID:pve1:1:2:3:qmstart:101"}`}, 1},
+		{"task status null", pvesim.Fault{Method: "GET", Path: "/nodes/*/tasks/*/status", Kind: pvesim.FaultRawReply, Message: `{"data":null}`}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, pvesim.Config{TaskDuration: 200 * time.Millisecond})
+			h.addVM(pvesim.Guest{VMID: 101, Name: "g", Status: "stopped", MemoryMiB: 512})
+			h.srv.Inject(tt.fault)
+			var recorded []Progress
+			e := h.env()
+			e.SetOnActivityHeartbeatListener(func(_ *activity.Info, d converter.EncodedValues) {
+				var p Progress
+				if d.Get(&p) == nil {
+					recorded = append(recorded, p)
+				}
+			})
+			_, err := runIn[TaskResult](e, h.act.StartGuest, GuestInput{VMID: 101, Kind: "qemu"})
+			wantErr(t, err, ErrTypeMalformed, true)
+			for _, p := range recorded {
+				if _, perr := parseUPID(p.UPID); perr != nil {
+					t.Fatalf("heartbeated an unusable UPID %q", p.UPID)
+				}
+			}
+			// The retry, with what the server kept.
+			e = h.env()
+			if len(recorded) > 0 {
+				e.SetHeartbeatDetails(recorded[len(recorded)-1])
+			}
+			if _, err := runIn[TaskResult](e, h.act.StartGuest, GuestInput{VMID: 101, Kind: "qemu"}); err != nil {
+				t.Fatalf("retry: %v", err)
+			}
+			if g, _ := h.guest(101); g.Status != "running" {
+				t.Fatalf("guest %s, want running", g.Status)
+			}
+			if n := h.mutations("POST", startPath); n != tt.posts {
+				t.Fatalf("%d start requests, want %d", n, tt.posts)
+			}
 		})
 	}
 }

@@ -115,7 +115,9 @@ func (a *Proxmox) postTask(ctx context.Context, method, path string, params map[
 		return "", nil
 	}
 	if _, err := parseUPID(*upid); err != nil {
-		return "", fmt.Errorf("%s %s answered %w", method, path, err)
+		// Never heartbeated: a retry decides from the guest's state and the
+		// task list, as after a lost answer.
+		return "", malformed("%s %s answered a %v", method, path, err)
 	}
 	return *upid, nil
 }
@@ -194,7 +196,7 @@ func (a *Proxmox) wait(ctx context.Context, phase, upid string) (TaskResult, err
 			return TaskResult{}, err
 		}
 		if st == nil {
-			return TaskResult{}, fmt.Errorf("task %s: status answered null", upid)
+			return TaskResult{}, malformed("status of task %s is null", upid)
 		}
 		activity.RecordHeartbeat(ctx, Progress{Phase: phase, UPID: upid})
 		if st.Status != "running" && st.Status != "" {

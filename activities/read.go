@@ -88,7 +88,7 @@ func (a *Proxmox) readGuest(ctx context.Context, vmid int, kind string) (Guest, 
 		return Guest{}, err
 	}
 	if st == nil {
-		return Guest{}, fmt.Errorf("status of %s %d answered null", kind, vmid)
+		return Guest{}, malformed("status of %s %d is null", kind, vmid)
 	}
 	var cfg map[string]any
 	if err := a.Client.Get(ctx, base+"/config", &cfg); err != nil {
@@ -98,7 +98,7 @@ func (a *Proxmox) readGuest(ctx context.Context, vmid int, kind string) (Guest, 
 		return Guest{}, err
 	}
 	if cfg == nil {
-		return Guest{}, fmt.Errorf("config of %s %d answered null", kind, vmid)
+		return Guest{}, malformed("config of %s %d is null", kind, vmid)
 	}
 	g := normalise(vmid, kind, cfg)
 	g.Node = a.Node
