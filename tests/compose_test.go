@@ -106,7 +106,7 @@ func TestComposeHasNoVersionKeyAndPinnedImages(t *testing.T) {
 		}
 		seen[repo] = true
 	}
-	for repo := range pinned {
+	for _, repo := range slices.Sorted(maps.Keys(pinned)) {
 		if !seen[repo] {
 			t.Errorf("no service runs %s", repo)
 		}
