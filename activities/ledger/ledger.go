@@ -146,9 +146,12 @@ type Ledger struct {
 	now        func() time.Time
 }
 
-// Open opens (creating if needed) the ledger at path, replays it and takes an
-// exclusive lock that lasts until Close.
+// Open opens (creating it and its directory if needed) the ledger at path,
+// replays it and takes an exclusive lock that lasts until Close.
 func Open(path string) (*Ledger, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("ledger: create directory: %w", err)
+	}
 	lock, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("ledger: open lock file: %w", err)

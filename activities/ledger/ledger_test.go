@@ -25,7 +25,7 @@ func openT(t *testing.T, path string) *Ledger {
 }
 
 func TestLifecycle(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "prov.ledger")
+	path := filepath.Join(t.TempDir(), "var", "lib", "felhom-agent", "prov.ledger")
 	l := openT(t, path)
 
 	if err := l.BeginCreate(Entry{VMID: 101, Kind: "qemu", Run: "run-a", Scratch: true}); err != nil {
