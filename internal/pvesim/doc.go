@@ -18,7 +18,9 @@
 //     restore+force), start, stop, shutdown (forceStop, timeout), reboot,
 //     destroy (purge, destroy-unreferenced-disks), vzdump backups that hold
 //     the "backup" lock while they run, and volumes on two storages
-//     ("local": backups; "local-lvm": images) with DELETE of a volume.
+//     ("local": backups; "local-lvm": images) with DELETE of a volume;
+//     disks detach to unusedN on config delete (freed with force=1, or when
+//     an unusedN entry is deleted) and through PUT .../qemu/{vmid}/unlink.
 //   - Asynchronous tasks with real UPIDs
 //     (UPID:node:PID:PSTART:STARTTIME:type:id:user:), running for
 //     Config.TaskDuration, then stopped with exitstatus "OK", "WARNINGS: n"

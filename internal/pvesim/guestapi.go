@@ -65,6 +65,11 @@ func (s *Server) routeGuest(c *call, kind Kind) (any, *apiError) {
 			}
 			return s.lxcConfigUpdate(c, vmid)
 		}
+	case n == 5 && seg[4] == "unlink" && c.method == http.MethodPut && kind == KindQEMU:
+		// qemu-server's unlink is update_vm with delete=idlist
+		c.params.Set("delete", c.param("idlist"))
+		c.params.Del("idlist")
+		return s.qemuConfigUpdate(c, vmid, true)
 	case n == 5 && seg[4] == "pending" && c.method == http.MethodGet:
 		s.mu.Lock()
 		defer s.mu.Unlock()

@@ -227,6 +227,7 @@ func (s *Server) qemuConfigUpdate(c *call, vmid int, sync bool) (any, *apiError)
 	}
 	digest := c.param("digest")
 	skiplock := c.flag("skiplock")
+	force := c.flag("force")
 	check := func() (any, *apiError) {
 		g := s.guests[vmid]
 		if g == nil {
@@ -247,7 +248,7 @@ func (s *Server) qemuConfigUpdate(c *call, vmid int, sync bool) (any, *apiError)
 		if g == nil {
 			return fmt.Errorf("%s", s.missingConfig(KindQEMU, vmid).Message)
 		}
-		return s.qemuApply(g, set, deletes, t)
+		return s.qemuApply(g, set, deletes, force, t)
 	}
 	if sync {
 		return s.withGuestLock(c, KindQEMU, vmid, func() (any, *apiError) {
@@ -270,9 +271,10 @@ func (s *Server) qemuConfigUpdate(c *call, vmid int, sync bool) (any, *apiError)
 }
 
 // qemuApply writes config changes: cold keys of a running VM go pending,
-// a removed disk becomes unusedN, a removed unusedN frees its volume, a
-// "STORAGE:SIZE" disk allocates a volume. s.mu held.
-func (s *Server) qemuApply(g *guest, set map[string]string, deletes []string, t *task) error {
+// a removed disk becomes unusedN (or with force is freed), a removed
+// unusedN frees its volume, a "STORAGE:SIZE" disk allocates a volume.
+// s.mu held.
+func (s *Server) qemuApply(g *guest, set map[string]string, deletes []string, force bool, t *task) error {
 	for k, v := range set {
 		if isDiskKey(KindQEMU, k) {
 			spec, aerr := s.allocDisk(g.vmid, v)
@@ -317,7 +319,7 @@ func (s *Server) qemuApply(g *guest, set map[string]string, deletes []string, t 
 		if !ok {
 			continue
 		}
-		if len(k) >= 6 && k[:6] == "unused" {
+		if force || strings.HasPrefix(k, "unused") {
 			delete(s.volumes, volid)
 			if t != nil {
 				t.log = append(t.log, fmt.Sprintf("Removing volume '%s'", volid))

@@ -108,3 +108,35 @@ func TestStorageContentListing(t *testing.T) {
 		}
 	}
 }
+
+func TestUnlinkDisk(t *testing.T) {
+	tests := []struct {
+		name       string
+		force      bool
+		wantUnused bool
+	}{
+		{"detach", false, true},
+		{"force removes the data", true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, client := newSim(t, pvesim.Config{})
+			mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Disks: map[string]string{
+				"scsi0": "local-lvm:vm-101-disk-0,size=8G", "scsi1": "local-lvm:vm-101-disk-1,size=100G"}}))
+			task, err := vmOf(t, client, 101).UnlinkDisk(context.Background(), "scsi1", tt.force)
+			if err != nil || task != nil {
+				t.Fatalf("unlink: task %v err %v; pve answers null", task, err)
+			}
+			cfg := vmOf(t, client, 101).VirtualMachineConfig
+			if _, still := cfg.SCSIs["scsi1"]; still {
+				t.Fatal("scsi1 still attached")
+			}
+			if has := cfg.Unuseds["unused0"] == "local-lvm:vm-101-disk-1"; has != tt.wantUnused {
+				t.Fatalf("unused0 = %q", cfg.Unuseds["unused0"])
+			}
+			if live := slices.Contains(srv.Volumes(), "local-lvm:vm-101-disk-1"); live != tt.wantUnused {
+				t.Fatalf("volume present=%v", live)
+			}
+		})
+	}
+}
