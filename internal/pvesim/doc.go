@@ -20,7 +20,10 @@
 //     the "backup" lock while they run, and volumes on two storages
 //     ("local": backups; "local-lvm": images) with DELETE of a volume;
 //     disks detach to unusedN on config delete (freed with force=1, or when
-//     an unusedN entry is deleted) and through PUT .../qemu/{vmid}/unlink.
+//     an unusedN entry is deleted) and through PUT .../qemu/{vmid}/unlink;
+//     PUT .../resize grows a disk in a "resize" task and, as in pve, never
+//     shrinks one ("shrinking disks is not supported", "unable to shrink
+//     disk size"), so disk.shrink has no API path.
 //   - Asynchronous tasks with real UPIDs
 //     (UPID:node:PID:PSTART:STARTTIME:type:id:user:), running for
 //     Config.TaskDuration, then stopped with exitstatus "OK", "WARNINGS: n"

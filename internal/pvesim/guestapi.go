@@ -70,6 +70,8 @@ func (s *Server) routeGuest(c *call, kind Kind) (any, *apiError) {
 		c.params.Set("delete", c.param("idlist"))
 		c.params.Del("idlist")
 		return s.qemuConfigUpdate(c, vmid, true)
+	case n == 5 && seg[4] == "resize" && c.method == http.MethodPut:
+		return s.resize(c, kind, vmid)
 	case n == 5 && seg[4] == "pending" && c.method == http.MethodGet:
 		s.mu.Lock()
 		defer s.mu.Unlock()
