@@ -70,6 +70,16 @@ func crashOps() map[string]crashOp {
 					t.Fatalf("ledger after the retry: %+v", p)
 				}
 			}},
+		{name: "config", method: "POST", path: "/nodes/pve1/qemu/101/config",
+			setup: func(h *harness) { h.addVM(pvesim.Guest{VMID: 101, Name: "g", Status: "stopped", MemoryMiB: 512}) },
+			invoke: func(a *Proxmox, _ *gate.Approval) (any, any) {
+				return a.SetConfig, SetConfigInput{VMID: 101, Set: map[string]any{"memory": 1536, "cores": 2}}
+			},
+			check: func(t *testing.T, h *harness) {
+				if g, _ := h.guest(101); g.MemoryMiB != 1536 || g.Cores != 2 {
+					t.Fatalf("guest after the retry: memory %d cores %d", g.MemoryMiB, g.Cores)
+				}
+			}},
 		{name: "destroy", method: "DELETE", path: "/nodes/pve1/qemu/101",
 			setup: func(h *harness) { h.addVM(customerVM(101, "stopped")) },
 			sign: func(h *harness) *gate.Approval {
@@ -188,7 +198,7 @@ func TestCrashAroundHeartbeat(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns processes")
 	}
-	for _, opName := range []string{"start", "create", "destroy"} {
+	for _, opName := range []string{"start", "create", "config", "destroy"} {
 		for _, point := range []string{"before-heartbeat", "after-heartbeat"} {
 			t.Run(opName+"/"+point, func(t *testing.T) {
 				op := crashOps()[opName]
