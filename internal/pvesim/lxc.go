@@ -215,6 +215,9 @@ func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
 		}
 		skiplock := c.flag("skiplock")
 		spec = taskSpec{typ: "vzstart", check: func(t *task) error {
+			if s.guests[vmid].conf["template"] == "1" {
+				return fmt.Errorf("you can't start a CT if it's a template")
+			}
 			if skiplock {
 				return nil
 			}

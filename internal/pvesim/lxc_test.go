@@ -37,6 +37,7 @@ func TestLXCPowerActions(t *testing.T) {
 		{"reboot", pvesim.Guest{Status: "running"}, (*proxmox.Container).Reboot, "", "OK", "running"},
 		{"reboot stopped, pve says VM", pvesim.Guest{}, (*proxmox.Container).Reboot, "500 VM 200 not running", "", "stopped"},
 		{"start locked", pvesim.Guest{Lock: "backup"}, (*proxmox.Container).Start, "", "CT is locked (backup)", "stopped"},
+		{"start a template", pvesim.Guest{Config: map[string]string{"template": "1"}}, (*proxmox.Container).Start, "", "you can't start a CT if it's a template", "stopped"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -346,6 +346,9 @@ func (s *Server) qemuAction(c *call, vmid int, action string) (any, *apiError) {
 	case "start":
 		spec = taskSpec{typ: "qmstart", check: func(t *task) error {
 			g := s.guests[vmid]
+			if g.conf["template"] == "1" {
+				return fmt.Errorf("you can't start a vm if it's a template")
+			}
 			if err := lockOK(g); err != nil {
 				return err
 			}

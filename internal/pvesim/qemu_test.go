@@ -37,6 +37,7 @@ func TestQEMUPowerActions(t *testing.T) {
 		{"start under backup lock", pvesim.Guest{Status: "stopped", Lock: "backup"}, "start", nil, "", "VM is locked (backup)", "stopped"},
 		{"stop under backup lock", pvesim.Guest{Status: "running", Lock: "backup"}, "stop", nil, "", "VM is locked (backup)", "running"},
 		{"stop with skiplock", pvesim.Guest{Status: "running", Lock: "backup"}, "stop", map[string]any{"skiplock": 1}, "", "OK", "stopped"},
+		{"start a template", pvesim.Guest{Config: map[string]string{"template": "1"}}, "start", nil, "", "you can't start a vm if it's a template", "stopped"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
