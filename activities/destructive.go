@@ -38,7 +38,8 @@ type DestroyGuestInput struct {
 
 // RestoreBackupInput asks to restore a backup over an existing guest. The
 // gated action is {op: guest.restore, guest_id: VMID, params:
-// {"archive": Archive} plus "storage": Storage when set}.
+// {"archive": Archive} plus "storage": Storage when set, plus "kind": the
+// guest's real kind when Kind is set}.
 type RestoreBackupInput struct {
 	VMID int    `json:"vmid"`
 	Kind string `json:"kind,omitempty"`
@@ -252,7 +253,7 @@ func (a *Proxmox) restore(ctx context.Context, what string, in RestoreBackupInpu
 	if res, ok, err := a.resumeTask(ctx, p, has, "restore"); ok {
 		return res, err
 	}
-	g, err := a.readGuest(ctx, in.VMID, in.Kind)
+	g, err := a.readGuest(ctx, in.VMID, "")
 	if err != nil {
 		return TaskResult{}, err
 	}
@@ -265,6 +266,11 @@ func (a *Proxmox) restore(ctx context.Context, what string, in RestoreBackupInpu
 	params := map[string]any{"archive": in.Archive}
 	if in.Storage != "" {
 		params["storage"] = in.Storage
+	}
+	if in.Kind != "" {
+		// Named by the request, valued by Proxmox: an approval for the other
+		// kind does not bind.
+		params["kind"] = g.Kind
 	}
 	action := gate.Action{Op: OpRestore, HostID: a.HostID, GuestID: vmidString(in.VMID), Params: params}
 	if _, err := a.authorize(ctx, what, action, in.VMID, in.Approval); err != nil {

@@ -207,8 +207,23 @@ func TestRestoreBackup(t *testing.T) {
 		})
 	}
 
+	// With a kind in the request, the approval names the guest's real kind.
 	h := newHarness(t, pvesim.Config{})
-	_, err := run[TaskResult](h, h.act.RestoreBackup, RestoreBackupInput{VMID: 404, Archive: "local:backup/x.vma.zst"})
+	g := pvesim.Guest{VMID: 101, Name: "app", MemoryMiB: 1024, Disks: map[string]string{"scsi0": "local-lvm:vm-101-disk-0,size=4G"}}
+	archive, err := h.srv.AddBackup(pvesim.KindQEMU, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.addVM(g)
+	_, err = run[TaskResult](h, h.act.RestoreBackup, RestoreBackupInput{VMID: 101, Kind: "lxc", Archive: archive,
+		Approval: h.approve(gate.OpGuestRestore, "101", map[string]any{"archive": archive, "kind": "lxc"})})
+	wantErr(t, err, "binding_mismatch", false)
+	if _, err := run[TaskResult](h, h.act.RestoreBackup, RestoreBackupInput{VMID: 101, Kind: "qemu", Archive: archive,
+		Approval: h.approve(gate.OpGuestRestore, "101", map[string]any{"archive": archive, "kind": "qemu"})}); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = run[TaskResult](h, h.act.RestoreBackup, RestoreBackupInput{VMID: 404, Archive: "local:backup/x.vma.zst"})
 	wantErr(t, err, ErrTypeNotFound, false)
 	_, err = run[TaskResult](h, h.act.RestoreBackup, RestoreBackupInput{VMID: 404, Archive: "nonsense"})
 	wantErr(t, err, ErrTypeBadRequest, false)

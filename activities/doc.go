@@ -67,7 +67,7 @@
 // # Gated actions
 //
 //	guest.destroy  guest_id=VMID  params {"kind": "qemu"|"lxc"}
-//	guest.restore  guest_id=VMID  params {"archive": VOLID[, "storage": STORAGE]}
+//	guest.restore  guest_id=VMID  params {"archive": VOLID[, "storage": STORAGE][, "kind": real kind, when the input names a kind]}
 //	volume.wipe    guest_id=owner VMID from the volume name, or ""  params {"volume": VOLID}
 //	disk.detach    guest_id=VMID  params {"disk": KEY}
 //	disk.shrink    guest_id=VMID  params {"disk": KEY, "size_gib": N}
