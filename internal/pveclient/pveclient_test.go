@@ -6,6 +6,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -198,5 +200,23 @@ func TestNoRetryInsideClient(t *testing.T) {
 	}
 	if n := len(srv.RequestsMatching("POST", "/nodes/*/qemu/101/status/start")); n != 1 {
 		t.Fatalf("start POSTed %d times, want 1", n)
+	}
+}
+
+// TestCheckNotProxmox: a URL that answers, but not as Proxmox does (a web
+// page), is named as such.
+func TestCheckNotProxmox(t *testing.T) {
+	web := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.Write([]byte("<html><body>It works!</body></html>"))
+	}))
+	defer web.Close()
+	c, err := New(Config{URL: web.URL + "/api2/json", TokenID: "felhom@pve!agent", TokenSecret: "s", InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = Check(context.Background(), c, "")
+	if err == nil || !strings.Contains(err.Error(), "not Proxmox API JSON") {
+		t.Fatalf("Check = %v, want it to say the answer is not Proxmox's", err)
 	}
 }
