@@ -108,7 +108,8 @@ func TestRunningTaskHoldsTheConfigLock(t *testing.T) {
 }
 
 func TestSecondTaskOnBusyGuestTimesOutInTask(t *testing.T) {
-	srv, client := newSim(t, pvesim.Config{TaskDuration: 300 * time.Millisecond, LockTimeout: 20 * time.Millisecond})
+	srv, client := newSim(t, pvesim.Config{TaskDuration: time.Millisecond, LockTimeout: 20 * time.Millisecond,
+		TaskDurations: map[string]time.Duration{"qmshutdown": 2 * time.Second}})
 	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Status: "running"}))
 	vm := vmOf(t, client, 101)
 	first, err := vm.Shutdown(context.Background())
@@ -122,13 +123,17 @@ func TestSecondTaskOnBusyGuestTimesOutInTask(t *testing.T) {
 	if exit := finished(t, second); exit != "can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout" {
 		t.Fatalf("second task %q", exit)
 	}
-	if exit := finished(t, first); exit != "OK" {
-		t.Fatalf("first task %q", exit)
+	if err := first.Ping(context.Background()); err != nil || first.IsCompleted {
+		t.Fatalf("first task completed=%v (%v), want still running", first.IsCompleted, err)
+	}
+	if err := first.Stop(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }
 
 func TestVzdumpHoldsBackupLock(t *testing.T) {
-	srv, client := newSim(t, pvesim.Config{TaskDuration: 200 * time.Millisecond})
+	srv, client := newSim(t, pvesim.Config{TaskDuration: time.Millisecond,
+		TaskDurations: map[string]time.Duration{"vzdump": time.Second}})
 	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Status: "running", Disks: map[string]string{"scsi0": "local-lvm:vm-101-disk-0,size=8G"}}))
 	ctx := context.Background()
 	node := nodeOf(t, client)
@@ -163,7 +168,8 @@ func TestVzdumpHoldsBackupLock(t *testing.T) {
 }
 
 func TestTaskQueuedBehindADestroy(t *testing.T) {
-	srv, client := newSim(t, pvesim.Config{TaskDuration: 100 * time.Millisecond})
+	srv, client := newSim(t, pvesim.Config{TaskDuration: time.Millisecond,
+		TaskDurations: map[string]time.Duration{"qmdestroy": time.Second}})
 	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101}))
 	vm := vmOf(t, client, 101)
 	destroy, err := vm.Delete(context.Background(), nil)

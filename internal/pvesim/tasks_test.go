@@ -14,7 +14,8 @@ import (
 var upidRE = regexp.MustCompile(`^UPID:pve1:[0-9A-F]{8}:[0-9A-F]{8}:[0-9A-F]{8}:([a-z]+):([^:]*):([^:]+):$`)
 
 func TestTaskRunsThenStopsWithUPIDStatusAndLog(t *testing.T) {
-	srv, client := newSim(t, pvesim.Config{TaskDuration: 150 * time.Millisecond})
+	// long enough that even a loaded machine polls it while it runs
+	srv, client := newSim(t, pvesim.Config{TaskDuration: time.Second})
 	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Name: "web"}))
 	ctx := context.Background()
 	vm := vmOf(t, client, 101)
