@@ -17,12 +17,14 @@ import (
 	"testing"
 	"time"
 
+	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/felhom/felhom-agent/gate"
 	"github.com/felhom/felhom-agent/internal/devserver/devservertest"
 	"github.com/felhom/felhom-agent/internal/pvesim"
+	"github.com/felhom/felhom-agent/internal/visibility"
 	"github.com/felhom/felhom-agent/worker"
 	"github.com/felhom/felhom-agent/workflows"
 )
@@ -355,6 +357,41 @@ state: running
 		}
 		if code != exitFailure || json.Unmarshal([]byte(stdout), &out) != nil || len(out.Results) != 1 || out.Results[0].Accepted || out.Results[0].Error == "" {
 			t.Errorf("apply --output json of a refused spec: exit %d, %s", code, stdout)
+		}
+	})
+
+	t.Run("a terminated workflow is not pending", func(t *testing.T) {
+		if err := sim.AddVM(pvesim.Guest{VMID: 107, Name: "gone", Status: "stopped", MemoryMiB: 512, Cores: 1}); err != nil {
+			t.Fatal(err)
+		}
+		spec := writeFile(t, dir, "107.yaml", "{host: ctl1, vmid: 107, state: absent}\n")
+		if _, _, code := ctl(t, "apply", "-f", spec); code != exitOK {
+			t.Fatal("apply 107 failed")
+		}
+		waitPhase(t, ctl, "ctl1/107", workflows.PhasePending)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := tc.TerminateWorkflow(ctx, "guest/ctl1/107", "", "test"); err != nil {
+			t.Fatal(err)
+		}
+		// The shared query still finds it: a closed workflow keeps its last
+		// search attributes.
+		raw := visibility.PendingApprovalsQuery + " AND WorkflowId = 'guest/ctl1/107' AND ExecutionStatus = 'Terminated'"
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			resp, err := tc.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{Query: raw})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.GetExecutions()) == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not found", raw)
+			}
+		}
+		stdout, _, code := ctl(t, "pending", "--host", host)
+		if code != exitOK || strings.Contains(stdout, "guest/ctl1/107") {
+			t.Errorf("pending lists a terminated workflow: exit %d\n%s", code, stdout)
 		}
 	})
 
