@@ -80,6 +80,14 @@ func (g *globals) check() error {
 	if (g.certPath == "") != (g.keyPath == "") {
 		return usageErrorf("--tls-cert-path and --tls-key-path go together")
 	}
+	for flagName, path := range map[string]string{"tls-ca-path": g.caPath, "tls-cert-path": g.certPath, "tls-key-path": g.keyPath} {
+		if path == "" {
+			continue
+		}
+		if _, err := os.Stat(path); err != nil {
+			return usageErrorf("--%s: %w", flagName, err)
+		}
+	}
 	if g.queryTimeout <= 0 {
 		return usageErrorf("--query-timeout must be positive")
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -151,5 +153,21 @@ func TestSignOpVerifiesWithGateAndSSHKeygen(t *testing.T) {
 	cmd.Stdin = strings.NewReader(approval.Blob)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("ssh-keygen -Y verify: %v\n%s", err, out)
+	}
+}
+
+// A server that is not there is a runtime failure (exit 1) naming the
+// address, not a usage error.
+func TestUnreachableServer(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"--address", addr, "status", "pve1/101"}, &stdout, &stderr)
+	if code != exitFailure || !strings.Contains(stderr.String(), "felhomctl status: temporal: connect to "+addr) {
+		t.Errorf("exit %d, stderr %q", code, stderr.String())
 	}
 }
