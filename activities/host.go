@@ -23,6 +23,8 @@ type Host struct {
 	Proxmox *Proxmox
 	// Temporal lets WakeGuest signal-with-start guest workflows.
 	Temporal client.Client
+	// Signers are the host's pinned keys, which a signers.rotate job replaces.
+	Signers *PinnedSigners
 }
 
 // ObserveGuest reads one guest and what this host's ledger says of it.
@@ -164,6 +166,11 @@ func (h *Host) RunSignedJob(ctx context.Context, in workflows.SignedJobInput) (w
 		res, err = h.Proxmox.WipeVolume(ctx, WipeVolumeInput{Volume: param[string](a.Params, "volume"), Approval: approval})
 	case gate.OpGuestDestroy:
 		res, err = h.Proxmox.DestroyGuest(ctx, DestroyGuestInput{VMID: vmid, Kind: param[string](a.Params, "kind"), Approval: approval})
+	case gate.OpSignersRotate:
+		if err := h.rotateSigners(ctx, a.Params, approval); err != nil {
+			return taskOutcome(TaskResult{}, err)
+		}
+		return workflows.ExecuteResult{Detail: "signer keys replaced"}, nil
 	default:
 		return workflows.ExecuteResult{}, temporal.NewNonRetryableApplicationError(
 			fmt.Sprintf("op %q is not a signed job this host runs", a.Op), ErrTypeBadRequest, nil)

@@ -79,6 +79,7 @@ func childEnviron(cfg worker.Config, caFile string) []string {
 		"FELHOM_SIGNERS_OPERATIONAL=" + strings.Join(cfg.Signers.Operational, "\n"),
 		"FELHOM_NONCE_STORE=" + cfg.NonceStore,
 		"FELHOM_PROVENANCE_LEDGER=" + cfg.ProvenanceLedger,
+		"FELHOM_PINNED_SIGNERS=" + cfg.PinnedSigners,
 		"FELHOM_METRICS_ADDRESS=off",
 		"FELHOM_SHUTDOWN_TIMEOUT=" + cfg.ShutdownTimeout.String(),
 	}

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -66,6 +67,7 @@ func agentConfig(t *testing.T, host string, sim *pvesim.Server, dir string, oper
 	cfg.Proxmox.TokenSecret = sim.TokenSecret()
 	cfg.NonceStore = filepath.Join(dir, "nonces.log")
 	cfg.ProvenanceLedger = filepath.Join(dir, "provenance.log")
+	cfg.PinnedSigners = filepath.Join(dir, "signers.json")
 	cfg.Metrics.Address = "off"
 	cfg.ShutdownTimeout = 5 * time.Second
 	cfg.Signers.Operational = operational
@@ -112,11 +114,14 @@ func startAgentWith(t *testing.T, host string, sim *pvesim.Server, edit func(*wo
 		t.Fatal("worker did not start within 60s")
 	}
 	a := &agent{host: host, sim: sim, cfg: cfg, client: devservertest.Client(t)}
+	var once sync.Once
 	a.stop = func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("worker stopped with: %v", err)
-		}
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("worker stopped with: %v", err)
+			}
+		})
 	}
 	t.Cleanup(a.stop)
 	return a

@@ -22,14 +22,17 @@ import (
 type Config struct {
 	// HostID names this Proxmox host in workflow IDs, task queues and signed
 	// ops. It is pinned: a signed op for another host is refused.
-	HostID           string         `yaml:"host_id"`
-	Temporal         TemporalConfig `yaml:"temporal"`
-	Proxmox          ProxmoxConfig  `yaml:"proxmox"`
-	Signers          SignersConfig  `yaml:"signers"`
-	NonceStore       string         `yaml:"nonce_store"`
-	ProvenanceLedger string         `yaml:"provenance_ledger"`
-	Metrics          MetricsConfig  `yaml:"metrics"`
-	Log              LogConfig      `yaml:"log"`
+	HostID     string         `yaml:"host_id"`
+	Temporal   TemporalConfig `yaml:"temporal"`
+	Proxmox    ProxmoxConfig  `yaml:"proxmox"`
+	Signers    SignersConfig  `yaml:"signers"`
+	NonceStore string         `yaml:"nonce_store"`
+	// PinnedSigners is where a signed signers.rotate op stores the new keys;
+	// once it exists it replaces Signers.
+	PinnedSigners    string        `yaml:"pinned_signers"`
+	ProvenanceLedger string        `yaml:"provenance_ledger"`
+	Metrics          MetricsConfig `yaml:"metrics"`
+	Log              LogConfig     `yaml:"log"`
 	// DriftCheckInterval is how often the host workflow lists the node's
 	// guests to find drift from the desired state.
 	DriftCheckInterval time.Duration `yaml:"drift_check_interval"`
@@ -104,6 +107,7 @@ func Defaults() Config {
 		Temporal:           TemporalConfig{Address: "127.0.0.1:7233", Namespace: "default"},
 		Proxmox:            ProxmoxConfig{Timeout: 30 * time.Second},
 		NonceStore:         "/var/lib/felhom-agent/nonces.log",
+		PinnedSigners:      "/var/lib/felhom-agent/signers.json",
 		ProvenanceLedger:   "/var/lib/felhom-agent/provenance.log",
 		Metrics:            MetricsConfig{Address: "127.0.0.1:9464"},
 		Log:                LogConfig{Level: "info", Format: "json"},
@@ -284,6 +288,9 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateProxmox()...)
 	if c.NonceStore == "" {
 		bad("nonce_store", "must name the file of the host-local nonce store")
+	}
+	if c.PinnedSigners == "" {
+		bad("pinned_signers", "must name the file of the host's rotated signer keys")
 	}
 	if c.ProvenanceLedger == "" {
 		bad("provenance_ledger", "must name the file of the host-local provenance ledger")

@@ -117,14 +117,14 @@ type Host struct {
 	proxmox *activities.Proxmox
 	ledger  *ledger.Ledger
 	nonces  *gate.FileNonceStore
+	signers *activities.PinnedSigners
 }
 
 // OpenHost connects to Proxmox (failing early on a bad URL or token) and
 // opens the nonce store and the provenance ledger, which another process
 // must not hold.
 func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.CertPool) (*Host, error) {
-	signers, err := gate.ParseSigners(cfg.Signers.Operational, cfg.Signers.Recovery)
-	if err != nil {
+	if _, err := gate.ParseSigners(cfg.Signers.Operational, cfg.Signers.Recovery); err != nil {
 		return nil, fmt.Errorf("config: signers: %w", err)
 	}
 	pve, err := pveclient.New(pveclient.Config{
@@ -145,25 +145,36 @@ func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.C
 	if err != nil {
 		return nil, fmt.Errorf("nonce_store: %w", err)
 	}
+	// Only ops that expired a day ago are forgotten: a clock stepped back by
+	// less than that cannot make a used nonce usable again.
+	if dropped, err := nonces.Compact(time.Now().Add(-24 * time.Hour)); err != nil {
+		log.Warn("nonce store compaction failed; the log keeps growing", "err", err)
+	} else if dropped > 0 {
+		log.Info("nonce store compacted", "dropped_expired", dropped)
+	}
 	led, err := ledger.Open(cfg.ProvenanceLedger)
 	if err != nil {
 		nonces.Close()
 		return nil, fmt.Errorf("provenance_ledger: %w", err)
 	}
-	verifier, err := gate.NewVerifier(gate.VerifierConfig{HostID: cfg.HostID, Signers: signers, Nonces: nonces})
+	gateLog := log.With("component", "gate")
+	newGate := func(signers []gate.Signer) (*gate.Gate, error) {
+		v, err := gate.NewVerifier(gate.VerifierConfig{HostID: cfg.HostID, Signers: signers, Nonces: nonces})
+		if err != nil {
+			return nil, err
+		}
+		return gate.New(v, gateLog), nil
+	}
+	pinned, err := activities.OpenPinnedSigners(cfg.PinnedSigners, cfg.Signers.Operational, cfg.Signers.Recovery, newGate, log)
 	if err != nil {
 		led.Close()
 		nonces.Close()
-		return nil, err
-	}
-	if len(signers) == 0 {
-		log.Warn("no signer keys pinned: every destructive action will wait for a signature that cannot be given")
+		return nil, fmt.Errorf("pinned_signers: %w", err)
 	}
 	return &Host{
-		cfg: cfg, log: log, ledger: led, nonces: nonces,
+		cfg: cfg, log: log, ledger: led, nonces: nonces, signers: pinned,
 		proxmox: &activities.Proxmox{
-			Client: pve, Node: cfg.Proxmox.Node, HostID: cfg.HostID, Ledger: led,
-			Gate: gate.New(verifier, log.With("component", "gate")), Log: log,
+			Client: pve, Node: cfg.Proxmox.Node, HostID: cfg.HostID, Ledger: led, Gate: pinned, Log: log,
 		},
 	}, nil
 }
@@ -171,7 +182,7 @@ func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.C
 // Activities returns the activities of this host; c lets them wake guest
 // workflows.
 func (h *Host) Activities(c client.Client) *activities.Host {
-	return &activities.Host{Proxmox: h.proxmox, Temporal: c}
+	return &activities.Host{Proxmox: h.proxmox, Temporal: c, Signers: h.signers}
 }
 
 // Close closes the host-local stores.

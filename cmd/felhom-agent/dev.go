@@ -157,6 +157,7 @@ func devConfig(f devFlags) (worker.Config, error) {
 	}
 	cfg.NonceStore = filepath.Join(f.dataDir, "nonces.log")
 	cfg.ProvenanceLedger = filepath.Join(f.dataDir, "provenance.log")
+	cfg.PinnedSigners = filepath.Join(f.dataDir, "signers.json")
 	cfg.Metrics.Address = f.metricsAddr
 	cfg.Log.Level = f.logLevel
 	if len(cfg.Signers.Operational) == 0 {
