@@ -101,7 +101,8 @@
 //   - A guest being created exists (config with lock "create") from the POST
 //     on, as pve's create_and_lock_config makes it; a failed create removes
 //     it and a failed restore only drops the lock, as in pve.
-//   - Kinder than pve for now (callers must not rely on it): the
+//   - Kinder than pve by default for now (callers must not rely on it;
+//     Config.StrictPVE turns all of it off): the
 //     volume DELETE refuses an image whose guest exists ("Cannot remove
 //     image, a guest with VMID '101' exists!"), a check only pve's web UI
 //     makes: the real API frees a stopped guest's disk and fails the imgdel

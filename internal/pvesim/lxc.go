@@ -34,7 +34,7 @@ func (s *Server) lxcCreate(c *call) (any, *apiError) {
 		backup = s.volumes[ostemplate]
 		if backup == nil || backup.content != "backup" || backup.backup == nil || backup.backup.kind != KindLXC {
 			s.mu.Unlock()
-			return nil, errf("volume '%s' does not exist", ostemplate)
+			return nil, s.missingArchive(ostemplate)
 		}
 	} else if !strings.Contains(ostemplate, ":vztmpl/") {
 		s.mu.Unlock()

@@ -47,7 +47,7 @@ func (s *Server) qemuCreate(c *call) (any, *apiError) {
 		backup = s.volumes[archive]
 		if backup == nil || backup.content != "backup" {
 			s.mu.Unlock()
-			return nil, errf("volume '%s' does not exist", archive)
+			return nil, s.missingArchive(archive)
 		}
 		if backup.backup == nil || backup.backup.kind != KindQEMU {
 			s.mu.Unlock()

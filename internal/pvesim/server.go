@@ -53,6 +53,12 @@ type Config struct {
 	LockTimeout time.Duration
 	// Logger receives one line per request (default: discard).
 	Logger *slog.Logger
+	// StrictPVE answers exactly as pve also where the simulator is kinder
+	// by default (see "Kinder than pve" in the package doc): running tasks
+	// listed as "RUNNING", an unknown task a 400 "no such task", volume
+	// DELETE without the web UI's guard, storage errors for missing volumes
+	// and "can't find file" for a missing restore archive.
+	StrictPVE bool
 }
 
 // Server is a running simulated Proxmox VE node.

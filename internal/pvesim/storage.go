@@ -248,7 +248,7 @@ func (s *Server) routeStorage(c *call) (any, *apiError) {
 			defer s.mu.Unlock()
 			v := s.volumes[volid]
 			if v == nil || v.storage != st.name {
-				return nil, errf("volume '%s' does not exist", volid)
+				return nil, s.missingVolume(st, volid)
 			}
 			return map[string]any{"path": "/dev/pve/" + volid, "size": v.size, "used": v.size, "format": volFormat(v)}, nil
 		case http.MethodDelete:
@@ -331,6 +331,9 @@ func (s *Server) storageContent(c *call, st *storageDef) []map[string]any {
 // pve refuses to delete an image whose owning guest still exists (the guest's
 // own config must drop it) and otherwise frees it in an "imgdel" task.
 func (s *Server) deleteVolume(c *call, st *storageDef, volid string) (any, *apiError) {
+	if s.cfg.StrictPVE {
+		return s.deleteVolumeStrict(c, st, volid), nil
+	}
 	s.mu.Lock()
 	v := s.volumes[volid]
 	if v == nil || v.storage != st.name {
@@ -371,5 +374,86 @@ func (s *Server) AddVolume(volid string, size uint64) error {
 		return fmt.Errorf("pvesim: volume %q exists", volid)
 	}
 	s.registerVolume(fmt.Sprintf("%s,size=%dK", volid, size>>10), 0)
+	return nil
+}
+
+// missingArchive is the error for a restore from an archive that is not
+// there.
+func (s *Server) missingArchive(volid string) *apiError {
+	if s.cfg.StrictPVE {
+		// pve-storage's abs_filesystem_path
+		return errf("can't find file '%s'", volid)
+	}
+	return errf("volume '%s' does not exist", volid)
+}
+
+// missingVolume is the error for GET .../content/{volume} of a volume that
+// is not there: pve reports what its storage tool said.
+func (s *Server) missingVolume(st *storageDef, volid string) *apiError {
+	if !s.cfg.StrictPVE {
+		return errf("volume '%s' does not exist", volid)
+	}
+	_, name, _ := strings.Cut(volid, ":")
+	if st.typ == "lvmthin" {
+		return errf("command '/sbin/lvs --separator : --noheadings --units b --unbuffered --nosuffix --options lv_size /dev/pve/%s' failed: exit code 5", name)
+	}
+	return errf("volume_size_info on '%s' failed - no format", volid)
+}
+
+// deleteVolumeStrict is pve's volume DELETE: the API itself does not care
+// whether a guest still uses the image (only the web UI refuses). It frees
+// it in an "imgdel" task whose id is "OWNER@STORAGE"; LVM refuses to
+// remove the disk of a running guest, and a thin volume that is already
+// gone is no error.
+func (s *Server) deleteVolumeStrict(c *call, st *storageDef, volid string) string {
+	owner := 0
+	if m := volOwner.FindStringSubmatch(volid); m != nil {
+		owner, _ = strconv.Atoi(m[1])
+	} else if m := backupOwner.FindStringSubmatch(volid); m != nil {
+		owner, _ = strconv.Atoi(m[1])
+	}
+	id := st.name
+	if owner != 0 {
+		id = fmt.Sprintf("%d@%s", owner, st.name)
+	}
+	_, name, _ := strings.Cut(volid, ":")
+	return s.startTask(c, taskSpec{typ: "imgdel", id: id, run: func(t *task) (int, error) {
+		v := s.volumes[volid]
+		if v == nil || v.storage != st.name {
+			if st.typ == "lvmthin" {
+				t.log = append(t.log, fmt.Sprintf("Removed volume '%s'", volid))
+				return 0, nil
+			}
+			return 0, fmt.Errorf("unlink '/var/lib/vz/%s' failed - No such file or directory", dirPath(name))
+		}
+		if g := s.guestUsing(volid); g != nil && g.running && st.typ == "lvmthin" {
+			return 0, fmt.Errorf("lvremove 'pve/%s' error:   Logical volume pve/%s in use.", name, name)
+		}
+		delete(s.volumes, volid)
+		t.log = append(t.log, fmt.Sprintf("Removed volume '%s'", volid))
+		return 0, nil
+	}})
+}
+
+// dirPath maps a dir-storage volume name to its path below the storage root.
+func dirPath(name string) string {
+	if rest, ok := strings.CutPrefix(name, "backup/"); ok {
+		return "dump/" + rest
+	}
+	return name
+}
+
+// guestUsing is the guest whose config references volid. s.mu held.
+func (s *Server) guestUsing(volid string) *guest {
+	for _, g := range s.guests {
+		for k, v := range g.conf {
+			if !isDiskKey(g.kind, k) {
+				continue
+			}
+			if id, _, ok := diskVolume(v); ok && id == volid {
+				return g
+			}
+		}
+	}
 	return nil
 }

@@ -240,12 +240,18 @@ func (s *Server) routeTasks(c *call) (any, *apiError) {
 	}
 	upid := seg[3]
 	if _, ok := parseUPID(upid); !ok {
+		if s.cfg.StrictPVE {
+			return nil, paramErr("upid", "unable to parse worker upid")
+		}
 		return nil, paramErr("upid", fmt.Sprintf("unable to parse worker upid '%s'", upid))
 	}
 	s.mu.Lock()
 	t := s.tasks[upid]
 	s.mu.Unlock()
 	if t == nil {
+		if s.cfg.StrictPVE {
+			return nil, paramErr("upid", "no such task")
+		}
 		return nil, errf("unable to open file '/var/log/pve/tasks/%s' - No such file or directory", upid)
 	}
 	switch {
@@ -350,9 +356,13 @@ func (s *Server) taskList(c *call) []map[string]any {
 			break
 		}
 		row := s.taskStatus(t)
-		if !t.running {
+		switch {
+		case !t.running:
 			row["status"] = t.exit
-		} else {
+		case s.cfg.StrictPVE:
+			// pve's marker for a task still in the active list
+			row["status"] = "RUNNING"
+		default:
 			delete(row, "status")
 		}
 		delete(row, "exitstatus")
