@@ -64,10 +64,19 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.certPath, "tls-cert-path", g.certPath, "client certificate `FILE` for mTLS (env TEMPORAL_TLS_CERT_PATH)")
 	fs.StringVar(&g.keyPath, "tls-key-path", g.keyPath, "client key `FILE` for mTLS (env TEMPORAL_TLS_KEY_PATH)")
 	fs.StringVar(&g.serverName, "tls-server-name", g.serverName, "server `NAME` to verify (env TEMPORAL_TLS_SERVER_NAME)")
-	fs.StringVar(&g.apiKey, "api-key", g.apiKey, "bearer API `KEY` (env TEMPORAL_API_KEY)")
+	fs.Var(secret{&g.apiKey}, "api-key", "bearer API `KEY` (env TEMPORAL_API_KEY)")
 	fs.StringVar(&g.output, "output", g.output, "output `FORMAT`: text or json")
 	fs.DurationVar(&g.commandTimeout, "command-timeout", g.commandTimeout, "give up on the whole command after this `DURATION` (0: wait as long as it takes)")
 	fs.DurationVar(&g.queryTimeout, "query-timeout", g.queryTimeout, "how long a workflow query may wait for the host's worker to answer")
+}
+
+// secret is a string flag whose value --help never prints.
+type secret struct{ p *string }
+
+func (s secret) String() string { return "" }
+func (s secret) Set(v string) error {
+	*s.p = v
+	return nil
 }
 
 func (g *globals) check() error {
