@@ -58,7 +58,9 @@ type Fault struct {
 	// Method is the HTTP method to match ("POST"), "" for any.
 	Method string
 	// Path is a path.Match pattern relative to the API root, where "*" is one
-	// path segment, e.g. "/nodes/*/qemu/*/status/start". "" matches any path.
+	// path segment, e.g. "/nodes/*/qemu/*/status/start"; a trailing "/**"
+	// matches one or more further segments (volume ids such as
+	// "local:backup/vzdump-..." span two). "" matches any path.
 	Path string
 	// VMID restricts the fault to requests about this guest (path or vmid
 	// parameter). 0 for any.
@@ -153,6 +155,16 @@ func matchRequest(wantMethod, pattern, method, p string) bool {
 	}
 	if pattern == "" {
 		return true
+	}
+	if prefix, ok := strings.CutSuffix(pattern, "/**"); ok {
+		// everything below prefix, e.g. volume ids that contain "/"
+		want := strings.Split(strings.Trim(prefix, "/"), "/")
+		have := strings.Split(strings.Trim(p, "/"), "/")
+		if len(have) <= len(want) {
+			return false
+		}
+		ok, err := path.Match(prefix, "/"+strings.Join(have[:len(want)], "/"))
+		return err == nil && ok
 	}
 	ok, err := path.Match(pattern, p)
 	return err == nil && ok

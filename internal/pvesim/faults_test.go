@@ -321,3 +321,22 @@ func TestClientTimeoutBeforeAndAfterTheSideEffect(t *testing.T) {
 		})
 	}
 }
+
+func TestFaultOnAVolumeIDWithASlash(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{})
+	archive, err := srv.AddBackup(pvesim.KindQEMU, pvesim.Guest{VMID: 101})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Inject(pvesim.Fault{Method: "DELETE", Path: "/nodes/*/storage/*/content/**", Kind: pvesim.FaultHTTPError, Message: "storage busy"})
+	st, err := nodeOf(t, client).Storage(context.Background(), "local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.DeleteContent(context.Background(), archive); errText(err) != "500 storage busy" {
+		t.Fatalf("delete %s: %v", archive, err)
+	}
+	if got := srv.RequestsMatching("DELETE", "/nodes/pve1/storage/local/content/**"); len(got) != 1 || got[0].Path != "/nodes/pve1/storage/local/content/"+archive {
+		t.Fatalf("recorded %+v", got)
+	}
+}

@@ -62,8 +62,8 @@ func (s *Server) Requests() []Request {
 }
 
 // RequestsMatching returns the recorded requests with this method ("" for
-// any) whose path matches pattern, a path.Match pattern where "*" stands for
-// one path segment (e.g. "/nodes/*/qemu/*/status/start"; "" for any).
+// any) whose path matches pattern, as Fault.Path matches: "*" is one path
+// segment, a trailing "/**" any further ones, "" everything.
 func (s *Server) RequestsMatching(method, pattern string) []Request {
 	var out []Request
 	for _, r := range s.Requests() {

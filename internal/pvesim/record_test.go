@@ -51,6 +51,9 @@ func TestRequestRecord(t *testing.T) {
 		{"any method", "", "/nodes/pve1/qemu/101/config", 1},
 		{"other method", "PUT", "", 0},
 		{"everything", "", "", 3},
+		{"subtree", "", "/nodes/pve1/qemu/**", 3},
+		{"subtree of one guest", "", "/nodes/*/qemu/101/**", 2},
+		{"subtree needs a segment", "", "/nodes/pve1/qemu/101/config/**", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
