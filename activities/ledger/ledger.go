@@ -33,6 +33,16 @@
 // that VMID, the guest is theirs and must stay protected. Only the create
 // activity of the same workflow run may resolve a pending record (see
 // package activities).
+//
+// # Admissions
+//
+// The ledger also keeps admissions: "the gate admitted this signed approval
+// for this activity" (Admit), until the step is over (Spend). They let a
+// retry of a destructive step that crashed after the gate spent the
+// approval's nonce proceed instead of being refused as a replay.
+//
+// Compaction (rewriting the log with only live state, through a synced
+// temporary file and a rename) happens when the ledger is opened.
 package ledger
 
 import (
