@@ -327,14 +327,20 @@ func splitList(v string) []string {
 	return out
 }
 
-// freeGuestVolumes frees the volumes a guest's config references, and with
-// unreferenced also every other image volume owned by its VMID. s.mu held.
+// freeGuestVolumes frees the volumes a guest's config references that the
+// guest owns (pve's destroy_vm leaves another guest's volume alone), and
+// with unreferenced also every other image volume owned by its VMID.
+// s.mu held.
 func (s *Server) freeGuestVolumes(g *guest, unreferenced bool, t *task) {
 	for k, v := range g.conf {
 		if !isDiskKey(g.kind, k) {
 			continue
 		}
 		if volid, _, ok := diskVolume(v); ok {
+			m := volOwner.FindStringSubmatch(volid)
+			if m == nil || m[1] != strconv.Itoa(g.vmid) {
+				continue
+			}
 			if _, exists := s.volumes[volid]; exists {
 				delete(s.volumes, volid)
 				if t != nil {

@@ -89,7 +89,7 @@ func (s *Server) lxcCreate(c *call) (any, *apiError) {
 			}
 			if restore {
 				if existed {
-					s.freeGuestVolumes(g, true, t)
+					s.freeGuestVolumes(g, false, t)
 				}
 				conf, err := s.restoreConf(vmid, backup, set, c.param("storage"), t)
 				if err != nil {

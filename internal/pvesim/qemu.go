@@ -93,21 +93,26 @@ func (s *Server) qemuCreate(c *call) (any, *apiError) {
 				}
 			}
 		},
+		check: func(t *task) error {
+			g := s.guests[vmid]
+			if !restore || !existed {
+				return nil
+			}
+			// pve's message really has the doubled dash
+			if g.protected() {
+				return fmt.Errorf("%s - protection mode enabled", emsg)
+			}
+			if g.running {
+				return fmt.Errorf("%s vm is running", emsg)
+			}
+			return nil
+		},
 		run: func(t *task) (int, error) {
 			g := s.guests[vmid]
-			if g == nil {
-				return 0, fmt.Errorf("%s config vanished", emsg)
-			}
 			if restore {
 				if existed {
-					// pve's message really has the doubled dash
-					if g.protected() {
-						return 0, fmt.Errorf("%s - protection mode enabled", emsg)
-					}
-					if g.running {
-						return 0, fmt.Errorf("%s vm is running", emsg)
-					}
-					s.freeGuestVolumes(g, true, t)
+					// the old disks go first, as destroy_vm in the restore does
+					s.freeGuestVolumes(g, false, t)
 				}
 				conf, err := s.restoreConf(vmid, backup, set, c.param("storage"), t)
 				if err != nil {

@@ -374,3 +374,17 @@ func TestQEMUStoresValuesTheWayPveReadsThemBack(t *testing.T) {
 		})
 	}
 }
+
+func TestQEMUDestroyLeavesOtherGuestsVolumes(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{})
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Disks: map[string]string{
+		"scsi0": "local-lvm:vm-101-disk-0,size=8G", "scsi1": "local-lvm:vm-150-disk-0,size=8G"}}))
+	task, err := vmOf(t, client, 101).Delete(context.Background(), &proxmox.VirtualMachineDeleteOptions{DestroyUnreferencedDisks: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	finished(t, task)
+	if got := srv.Volumes(); fmt.Sprint(got) != "[local-lvm:vm-150-disk-0]" {
+		t.Fatalf("volumes left %v, want VM 150's disk only", got)
+	}
+}
