@@ -99,6 +99,11 @@ func (h *Host) create(ctx context.Context, vmid int, params map[string]any) (wor
 		tags = strings.Split(t, ";")
 	}
 	name := param[string](params, "name")
+	if name == "" {
+		// Proxmox names an unnamed guest itself; the activities want a name
+		// they can check a half-done create against.
+		name = "guest-" + strconv.Itoa(vmid)
+	}
 	memory, cores, scratch := param[int](params, "memory"), param[int](params, "cores"), param[bool](params, "scratch")
 	var (
 		res CreateResult
