@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
@@ -130,8 +131,10 @@ func isRejection(err error) bool {
 
 func rejectionText(err error) string {
 	var appErr *temporal.ApplicationError
+	msg := err.Error()
 	if errors.As(err, &appErr) {
-		return appErr.Message()
+		msg = appErr.Message()
 	}
-	return err.Error()
+	// Joined field errors come one per line; a verdict is one line.
+	return strings.ReplaceAll(msg, "\n", "; ")
 }
