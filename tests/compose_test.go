@@ -1019,7 +1019,7 @@ func setupCommands(t *testing.T, f *composeFile) (string, map[string]enumspb.Ind
 						t.Errorf("service %s: --type %s follows no --name", composeSetup, words[i+1])
 						continue
 					}
-					typ, err := enumspb.IndexedValueTypeFromString(words[i+1])
+					typ, err := cliSearchAttributeType(words[i+1])
 					if err != nil {
 						t.Errorf("service %s: search attribute %s: %v", composeSetup, pending, err)
 					}
@@ -1039,6 +1039,17 @@ func setupCommands(t *testing.T, f *composeFile) (string, map[string]enumspb.Ind
 		t.Fatalf("service %s: creates no namespace (`temporal operator namespace create --namespace N --retention D`)", composeSetup)
 	}
 	return namespace, attrs
+}
+
+// cliSearchAttributeType parses a --type value as the temporal CLI does:
+// the short names (Keyword, Bool, ...), in any case.
+func cliSearchAttributeType(s string) (enumspb.IndexedValueType, error) {
+	for name, v := range enumspb.IndexedValueType_shorthandValue {
+		if strings.EqualFold(s, name) {
+			return enumspb.IndexedValueType(v), nil
+		}
+	}
+	return enumspb.INDEXED_VALUE_TYPE_UNSPECIFIED, fmt.Errorf("--type %q is not a type the temporal CLI knows", s)
 }
 
 // sqlToolTargets reads the schema service's script: the databases it
