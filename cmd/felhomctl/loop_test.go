@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -505,11 +504,7 @@ func startWorker(t *testing.T, address, namespace, host string, sim *pvesim.Serv
 	cfg.Proxmox.TokenID, cfg.Proxmox.TokenSecret = sim.TokenID(), sim.TokenSecret()
 	cfg.NonceStore = filepath.Join(dir, "nonces.log")
 	cfg.ProvenanceLedger = filepath.Join(dir, "provenance.log")
-	// Set by name: the rotated-signers file is new in worker.Config, and the
-	// test must build with and without it.
-	if f := reflect.ValueOf(&cfg).Elem().FieldByName("PinnedSigners"); f.IsValid() {
-		f.SetString(filepath.Join(dir, "signers.json"))
-	}
+	cfg.PinnedSigners = filepath.Join(dir, "signers.json")
 	cfg.Metrics.Address = "off"
 	cfg.ShutdownTimeout = 5 * time.Second
 	cfg.Signers.Operational = operational
