@@ -9,9 +9,12 @@
 //   - QEMU VMs and LXC containers: power state, config (memory in MiB, cores,
 //     name/hostname, tags, description, disks / rootfs, protection, lock,
 //     any other key verbatim), the config digest (SHA-1 of the config text)
-//     with its optimistic-concurrency check, QEMU pending changes for keys
-//     that are not hot-pluggable on a running VM (GET config returns pending
-//     values unless current=1; they are applied at the next start/reboot).
+//     with its optimistic-concurrency check, QEMU pending changes on a
+//     running VM for every key qemu-server neither fast-plugs (name, tags,
+//     description, protection, onboot...) nor hot-plugs with its default
+//     hotplug "network,disk,usb" (scsi/virtio disks, NICs, cpulimit...):
+//     GET config returns pending values unless current=1, and they are
+//     applied at the next start or reboot.
 //   - Listings for one-call drift detection: /cluster/resources?type=vm,
 //     /nodes/{node}/qemu and /nodes/{node}/lxc, plus /cluster/nextid.
 //   - Create, restore over an existing guest (QEMU archive+force, LXC

@@ -335,7 +335,7 @@ func (s *Server) setRunning(g *guest, running bool) {
 
 func (s *Server) applyPending(g *guest) {
 	for k, v := range g.pending {
-		g.conf[k] = v
+		g.setKey(k, v)
 	}
 	for k := range g.pendingDelete {
 		delete(g.conf, k)
@@ -466,4 +466,17 @@ func (s *Server) SeedDemo() error {
 		}
 	}
 	return nil
+}
+
+// setKey sets a config value; a disk slot that gets another volume keeps
+// the old one as unusedN, as pve does.
+func (g *guest) setKey(k, v string) {
+	if old, ok := g.conf[k]; ok && isDiskKey(g.kind, k) && !strings.HasPrefix(k, "unused") && k != "rootfs" {
+		oldID, _, oldOK := diskVolume(old)
+		newID, _, _ := diskVolume(v)
+		if oldOK && oldID != newID {
+			g.conf[g.nextUnused()] = oldID
+		}
+	}
+	g.conf[k] = v
 }

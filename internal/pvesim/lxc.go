@@ -172,13 +172,10 @@ func (s *Server) lxcConfigUpdate(c *call, vmid int) (any, *apiError) {
 				if aerr != nil {
 					return nil, aerr
 				}
-				if old, ok := g.conf[k]; ok && old != spec && k != "rootfs" {
-					g.conf[g.nextUnused()] = old
-				}
 				s.registerVolume(spec, vmid)
 				v = spec
 			}
-			g.conf[k] = v
+			g.setKey(k, v)
 		}
 		for _, k := range deletes {
 			v, ok := g.conf[k]

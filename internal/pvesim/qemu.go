@@ -2,15 +2,36 @@ package pvesim
 
 import (
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 )
 
-// QEMU keys a running VM cannot change without a restart (pve's default
-// hotplug is "network,disk,usb"): changes to them stay pending.
-var qemuColdKeys = map[string]bool{"memory": true, "cores": true, "sockets": true, "cpu": true,
-	"vcpus": true, "machine": true, "bios": true, "numa": true, "ostype": true, "args": true,
-	"scsihw": true, "vga": true, "hugepages": true, "balloon": true}
+// qemuFastPlug are the keys qemu-server writes at once even on a running
+// VM (its $fast_plug_option).
+var qemuFastPlug = map[string]bool{"description": true, "hookscript": true, "lock": true,
+	"migrate_downtime": true, "migrate_speed": true, "name": true, "onboot": true, "protection": true,
+	"shares": true, "startup": true, "tags": true, "vmstatestorage": true}
+
+var qemuHotDisk = regexp.MustCompile(`^(scsi|virtio)\d+$`)
+
+// qemuHotNow says whether a change to key applies at once on a running VM,
+// following vmconfig_hotplug_pending with pve's default hotplug
+// "network,disk,usb"; anything else stays pending until the next start.
+func qemuHotNow(g *guest, key string) bool {
+	switch {
+	case qemuFastPlug[key]:
+		return true
+	case strings.HasPrefix(key, "net"), strings.HasPrefix(key, "usb"), strings.HasPrefix(key, "unused"),
+		qemuHotDisk.MatchString(key), key == "tablet", key == "cpuunits", key == "cpulimit":
+		return true
+	case key == "balloon":
+		return g.conf["balloon"] != "0"
+	}
+	hotplug := g.conf["hotplug"]
+	return key == "memory" && strings.Contains(hotplug, "memory") ||
+		key == "vcpus" && strings.Contains(hotplug, "cpu")
+}
 
 // qemuCreate is POST /nodes/{node}/qemu: create a VM, or with archive
 // restore a backup (over an existing VM only with force=1).
@@ -286,13 +307,10 @@ func (s *Server) qemuApply(g *guest, set map[string]string, deletes []string, fo
 			if aerr != nil {
 				return fmt.Errorf("%s", aerr.Message)
 			}
-			if old, ok := g.conf[k]; ok && old != spec {
-				g.conf[g.nextUnused()] = old
-			}
 			s.registerVolume(spec, g.vmid)
 			v = spec
 		}
-		if g.running && qemuColdKeys[k] && g.conf[k] != v {
+		if g.running && !qemuHotNow(g, k) && g.conf[k] != v {
 			if g.pending == nil {
 				g.pending = map[string]string{}
 			}
@@ -300,7 +318,7 @@ func (s *Server) qemuApply(g *guest, set map[string]string, deletes []string, fo
 			delete(g.pendingDelete, k)
 			continue
 		}
-		g.conf[k] = v
+		g.setKey(k, v)
 		delete(g.pending, k)
 	}
 	for _, k := range deletes {
@@ -308,7 +326,7 @@ func (s *Server) qemuApply(g *guest, set map[string]string, deletes []string, fo
 			delete(g.pending, k)
 			continue
 		}
-		if g.running && qemuColdKeys[k] {
+		if g.running && !qemuHotNow(g, k) {
 			if g.pendingDelete == nil {
 				g.pendingDelete = map[string]bool{}
 			}

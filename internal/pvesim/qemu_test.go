@@ -388,3 +388,63 @@ func TestQEMUDestroyLeavesOtherGuestsVolumes(t *testing.T) {
 		t.Fatalf("volumes left %v, want VM 150's disk only", got)
 	}
 }
+
+func TestQEMUHotplugOnARunningVM(t *testing.T) {
+	tests := []struct {
+		name, key, value string
+		wantNow          bool // applied at once, else pending
+	}{
+		{"name is fast-plugged", "name", "renamed", true},
+		{"boot waits", "boot", "order=net0", false},
+		{"cores wait", "cores", "8", false},
+		{"cpulimit is hot", "cpulimit", "2", true},
+		{"scsi disk is hot-plugged", "scsi1", "local-lvm:4", true},
+		{"sata disk waits", "sata1", "local-lvm:4", false},
+		{"nic is hot-plugged", "net1", "virtio=BC:24:11:00:00:01,bridge=vmbr0", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, client := newSim(t, pvesim.Config{})
+			mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Status: "running", Cores: 2,
+				Disks: map[string]string{"scsi0": "local-lvm:vm-101-disk-0,size=8G"}}))
+			if err := vmOf(t, client, 101).ConfigSync(context.Background(), proxmox.VirtualMachineOption{Name: tt.key, Value: tt.value}); err != nil {
+				t.Fatal(err)
+			}
+			var current map[string]any
+			if err := client.Get(context.Background(), "/nodes/pve1/qemu/101/config?current=1", &current); err != nil {
+				t.Fatal(err)
+			}
+			_, now := current[tt.key]
+			if tt.key == "cores" {
+				now = current["cores"] == float64(8)
+			}
+			g, _ := srv.Guest(101)
+			_, pending := g.Pending[tt.key]
+			if now != tt.wantNow || pending == tt.wantNow {
+				t.Fatalf("applied now=%v pending=%v, want now=%v", now, pending, tt.wantNow)
+			}
+		})
+	}
+}
+
+func TestQEMUReplacingADiskKeepsTheOldOneUnused(t *testing.T) {
+	tests := []struct {
+		name, value, wantScsi0, wantUnused string
+	}{
+		{"new volume", "local-lvm:16", "local-lvm:vm-101-disk-1,size=16G", "local-lvm:vm-101-disk-0"},
+		{"same volume, new options", "local-lvm:vm-101-disk-0,cache=writeback,size=8G", "local-lvm:vm-101-disk-0,cache=writeback,size=8G", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, client := newSim(t, pvesim.Config{})
+			mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Disks: map[string]string{"scsi0": "local-lvm:vm-101-disk-0,size=8G"}}))
+			if err := vmOf(t, client, 101).ConfigSync(context.Background(), proxmox.VirtualMachineOption{Name: "scsi0", Value: tt.value}); err != nil {
+				t.Fatal(err)
+			}
+			cfg := vmOf(t, client, 101).VirtualMachineConfig
+			if cfg.SCSIs["scsi0"] != tt.wantScsi0 || cfg.Unuseds["unused0"] != tt.wantUnused {
+				t.Fatalf("scsi0 %q unused0 %q", cfg.SCSIs["scsi0"], cfg.Unuseds["unused0"])
+			}
+		})
+	}
+}
