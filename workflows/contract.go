@@ -100,3 +100,10 @@ type SignedJobResult struct {
 // approval; the gate's code (pending_signature, binding_mismatch, replay,
 // ...) is its one detail. Every other error is the action's own.
 const ErrTypeGateRejection = "GateRejection"
+
+// Error types of refused updates, for clients to branch on.
+const (
+	ErrTypeInvalidSpec     = "InvalidSpec"     // set-desired: the spec is invalid or for another guest
+	ErrTypeNotPending      = "NotPending"      // approve: nothing waits for a signature
+	ErrTypeInvalidApproval = "InvalidApproval" // approve: blob or signature missing
+)

@@ -117,8 +117,11 @@ type GuestStatus struct {
 	Observed   *desired.Observed `json:"observed,omitempty"`
 	Plan       *desired.Plan     `json:"plan,omitempty"`
 	Pending    *PendingAction    `json:"pending,omitempty"`
-	LastError  string            `json:"last_error,omitempty"`
-	Recent     []ActionRecord    `json:"recent,omitempty"`
+	// Provenance is what the host's ledger said at the last read; shown for
+	// planning, never trusted by the host.
+	Provenance *Provenance    `json:"provenance,omitempty"`
+	LastError  string         `json:"last_error,omitempty"`
+	Recent     []ActionRecord `json:"recent,omitempty"`
 }
 
 // ApprovalVerdict answers UpdateApprove.
@@ -149,6 +152,7 @@ type guestState struct {
 	dirty      bool
 	phase      string
 	observed   *desired.Observed
+	provenance *Provenance
 	plan       *desired.Plan
 	pending    *PendingAction
 	lastErr    string
@@ -174,7 +178,7 @@ func GuestReconcileWorkflow(ctx workflow.Context, in GuestInput) error {
 	if in.Desired != nil {
 		spec, err := checkSpec(in, *in.Desired)
 		if err != nil {
-			return temporal.NewNonRetryableApplicationError("invalid desired state in workflow input: "+err.Error(), "InvalidSpec", err)
+			return temporal.NewNonRetryableApplicationError("invalid desired state in workflow input: "+err.Error(), ErrTypeInvalidSpec, err)
 		}
 		s.spec, s.dirty = &spec, true
 		if s.generation == 0 {
@@ -225,14 +229,16 @@ func (s *guestState) registerHandlers(ctx workflow.Context) error {
 			// Validators do not run on replay: check again here.
 			norm, err := checkSpec(s.in, spec)
 			if err != nil {
-				return SetDesiredResult{}, temporal.NewNonRetryableApplicationError(err.Error(), "InvalidSpec", nil)
+				return SetDesiredResult{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidSpec, nil)
 			}
 			s.acceptSpec(ctx, norm)
 			return SetDesiredResult{Generation: s.generation}, nil
 		},
 		workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, spec desired.Spec) error {
-			_, err := checkSpec(s.in, spec)
-			return err
+			if _, err := checkSpec(s.in, spec); err != nil {
+				return temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidSpec, nil)
+			}
+			return nil
 		}},
 	)
 	if err != nil {
@@ -249,10 +255,10 @@ func (s *guestState) registerHandlers(ctx workflow.Context) error {
 		},
 		workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, a Approval) error {
 			if s.pending == nil {
-				return errors.New("no action of this guest is waiting for a signature")
+				return temporal.NewNonRetryableApplicationError("no action of this guest is waiting for a signature", ErrTypeNotPending, nil)
 			}
 			if a.Blob == "" || a.Signature == "" {
-				return errors.New("approval needs both blob and signature")
+				return temporal.NewNonRetryableApplicationError("approval needs both blob and signature", ErrTypeInvalidApproval, nil)
 			}
 			return nil
 		}},
@@ -352,7 +358,7 @@ func (s *guestState) reconcileOnce(ctx workflow.Context) {
 	}
 	spec := *s.spec
 	plan := desired.Make(spec, obs.Guest, classifierFor(obs.Provenance, s.in.Host, s.in.VMID, workflow.GetInfo(ctx).WorkflowExecution.RunID))
-	s.observed, s.plan = &obs.Guest, &plan
+	s.observed, s.plan, s.provenance = &obs.Guest, &plan, &obs.Provenance
 	if plan.Empty() {
 		s.unconverged = 0
 		s.lastErr = ""
@@ -582,7 +588,7 @@ func (s *guestState) publish(ctx workflow.Context) {
 func (s *guestState) status() GuestStatus {
 	return GuestStatus{
 		Host: s.in.Host, VMID: s.in.VMID, Phase: s.phase, Generation: s.generation,
-		Desired: s.spec, Observed: s.observed, Plan: s.plan, Pending: s.pending,
+		Desired: s.spec, Observed: s.observed, Plan: s.plan, Pending: s.pending, Provenance: s.provenance,
 		LastError: s.lastErr, Recent: s.recent,
 	}
 }

@@ -235,7 +235,7 @@ func firstSteps(b devBanner) string {
   # a destructive one: VM 100 absent. It waits for an operator's signature:
   temporal workflow start --address %[1]s --task-queue %[2]s --type GuestReconcileWorkflow \
     --workflow-id guest/%[3]s/100 --input '%[5]s'
-  temporal workflow list --address %[1]s --query 'FelhomPendingSignature = true'
+  temporal workflow list --address %[1]s --query "FelhomPendingSignature = true AND ExecutionStatus = 'Running'"
   temporal workflow query --address %[1]s --workflow-id guest/%[3]s/100 --type pending
 
   # approve it: sign the op with the dev operator key and send it (README.md, "Approving")

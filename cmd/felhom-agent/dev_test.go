@@ -16,6 +16,7 @@ import (
 
 	"go.temporal.io/sdk/client"
 
+	"github.com/felhom/felhom-agent/internal/visibility"
 	"github.com/felhom/felhom-agent/workflows"
 	"github.com/felhom/felhom-agent/workflows/desired"
 )
@@ -141,7 +142,7 @@ func TestDevRunsEverythingAndKeepsItsDataAcrossARestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the destroy to wait for a signature in the Web UI", func() bool {
-		ids := dev.uiWorkflows(t, "FelhomPendingSignature = true")
+		ids := dev.uiWorkflows(t, visibility.PendingApprovalsQuery)
 		return len(ids) == 1 && ids[0] == "guest/dev/100"
 	})
 	if ids := dev.uiWorkflows(t, `WorkflowId = "host/dev"`); len(ids) != 1 {
@@ -153,7 +154,7 @@ func TestDevRunsEverythingAndKeepsItsDataAcrossARestart(t *testing.T) {
 	// Everything is still there after a restart on the same data directory.
 	dev = startDev(t, dataDir)
 	waitFor(t, "the pending destroy to survive the restart", func() bool {
-		ids := dev.uiWorkflows(t, "FelhomPendingSignature = true")
+		ids := dev.uiWorkflows(t, visibility.PendingApprovalsQuery)
 		return len(ids) == 1 && ids[0] == "guest/dev/100"
 	})
 	dev.stop(t)

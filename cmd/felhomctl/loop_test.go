@@ -373,9 +373,8 @@ state: running
 		if err := tc.TerminateWorkflow(ctx, "guest/ctl1/107", "", "test"); err != nil {
 			t.Fatal(err)
 		}
-		// The shared query still finds it: a closed workflow keeps its last
-		// search attributes.
-		raw := visibility.PendingApprovalsQuery + " AND WorkflowId = 'guest/ctl1/107' AND ExecutionStatus = 'Terminated'"
+		// A closed workflow keeps its last search attributes.
+		raw := visibility.PendingSignature + " = true AND WorkflowId = 'guest/ctl1/107' AND ExecutionStatus = 'Terminated'"
 		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 			resp, err := tc.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{Query: raw})
 			if err != nil {

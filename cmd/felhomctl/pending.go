@@ -83,11 +83,10 @@ func (c *command) pending(args []string) error {
 	return tw.Flush()
 }
 
-// pendingQuery is the visibility query of pending: the shared query, only
-// running workflows (a terminated one keeps its last search attributes), and
-// optionally one host.
+// pendingQuery is the visibility query of pending: the shared query (only
+// running workflows), optionally of one host.
 func pendingQuery(host string) string {
-	q := visibility.PendingApprovalsQuery + " AND ExecutionStatus = 'Running'"
+	q := visibility.PendingApprovalsQuery
 	if host != "" {
 		q += " AND " + visibility.Host + " = '" + host + "'"
 	}

@@ -112,6 +112,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		temporal.WithDynamicConfigClient(dynamicconfig.StaticClient{
 			// Search attributes registered at start must be usable at once.
 			dynamicconfig.ForceSearchAttributesCacheRefreshOnRead.Key(): []dynamicconfig.ConstrainedValue{{Value: true}},
+			// One worker per task queue: several partitions only let a task
+			// wait in one that nobody polls at the moment.
+			dynamicconfig.MatchingNumTaskqueueReadPartitions.Key():  []dynamicconfig.ConstrainedValue{{Value: 1}},
+			dynamicconfig.MatchingNumTaskqueueWritePartitions.Key(): []dynamicconfig.ConstrainedValue{{Value: 1}},
 		}),
 	)
 	if err != nil {

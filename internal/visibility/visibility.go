@@ -29,8 +29,9 @@ var (
 
 // PendingApprovalsQuery is the visibility query that lists every workflow
 // waiting for an operator's signature. It is ready to be saved as a view in
-// the Web UI.
-const PendingApprovalsQuery = PendingSignature + " = true"
+// the Web UI. A terminated workflow keeps its last search attributes, so
+// only running ones count.
+const PendingApprovalsQuery = PendingSignature + " = true AND ExecutionStatus = 'Running'"
 
 // SearchAttributes returns the custom search attributes with their types, as
 // the server must register them. SQLite visibility has few slots per type
