@@ -14,7 +14,9 @@
 //     description, protection, onboot...) nor hot-plugs with its default
 //     hotplug "network,disk,usb" (scsi/virtio disks, NICs, cpulimit...):
 //     GET config returns pending values unless current=1, and they are
-//     applied at the next start or reboot.
+//     applied at the next start or reboot. LXC likewise, with
+//     pve-container's fast-plug and hot-plug sets (memory, swap, cores,
+//     hostname, NICs, new mount points...).
 //   - Listings for one-call drift detection: /cluster/resources?type=vm,
 //     /nodes/{node}/qemu and /nodes/{node}/lxc, plus /cluster/nextid.
 //   - Create, restore over an existing guest (QEMU archive+force, LXC
@@ -121,6 +123,5 @@
 //     recently finished ones there until they are archived.
 //   - pve's permission checks are not simulated (the token may do
 //     everything); use FaultHTTPError with Status 403 for a refusal.
-//   - LXC config changes apply at once even for keys pve keeps pending.
 //   - An unknown node name is a 500 "no such cluster node 'x'".
 package pvesim

@@ -138,8 +138,8 @@ func (s *Server) lxcCreate(c *call) (any, *apiError) {
 }
 
 // lxcConfigUpdate is PUT /nodes/{node}/lxc/{vmid}/config: synchronous, no
-// task, data null. Changes apply at once (running containers take cgroup
-// limits live).
+// task, data null. A running container takes what pve-container fast-plugs
+// or hot-plugs at once and keeps the rest pending until its next start.
 func (s *Server) lxcConfigUpdate(c *call, vmid int) (any, *apiError) {
 	set, aerr := configParams(KindLXC, c, lxcUpdateOnly)
 	if aerr != nil {
@@ -166,6 +166,11 @@ func (s *Server) lxcConfigUpdate(c *call, vmid int) (any, *apiError) {
 		if digest != "" && digest != g.digest() {
 			return nil, errf("detected modified configuration - file changed by other user? Try again.")
 		}
+		for _, k := range deletes {
+			if k == "rootfs" {
+				return nil, errf("unable to delete required option '%s'", k)
+			}
+		}
 		for k, v := range set {
 			if isDiskKey(KindLXC, k) {
 				spec, aerr := s.allocDisk(vmid, v)
@@ -175,15 +180,29 @@ func (s *Server) lxcConfigUpdate(c *call, vmid int) (any, *apiError) {
 				s.registerVolume(spec, vmid)
 				v = spec
 			}
+			if g.running && !lxcHotNow(g, k) && g.conf[k] != v {
+				if g.pending == nil {
+					g.pending = map[string]string{}
+				}
+				g.pending[k] = v
+				delete(g.pendingDelete, k)
+				continue
+			}
 			g.setKey(k, v)
+			delete(g.pending, k)
 		}
 		for _, k := range deletes {
 			v, ok := g.conf[k]
 			if !ok {
+				delete(g.pending, k)
 				continue
 			}
-			if k == "rootfs" {
-				return nil, errf("unable to delete required option '%s'", k)
+			if g.running && !lxcHotNow(g, k) && !strings.HasPrefix(k, "unused") {
+				if g.pendingDelete == nil {
+					g.pendingDelete = map[string]bool{}
+				}
+				g.pendingDelete[k] = true
+				continue
 			}
 			delete(g.conf, k)
 			if volid, _, isVol := diskVolume(v); isVol && isDiskKey(KindLXC, k) {
@@ -321,4 +340,23 @@ func (s *Server) lxcDestroy(c *call, vmid int) (any, *apiError) {
 		return 0, nil
 	}})
 	return upid, nil
+}
+
+// lxcFastPlug are pve-container's $LXC_FASTPLUG_OPTIONS.
+var lxcFastPlug = map[string]bool{"description": true, "onboot": true, "startup": true, "protection": true,
+	"hostname": true, "hookscript": true, "cores": true, "tags": true, "lock": true}
+
+// lxcHotNow says whether a change to key applies at once on a running
+// container: fast-plug options, cgroup limits, NICs, and mount points or
+// devices that are new (pve does not hot-plug over an existing one).
+func lxcHotNow(g *guest, key string) bool {
+	switch {
+	case lxcFastPlug[key], key == "memory", key == "swap", key == "cpulimit", key == "cpuunits",
+		strings.HasPrefix(key, "net"), strings.HasPrefix(key, "unused"):
+		return true
+	case strings.HasPrefix(key, "mp"), strings.HasPrefix(key, "dev"):
+		_, exists := g.conf[key]
+		return !exists
+	}
+	return false
 }

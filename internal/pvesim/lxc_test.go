@@ -210,3 +210,41 @@ func TestLXCMountPointLifecycle(t *testing.T) {
 		}
 	}
 }
+
+func TestLXCPendingOnARunningContainer(t *testing.T) {
+	tests := []struct {
+		key, value string
+		wantNow    bool
+	}{
+		{"memory", "1024", true},
+		{"hostname", "renamed", true},
+		{"nameserver", "10.0.0.1", false},
+		{"features", "nesting=1", false},
+		{"mp0", "local-lvm:1,mp=/data", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key, func(t *testing.T) {
+			srv, client := newSim(t, pvesim.Config{})
+			mustAdd(t, srv.AddContainer(pvesim.Guest{VMID: 200, Status: "running", MemoryMiB: 512,
+				Disks: map[string]string{"rootfs": "local-lvm:vm-200-disk-0,size=8G"}}))
+			if _, err := ctOf(t, client, 200).Config(context.Background(), proxmox.ContainerOption{Name: tt.key, Value: tt.value}); err != nil {
+				t.Fatal(err)
+			}
+			g, _ := srv.Guest(200)
+			_, pending := g.Pending[tt.key]
+			if pending == tt.wantNow {
+				t.Fatalf("pending=%v, want applied now=%v (%+v)", pending, tt.wantNow, g)
+			}
+			if !tt.wantNow {
+				task, err := ctOf(t, client, 200).Reboot(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				finished(t, task)
+				if g, _ := srv.Guest(200); g.Config[tt.key] != tt.value || len(g.Pending) != 0 {
+					t.Fatalf("after reboot %s=%q pending %v", tt.key, g.Config[tt.key], g.Pending)
+				}
+			}
+		})
+	}
+}
