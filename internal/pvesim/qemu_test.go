@@ -448,3 +448,19 @@ func TestQEMUReplacingADiskKeepsTheOldOneUnused(t *testing.T) {
 		})
 	}
 }
+
+func TestQEMUFailedCreateLeavesNothing(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{})
+	srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu", Kind: pvesim.FaultTaskError, Message: "unable to create VM 150 - storage full"})
+	task, err := nodeOf(t, client).NewVirtualMachine(context.Background(), 150,
+		proxmox.VirtualMachineOption{Name: "scsi0", Value: "local-lvm:8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exit := finished(t, task); exit != "unable to create VM 150 - storage full" {
+		t.Fatalf("exit %q", exit)
+	}
+	if _, ok := srv.Guest(150); ok || len(srv.Volumes()) != 0 {
+		t.Fatalf("left behind: guest=%v volumes=%v", ok, srv.Volumes())
+	}
+}
