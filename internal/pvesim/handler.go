@@ -16,7 +16,6 @@ const apiRoot = "/api2/json"
 
 // call is one API request being served.
 type call struct {
-	s      *Server
 	r      *http.Request
 	method string
 	path   string   // relative to apiRoot
@@ -63,7 +62,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rel == "" {
 		rel = "/"
 	}
-	c := &call{s: s, r: r, method: r.Method, path: rel}
+	c := &call{r: r, method: r.Method, path: rel}
 	if t := strings.Trim(rel, "/"); t != "" {
 		c.segs = strings.Split(t, "/")
 	}
