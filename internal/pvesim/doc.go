@@ -123,5 +123,6 @@
 //     recently finished ones there until they are archived.
 //   - pve's permission checks are not simulated (the token may do
 //     everything); use FaultHTTPError with Status 403 for a refusal.
-//   - An unknown node name is a 500 "no such cluster node 'x'".
+//   - An unknown node name is a 500 with pve-cluster's "no such cluster node
+//     'x'"; pveproxy's exact status for it was not verified.
 package pvesim
