@@ -183,7 +183,7 @@ func destructiveDiskChange(g Guest, in SetConfigInput) (*gate.Action, error) {
 	var found []gate.Action
 	for _, k := range in.Delete {
 		if isDiskKey(g.Kind, k) && g.Config[k] != "" {
-			found = append(found, gate.Action{Op: OpDetach, Params: map[string]any{"disk": k}})
+			found = append(found, gate.Action{Op: gate.OpDiskDetach, Params: map[string]any{"disk": k}})
 		}
 	}
 	for k, v := range in.Set {
@@ -198,11 +198,11 @@ func destructiveDiskChange(g Guest, in SetConfigInput) (*gate.Action, error) {
 		wantVol, _, _ := strings.Cut(want, ",")
 		haveVol, _, _ := strings.Cut(have, ",")
 		if wantVol != haveVol {
-			found = append(found, gate.Action{Op: OpDetach, Params: map[string]any{"disk": k}})
+			found = append(found, gate.Action{Op: gate.OpDiskDetach, Params: map[string]any{"disk": k}})
 			continue
 		}
 		if ws, hs := sizeGiB(want), sizeGiB(have); ws > 0 && hs > 0 && ws < hs {
-			found = append(found, gate.Action{Op: OpShrink, Params: map[string]any{"disk": k, "size_gib": ws}})
+			found = append(found, gate.Action{Op: gate.OpDiskShrink, Params: map[string]any{"disk": k, "size_gib": ws}})
 		}
 	}
 	switch len(found) {

@@ -160,10 +160,10 @@ func TestDestructiveDiskChange(t *testing.T) {
 		{"new disk", SetConfigInput{Set: map[string]any{"scsi2": "local-lvm:8"}}, ""},
 		{"allocation on the disk's storage", SetConfigInput{Set: map[string]any{"scsi0": "local-lvm:32"}}, ""},
 		{"grow", SetConfigInput{Set: map[string]any{"scsi0": "local-lvm:vm-101-disk-0,size=64G"}}, ""},
-		{"delete disk", SetConfigInput{Delete: []string{"scsi1"}}, OpDetach},
+		{"delete disk", SetConfigInput{Delete: []string{"scsi1"}}, gate.OpDiskDetach},
 		{"delete non-disk", SetConfigInput{Delete: []string{"description"}}, ""},
-		{"swap volume", SetConfigInput{Set: map[string]any{"scsi1": "other:vm-101-disk-9,size=8G"}}, OpDetach},
-		{"shrink", SetConfigInput{Set: map[string]any{"scsi0": "local-lvm:vm-101-disk-0,size=16G"}}, OpShrink},
+		{"swap volume", SetConfigInput{Set: map[string]any{"scsi1": "other:vm-101-disk-9,size=8G"}}, gate.OpDiskDetach},
+		{"shrink", SetConfigInput{Set: map[string]any{"scsi0": "local-lvm:vm-101-disk-0,size=16G"}}, gate.OpDiskShrink},
 		{"two at once", SetConfigInput{Delete: []string{"scsi0", "scsi1"}}, "error"},
 	}
 	for _, tt := range tests {
@@ -179,7 +179,7 @@ func TestDestructiveDiskChange(t *testing.T) {
 			if got != tt.want {
 				t.Fatalf("destructiveDiskChange = %q (%v), want %q", got, a, tt.want)
 			}
-			if got == OpShrink && a.Params["size_gib"] != 16 {
+			if got == gate.OpDiskShrink && a.Params["size_gib"] != 16 {
 				t.Fatalf("shrink params %v, want size_gib 16", a.Params)
 			}
 		})

@@ -17,15 +17,6 @@ import (
 	"github.com/felhom/felhom-agent/gate"
 )
 
-// Op names of the destructive executors (the shared op vocabulary).
-const (
-	OpDestroy = "guest.destroy"
-	OpRestore = "guest.restore"
-	OpWipe    = "volume.wipe"
-	OpDetach  = "disk.detach"
-	OpShrink  = "disk.shrink"
-)
-
 // DestroyGuestInput asks to destroy a guest. The gated action is
 // {op: guest.destroy, guest_id: VMID, params: {"kind": "qemu"|"lxc"}}, with
 // the kind Proxmox reports (not the input's).
@@ -202,7 +193,7 @@ func (a *Proxmox) destroy(ctx context.Context, what string, in DestroyGuestInput
 	if g.Protection {
 		return TaskResult{}, protected(what, in.VMID)
 	}
-	action := gate.Action{Op: OpDestroy, HostID: a.HostID, GuestID: vmidString(in.VMID), Params: map[string]any{"kind": g.Kind}}
+	action := gate.Action{Op: gate.OpGuestDestroy, HostID: a.HostID, GuestID: vmidString(in.VMID), Params: map[string]any{"kind": g.Kind}}
 	if _, err := a.authorize(ctx, what, action, in.VMID, in.Approval); err != nil {
 		return TaskResult{}, err
 	}
@@ -272,7 +263,7 @@ func (a *Proxmox) restore(ctx context.Context, what string, in RestoreBackupInpu
 		// kind does not bind.
 		params["kind"] = g.Kind
 	}
-	action := gate.Action{Op: OpRestore, HostID: a.HostID, GuestID: vmidString(in.VMID), Params: params}
+	action := gate.Action{Op: gate.OpGuestRestore, HostID: a.HostID, GuestID: vmidString(in.VMID), Params: params}
 	if _, err := a.authorize(ctx, what, action, in.VMID, in.Approval); err != nil {
 		return TaskResult{}, err
 	}
@@ -345,7 +336,7 @@ func (a *Proxmox) wipe(ctx context.Context, what string, in WipeVolumeInput) (Ta
 	if owner > 0 {
 		guestID = vmidString(owner)
 	}
-	action := gate.Action{Op: OpWipe, HostID: a.HostID, GuestID: guestID, Params: map[string]any{"volume": in.Volume}}
+	action := gate.Action{Op: gate.OpVolumeWipe, HostID: a.HostID, GuestID: guestID, Params: map[string]any{"volume": in.Volume}}
 	if _, err := a.authorize(ctx, what, action, owner, in.Approval); err != nil {
 		return TaskResult{}, err
 	}

@@ -4,17 +4,20 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+
+	"github.com/felhom/felhom-agent/gate"
 )
 
-// Op names, shared with the gate's classifier and the signed op blobs.
+// Op names a plan uses: the gate's, which its classifier and the signed
+// op blobs speak.
 const (
-	OpCreate   = "guest.create"
-	OpStart    = "guest.start"
-	OpShutdown = "guest.shutdown"
-	OpConfig   = "guest.config"
-	OpDestroy  = "guest.destroy"
-	OpDetach   = "disk.detach"
-	OpShrink   = "disk.shrink"
+	OpCreate   = gate.OpGuestCreate
+	OpStart    = gate.OpGuestStart
+	OpShutdown = gate.OpGuestShutdown
+	OpConfig   = gate.OpGuestConfig
+	OpDestroy  = gate.OpGuestDestroy
+	OpDetach   = gate.OpDiskDetach
+	OpShrink   = gate.OpDiskShrink
 )
 
 // Observed is a guest as read from Proxmox, normalised like a Spec.
