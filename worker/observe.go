@@ -55,10 +55,17 @@ func StartMetrics(addr string, log *slog.Logger) (*Metrics, error) {
 		return nil, fmt.Errorf("metrics: address %s is not available (set metrics.address): %w", addr, err)
 	}
 	reporter := tallyprom.NewReporter(tallyprom.Options{})
+	sanitize := tallyprom.DefaultSanitizerOpts
+	// Label values may hold any text in Prometheus; keep task queue and
+	// workflow names as operators wrote them (felhom-host-pve1).
+	sanitize.ValueCharacters = tally.ValidCharacters{
+		Ranges:     tally.AlphanumericRange,
+		Characters: append([]rune{'-', '.', '/', ':', '@'}, tally.UnderscoreCharacters...),
+	}
 	scope, closer := tally.NewRootScope(tally.ScopeOptions{
 		CachedReporter:  reporter,
 		Separator:       tallyprom.DefaultSeparator,
-		SanitizeOptions: &tallyprom.DefaultSanitizerOpts,
+		SanitizeOptions: &sanitize,
 	}, time.Second)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", reporter.HTTPHandler())

@@ -238,8 +238,9 @@ func firstSteps(b devBanner) string {
   temporal workflow list --address %[1]s --query "FelhomPendingSignature = true AND ExecutionStatus = 'Running'"
   temporal workflow query --address %[1]s --workflow-id guest/%[3]s/100 --type pending
 
-  # approve it: sign the op with the dev operator key and send it (README.md, "Approving")
-  ssh-keygen -Y sign -n felhom-op-v1 -f %[6]s op.json
+  # approve it with the dev operator key (or with ssh-keygen and the temporal CLI: README.md, "Approving")
+  go run ./cmd/felhomctl --address %[1]s pending
+  go run ./cmd/felhomctl --address %[1]s approve guest/%[3]s/100 --key %[6]s
 
 `, b.Frontend, b.TaskQueue, b.HostID,
 		guest(101, `"kind":"qemu","name":"worker","state":"running","memory":"4GiB","cores":4,"tags":["demo"]`),

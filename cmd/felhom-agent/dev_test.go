@@ -26,12 +26,14 @@ type devProcess struct {
 	cmd      *exec.Cmd
 	ui       string
 	frontend string
+	metrics  string
 	stderr   *strings.Builder
 }
 
 var (
 	bannerUI       = regexp.MustCompile(`Temporal Web UI\s+(http://\S+)`)
 	bannerFrontend = regexp.MustCompile(`Temporal frontend\s+(\S+)`)
+	bannerMetrics  = regexp.MustCompile(`Worker metrics\s+(http://\S+)`)
 )
 
 func startDev(t *testing.T, dataDir string) *devProcess {
@@ -61,6 +63,9 @@ func startDev(t *testing.T, dataDir string) *devProcess {
 			line := sc.Text()
 			if m := bannerUI.FindStringSubmatch(line); m != nil {
 				p.ui = m[1]
+			}
+			if m := bannerMetrics.FindStringSubmatch(line); m != nil {
+				p.metrics = m[1]
 			}
 			if m := bannerFrontend.FindStringSubmatch(line); m != nil {
 				p.frontend = m[1]
@@ -147,6 +152,16 @@ func TestDevRunsEverythingAndKeepsItsDataAcrossARestart(t *testing.T) {
 	})
 	if ids := dev.uiWorkflows(t, `WorkflowId = "host/dev"`); len(ids) != 1 {
 		t.Errorf("Web UI lists %v for the host workflow, want host/dev", ids)
+	}
+	// The worker's SDK metrics are served for Prometheus.
+	resp, err := http.Get(dev.metrics)
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "temporal_workflow_task_execution_latency") || !strings.Contains(string(body), `task_queue="felhom-host-dev"`) {
+		t.Errorf("metrics at %s lack the SDK's workflow task metrics of felhom-host-dev:\n%.500s", dev.metrics, body)
 	}
 	c.Close()
 	dev.stop(t)
