@@ -403,6 +403,15 @@ func TestComposeTemporalServerConfiguration(t *testing.T) {
 	for _, w := range loaded.Warnings {
 		t.Errorf("%s: %v", dc, w)
 	}
+	// A setting scoped to another namespace would silently not apply.
+	ns, _ := setupCommands(t, f)
+	for key, values := range loaded.Map {
+		for _, v := range values {
+			if v.Constraints.Namespace != "" && v.Constraints.Namespace != ns {
+				t.Errorf("%s: %s is constrained to namespace %q, the stack's namespace is %q", dc, key, v.Constraints.Namespace, ns)
+			}
+		}
+	}
 }
 
 func TestComposeAgentBuildsFromTheDockerfile(t *testing.T) {
