@@ -32,6 +32,7 @@ const (
 	ErrTypeGuestRunning   = "ProxmoxGuestRunning"   // the step needs a stopped guest
 	ErrTypeLedger         = "ProvenanceLedger"      // the host-local ledger failed
 	ErrTypeMalformedUPID  = "ProxmoxMalformedUPID"  // a recorded UPID cannot be parsed
+	ErrTypeWorkerStopping = "WorkerStopping"        // retryable: the worker stopped while a task ran
 	ErrTypeVolumeInUse    = "ProxmoxVolumeInUse"    // the volume still belongs to an existing guest
 
 	// Retryable: a later attempt may succeed.

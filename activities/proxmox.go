@@ -189,6 +189,12 @@ func (a *Proxmox) wait(ctx context.Context, phase, upid string) (TaskResult, err
 		select {
 		case <-ctx.Done():
 			return TaskResult{}, ctx.Err()
+		case <-activity.GetWorkerStopChannel(ctx):
+			// Failing now, while the worker can still report it, lets the
+			// retry start on the next worker at once instead of after the
+			// heartbeat timeout; it resumes waiting on the recorded task.
+			return TaskResult{}, temporal.NewApplicationError(
+				fmt.Sprintf("%s: worker stopping while task %s runs; the next attempt resumes it", phase, upid), ErrTypeWorkerStopping)
 		case <-timer.C:
 		}
 		var st *taskStatus

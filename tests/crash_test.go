@@ -72,3 +72,49 @@ func TestWorkerKilledMidMutationResumesWithoutSecondPost(t *testing.T) {
 		t.Errorf("recent actions = %+v, want a guest.start that resumed the recorded task", st.Recent)
 	}
 }
+
+// SIGTERM while Proxmox runs a task: the worker stops within its shutdown
+// timeout with exit status 0, and the next worker finishes the step from the
+// recorded task, without a second POST.
+func TestWorkerStoppedGracefullyMidMutationLosesNothing(t *testing.T) {
+	const host = "pve-term1"
+	sim, err := pvesim.Start(pvesim.Config{Node: host, TaskDuration: 8 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	must(t, sim.AddVM(pvesim.Guest{VMID: 102, Name: "app", Status: "stopped", MemoryMiB: 1024, Cores: 1}))
+	cfg := agentConfig(t, host, sim, t.TempDir(), newOperatorKey(t, "ed25519").Pub)
+	env := childEnviron(cfg, simCAFile(t, sim))
+
+	first := startChild(t, env, "worker-1.log")
+	c := clientFor(t)
+	spec := desired.Spec{Host: host, VMID: 102, Kind: desired.QEMU, Name: "app", State: desired.Running, Memory: "1024", Cores: 1}
+	_, err = c.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{
+		ID: workflows.GuestWorkflowID(host, 102), TaskQueue: workflows.TaskQueue(host),
+	}, workflows.GuestReconcileWorkflow, workflows.GuestInput{Host: host, VMID: 102, Desired: &spec})
+	must(t, err)
+	waitFor(t, "the start to be POSTed", func() bool { return countRequests(sim, "POST", "/qemu/102/status/start") > 0 })
+	time.Sleep(300 * time.Millisecond)
+
+	stopped := time.Now()
+	if err := first.terminate(t); err != nil {
+		t.Fatalf("worker exited with %v after SIGTERM, want status 0", err)
+	}
+	if took := time.Since(stopped); took > cfg.ShutdownTimeout+10*time.Second {
+		t.Errorf("worker took %s to stop, its shutdown timeout is %s", took, cfg.ShutdownTimeout)
+	}
+	if g, _ := sim.Guest(102); g.Status == "running" {
+		t.Fatal("the task finished before the worker stopped: the test proves nothing")
+	}
+
+	startChild(t, env, "worker-2.log")
+	a := &agent{host: host, sim: sim, client: c}
+	a.waitPhaseWithin(t, 102, workflows.PhaseConverged, 90*time.Second)
+	if n := countRequests(sim, "POST", "/qemu/102/status/start"); n != 1 {
+		t.Errorf("start was POSTed %d times across the restart, want once", n)
+	}
+	if g, _ := sim.Guest(102); g.Status != "running" {
+		t.Errorf("guest status = %s, want running", g.Status)
+	}
+}
