@@ -13,6 +13,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -20,14 +21,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/internal/sshkeys"
 	"golang.org/x/crypto/ssh"
-	"golang.org/x/crypto/ssh/agent"
 )
 
 // Exit codes.
@@ -311,19 +310,19 @@ func runSign(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if _, err := gate.Canonicalize(op); err != nil {
 		return err
 	}
-	signer, closeAgent, err := loadSigner(*keyFile)
+	signer, err := loadSigner(context.Background(), *keyFile)
 	if err != nil {
 		return err
 	}
-	defer closeAgent()
+	defer signer.Close()
 	if op.KeyID == "" {
-		op.KeyID = ssh.FingerprintSHA256(signer.PublicKey())
+		op.KeyID = ssh.FingerprintSHA256(signer.Signer.PublicKey())
 	}
 	blob, err := gate.Canonicalize(op)
 	if err != nil {
 		return err
 	}
-	sig, err := gate.Sign(signer, blob, *rsaAlg)
+	sig, err := gate.Sign(signer.Signer, blob, *rsaAlg)
 	if err != nil {
 		return err
 	}
@@ -337,90 +336,14 @@ func runSign(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	return writeOutput(*sigOut, sig, stdout)
 }
 
-// loadSigner finds the signing key: a private key file, or ssh-agent.
-func loadSigner(keyFile string) (ssh.Signer, func(), error) {
-	noop := func() {}
-	if keyFile == "" {
-		return agentSigner(nil, "")
-	}
-	data, err := os.ReadFile(keyFile)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, noop, fmt.Errorf("key file %s does not exist", keyFile)
-		}
-		return nil, noop, fmt.Errorf("key file: %w", err)
-	}
-	if pub, _, _, _, perr := ssh.ParseAuthorizedKey(data); perr == nil {
-		return agentSigner(pub, keyFile)
-	}
-	signer, err := ssh.ParsePrivateKey(data)
-	var missing *ssh.PassphraseMissingError
-	switch {
-	case err == nil:
-		return signer, noop, nil
-	case errors.As(err, &missing):
-		pub := missing.PublicKey
-		if pub == nil {
-			if pubData, rerr := os.ReadFile(keyFile + ".pub"); rerr == nil {
-				pub, _, _, _, _ = ssh.ParseAuthorizedKey(pubData)
-			}
-		}
-		if os.Getenv("SSH_AUTH_SOCK") == "" {
-			return nil, noop, fmt.Errorf("key %s is encrypted and SSH_AUTH_SOCK is not set: felhom-sign does not read passphrases; run ssh-agent and ssh-add %s", keyFile, keyFile)
-		}
-		if pub == nil {
-			return nil, noop, fmt.Errorf("key %s is encrypted and its public key is unknown (no %s.pub): give --key the public key file of a key in ssh-agent", keyFile, keyFile)
-		}
-		return agentSigner(pub, keyFile)
-	default:
-		return nil, noop, fmt.Errorf("key file %s: %v", keyFile, err)
-	}
+// loadSigner finds the signing key: a private key file, or ssh-agent. The
+// op's --key-id does not pick the agent key here: --key does.
+func loadSigner(ctx context.Context, keyFile string) (*sshkeys.Key, error) {
+	key, err := sshkeys.Load(ctx, keyFile, "")
+	return key, keyHints.Explain(err)
 }
 
-// agentSigner returns the agent's signer for want, or its only key when want
-// is nil.
-func agentSigner(want ssh.PublicKey, keyFile string) (ssh.Signer, func(), error) {
-	noop := func() {}
-	sock := os.Getenv("SSH_AUTH_SOCK")
-	if sock == "" {
-		if want == nil {
-			return nil, noop, errors.New("no key: give --key FILE, or run ssh-agent (SSH_AUTH_SOCK is not set)")
-		}
-		return nil, noop, fmt.Errorf("%s is a public key; its private key must be in ssh-agent, but SSH_AUTH_SOCK is not set", keyFile)
-	}
-	conn, err := net.Dial("unix", sock)
-	if err != nil {
-		return nil, noop, fmt.Errorf("ssh-agent at SSH_AUTH_SOCK=%s: %v", sock, err)
-	}
-	closeConn := func() { conn.Close() }
-	signers, err := agent.NewClient(conn).Signers()
-	if err != nil {
-		conn.Close()
-		return nil, noop, fmt.Errorf("ssh-agent: %v", err)
-	}
-	if want == nil {
-		switch len(signers) {
-		case 0:
-			conn.Close()
-			return nil, noop, errors.New("ssh-agent holds no keys: ssh-add one, or give --key FILE")
-		case 1:
-			return signers[0], closeConn, nil
-		}
-		var fps []string
-		for _, s := range signers {
-			fps = append(fps, ssh.FingerprintSHA256(s.PublicKey()))
-		}
-		conn.Close()
-		return nil, noop, fmt.Errorf("ssh-agent holds %d keys (%s): choose one with --key FILE", len(signers), strings.Join(fps, ", "))
-	}
-	for _, s := range signers {
-		if bytes.Equal(s.PublicKey().Marshal(), want.Marshal()) {
-			return s, closeConn, nil
-		}
-	}
-	conn.Close()
-	return nil, noop, fmt.Errorf("key %s (%s) is not loaded in ssh-agent: run ssh-add %s", keyFile, ssh.FingerprintSHA256(want), strings.TrimSuffix(keyFile, ".pub"))
-}
+var keyHints = sshkeys.Hints{Program: "felhom-sign", KeyFlag: "--key", Choose: "--key FILE"}
 
 const verifyDoc = `Usage: felhom-sign verify --allowed-signers FILE --blob FILE --sig FILE [--host ID] [--at TIME]
 

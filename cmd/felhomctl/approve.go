@@ -56,11 +56,11 @@ func (c *command) approve(args []string) error {
 		return err
 	}
 	id := pos[0]
-	key, err := loadSigner(sf.key, sf.keyID)
+	key, err := loadSigner(context.Background(), sf.key, sf.keyID)
 	if err != nil {
 		return err
 	}
-	defer key.close()
+	defer key.Close()
 
 	ctx, cancel := c.context()
 	defer cancel()
@@ -78,7 +78,7 @@ func (c *command) approve(args []string) error {
 		return fmt.Errorf("%s: no action is waiting for a signature", id)
 	}
 	t := p.OpTemplate
-	approval, op, err := signOp(gate.Op{Op: t.Op, HostID: t.HostID, GuestID: t.GuestID, Params: t.Params}, key, sf.keyID, sf.ttl, time.Now())
+	approval, op, err := signOp(gate.Op{Op: t.Op, HostID: t.HostID, GuestID: t.GuestID, Params: t.Params}, key.Signer, sf.keyID, sf.ttl, time.Now())
 	if err != nil {
 		return fmt.Errorf("sign the pending action: %w", err)
 	}

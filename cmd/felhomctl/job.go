@@ -81,12 +81,12 @@ func (c *command) job(args []string) error {
 	if _, err := gate.Canonicalize(trial); err != nil {
 		return usageError{err}
 	}
-	key, err := loadSigner(sf.key, sf.keyID)
+	key, err := loadSigner(context.Background(), sf.key, sf.keyID)
 	if err != nil {
 		return err
 	}
-	defer key.close()
-	approval, op, err := signOp(op, key, sf.keyID, sf.ttl, time.Now())
+	defer key.Close()
+	approval, op, err := signOp(op, key.Signer, sf.keyID, sf.ttl, time.Now())
 	if err != nil {
 		return err
 	}

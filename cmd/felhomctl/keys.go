@@ -1,29 +1,25 @@
 package main
 
 import (
-	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"flag"
-	"fmt"
-	"net"
-	"os"
-	"strings"
 	"time"
 
 	"golang.org/x/crypto/ssh"
-	"golang.org/x/crypto/ssh/agent"
 
 	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/internal/sshkeys"
 	"github.com/felhom/felhom-agent/workflows"
 )
 
 const keyDoc = `
-The signing key is --key FILE, an OpenSSH private key. An encrypted key is
-used through ssh-agent (SSH_AUTH_SOCK) when the agent holds it; felhomctl
-never reads passphrases. Without --key, the key comes from ssh-agent: the one
-whose SHA256 fingerprint or comment is --key-id, or the agent's only key.
+The signing key is --key FILE, an OpenSSH private key. An encrypted key, or a
+public key file, is used through ssh-agent (SSH_AUTH_SOCK) when the agent
+holds its private half; felhomctl never reads passphrases. Without --key,
+the key comes from ssh-agent: the one whose SHA256 fingerprint or comment is
+--key-id, or the agent's only key.
 The op's key_id is --key-id, or the key's SHA256 fingerprint.
 `
 
@@ -35,7 +31,7 @@ type signFlags struct {
 
 func addSignFlags(fs *flag.FlagSet) *signFlags {
 	s := &signFlags{}
-	fs.StringVar(&s.key, "key", "", "OpenSSH private key `FILE` (default: ssh-agent)")
+	fs.StringVar(&s.key, "key", "", "OpenSSH private key `FILE`, or public key FILE of a key in ssh-agent (default: ssh-agent)")
 	fs.StringVar(&s.keyID, "key-id", "", "key_id written in the op; also picks the ssh-agent key by fingerprint or comment")
 	fs.DurationVar(&s.ttl, "ttl", 10*time.Minute, "how long the signature stays valid")
 	return s
@@ -48,106 +44,13 @@ func (s *signFlags) check() error {
 	return nil
 }
 
-// signer is a loaded signing key.
-type signer struct {
-	ssh.Signer
-	close func()
+// loadSigner finds the signing key: a key file, or ssh-agent.
+func loadSigner(ctx context.Context, keyFile, keyID string) (*sshkeys.Key, error) {
+	key, err := sshkeys.Load(ctx, keyFile, keyID)
+	return key, keyHints.Explain(err)
 }
 
-// loadSigner finds the signing key: a private key file, or ssh-agent.
-func loadSigner(keyFile, keyID string) (*signer, error) {
-	if keyFile == "" {
-		return agentSigner(nil, keyID, "")
-	}
-	data, err := os.ReadFile(keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("key file: %w", err)
-	}
-	s, err := ssh.ParsePrivateKey(data)
-	var missing *ssh.PassphraseMissingError
-	switch {
-	case err == nil:
-		return &signer{Signer: s, close: func() {}}, nil
-	case errors.As(err, &missing):
-		pub := missing.PublicKey
-		if pub == nil {
-			if pubData, rerr := os.ReadFile(keyFile + ".pub"); rerr == nil {
-				pub, _, _, _, _ = ssh.ParseAuthorizedKey(pubData)
-			}
-		}
-		if os.Getenv("SSH_AUTH_SOCK") == "" {
-			return nil, fmt.Errorf("key %s is encrypted and no ssh-agent runs (SSH_AUTH_SOCK is not set): felhomctl does not read passphrases; run ssh-agent and ssh-add %s", keyFile, keyFile)
-		}
-		if pub == nil {
-			return nil, fmt.Errorf("key %s is encrypted and its public key is unknown (no %s.pub)", keyFile, keyFile)
-		}
-		return agentSigner(pub, "", keyFile)
-	default:
-		return nil, fmt.Errorf("key file %s: %w", keyFile, err)
-	}
-}
-
-// agentSigner returns the agent's signer for want, else the one matching
-// keyID, else its only key.
-func agentSigner(want ssh.PublicKey, keyID, keyFile string) (*signer, error) {
-	sock := os.Getenv("SSH_AUTH_SOCK")
-	if sock == "" {
-		return nil, errors.New("no key: give --key FILE, or run ssh-agent (SSH_AUTH_SOCK is not set)")
-	}
-	conn, err := net.Dial("unix", sock)
-	if err != nil {
-		return nil, fmt.Errorf("ssh-agent at SSH_AUTH_SOCK=%s: %w", sock, err)
-	}
-	ag := agent.NewClient(conn)
-	keys, err := ag.List()
-	if err == nil && len(keys) == 0 {
-		err = errors.New("it holds no keys: ssh-add one, or give --key FILE")
-	}
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("ssh-agent: %w", err)
-	}
-	var pick *agent.Key
-	var names []string
-	for _, k := range keys {
-		fp := ssh.FingerprintSHA256(k)
-		names = append(names, fp+" "+k.Comment)
-		switch {
-		case want != nil:
-			if bytes.Equal(k.Marshal(), want.Marshal()) {
-				pick = k
-			}
-		case keyID != "":
-			if fp == keyID || k.Comment == keyID {
-				pick = k
-			}
-		case len(keys) == 1:
-			pick = k
-		}
-	}
-	if pick == nil {
-		conn.Close()
-		switch {
-		case want != nil:
-			return nil, fmt.Errorf("key %s (%s) is not loaded in ssh-agent: run ssh-add %s", keyFile, ssh.FingerprintSHA256(want), keyFile)
-		case keyID != "":
-			return nil, fmt.Errorf("ssh-agent holds no key with fingerprint or comment %q (it holds: %s)", keyID, strings.Join(names, "; "))
-		}
-		return nil, fmt.Errorf("ssh-agent holds %d keys (%s): choose one with --key-id or --key", len(keys), strings.Join(names, "; "))
-	}
-	signers, err := ag.Signers()
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("ssh-agent: %w", err)
-	}
-	for _, s := range signers {
-		if bytes.Equal(s.PublicKey().Marshal(), pick.Marshal()) {
-			return &signer{Signer: s, close: func() { conn.Close() }}, nil
-		}
-	}
-	conn.Close()
-	return nil, errors.New("ssh-agent: the chosen key vanished")
-}
+var keyHints = sshkeys.Hints{Program: "felhomctl", KeyFlag: "--key", Choose: "--key-id or --key"}
 
 // signOp fills in a fresh nonce and the validity window, canonicalises op
 // with gate's canonicaliser and signs it. not_before lies a minute in the

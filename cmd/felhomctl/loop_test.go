@@ -23,6 +23,7 @@ import (
 	"github.com/felhom/felhom-agent/gate"
 	"github.com/felhom/felhom-agent/internal/devserver/devservertest"
 	"github.com/felhom/felhom-agent/internal/pvesim"
+	"github.com/felhom/felhom-agent/internal/sshkeys/sshkeystest"
 	"github.com/felhom/felhom-agent/internal/visibility"
 	"github.com/felhom/felhom-agent/worker"
 	"github.com/felhom/felhom-agent/workflows"
@@ -299,7 +300,7 @@ state: running
 	})
 
 	t.Run("approve through ssh-agent", func(t *testing.T) {
-		sock := startAgent(t, ops.path, stranger.path)
+		sock := sshkeystest.StartAgent(t, ops.path, stranger.path)
 		t.Setenv("SSH_AUTH_SOCK", sock)
 		_, stderr, code := ctl(t, "approve", "guest/ctl1/103")
 		if code != exitFailure || !strings.Contains(stderr, "ssh-agent holds 2 keys") {
@@ -460,36 +461,6 @@ func parseKey(t *testing.T, path string) ssh.Signer {
 		t.Fatal(err)
 	}
 	return s
-}
-
-// startAgent runs a real ssh-agent holding keys until the test ends.
-func startAgent(t *testing.T, keys ...string) string {
-	t.Helper()
-	if _, err := exec.LookPath("ssh-agent"); err != nil {
-		t.Skip("ssh-agent not installed")
-	}
-	sock := filepath.Join(t.TempDir(), "agent.sock")
-	cmd := exec.Command("ssh-agent", "-D", "-a", sock)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("ssh-agent socket did not appear")
-		}
-	}
-	for _, k := range keys {
-		add := exec.Command("ssh-add", k)
-		add.Env = append(os.Environ(), "SSH_AUTH_SOCK="+sock)
-		if out, err := add.CombinedOutput(); err != nil {
-			t.Fatalf("ssh-add %s: %v\n%s", k, err, out)
-		}
-	}
-	return sock
 }
 
 // startWorker runs host's worker in this process until the test ends.
