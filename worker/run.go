@@ -21,6 +21,7 @@ import (
 	"github.com/felhom/felhom-agent/activities/ledger"
 	"github.com/felhom/felhom-agent/gate"
 	"github.com/felhom/felhom-agent/internal/pveclient"
+	"github.com/felhom/felhom-agent/internal/temporalclient"
 	"github.com/felhom/felhom-agent/workflows"
 )
 
@@ -52,7 +53,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) err
 	}
 	defer metrics.Close()
 
-	c, err := DialTemporal(ctx, cfg.Temporal, log, metrics.Handler)
+	c, err := temporalclient.Dial(ctx, clientConfig(cfg.Temporal), log, metrics.Handler)
 	if err != nil {
 		return err
 	}

@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/felhom/felhom-agent/worker"
+	"github.com/felhom/felhom-agent/internal/temporalclient"
 	"github.com/felhom/felhom-agent/workflows"
 )
 
@@ -113,12 +113,12 @@ func (g *globals) context() (context.Context, context.CancelFunc) {
 	return context.WithCancel(context.Background())
 }
 
-// dial connects to Temporal the way the agent does (worker.DialTemporal),
-// so both read TLS and API keys alike.
+// dial connects to Temporal the way the agent does (package
+// temporalclient), so both read TLS and API keys alike.
 func (c *command) dial(ctx context.Context) (client.Client, error) {
-	cfg := worker.TemporalConfig{
+	cfg := temporalclient.Config{
 		Address: c.address, Namespace: c.namespace, APIKey: c.apiKey,
-		TLS: worker.TLSConfig{CAFile: c.caPath, CertFile: c.certPath, KeyFile: c.keyPath, ServerName: c.serverName},
+		TLS: temporalclient.TLS{CAFile: c.caPath, CertFile: c.certPath, KeyFile: c.keyPath, ServerName: c.serverName},
 	}
 	if c.tls && !cfg.TLS.Enabled() {
 		// TLS with the system's roots: naming the server turns it on.
@@ -129,7 +129,7 @@ func (c *command) dial(ctx context.Context) (client.Client, error) {
 	defer cancel()
 	// The SDK's own logging is noise to an operator; errors come back as values.
 	log := slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelError + 4}))
-	return worker.DialTemporal(dialCtx, cfg, log, nil)
+	return temporalclient.Dial(dialCtx, cfg, log, nil)
 }
 
 // errNoWorkflow is returned when a guest workflow does not exist.

@@ -1,0 +1,121 @@
+// Package temporalclient dials a Temporal frontend from address, namespace,
+// TLS and API key settings, the same way for the agent and for felhomctl.
+package temporalclient
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"go.temporal.io/sdk/client"
+)
+
+// Config says how to reach a Temporal frontend. Errors name the agent's
+// config keys (temporal.tls.ca_file, ...), which is also what felhomctl's
+// flags set.
+type Config struct {
+	Address   string
+	Namespace string
+	TLS       TLS
+	// APIKeyFile holds an API key sent as a bearer token; it wins over APIKey.
+	APIKeyFile string
+	APIKey     string
+}
+
+// TLS is a client TLS setup: a CA to trust and, for mTLS, a client
+// certificate and key. Any setting turns TLS on; a ServerName alone means
+// TLS with the system's roots.
+type TLS struct {
+	CAFile     string
+	CertFile   string
+	KeyFile    string
+	ServerName string
+}
+
+// Enabled reports whether any TLS setting was given.
+func (t TLS) Enabled() bool {
+	return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != ""
+}
+
+// Dial connects to the configured Temporal frontend and checks that it
+// answers, so that a wrong address, certificate or key fails at start-up
+// with a message that says which. metrics may be nil.
+func Dial(ctx context.Context, cfg Config, log *slog.Logger, metrics client.MetricsHandler) (client.Client, error) {
+	opts, err := options(cfg)
+	if err != nil {
+		return nil, err
+	}
+	opts.Logger = log
+	opts.MetricsHandler = metrics
+	c, err := client.DialContext(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("temporal: connect to %s (namespace %s): %w", cfg.Address, cfg.Namespace, err)
+	}
+	if _, err := c.CheckHealth(ctx, &client.CheckHealthRequest{}); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("temporal: %s is not healthy: %w", cfg.Address, err)
+	}
+	return c, nil
+}
+
+// options turns cfg into SDK client options, reading the files it names.
+func options(cfg Config) (client.Options, error) {
+	opts := client.Options{HostPort: cfg.Address, Namespace: cfg.Namespace}
+	if cfg.TLS.Enabled() {
+		tlsCfg, err := clientTLS(cfg.TLS)
+		if err != nil {
+			return client.Options{}, err
+		}
+		opts.ConnectionOptions.TLS = tlsCfg
+	}
+	key, err := apiKey(cfg)
+	if err != nil {
+		return client.Options{}, err
+	}
+	if key != "" {
+		opts.Credentials = client.NewAPIKeyStaticCredentials(key)
+	}
+	return opts, nil
+}
+
+func clientTLS(cfg TLS) (*tls.Config, error) {
+	out := &tls.Config{ServerName: cfg.ServerName, MinVersion: tls.VersionTLS12}
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("temporal.tls.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("temporal.tls.ca_file: %s holds no PEM certificate", cfg.CAFile)
+		}
+		out.RootCAs = pool
+	}
+	if cfg.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("temporal.tls.cert_file/key_file: %w", err)
+		}
+		out.Certificates = []tls.Certificate{cert}
+	}
+	return out, nil
+}
+
+func apiKey(cfg Config) (string, error) {
+	if cfg.APIKeyFile == "" {
+		return cfg.APIKey, nil
+	}
+	b, err := os.ReadFile(cfg.APIKeyFile)
+	if err != nil {
+		return "", fmt.Errorf("temporal.api_key_file: %w", err)
+	}
+	key := strings.TrimSpace(string(b))
+	if key == "" {
+		return "", fmt.Errorf("temporal.api_key_file: %s is empty", cfg.APIKeyFile)
+	}
+	return key, nil
+}
