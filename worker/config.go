@@ -62,11 +62,6 @@ type TLSConfig struct {
 	ServerName string `yaml:"server_name"`
 }
 
-// Enabled reports whether any TLS setting was given.
-func (t TLSConfig) Enabled() bool {
-	return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != ""
-}
-
 // ProxmoxConfig says how to reach this host's Proxmox VE API.
 type ProxmoxConfig struct {
 	// URL is the API base, e.g. https://127.0.0.1:8006/api2/json. Empty in
