@@ -16,7 +16,7 @@ import (
 // worker process resumes waiting on the recorded task instead of POSTing
 // again, and the guest workflow converges.
 func TestWorkerKilledMidMutationResumesWithoutSecondPost(t *testing.T) {
-	const host = "pve-crash1"
+	host := uniqueHost("pve-crash1")
 	sim, err := pvesim.Start(pvesim.Config{Node: host, TaskDuration: 4 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +77,7 @@ func TestWorkerKilledMidMutationResumesWithoutSecondPost(t *testing.T) {
 // timeout with exit status 0, and the next worker finishes the step from the
 // recorded task, without a second POST.
 func TestWorkerStoppedGracefullyMidMutationLosesNothing(t *testing.T) {
-	const host = "pve-term1"
+	host := uniqueHost("pve-term1")
 	sim, err := pvesim.Start(pvesim.Config{Node: host, TaskDuration: 8 * time.Second})
 	if err != nil {
 		t.Fatal(err)

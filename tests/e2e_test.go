@@ -15,18 +15,19 @@ import (
 // The walking skeleton: a guest workflow on the host's task queue reads a
 // stopped guest through the real worker and the simulator, and starts it.
 func TestGuestWorkflowReadsAndStartsAGuest(t *testing.T) {
-	sim := startSim(t, "pve-e2e1")
+	host := uniqueHost("pve-e2e1")
+	sim := startSim(t, host)
 	if err := sim.AddVM(pvesim.Guest{VMID: 101, Name: "web", Status: "stopped", MemoryMiB: 1024, Cores: 2}); err != nil {
 		t.Fatal(err)
 	}
-	a := startAgent(t, "pve-e2e1", sim, newOperatorKey(t, "ed25519").Pub)
+	a := startAgent(t, host, sim, newOperatorKey(t, "ed25519").Pub)
 
-	spec := desired.Spec{Host: "pve-e2e1", VMID: 101, Kind: desired.QEMU, Name: "web", State: desired.Running, Memory: "1024", Cores: 2}
+	spec := desired.Spec{Host: host, VMID: 101, Kind: desired.QEMU, Name: "web", State: desired.Running, Memory: "1024", Cores: 2}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_, err := a.client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID: workflows.GuestWorkflowID("pve-e2e1", 101), TaskQueue: workflows.TaskQueue("pve-e2e1"),
-	}, workflows.GuestReconcileWorkflow, workflows.GuestInput{Host: "pve-e2e1", VMID: 101, Desired: &spec})
+		ID: workflows.GuestWorkflowID(host, 101), TaskQueue: workflows.TaskQueue(host),
+	}, workflows.GuestReconcileWorkflow, workflows.GuestInput{Host: host, VMID: 101, Desired: &spec})
 	if err != nil {
 		t.Fatalf("start guest workflow: %v", err)
 	}
@@ -47,5 +48,5 @@ func TestGuestWorkflowReadsAndStartsAGuest(t *testing.T) {
 	}
 	// benign-converge.json was recorded before the desired state in the input
 	// was announced to the host workflow; this one after (a GetVersion marker).
-	recordHistory(t, a.client, workflows.GuestWorkflowID("pve-e2e1", 101), "", "benign-converge-announced")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 101), "", "benign-converge-announced")
 }

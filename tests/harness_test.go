@@ -6,7 +6,9 @@ package tests
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"log/slog"
 	"net/http"
 	"os"
@@ -240,4 +242,13 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// uniqueHost names a test's host apart from every earlier run against the
+// same Temporal server (go test -count=N reuses the package's server), so
+// workflow IDs and task queues of one run never meet another's.
+func uniqueHost(base string) string {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return base + "-" + hex.EncodeToString(b)
 }

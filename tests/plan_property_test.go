@@ -19,7 +19,7 @@ import (
 // the plan's actions against the simulator through the real activities and
 // planning again gives an empty plan.
 func TestApplyingAPlanThenPlanningAgainIsEmpty(t *testing.T) {
-	const host = "pve-prop"
+	host := uniqueHost("pve-prop")
 	// Tasks finish at once: the property is about the plans, not the waits.
 	sim, err := pvesim.Start(pvesim.Config{Node: host})
 	must(t, err)

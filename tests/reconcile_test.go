@@ -122,7 +122,7 @@ func (a *agent) pendingByVisibility(t *testing.T) []string {
 }
 
 func TestConvergeCreateConfigAndStartSeveralGuests(t *testing.T) {
-	const host = "pve-conv"
+	host := uniqueHost("pve-conv")
 	sim := startSim(t, host)
 	must(t, sim.AddVM(pvesim.Guest{VMID: 101, Name: "app", Status: "running", MemoryMiB: 1024, Cores: 1,
 		Disks: map[string]string{"scsi0": "local-lvm:vm-101-disk-0,size=16G"}}))
@@ -178,7 +178,7 @@ func TestConvergeCreateConfigAndStartSeveralGuests(t *testing.T) {
 }
 
 func TestDestroyWaitsForAMatchingSSHKeygenSignature(t *testing.T) {
-	const host = "pve-destroy"
+	host := uniqueHost("pve-destroy")
 	sim := startSim(t, host)
 	must(t, sim.AddVM(pvesim.Guest{VMID: 140, Name: "customer", Status: "running", MemoryMiB: 1024, Cores: 1,
 		Disks: map[string]string{"scsi0": "local-lvm:vm-140-disk-0,size=32G"}}))
@@ -256,7 +256,7 @@ func TestDestroyWaitsForAMatchingSSHKeygenSignature(t *testing.T) {
 }
 
 func TestFailedCreateIsRolledBackWithoutASignature(t *testing.T) {
-	const host = "pve-comp"
+	host := uniqueHost("pve-comp")
 	sim := startSim(t, host)
 	a := startAgent(t, host, sim, newOperatorKey(t, "ed25519").Pub)
 	// The start after the create fails on the node.
@@ -283,7 +283,7 @@ func TestFailedCreateIsRolledBackWithoutASignature(t *testing.T) {
 }
 
 func TestHostWorkflowWakesOnlyDriftedGuestsAndReportsUnmanaged(t *testing.T) {
-	const host = "pve-drift"
+	host := uniqueHost("pve-drift")
 	sim := startSim(t, host)
 	must(t, sim.AddVM(pvesim.Guest{VMID: 160, Name: "one", Status: "running", MemoryMiB: 512, Cores: 1}))
 	must(t, sim.AddVM(pvesim.Guest{VMID: 161, Name: "two", Status: "running", MemoryMiB: 512, Cores: 1}))
@@ -328,7 +328,7 @@ func TestHostWorkflowWakesOnlyDriftedGuestsAndReportsUnmanaged(t *testing.T) {
 }
 
 func TestGuestWorkflowContinuesAsNewWithItsState(t *testing.T) {
-	const host = "pve-can"
+	host := uniqueHost("pve-can")
 	sim := startSim(t, host)
 	must(t, sim.AddVM(pvesim.Guest{VMID: 170, Name: "long", Status: "stopped", MemoryMiB: 512, Cores: 1}))
 	a := startAgent(t, host, sim, newOperatorKey(t, "ed25519").Pub)
@@ -364,7 +364,7 @@ func TestGuestWorkflowContinuesAsNewWithItsState(t *testing.T) {
 }
 
 func TestSignedJobRunsOnceAndItsNonceCannotBeReplayed(t *testing.T) {
-	const host = "pve-job"
+	host := uniqueHost("pve-job")
 	sim := startSim(t, host)
 	// A volume left behind by a guest that is gone: Proxmox refuses to free
 	// the volume of a guest that still exists.

@@ -36,7 +36,7 @@ func runJob(t *testing.T, c client.Client, host string, key operatorKey, action 
 }
 
 func TestSignerRotationIsRoleScopedAndDurable(t *testing.T) {
-	const host = "pve-rotate"
+	host := uniqueHost("pve-rotate")
 	sim := startSim(t, host)
 	must(t, sim.AddVolume("local-lvm:vm-901-disk-0", 1<<30))
 	must(t, sim.AddVolume("local-lvm:vm-902-disk-0", 1<<30))

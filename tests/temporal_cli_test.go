@@ -41,7 +41,7 @@ func TestApproveWithTemporalCLIAndSSHKeygenAsDocumented(t *testing.T) {
 				"(.ci/run installs it: go install github.com/temporalio/cli/cmd/temporal@v1.5.1, apt-get install jq)", tool)
 		}
 	}
-	const host = "pve-cli"
+	host := uniqueHost("pve-cli")
 	sim := startSim(t, host)
 	must(t, sim.AddVM(pvesim.Guest{VMID: 190, Name: "old", Status: "running", MemoryMiB: 512, Cores: 1,
 		Disks: map[string]string{"scsi0": "local-lvm:vm-190-disk-0,size=8G"}}))
