@@ -311,6 +311,25 @@ func (a *Proxmox) WipeVolume(ctx context.Context, in WipeVolumeInput) (res TaskR
 	return res, err
 }
 
+// volumeExists looks for volid in its storage's content listing: the error
+// pve gives for a missing volume is the storage tool's own and differs by
+// storage type, so it is not read.
+func (a *Proxmox) volumeExists(ctx context.Context, storage, volid string) (bool, error) {
+	var list []struct {
+		VolID string `json:"volid"`
+	}
+	path := fmt.Sprintf("/nodes/%s/storage/%s/content", url.PathEscape(a.Node), url.PathEscape(storage))
+	if err := a.Client.Get(ctx, path, &list); err != nil {
+		return false, err
+	}
+	for _, v := range list {
+		if v.VolID == volid {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 func (a *Proxmox) wipe(ctx context.Context, what string, in WipeVolumeInput) (TaskResult, error) {
 	storage, name, ok := strings.Cut(in.Volume, ":")
 	if !ok || storage == "" || name == "" {
@@ -321,16 +340,30 @@ func (a *Proxmox) wipe(ctx context.Context, what string, in WipeVolumeInput) (Ta
 		return res, err
 	}
 	path := fmt.Sprintf("/nodes/%s/storage/%s/content/%s", a.Node, storage, url.PathEscape(in.Volume))
-	var info map[string]any
-	if err := a.Client.Get(ctx, path, &info); err != nil {
-		if code, msg, ok := httpStatus(err); ok && (code == 404 || (code == 500 && isMissingGuest(msg))) {
-			return TaskResult{AlreadyDone: true}, nil
-		}
+	exists, err := a.volumeExists(ctx, storage, in.Volume)
+	if err != nil {
 		return TaskResult{}, err
+	}
+	if !exists {
+		return TaskResult{AlreadyDone: true}, nil
 	}
 	owner := 0
 	if m := volumeOwner.FindStringSubmatch(name); m != nil {
 		owner, _ = strconv.Atoi(m[1])
+	}
+	// The API deletes a disk a guest still uses (only the web UI guards
+	// against it): refuse here, before the gate spends the approval.
+	if owner > 0 {
+		g, err := a.readGuest(ctx, owner, "")
+		if err != nil {
+			return TaskResult{}, err
+		}
+		for key, v := range g.Config {
+			if v == in.Volume || strings.HasPrefix(v, in.Volume+",") {
+				return TaskResult{}, temporal.NewNonRetryableApplicationError(
+					fmt.Sprintf("%s: guest %d still uses it as %s: detach it first (disk.detach)", what, owner, key), ErrTypeVolumeInUse, nil)
+			}
+		}
 	}
 	guestID := ""
 	if owner > 0 {
@@ -349,11 +382,10 @@ func (a *Proxmox) wipe(ctx context.Context, what string, in WipeVolumeInput) (Ta
 		if _, err := a.wait(ctx, "wipe-other", upid); err != nil {
 			a.log().Warn("volume deletion under way failed", "upid", upid, "err", err)
 		}
-		if err := a.Client.Get(ctx, path, &info); err != nil {
-			if code, msg, ok := httpStatus(err); ok && (code == 404 || (code == 500 && isMissingGuest(msg))) {
-				return TaskResult{UPID: upid, Resumed: true}, nil
-			}
+		if exists, err := a.volumeExists(ctx, storage, in.Volume); err != nil {
 			return TaskResult{}, err
+		} else if !exists {
+			return TaskResult{UPID: upid, Resumed: true}, nil
 		}
 	}
 	res, err := a.runTask(ctx, "wipe", "DELETE", path, nil)

@@ -256,7 +256,8 @@ func TestWipeVolume(t *testing.T) {
 		t.Fatalf("wipe of a gone volume = %+v, %v; want AlreadyDone without a signature", res, err)
 	}
 
-	// A disk of an existing guest: Proxmox refuses after the gate allowed.
+	// A disk an existing guest still uses: the agent refuses, before the gate
+	// (the API itself would delete it).
 	disk := "local-lvm:vm-101-disk-0"
 	_, err = run[TaskResult](h, h.act.WipeVolume, WipeVolumeInput{Volume: disk,
 		Approval: h.approve(gate.OpVolumeWipe, "101", map[string]any{"volume": disk})})

@@ -45,6 +45,7 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 
 func newHarness(t testing.TB, cfg pvesim.Config) *harness {
 	t.Helper()
+	cfg.StrictPVE = true
 	if cfg.Node == "" {
 		cfg.Node = "pve1"
 	}

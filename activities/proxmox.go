@@ -265,7 +265,9 @@ func (a *Proxmox) inFlight(ctx context.Context, vmid int, typ string, recent boo
 		if _, err := parseUPID(t.UPID); err != nil {
 			continue
 		}
-		if t.EndTime == "" && t.Status == "" {
+		// pve lists a running task with status "RUNNING" (older versions:
+		// without a status) and no end time.
+		if t.EndTime == "" && (t.Status == "" || strings.EqualFold(t.Status, "running")) {
 			return t.UPID, nil
 		}
 		if start, err := t.StartTime.Int64(); recent && err == nil && !activity.GetInfo(ctx).ScheduledTime.IsZero() && start >= since {
@@ -306,7 +308,7 @@ func (a *Proxmox) resumeTask(ctx context.Context, p Progress, hasProgress bool, 
 	a.log().Info("resuming proxmox task", "phase", phase, "upid", p.UPID)
 	res, err := a.wait(ctx, phase, p.UPID)
 	if err != nil {
-		if code, msg, ok := httpStatus(err); ok && (code == 404 || (code == 500 && contains(msg, "no such task", "unable to open file", "does not exist"))) {
+		if code, msg, ok := httpStatus(err); ok && (code == 404 || ((code == 400 || code == 500) && contains(msg, "no such task", "unable to open file", "does not exist"))) {
 			a.log().Warn("recorded task unknown to proxmox; deciding from the guest's state", "upid", p.UPID, "err", err)
 			return TaskResult{}, false, nil
 		}

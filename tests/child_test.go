@@ -3,8 +3,6 @@ package tests
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"os/exec"
@@ -47,18 +45,12 @@ type childAgent struct {
 	log *os.File
 }
 
-// simCAFile writes the simulator's certificate, as a client sees it, to a
-// PEM file for proxmox.ca_file.
+// simCAFile writes the simulator's certificate to a PEM file for
+// proxmox.ca_file.
 func simCAFile(t *testing.T, sim *pvesim.Server) string {
 	t.Helper()
-	conn, err := tls.Dial("tcp", sim.Addr(), &tls.Config{InsecureSkipVerify: true})
-	if err != nil {
-		t.Fatalf("fetch simulator certificate: %v", err)
-	}
-	defer conn.Close()
-	cert := conn.ConnectionState().PeerCertificates[0]
 	path := filepath.Join(t.TempDir(), "pve-ca.pem")
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o644); err != nil {
+	if err := os.WriteFile(path, sim.CertificatePEM(), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return path

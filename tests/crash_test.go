@@ -17,7 +17,7 @@ import (
 // again, and the guest workflow converges.
 func TestWorkerKilledMidMutationResumesWithoutSecondPost(t *testing.T) {
 	host := uniqueHost("pve-crash1")
-	sim, err := pvesim.Start(pvesim.Config{Node: host, TaskDuration: 4 * time.Second})
+	sim, err := pvesim.Start(pvesim.Config{StrictPVE: true, Node: host, TaskDuration: 4 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestWorkerKilledMidMutationResumesWithoutSecondPost(t *testing.T) {
 // recorded task, without a second POST.
 func TestWorkerStoppedGracefullyMidMutationLosesNothing(t *testing.T) {
 	host := uniqueHost("pve-term1")
-	sim, err := pvesim.Start(pvesim.Config{Node: host, TaskDuration: 8 * time.Second})
+	sim, err := pvesim.Start(pvesim.Config{StrictPVE: true, Node: host, TaskDuration: 8 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,7 +45,7 @@ type agent struct {
 // startSim starts a simulated Proxmox node named host.
 func startSim(t *testing.T, host string) *pvesim.Server {
 	t.Helper()
-	sim, err := pvesim.Start(pvesim.Config{Node: host, TaskDuration: 200 * time.Millisecond})
+	sim, err := pvesim.Start(pvesim.Config{StrictPVE: true, Node: host, TaskDuration: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("start simulator: %v", err)
 	}
@@ -79,12 +78,7 @@ func agentConfig(t *testing.T, host string, sim *pvesim.Server, dir string, oper
 	return cfg
 }
 
-func simRootCAs(sim *pvesim.Server) *x509.CertPool {
-	if t, ok := sim.HTTPClient().Transport.(*http.Transport); ok && t.TLSClientConfig != nil {
-		return t.TLSClientConfig.RootCAs
-	}
-	return nil
-}
+func simRootCAs(sim *pvesim.Server) *x509.CertPool { return sim.RootCAs() }
 
 // startAgent runs host's worker in this process until the test ends.
 func startAgent(t *testing.T, host string, sim *pvesim.Server, operational ...string) *agent {

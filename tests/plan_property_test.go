@@ -21,7 +21,7 @@ import (
 func TestApplyingAPlanThenPlanningAgainIsEmpty(t *testing.T) {
 	host := uniqueHost("pve-prop")
 	// Tasks finish at once: the property is about the plans, not the waits.
-	sim, err := pvesim.Start(pvesim.Config{Node: host})
+	sim, err := pvesim.Start(pvesim.Config{StrictPVE: true, Node: host})
 	must(t, err)
 	t.Cleanup(func() { sim.Close() })
 	var h *worker.Host

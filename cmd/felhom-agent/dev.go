@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -103,7 +102,7 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 	var opts worker.RunOptions
 	proxmoxWhere := cfg.Proxmox.URL
 	if cfg.Proxmox.URL == "" {
-		sim, err := pvesim.Start(pvesim.Config{Node: cfg.HostID, Addr: f.pveAddr, TaskDuration: f.taskDuration, Logger: log.With("component", "pvesim")})
+		sim, err := pvesim.Start(pvesim.Config{StrictPVE: true, Node: cfg.HostID, Addr: f.pveAddr, TaskDuration: f.taskDuration, Logger: log.With("component", "pvesim")})
 		if err != nil {
 			return fmt.Errorf("%w (choose another with --pvesim-addr)", err)
 		}
@@ -115,9 +114,7 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 		cfg.Proxmox.Node = sim.Node()
 		cfg.Proxmox.TokenID = sim.TokenID()
 		cfg.Proxmox.TokenSecret = sim.TokenSecret()
-		if t, ok := sim.HTTPClient().Transport.(*http.Transport); ok && t.TLSClientConfig != nil {
-			opts.ProxmoxRootCAs = t.TLSClientConfig.RootCAs
-		}
+		opts.ProxmoxRootCAs = sim.RootCAs()
 		proxmoxWhere = sim.URL() + " (simulator, seeded with demo guests)"
 	}
 	if err := cfg.Validate(); err != nil {

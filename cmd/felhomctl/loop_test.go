@@ -37,7 +37,7 @@ import (
 func TestOperatingLoop(t *testing.T) {
 	const host = "ctl1"
 	srv := devservertest.Start(t)
-	sim, err := pvesim.Start(pvesim.Config{Node: host, TaskDuration: 50 * time.Millisecond})
+	sim, err := pvesim.Start(pvesim.Config{StrictPVE: true, Node: host, TaskDuration: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
