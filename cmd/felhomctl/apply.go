@@ -36,15 +36,7 @@ type applyResult struct {
 }
 
 func (c *command) apply(args []string) error {
-	fs := c.newFlagSet("apply", applyHelp)
-	file := fs.String("f", "", "desired state `FILE` or directory (required)")
-	if _, err := c.parseFlags(fs, args, 0); err != nil {
-		return err
-	}
-	if *file == "" {
-		return usageErrorf("-f FILE|DIR is required")
-	}
-	specs, err := loadSpecs(*file)
+	specs, err := c.specsFlag("apply", applyHelp, args)
 	if err != nil {
 		return err
 	}

@@ -47,15 +47,7 @@ type planGuest struct {
 }
 
 func (c *command) plan(args []string) error {
-	fs := c.newFlagSet("plan", planHelp)
-	file := fs.String("f", "", "desired state `FILE` or directory (required)")
-	if _, err := c.parseFlags(fs, args, 0); err != nil {
-		return err
-	}
-	if *file == "" {
-		return usageErrorf("-f FILE|DIR is required")
-	}
-	specs, err := loadSpecs(*file)
+	specs, err := c.specsFlag("plan", planHelp, args)
 	if err != nil {
 		return err
 	}

@@ -196,3 +196,17 @@ func yamlErrorText(err error) string {
 	}
 	return strings.Join(msgs, "; ")
 }
+
+// specsFlag parses the flags of a command that reads desired state with
+// -f FILE|DIR, and loads and validates it.
+func (c *command) specsFlag(name, help string, args []string) ([]guestSpec, error) {
+	fs := c.newFlagSet(name, help)
+	file := fs.String("f", "", "desired state `FILE` or directory (required)")
+	if _, err := c.parseFlags(fs, args, 0); err != nil {
+		return nil, err
+	}
+	if *file == "" {
+		return nil, usageErrorf("-f FILE|DIR is required")
+	}
+	return loadSpecs(*file)
+}
