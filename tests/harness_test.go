@@ -7,7 +7,6 @@ package tests
 import (
 	"context"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/hex"
 	"log/slog"
 	"os"
@@ -78,8 +77,6 @@ func agentConfig(t *testing.T, host string, sim *pvesim.Server, dir string, oper
 	return cfg
 }
 
-func simRootCAs(sim *pvesim.Server) *x509.CertPool { return sim.RootCAs() }
-
 // startAgent runs host's worker in this process until the test ends.
 func startAgent(t *testing.T, host string, sim *pvesim.Server, operational ...string) *agent {
 	t.Helper()
@@ -98,7 +95,7 @@ func startAgentWith(t *testing.T, host string, sim *pvesim.Server, edit func(*wo
 	done := make(chan error, 1)
 	log := testLogger(t)
 	go func() {
-		done <- worker.Run(ctx, cfg, log, worker.RunOptions{ProxmoxRootCAs: simRootCAs(sim), Ready: func(worker.Info) { close(ready) }})
+		done <- worker.Run(ctx, cfg, log, worker.RunOptions{ProxmoxRootCAs: sim.RootCAs(), Ready: func(worker.Info) { close(ready) }})
 	}()
 	select {
 	case <-ready:
@@ -197,7 +194,7 @@ func (a *agent) waitStatusWithin(t *testing.T, vmid int, what string, within tim
 func countRequests(sim *pvesim.Server, method, suffix string) int {
 	n := 0
 	for _, r := range sim.Requests() {
-		if r.Method == method && len(r.Path) >= len(suffix) && r.Path[len(r.Path)-len(suffix):] == suffix {
+		if r.Method == method && strings.HasSuffix(r.Path, suffix) {
 			n++
 		}
 	}

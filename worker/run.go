@@ -40,9 +40,6 @@ type Info struct {
 	MetricsURL string
 }
 
-// TaskQueue is the task queue of one host.
-func TaskQueue(hostID string) string { return workflows.TaskQueue(hostID) }
-
 // Run runs the host's worker until ctx is done, then stops it gracefully:
 // in-flight activities get cfg.ShutdownTimeout to heartbeat and return, and
 // Temporal hands whatever did not finish to the next worker of this host.
@@ -65,7 +62,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) err
 	}
 	defer host.Close()
 
-	queue := TaskQueue(cfg.HostID)
+	queue := workflows.TaskQueue(cfg.HostID)
 	w := sdkworker.New(c, queue, sdkworker.Options{
 		Identity:          fmt.Sprintf("felhom-agent/%s/%d", cfg.HostID, os.Getpid()),
 		WorkerStopTimeout: cfg.ShutdownTimeout,
@@ -101,7 +98,7 @@ func Register(w sdkworker.Registry, acts *activities.Host) {
 func ensureHostWorkflow(ctx context.Context, c client.Client, hostID string, interval time.Duration) error {
 	_, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:                       workflows.HostWorkflowID(hostID),
-		TaskQueue:                TaskQueue(hostID),
+		TaskQueue:                workflows.TaskQueue(hostID),
 		WorkflowIDConflictPolicy: enums.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
 	}, workflows.HostWorkflow, workflows.HostInput{Host: hostID, Interval: interval})
 	if err != nil {
@@ -113,8 +110,6 @@ func ensureHostWorkflow(ctx context.Context, c client.Client, hostID string, int
 // Host is what the activities of one host act with: the Proxmox client,
 // the host-local stores and the gate built from the pinned keys.
 type Host struct {
-	cfg     Config
-	log     *slog.Logger
 	proxmox *activities.Proxmox
 	ledger  *ledger.Ledger
 	nonces  *gate.FileNonceStore
@@ -173,7 +168,7 @@ func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.C
 		return nil, fmt.Errorf("pinned_signers: %w", err)
 	}
 	return &Host{
-		cfg: cfg, log: log, ledger: led, nonces: nonces, signers: pinned,
+		ledger: led, nonces: nonces, signers: pinned,
 		proxmox: &activities.Proxmox{
 			Client: pve, Node: cfg.Proxmox.Node, HostID: cfg.HostID, Ledger: led, Gate: pinned, Log: log,
 		},

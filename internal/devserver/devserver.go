@@ -162,16 +162,12 @@ func (s *Server) Stop() error {
 // older value) and the search attributes (registered through the operator API
 // so that an existing database gains new ones too).
 func (s *Server) prepareNamespace(ctx context.Context) error {
-	c, err := s.waitReady(ctx)
+	c, ns, err := s.waitReady(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 
-	ns, err := c.WorkflowService().DescribeNamespace(ctx, &workflowservice.DescribeNamespaceRequest{Namespace: s.cfg.Namespace})
-	if err != nil {
-		return fmt.Errorf("devserver: describe namespace %q: %w", s.cfg.Namespace, err)
-	}
 	if ns.GetConfig().GetWorkflowExecutionRetentionTtl().AsDuration() != s.cfg.Retention {
 		_, err := c.WorkflowService().UpdateNamespace(ctx, &workflowservice.UpdateNamespaceRequest{
 			Namespace: s.cfg.Namespace,
@@ -186,25 +182,27 @@ func (s *Server) prepareNamespace(ctx context.Context) error {
 	return registerSearchAttributes(ctx, c.OperatorService(), s.cfg.Namespace, s.cfg.SearchAttributes)
 }
 
-// waitReady dials the frontend until it answers a health check: Start of the
-// server returns before every service has joined the membership ring.
-func (s *Server) waitReady(ctx context.Context) (client.Client, error) {
+// waitReady dials the frontend until it describes the namespace: Start of
+// the server returns before every service has joined the membership ring.
+func (s *Server) waitReady(ctx context.Context) (client.Client, *workflowservice.DescribeNamespaceResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	var lastErr error
 	for {
 		c, err := client.DialContext(ctx, client.Options{HostPort: s.frontendAddr, Namespace: s.cfg.Namespace, Logger: s.cfg.Logger})
 		if err == nil {
-			_, err = c.WorkflowService().DescribeNamespace(ctx, &workflowservice.DescribeNamespaceRequest{Namespace: s.cfg.Namespace})
+			ns, err := c.WorkflowService().DescribeNamespace(ctx, &workflowservice.DescribeNamespaceRequest{Namespace: s.cfg.Namespace})
 			if err == nil {
-				return c, nil
+				return c, ns, nil
 			}
 			c.Close()
+			lastErr = err
+		} else {
+			lastErr = err
 		}
-		lastErr = err
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("devserver: frontend %s not ready: %w (last error: %v)", s.frontendAddr, ctx.Err(), lastErr)
+			return nil, nil, fmt.Errorf("devserver: frontend %s not ready: %w (last error: %v)", s.frontendAddr, ctx.Err(), lastErr)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
