@@ -548,7 +548,11 @@ func (s *guestState) fail(ctx workflow.Context, msg string) {
 	s.lastErr = msg
 	s.setPhase(ctx, PhaseFailed)
 	// Try again later on its own; a new desired state or a wake-up is sooner.
-	s.dirty = false
+	// Runs before this version also dropped a wake-up that came in during
+	// the failed pass.
+	if workflow.GetVersion(ctx, "failure-keeps-wakeup", workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		s.dirty = false
+	}
 	workflow.Go(ctx, func(ctx workflow.Context) {
 		_ = workflow.Sleep(ctx, 5*time.Minute)
 		s.dirty = true

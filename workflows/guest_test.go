@@ -25,6 +25,9 @@ type fakeHost struct {
 	executed []string
 	// acceptBlob is the only approval blob the fake gate accepts.
 	acceptBlob string
+	// failOp fails every action with this op; onFail runs first.
+	failOp string
+	onFail func()
 }
 
 func (h *fakeHost) ObserveGuest(ctx context.Context, in ObserveInput) (Observation, error) {
@@ -43,6 +46,12 @@ func (h *fakeHost) ExecuteAction(ctx context.Context, in ExecuteInput) (ExecuteR
 		if in.Approval.Blob != h.acceptBlob {
 			return ExecuteResult{}, temporal.NewNonRetryableApplicationError("signed op does not match the action", ErrTypeGateRejection, nil, "binding_mismatch")
 		}
+	}
+	if in.Action.Op == h.failOp {
+		if h.onFail != nil {
+			h.onFail()
+		}
+		return ExecuteResult{}, temporal.NewNonRetryableApplicationError("no bootable device", "ProxmoxTaskFailed", nil)
 	}
 	h.executed = append(h.executed, in.Action.Op)
 	switch in.Action.Op {
@@ -226,4 +235,20 @@ func TestGuestWorkflowRejectsABadSpecByUpdate(t *testing.T) {
 	if len(h.ops()) != 0 {
 		t.Errorf("executed %v", h.ops())
 	}
+}
+
+// A desired state that arrives while a pass is failing is acted on at once,
+// not after the failure's retry delay.
+func TestGuestWorkflowActsOnADesiredStateThatArrivedDuringAFailedPass(t *testing.T) {
+	h := &fakeHost{guest: desired.Observed{Exists: true, Kind: desired.QEMU, Status: "stopped", Name: "web", MemoryMiB: 1024, Cores: 2}, failOp: desired.OpStart}
+	env := newEnv(t, h)
+	h.onFail = func() { env.SignalWorkflow(SignalSetDesired, *spec(desired.Stopped)) }
+	env.RegisterDelayedCallback(func() {
+		st := queryStatus(t, env)
+		if st.Generation != 2 || st.Phase != PhaseConverged {
+			t.Errorf("a minute after the failure: generation %d, phase %s; want the new desired state converged", st.Generation, st.Phase)
+		}
+		env.CancelWorkflow()
+	}, time.Minute)
+	env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Running)})
 }
