@@ -36,6 +36,7 @@
 //	target             ErrWrongHost      host_id must be this host
 //	time window        ErrNotYetValid    not_before <= now
 //	                   ErrExpired        now < expires_at
+//	                   ErrValidityTooLong expires_at - not_before and expires_at - now within the cap (24 h by default)
 //	nonce              ErrReplay         recorded last, so a rejected op never burns its nonce
 //
 // The gate adds its role (ErrRoleDenied) and binding (ErrBindingMismatch)

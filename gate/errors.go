@@ -32,6 +32,9 @@ var (
 	ErrNotYetValid = errors.New("op is not yet valid")
 	// ErrExpired: the op's expires_at has passed.
 	ErrExpired = errors.New("op has expired")
+	// ErrValidityTooLong: the op is valid for longer than the host accepts,
+	// or expires too far in the future (see CheckValidity).
+	ErrValidityTooLong = errors.New("op validity is longer than this host accepts")
 	// ErrReplay: the op's nonce was already used.
 	ErrReplay = errors.New("op nonce already used")
 
@@ -56,6 +59,7 @@ var codes = []struct {
 	{ErrWrongHost, "wrong_host"},
 	{ErrNotYetValid, "not_yet_valid"},
 	{ErrExpired, "expired"},
+	{ErrValidityTooLong, "validity_too_long"},
 	{ErrRoleDenied, "role_denied"},
 	{ErrBindingMismatch, "binding_mismatch"},
 	{ErrReplay, "replay"},
@@ -71,7 +75,8 @@ const (
 // Code returns the stable snake_case code of err: "" for nil, one of the
 // rejection codes ("pending_signature", "binding_mismatch", "role_denied",
 // "armor", "namespace", "public_key", "unknown_signer", "signature", "blob",
-// "wrong_host", "not_yet_valid", "expired", "replay", "nonce_store"), or
+// "wrong_host", "not_yet_valid", "expired", "validity_too_long", "replay",
+// "nonce_store"), or
 // "internal" for an error that is none of them.
 func Code(err error) string {
 	if err == nil {

@@ -134,6 +134,16 @@ func TestDecideAdversarialMatrix(t *testing.T) {
 			op.NotBefore, op.ExpiresAt = now.Add(-time.Hour), now
 			return Request{Action: destroyAction(), Approval: approve(t, opKey, op)}
 		}, ErrExpired, "expired"},
+		{"valid for longer than the host accepts", func(t *testing.T) Request {
+			op := destroyOp("m12a")
+			op.NotBefore, op.ExpiresAt = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+			return Request{Action: destroyAction(), Approval: approve(t, opKey, op)}
+		}, ErrValidityTooLong, "validity_too_long"},
+		{"short validity that expires too far ahead", func(t *testing.T) Request {
+			op := destroyOp("m12b")
+			op.NotBefore, op.ExpiresAt = now.Add(-time.Hour), now.Add(25*time.Hour)
+			return Request{Action: destroyAction(), Approval: approve(t, opKey, op)}
+		}, ErrValidityTooLong, "validity_too_long"},
 		{"recovery key on an ordinary destructive op", func(t *testing.T) Request {
 			return Request{Action: destroyAction(), Approval: approve(t, recKey, destroyOp("m13"))}
 		}, ErrRoleDenied, "role_denied"},

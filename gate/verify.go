@@ -189,14 +189,19 @@ type VerifierConfig struct {
 	Signers []Signer         // pinned keys with roles (see ParseSigners)
 	Nonces  NonceStore       // host-local; required
 	Now     func() time.Time // clock; nil means time.Now
+	// MaxValidity caps how long an op may be valid: expires_at - not_before,
+	// and how far expires_at lies ahead of now. Zero means
+	// DefaultMaxValidity; more than MaxValidityLimit is an error.
+	MaxValidity time.Duration
 }
 
 // Verifier runs the complete signed-op pipeline for one host.
 type Verifier struct {
-	hostID  string
-	allowed *AllowList
-	nonces  NonceStore
-	now     func() time.Time
+	hostID      string
+	allowed     *AllowList
+	nonces      NonceStore
+	now         func() time.Time
+	maxValidity time.Duration
 }
 
 // NewVerifier checks cfg and returns a Verifier.
@@ -215,7 +220,14 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &Verifier{hostID: cfg.HostID, allowed: allowed, nonces: cfg.Nonces, now: now}, nil
+	maxValidity := cfg.MaxValidity
+	switch {
+	case maxValidity == 0:
+		maxValidity = DefaultMaxValidity
+	case maxValidity < 0 || maxValidity > MaxValidityLimit:
+		return nil, fmt.Errorf("gate: max validity %s is outside (0, %s]", maxValidity, MaxValidityLimit)
+	}
+	return &Verifier{hostID: cfg.HostID, allowed: allowed, nonces: cfg.Nonces, now: now, maxValidity: maxValidity}, nil
 }
 
 // Verify runs the pipeline, in this order, each stage able to reject an op
@@ -223,7 +235,7 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 //
 //	parse armor → namespace → parse public key → allow-list (by key material;
 //	key_id is advisory) → crypto over rawBlob as received → parse blob →
-//	target host → time window → nonce
+//	target host → time window (including the maximum validity) → nonce
 //
 // The nonce is recorded last, so an op that fails any other stage never
 // burns its nonce. The returned error wraps the sentinel of the failing stage.
@@ -264,6 +276,9 @@ func (v *Verifier) verify(ctx context.Context, armored, rawBlob []byte, check fu
 	}
 	if !now.Before(op.ExpiresAt) {
 		return vop, fmt.Errorf("%w: expired at %s, now %s", ErrExpired, op.ExpiresAt.Format(TimeLayout), now.UTC().Format(TimeLayout))
+	}
+	if err := CheckValidity(op, now, v.maxValidity); err != nil {
+		return vop, err
 	}
 	if check != nil {
 		if err := check(vop); err != nil {

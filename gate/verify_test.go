@@ -232,3 +232,35 @@ func TestVerifyFileStoreReplayAcrossRestart(t *testing.T) {
 		t.Fatalf("after restart: %v, want ErrReplay", err)
 	}
 }
+
+func TestCheckValidity(t *testing.T) {
+	at := func(h int) time.Time { return now.Add(time.Duration(h) * time.Hour) }
+	tests := []struct {
+		name    string
+		nb, exp time.Time
+		max     time.Duration
+		tooLong bool
+	}{
+		{"one hour", at(-1), at(0), DefaultMaxValidity, false},
+		{"exactly the cap", at(-12), at(12), DefaultMaxValidity, false},
+		{"a second over the cap", at(-12), at(12).Add(time.Second), DefaultMaxValidity, true},
+		{"starts later, ends too far ahead", at(20), at(25), DefaultMaxValidity, true},
+		{"a week with a week's cap", at(-1), at(7*24 - 1), MaxValidityLimit, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := CheckValidity(Op{NotBefore: tt.nb, ExpiresAt: tt.exp}, now, tt.max)
+			if got := errors.Is(err, ErrValidityTooLong); got != tt.tooLong {
+				t.Fatalf("CheckValidity = %v, want too long %v", err, tt.tooLong)
+			}
+		})
+	}
+}
+
+func TestVerifierRefusesAMaxValidityOutsideTheLimit(t *testing.T) {
+	for _, d := range []time.Duration{-time.Hour, MaxValidityLimit + time.Second} {
+		if _, err := NewVerifier(VerifierConfig{HostID: "pve1", Nonces: NewMemoryNonceStore(), MaxValidity: d}); err == nil {
+			t.Errorf("MaxValidity %s accepted", d)
+		}
+	}
+}
