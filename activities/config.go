@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strconv"
@@ -35,32 +36,38 @@ type SetConfigInput struct {
 // changed with the first attempt, and the second finds its values set. Values
 // are compared as Proxmox stores them, pending values included, so a change
 // that waits for a reboot counts as applied.
+//
+// The gate classifies the change: allow-listed keys and new disks are
+// benign, every other key needs a signed guest.config; removing a disk is a
+// disk.detach, freeing an unusedN disk a volume.wipe; a change to an existing
+// disk is refused (see configAction).
 func (a *Proxmox) SetConfig(ctx context.Context, in SetConfigInput) (res TaskResult, err error) {
 	what := "set config of guest " + vmidString(in.VMID)
 	defer recoverPanic(what, &err)
-	res, err = a.setConfig(ctx, what, in)
+	var at *act
+	res, at, err = a.setConfig(ctx, what, in)
 	err = classify(what, err)
-	a.settle(ctx, in.Approval, err)
+	a.settle(at, err)
 	return res, err
 }
 
-func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput) (TaskResult, error) {
+func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput) (TaskResult, *act, error) {
 	if len(in.Set) == 0 && len(in.Delete) == 0 {
-		return TaskResult{}, badInput(what, "nothing to change")
+		return TaskResult{}, nil, badInput(what, "nothing to change")
 	}
 	for _, k := range in.Delete {
 		if _, both := in.Set[k]; both {
-			return TaskResult{}, badInput(what, "key %q is both set and deleted", k)
+			return TaskResult{}, nil, badInput(what, "key %q is both set and deleted", k)
 		}
 	}
 	for _, k := range []string{"digest", "delete", "vmid", "lock"} {
 		if _, bad := in.Set[k]; bad {
-			return TaskResult{}, badInput(what, "key %q cannot be set", k)
+			return TaskResult{}, nil, badInput(what, "key %q cannot be set", k)
 		}
 	}
 	kind, err := a.guestKind(ctx, what, in.VMID, in.Kind)
 	if err != nil {
-		return TaskResult{}, err
+		return TaskResult{}, nil, err
 	}
 	if name, ok := in.Set["name"]; ok && kind == KindLXC {
 		// A container's name is its hostname.
@@ -73,29 +80,31 @@ func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput)
 		in.Set = set
 	}
 	p, has := resumed(ctx)
-	if res, ok, err := a.resumeTask(ctx, p, has, "config"); ok {
-		return res, err
+	if res, ok, err := a.resumeTask(ctx, p, has, "config", in.VMID, taskType(kind, "config")); ok {
+		return res, nil, err
 	}
 	g, err := a.readGuest(ctx, in.VMID, kind)
 	if err != nil {
-		return TaskResult{}, err
+		return TaskResult{}, nil, err
 	}
 	if !g.Exists {
-		return TaskResult{}, notFound(what, in.VMID)
+		return TaskResult{}, nil, notFound(what, in.VMID)
 	}
 	if configApplied(g, in) {
-		return TaskResult{AlreadyDone: true}, nil
+		return TaskResult{AlreadyDone: true}, nil, nil
 	}
 
-	gated, err := destructiveDiskChange(g, in)
+	action, err := configAction(g, in)
 	if err != nil {
-		return TaskResult{}, badInput(what, "%v", err)
+		return TaskResult{}, nil, badInput(what, "%v", err)
 	}
-	if gated != nil {
-		gated.HostID, gated.GuestID = a.HostID, vmidString(in.VMID)
-		if _, err := a.authorize(ctx, what, *gated, in.VMID, in.Approval); err != nil {
-			return TaskResult{}, err
-		}
+	action.HostID, action.GuestID = a.HostID, vmidString(in.VMID)
+	ctx, at, err := a.authorize(ctx, what, action, g, in.Approval, "")
+	if err != nil {
+		return TaskResult{}, nil, err
+	}
+	if at != nil && at.done {
+		return TaskResult{AlreadyDone: true}, at, nil
 	}
 
 	params := map[string]any{}
@@ -118,24 +127,24 @@ func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput)
 		// config task of somebody else is only waited for, never taken for
 		// ours.)
 		if upid, err := a.inFlight(ctx, in.VMID, taskType(kind, "config"), false); err != nil {
-			return TaskResult{}, err
+			return TaskResult{}, at, err
 		} else if upid != "" {
 			if _, err := a.wait(ctx, "config-other", upid); err != nil {
 				a.log().Warn("config task under way failed", "upid", upid, "err", err)
 			}
 			if g, err = a.readGuest(ctx, in.VMID, kind); err != nil {
-				return TaskResult{}, err
+				return TaskResult{}, at, err
 			}
 			if g.Exists && configApplied(g, in) {
-				return TaskResult{UPID: upid, Resumed: true}, nil
+				return TaskResult{UPID: upid, Resumed: true}, at, nil
 			}
 		}
 	}
 	res, err := a.runTask(ctx, "config", method, a.guestPath(kind, in.VMID)+"/config", params)
 	if err != nil {
-		return TaskResult{}, err
+		return TaskResult{}, at, err
 	}
-	return res, nil
+	return res, at, nil
 }
 
 var allocation = regexp.MustCompile(`^([^:,]+):(\d+(?:\.\d+)?)(,.*)?$`)
@@ -176,42 +185,67 @@ func configApplied(g Guest, in SetConfigInput) bool {
 	return true
 }
 
-// destructiveDiskChange returns the gated action for a change that detaches
-// or shrinks a disk of g, nil for none. One approval covers one action, so a
-// change touching more than one existing disk that way is refused.
-func destructiveDiskChange(g Guest, in SetConfigInput) (*gate.Action, error) {
-	var found []gate.Action
+// configAction is the gated action of a change to g: the action exactly as
+// it will be done, for the gate to classify and an approval to bind to.
+//
+//   - deleting a disk key detaches the disk: disk.detach {"disk": KEY}
+//     (Proxmox keeps the volume as unusedN);
+//   - deleting an unusedN key frees its volume for good:
+//     volume.wipe {"volume": VOLID};
+//   - setting an existing disk key to a smaller size of the same volume
+//     shrinks it: disk.shrink {"disk": KEY, "size_gib": N}; any other change
+//     of an existing disk key (another volume, an allocation that would
+//     replace it, other options) is refused: Proxmox would detach the disk
+//     it replaces;
+//   - everything else is one guest.config whose params are the keys set as
+//     given and, when keys are deleted, "delete": "k1,k2". The gate allows
+//     it unsigned only for allow-listed keys and new disk allocations (a
+//     disk key appears here only when g has no such disk).
+//
+// One approval covers one action, so a change that would need more than one
+// (a disk and other keys, or two disks) is refused: one step each.
+func configAction(g Guest, in SetConfigInput) (gate.Action, error) {
+	var disk []gate.Action
+	rest := map[string]any{}
+	var deletes []string
 	for _, k := range in.Delete {
-		if isDiskKey(g.Kind, k) && g.Config[k] != "" {
-			found = append(found, gate.Action{Op: gate.OpDiskDetach, Params: map[string]any{"disk": k}})
+		have := g.Config[k]
+		switch {
+		case !isDiskKey(g.Kind, k) || have == "":
+			deletes = append(deletes, k)
+		case strings.HasPrefix(k, "unused"):
+			vol, _, _ := strings.Cut(have, ",")
+			disk = append(disk, gate.Action{Op: gate.OpVolumeWipe, Params: map[string]any{"volume": vol}})
+		default:
+			disk = append(disk, gate.Action{Op: gate.OpDiskDetach, Params: map[string]any{"disk": k}})
 		}
 	}
-	for k, v := range in.Set {
-		have, ok := g.Config[k]
-		if !isDiskKey(g.Kind, k) || !ok || have == "" {
+	for _, k := range slices.Sorted(maps.Keys(in.Set)) {
+		v := in.Set[k]
+		have, exists := g.Config[k]
+		if !isDiskKey(g.Kind, k) || !exists || have == "" {
+			rest[k] = v
 			continue
 		}
 		want := configString(v)
-		if m := allocation.FindStringSubmatch(want); m != nil && strings.HasPrefix(have, m[1]+":") {
-			continue // allocation already satisfied
-		}
 		wantVol, _, _ := strings.Cut(want, ",")
 		haveVol, _, _ := strings.Cut(have, ",")
-		if wantVol != haveVol {
-			found = append(found, gate.Action{Op: gate.OpDiskDetach, Params: map[string]any{"disk": k}})
+		if ws, hs := sizeGiB(want), sizeGiB(have); wantVol == haveVol && ws > 0 && hs > 0 && ws < hs {
+			disk = append(disk, gate.Action{Op: gate.OpDiskShrink, Params: map[string]any{"disk": k, "size_gib": ws}})
 			continue
 		}
-		if ws, hs := sizeGiB(want), sizeGiB(have); ws > 0 && hs > 0 && ws < hs {
-			found = append(found, gate.Action{Op: gate.OpDiskShrink, Params: map[string]any{"disk": k, "size_gib": ws}})
-		}
+		return gate.Action{}, fmt.Errorf("%s: %q would replace the disk %q it holds; detach it first (disk.detach), then add a new disk", k, want, have)
 	}
-	switch len(found) {
-	case 0:
-		return nil, nil
-	case 1:
-		return &found[0], nil
+	if len(deletes) > 0 {
+		rest["delete"] = strings.Join(deletes, ",")
 	}
-	return nil, fmt.Errorf("%d disks would be detached or shrunk: one such change per step, each with its own approval", len(found))
+	switch {
+	case len(disk) == 0:
+		return gate.Action{Op: gate.OpGuestConfig, Params: rest}, nil
+	case len(disk) == 1 && len(rest) == 0:
+		return disk[0], nil
+	}
+	return gate.Action{}, fmt.Errorf("the change detaches, frees or shrinks %d disks and sets %d other keys: one such change per step, each with its own approval", len(disk), len(rest))
 }
 
 // sizeGiB reads the size=N[KMGT] option of a disk value, in GiB (rounded

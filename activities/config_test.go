@@ -3,6 +3,7 @@ package activities
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/felhom/felhom-agent/gate"
 	"github.com/felhom/felhom-agent/internal/pvesim"
@@ -148,39 +149,50 @@ func TestSetConfigOnAgentScratchGuestIsBenign(t *testing.T) {
 	}
 }
 
-func TestDestructiveDiskChange(t *testing.T) {
+func TestConfigAction(t *testing.T) {
 	g := Guest{Kind: "qemu", Config: map[string]string{
-		"scsi0": "local-lvm:vm-101-disk-0,size=32G", "scsi1": "local-lvm:vm-101-disk-1,size=8G", "memory": "1024"}}
+		"scsi0": "local-lvm:vm-101-disk-0,size=32G", "scsi1": "local-lvm:vm-101-disk-1,size=8G",
+		"unused0": "local-lvm:vm-101-disk-2", "memory": "1024"}}
 	tests := []struct {
-		name string
-		in   SetConfigInput
-		want string // op, "" for none, "error"
+		name   string
+		in     SetConfigInput
+		op     string // "error" when refused
+		params string // canonical params of the action
+		class  gate.Class
 	}{
-		{"memory only", SetConfigInput{Set: map[string]any{"memory": 2048}}, ""},
-		{"new disk", SetConfigInput{Set: map[string]any{"scsi2": "local-lvm:8"}}, ""},
-		{"allocation on the disk's storage", SetConfigInput{Set: map[string]any{"scsi0": "local-lvm:32"}}, ""},
-		{"grow", SetConfigInput{Set: map[string]any{"scsi0": "local-lvm:vm-101-disk-0,size=64G"}}, ""},
-		{"delete disk", SetConfigInput{Delete: []string{"scsi1"}}, gate.OpDiskDetach},
-		{"delete non-disk", SetConfigInput{Delete: []string{"description"}}, ""},
-		{"swap volume", SetConfigInput{Set: map[string]any{"scsi1": "other:vm-101-disk-9,size=8G"}}, gate.OpDiskDetach},
-		{"shrink", SetConfigInput{Set: map[string]any{"scsi0": "local-lvm:vm-101-disk-0,size=16G"}}, gate.OpDiskShrink},
-		{"two at once", SetConfigInput{Delete: []string{"scsi0", "scsi1"}}, "error"},
+		{"memory only", SetConfigInput{Set: map[string]any{"memory": 2048}}, gate.OpGuestConfig, `{"memory":2048}`, gate.Benign},
+		{"new disk", SetConfigInput{Set: map[string]any{"scsi2": "local-lvm:8"}}, gate.OpGuestConfig, `{"scsi2":"local-lvm:8"}`, gate.Benign},
+		{"new disk naming another guest's volume", SetConfigInput{Set: map[string]any{"scsi2": "local-lvm:vm-102-disk-0"}}, gate.OpGuestConfig, `{"scsi2":"local-lvm:vm-102-disk-0"}`, gate.Destructive},
+		{"unknown key", SetConfigInput{Set: map[string]any{"hookscript": "local:snippets/x"}}, gate.OpGuestConfig, `{"hookscript":"local:snippets/x"}`, gate.Destructive},
+		{"delete non-disk", SetConfigInput{Delete: []string{"description"}}, gate.OpGuestConfig, `{"delete":"description"}`, gate.Destructive},
+		{"delete disk", SetConfigInput{Delete: []string{"scsi1"}}, gate.OpDiskDetach, `{"disk":"scsi1"}`, gate.Destructive},
+		{"delete unused disk frees it", SetConfigInput{Delete: []string{"unused0"}}, gate.OpVolumeWipe, `{"volume":"local-lvm:vm-101-disk-2"}`, gate.Destructive},
+		{"shrink", SetConfigInput{Set: map[string]any{"scsi0": "local-lvm:vm-101-disk-0,size=16G"}}, gate.OpDiskShrink, `{"disk":"scsi0","size_gib":16}`, gate.Destructive},
+		{"allocation over an existing disk", SetConfigInput{Set: map[string]any{"scsi0": "local-lvm:8", "memory": 2048}}, "error", "", ""},
+		{"swap volume", SetConfigInput{Set: map[string]any{"scsi1": "other:vm-101-disk-9,size=8G"}}, "error", "", ""},
+		{"grow through config", SetConfigInput{Set: map[string]any{"scsi0": "local-lvm:vm-101-disk-0,size=64G"}}, "error", "", ""},
+		{"two disks at once", SetConfigInput{Delete: []string{"scsi0", "scsi1"}}, "error", "", ""},
+		{"a disk and other keys", SetConfigInput{Delete: []string{"scsi1"}, Set: map[string]any{"memory": 2048}}, "error", "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a, err := destructiveDiskChange(g, tt.in)
-			got := ""
-			switch {
-			case err != nil:
-				got = "error"
-			case a != nil:
-				got = a.Op
+			a, err := configAction(g, tt.in)
+			if tt.op == "error" {
+				if err == nil {
+					t.Fatalf("configAction = %+v, want refused", a)
+				}
+				return
 			}
-			if got != tt.want {
-				t.Fatalf("destructiveDiskChange = %q (%v), want %q", got, a, tt.want)
+			if err != nil {
+				t.Fatal(err)
 			}
-			if got == gate.OpDiskShrink && a.Params["size_gib"] != 16 {
-				t.Fatalf("shrink params %v, want size_gib 16", a.Params)
+			params, _ := gate.CanonicalJSON(a.Params)
+			if a.Op != tt.op || string(params) != tt.params {
+				t.Fatalf("configAction = %s %s, want %s %s", a.Op, params, tt.op, tt.params)
+			}
+			a.GuestID = "101"
+			if c := gate.Classify(a, gate.Provenance{}, time.Now()); c != tt.class {
+				t.Fatalf("class %s, want %s", c, tt.class)
 			}
 		})
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"net/url"
 	"strings"
 	"time"
 
@@ -117,29 +119,26 @@ func (a *Proxmox) CreateContainer(ctx context.Context, in CreateContainerInput) 
 
 // create runs a create idempotently and keeps the ledger in step with it.
 //
-// The ledger gets a pending record (BeginCreate, fsync'd) before the POST and
-// is confirmed after the create task succeeded. A crash at any point leaves
-// one of these states, which a retry (same workflow run) resolves like this:
+// The create writes a fresh random instance marker into the guest's
+// description and records it in the ledger (BeginCreate, fsync'd) before the
+// POST; the record is confirmed, with the SMBIOS uuid and volumes Proxmox
+// gave the guest, once a guest carrying that marker exists. Whatever a retry
+// receives through Temporal (heartbeat details, run ids) is a claim; it
+// decides from the ledger and from the guest Proxmox shows:
 //
-//  1. nothing recorded, nothing sent: the VMID is free and there is no
-//     pending record: begin + POST as usual.
-//  2. pending recorded, POST not sent (or refused): the guest does not exist:
-//     POST now (the pending record stays valid).
-//  3. POST accepted, UPID not yet heartbeated: the guest exists and the
-//     ledger holds this run's pending record: the guest is ours. Proxmox
-//     holds the "create" lock while the task runs and removes the guest when
-//     the task fails, so wait until the lock is gone: guest still there =
-//     created (confirm), guest gone = the create failed (POST again).
-//  4. UPID heartbeated: resume waiting on that task, then confirm.
-//  5. confirmed, completion not reported: the ledger says this run created
-//     it and the guest exists: done.
+//  1. no guest at the VMID: POST, reusing the marker of a pending record of
+//     the same kind (a crashed attempt's) or a new one.
+//  2. a guest carrying the pending record's marker, of the asked kind and
+//     name: the crashed attempt created it. While Proxmox holds its "create"
+//     lock the task still runs: wait, then look again (guest gone = the
+//     create failed: POST again). Confirm.
+//  3. any other guest: the VMID is taken (ProxmoxVMIDTaken); the ledger
+//     entry, if pending, is dropped, and nothing about the guest is claimed.
 //
-// A pending record never counts as agent provenance for the gate, so a crash
-// in state 2 followed by somebody else creating the same VMID cannot make
-// their guest look like ours to anything but this create's own retry; that
-// retry additionally requires the guest's kind and name to be the ones it
-// asked for. A VMID that exists without this run's record is never claimed:
-// the create fails with ProxmoxVMIDTaken.
+// A recorded UPID is resumed only if it names this node's create task for
+// this VMID, started after the pending record was written; whatever it
+// reports, the guest itself decides as above. A pending record never counts
+// as agent provenance for the gate.
 func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name string, scratch bool, params map[string]any) (CreateResult, error) {
 	if vmid < 100 {
 		return CreateResult{}, badInput(what, "vmid %d is not a VMID (100 or more)", vmid)
@@ -147,66 +146,115 @@ func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name 
 	if a.Ledger == nil {
 		return CreateResult{}, temporal.NewNonRetryableApplicationError(what+": no provenance ledger configured", ErrTypeLedger, nil)
 	}
-	run := runID(ctx)
+	for _, k := range []string{"description", "smbios1", "vmgenid", "meta", "lock", "protection", "template", "unique", "force", "archive", "restore"} {
+		if _, ok := params[k]; ok {
+			return CreateResult{}, badInput(what, "option %q is the agent's or Proxmox's own and cannot be set by a create", k)
+		}
+	}
+	for k, v := range params {
+		if isDiskKey(kind, k) && (strings.HasPrefix(k, "unused") || !newAllocation(configString(v))) {
+			return CreateResult{}, badInput(what, "%s: %q is not a new disk (STORAGE:SIZE_GIB): a create never attaches or imports an existing volume", k, configString(v))
+		}
+	}
 	out := func(r TaskResult) CreateResult { return CreateResult{TaskResult: r, VMID: vmid, Kind: kind} }
 
+	entry, recorded := a.Ledger.Entry(vmid)
+	pending := recorded && entry.State == ledger.StatePending && entry.Kind == kind
 	p, has := resumed(ctx)
-	if res, ok, err := a.resumeTask(ctx, p, has, "create"); ok {
-		if err != nil {
-			return CreateResult{}, a.createFailed(what, vmid, run, err)
+	var resumedRes *TaskResult
+	if pending {
+		res, ok, err := a.resumeTask(ctx, p, has, "create", vmid, taskType(kind, "create"))
+		if ok && err != nil {
+			var te *TaskError
+			if !errors.As(err, &te) {
+				return CreateResult{}, err
+			}
+			// The create task failed: the guest state below decides.
+		} else if ok {
+			resumedRes = &res
 		}
-		return out(res), a.confirm(what, vmid, run)
 	}
 
-	entry, recorded := a.Ledger.Entry(vmid)
-	ours := recorded && entry.Run == run
 	g, err := a.readGuest(ctx, vmid, "")
 	if err != nil {
 		return CreateResult{}, err
 	}
-	if g.Exists {
-		taken := func(g Guest) error {
-			return temporal.NewNonRetryableApplicationError(
-				fmt.Sprintf("%s: VMID %d is already used by %s %q, which this workflow run did not create", what, vmid, g.Kind, g.Name),
-				ErrTypeVMIDTaken, nil)
-		}
-		if !ours || g.Kind != kind {
-			return CreateResult{}, taken(g)
-		}
-		if entry.State == ledger.StateCreated {
-			return out(TaskResult{AlreadyDone: true}), nil // state 5
-		}
-		g, err = a.waitCreateLock(ctx, vmid, kind) // state 3
-		if err != nil {
+	if g.Exists && pending && g.Kind == kind && g.Lock == "create" {
+		// A create under way shows its marker only once its task is done.
+		if g, err = a.waitCreateLock(ctx, vmid, kind); err != nil {
 			return CreateResult{}, err
 		}
-		if g.Exists {
-			if g.Name != name {
-				// Not the guest this run asked for: drop the claim.
-				if err := a.Ledger.AbortCreate(vmid, run); err != nil {
-					a.log().Error("ledger: could not drop pending create", "vmid", vmid, "err", err)
-				}
-				return CreateResult{}, taken(g)
-			}
-			return out(TaskResult{AlreadyDone: true}), a.confirm(what, vmid, run)
-		}
-		// The create task failed and Proxmox removed the guest: create again.
 	}
-	if !ours || entry.State != ledger.StatePending {
-		if err := a.Ledger.BeginCreate(ledger.Entry{VMID: vmid, Kind: kind, Run: run,
+	if g.Exists {
+		if !pending || g.Kind != kind || markerOf(g.Description) != entry.Instance {
+			if pending {
+				a.abort(vmid, entry.Instance)
+			}
+			if recorded && entry.State == ledger.StateCreated && g.Kind == kind && markerOf(g.Description) == entry.Instance {
+				return out(TaskResult{AlreadyDone: true}), nil // confirmed, completion not reported
+			}
+			return CreateResult{}, a.taken(what, g)
+		}
+		if g.Name != name {
+			a.abort(vmid, entry.Instance)
+			return CreateResult{}, a.taken(what, g)
+		}
+		if err := a.confirm(what, g, entry.Instance); err != nil {
+			return CreateResult{}, err
+		}
+		if resumedRes != nil {
+			return out(*resumedRes), nil
+		}
+		return out(TaskResult{AlreadyDone: true}), nil
+	}
+	// No guest: the create never reached Proxmox, or its task failed and
+	// Proxmox removed the guest. Create (again).
+
+	marker := entry.Instance
+	if !pending {
+		if marker, err = newInstanceMarker(); err != nil {
+			return CreateResult{}, temporal.NewApplicationErrorWithCause(what+": "+err.Error(), ErrTypeLedger, err)
+		}
+		if err := a.Ledger.BeginCreate(ledger.Entry{VMID: vmid, Kind: kind, Instance: marker,
 			Workflow: activity.GetInfo(ctx).WorkflowExecution.ID, Scratch: scratch}); err != nil {
 			return CreateResult{}, temporal.NewApplicationErrorWithCause(what+": record in provenance ledger: "+err.Error(), ErrTypeLedger, err)
 		}
 	}
-	res, err := a.runTask(ctx, "create", "POST", fmt.Sprintf("/nodes/%s/%s", a.Node, kind), params)
+	post := maps.Clone(params)
+	post["description"] = markerLine + marker
+	res, err := a.runTask(ctx, "create", "POST", fmt.Sprintf("/nodes/%s/%s", url.PathEscape(a.Node), kind), post)
 	if err != nil {
-		return CreateResult{}, a.createFailed(what, vmid, run, err)
+		return CreateResult{}, a.createFailed(what, vmid, marker, err)
 	}
-	return out(res), a.confirm(what, vmid, run)
+	if g, err = a.readGuest(ctx, vmid, kind); err != nil {
+		return CreateResult{}, err
+	}
+	if !g.Exists || markerOf(g.Description) != marker {
+		return CreateResult{}, temporal.NewApplicationError(
+			fmt.Sprintf("%s: the create task succeeded but the guest does not carry its instance marker yet", what), ErrTypeUnavailable)
+	}
+	return out(res), a.confirm(what, g, marker)
 }
 
-func (a *Proxmox) confirm(what string, vmid int, run string) error {
-	if err := a.Ledger.ConfirmCreate(vmid, run); err != nil {
+func (a *Proxmox) taken(what string, g Guest) error {
+	return temporal.NewNonRetryableApplicationError(
+		fmt.Sprintf("%s: VMID %d is already used by %s %q, which the agent did not create as asked", what, g.VMID, g.Kind, g.Name),
+		ErrTypeVMIDTaken, nil)
+}
+
+func (a *Proxmox) abort(vmid int, marker string) {
+	if err := a.Ledger.AbortCreate(vmid, marker); err != nil {
+		a.log().Error("ledger: could not drop pending create", "vmid", vmid, "err", err)
+	}
+}
+
+// confirm records the create of the live guest g, which carries marker.
+func (a *Proxmox) confirm(what string, g Guest, marker string) error {
+	smbios := ""
+	if g.Kind == KindQEMU {
+		smbios = smbiosUUID(g.Config)
+	}
+	if err := a.Ledger.ConfirmCreate(g.VMID, marker, smbios, volumesOf(g)); err != nil {
 		return temporal.NewApplicationErrorWithCause(what+": confirm in provenance ledger: "+err.Error(), ErrTypeLedger, err)
 	}
 	return nil
@@ -215,15 +263,31 @@ func (a *Proxmox) confirm(what string, vmid int, run string) error {
 // createFailed drops the pending record when the create certainly did not
 // happen (Proxmox refused it, or its task failed, which removes the guest);
 // after an ambiguous error (network, 5xx) it stays for the retry to resolve.
-func (a *Proxmox) createFailed(what string, vmid int, run string, err error) error {
+func (a *Proxmox) createFailed(what string, vmid int, marker string, err error) error {
 	c := classify(what, err)
 	var te *TaskError
 	if errors.As(err, &te) || isNonRetryable(c) {
-		if aerr := a.Ledger.AbortCreate(vmid, run); aerr != nil {
-			a.log().Error("ledger: could not drop pending create", "vmid", vmid, "err", aerr)
-		}
+		a.abort(vmid, marker)
 	}
 	return c
+}
+
+// newAllocation reports whether a disk value asks Proxmox for a new, empty
+// volume ("STORAGE:SIZE_GIB[,options]") rather than naming an existing one
+// or importing one.
+func newAllocation(v string) bool {
+	vol, opts, _ := strings.Cut(v, ",")
+	m := allocation.FindStringSubmatch(vol)
+	if m == nil {
+		return false
+	}
+	for _, o := range strings.Split(opts, ",") {
+		k, _, _ := strings.Cut(o, "=")
+		if k == "import-from" || k == "file" || k == "volume" {
+			return false
+		}
+	}
+	return true
 }
 
 // waitCreateLock waits while the guest carries Proxmox's "create" lock (its

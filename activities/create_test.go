@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/felhom/felhom-agent/activities/ledger"
 	"github.com/felhom/felhom-agent/internal/pvesim"
 )
 
@@ -24,8 +23,11 @@ func TestCreateVM(t *testing.T) {
 	if !ok || g.Name != "app" || g.MemoryMiB != 2048 || g.Cores != 2 || !strings.HasPrefix(g.Disks["scsi0"], "local-lvm:vm-150-disk-") {
 		t.Fatalf("created guest %+v", g)
 	}
-	if p := h.ledger.Lookup(150); p != (ledger.Provenance{AgentCreated: true, CreatedByRun: testRun, Scratch: true}) {
-		t.Fatalf("ledger provenance = %+v", p)
+	if p := h.prov(150); !p.AgentCreated || !p.Scratch || p.InUse || len(p.Volumes) != 1 {
+		t.Fatalf("provenance = %+v", p)
+	}
+	if e, _ := h.ledger.Entry(150); e.SMBIOS == "" || markerOf(g.Description) != e.Instance {
+		t.Fatalf("ledger entry %+v does not name the guest's instance (description %q)", e, g.Description)
 	}
 
 	// Retried after completion was lost: done, no second POST.
@@ -53,8 +55,8 @@ func TestCreateContainer(t *testing.T) {
 	if !ok || g.Name != "db" || g.Disks["rootfs"] == "" || g.Disks["mp0"] == "" {
 		t.Fatalf("created container %+v", g)
 	}
-	if p := h.ledger.Lookup(250); !p.AgentCreated || p.Scratch || p.CreatedByRun != testRun {
-		t.Fatalf("ledger provenance = %+v", p)
+	if p := h.prov(250); !p.AgentCreated || p.Scratch {
+		t.Fatalf("provenance = %+v", p)
 	}
 }
 
@@ -70,9 +72,9 @@ func TestCreateRefusesForeignVMID(t *testing.T) {
 		t.Fatal("ledger claims the customer's VMID")
 	}
 
-	// Created by another run of the agent: not this run's either.
-	h.ledger.BeginCreate(ledger.Entry{VMID: 160, Kind: "qemu", Run: "other-run"})
-	h.ledger.ConfirmCreate(160, "other-run")
+	// The ledger records an agent create at 160, but the guest there does
+	// not carry its marker: another instance, not the agent's.
+	h.recordCreate(160, "qemu", testMarker, false)
 	h.addVM(pvesim.Guest{VMID: 160, Name: "app", MemoryMiB: 512})
 	_, err = run[CreateResult](h, h.act.CreateVM, CreateVMInput{VMID: 160, Name: "app", MemoryMiB: 512})
 	wantErr(t, err, ErrTypeVMIDTaken, false)

@@ -2,16 +2,12 @@ package activities
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"errors"
 	"fmt"
 	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
 
-	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/felhom/felhom-agent/gate"
@@ -50,209 +46,125 @@ type WipeVolumeInput struct {
 	Approval *gate.Approval `json:"approval,omitempty"`
 }
 
-// runID is the workflow run the activity belongs to.
-func runID(ctx context.Context) string {
-	return activity.GetInfo(ctx).WorkflowExecution.RunID
-}
-
-// admissionKey names one activity's use of one approval: a retry of the
-// same activity (same run, same activity id) with the same signed bytes
-// finds it again, nothing else does.
-func admissionKey(ctx context.Context, ap *gate.Approval) string {
-	if ap == nil {
-		return ""
-	}
-	info := activity.GetInfo(ctx)
-	h := sha256.New()
-	fmt.Fprintf(h, "%d:", len(ap.Blob))
-	h.Write(ap.Blob)
-	h.Write(ap.Signature)
-	return hex.EncodeToString(h.Sum(nil)) + "/" + info.WorkflowExecution.RunID + "/" + info.ActivityID
-}
-
-func (a *Proxmox) provenance(vmid int) gate.Provenance {
-	if a.Ledger == nil || vmid <= 0 {
-		return gate.Provenance{}
-	}
-	p := a.Ledger.Lookup(vmid)
-	return gate.Provenance{AgentCreated: p.AgentCreated, CreatedByRun: p.CreatedByRun, Scratch: p.Scratch}
-}
-
-// authorize runs the gate on this host for action. A rejection is a
-// non-retryable application error whose type is the gate's code.
-//
-// The nonce of a signed approval is spent by the first attempt that passes
-// the gate. So that a retry of the same activity (after a crash before its
-// task was recorded) is not refused as a replay, an admission keyed by the
-// approval, the run and the activity id is recorded in the ledger right after
-// the gate allowed; a "replay" rejection with a live admission for exactly
-// that key proceeds. Decide rejects a replay only after every other check
-// (signature, signer, host, time window, binding) passed again.
-func (a *Proxmox) authorize(ctx context.Context, what string, action gate.Action, vmid int, approval *gate.Approval) (admission string, err error) {
-	if a.Gate == nil {
-		return "", temporal.NewNonRetryableApplicationError(what+": no gate configured on this host: refusing", "gate_missing", nil)
-	}
-	req := gate.Request{Action: action, Provenance: a.provenance(vmid), CurrentRun: runID(ctx), Approval: approval}
-	key := admissionKey(ctx, approval)
-	dec, err := a.Gate.Decide(ctx, req)
-	if err != nil {
-		code := gate.Code(err)
-		if (code == "replay" || errors.Is(err, gate.ErrReplay)) && key != "" && a.Ledger != nil && a.Ledger.Admitted(key) {
-			a.log().Info("gate: approval already admitted for this activity; continuing", "op", action.Op, "guest", action.GuestID)
-			return key, nil
-		}
-		a.log().Warn("gate refused", "op", action.Op, "guest", action.GuestID, "code", code, "err", err)
-		return "", temporal.NewNonRetryableApplicationError(
-			fmt.Sprintf("%s: refused by the gate on host %s (%s): %v", what, a.HostID, code, err), code, err)
-	}
-	if !dec.Allowed {
-		code := dec.Code
-		if code == "" {
-			code = "refused"
-		}
-		return "", temporal.NewNonRetryableApplicationError(
-			fmt.Sprintf("%s: refused by the gate on host %s (%s)", what, a.HostID, code), code, nil)
-	}
-	if dec.Op != nil && key != "" {
-		if a.Ledger == nil {
-			return "", temporal.NewNonRetryableApplicationError(what+": no provenance ledger to record the admission in", ErrTypeLedger, nil)
-		}
-		if err := a.Ledger.Admit(key, vmid, runID(ctx)); err != nil {
-			return "", temporal.NewApplicationErrorWithCause(what+": record admission: "+err.Error(), ErrTypeLedger, err)
-		}
-		return key, nil
-	}
-	return "", nil
-}
-
-// spend marks the admission under key used up.
-func (a *Proxmox) spend(key string) {
-	if key == "" || a.Ledger == nil {
-		return
-	}
-	if err := a.Ledger.Spend(key); err != nil {
-		a.log().Error("ledger: could not mark admission spent", "err", err)
-	}
-}
-
-// settle spends this activity's admission once no retry of it can follow:
-// it succeeded, or failed for good.
-func (a *Proxmox) settle(ctx context.Context, approval *gate.Approval, err error) {
-	if err != nil && !isNonRetryable(err) {
-		return
-	}
-	a.spend(admissionKey(ctx, approval))
-}
-
-func (a *Proxmox) forget(ctx context.Context, what string, vmid int) error {
-	if a.Ledger == nil {
-		return nil
-	}
-	if err := a.Ledger.Remove(vmid, runID(ctx)); err != nil {
-		return temporal.NewApplicationErrorWithCause(what+": record removal in the provenance ledger: "+err.Error(), ErrTypeLedger, err)
-	}
-	return nil
-}
-
 func protected(what string, vmid int) error {
 	return temporal.NewNonRetryableApplicationError(
 		fmt.Sprintf("%s: guest %d has protection enabled: refusing (the guest was left as it is)", what, vmid), ErrTypeProtected, nil)
 }
 
-// DestroyGuest destroys a guest with purge and its unreferenced disks, after
-// the gate allowed it. Protection is checked before anything else and the
-// guest is stopped only after the gate allowed, so a refused destroy never
-// stops a guest. A guest that is already gone is success (AlreadyDone).
+// DestroyGuest destroys a guest with purge, after the gate allowed it.
+// Protection is checked before anything else and the guest is stopped only
+// after the gate allowed, so a refused destroy never stops a guest. A guest
+// that is already gone is success (AlreadyDone). A signed destroy also frees
+// the guest's unreferenced disks; a benign one (scratch, or the rollback of
+// the agent's own create) frees only what the guest's config references, so
+// an orphaned disk of an earlier guest under the same VMID is never taken
+// along unsigned.
 func (a *Proxmox) DestroyGuest(ctx context.Context, in DestroyGuestInput) (res TaskResult, err error) {
 	what := "destroy guest " + vmidString(in.VMID)
 	defer recoverPanic(what, &err)
-	res, err = a.destroy(ctx, what, in)
+	var at *act
+	res, at, err = a.destroy(ctx, what, in)
 	err = classify(what, err)
-	a.settle(ctx, in.Approval, err)
+	a.settle(at, err)
 	return res, err
 }
 
-func (a *Proxmox) destroy(ctx context.Context, what string, in DestroyGuestInput) (TaskResult, error) {
+func (a *Proxmox) destroy(ctx context.Context, what string, in DestroyGuestInput) (TaskResult, *act, error) {
 	if in.VMID <= 0 {
-		return TaskResult{}, badInput(what, "vmid %d is not a VMID", in.VMID)
+		return TaskResult{}, nil, badInput(what, "vmid %d is not a VMID", in.VMID)
 	}
 	p, has := resumed(ctx)
-	if res, ok, err := a.resumeTask(ctx, p, has, "destroy"); ok {
-		if err != nil {
-			return res, err
-		}
-		return res, a.forget(ctx, what, in.VMID)
+	res, resumedTask, err := a.resumeTask(ctx, p, has, "destroy", in.VMID, "qmdestroy", "vzdestroy")
+	if resumedTask && err != nil {
+		return res, nil, err
 	}
 	g, err := a.readGuest(ctx, in.VMID, "")
 	if err != nil {
-		return TaskResult{}, err
+		return TaskResult{}, nil, err
 	}
 	if !g.Exists {
-		return TaskResult{AlreadyDone: true}, a.forget(ctx, what, in.VMID)
+		a.finishRecorded(in.Approval)
+		if !resumedTask {
+			res = TaskResult{AlreadyDone: true}
+		}
+		return res, nil, a.forget(what, in.VMID)
 	}
 	if g.Protection {
-		return TaskResult{}, protected(what, in.VMID)
+		return TaskResult{}, nil, protected(what, in.VMID)
 	}
 	action := gate.Action{Op: gate.OpGuestDestroy, HostID: a.HostID, GuestID: vmidString(in.VMID), Params: map[string]any{"kind": g.Kind}}
-	if _, err := a.authorize(ctx, what, action, in.VMID, in.Approval); err != nil {
-		return TaskResult{}, err
+	ctx, at, err := a.authorize(ctx, what, action, g, in.Approval, "")
+	if err != nil {
+		return TaskResult{}, nil, err
+	}
+	if at != nil && at.done {
+		// The approved destroy completed, yet a guest is there: not the one
+		// it destroyed.
+		return TaskResult{}, nil, a.usedUp(what, action)
 	}
 	base := a.guestPath(g.Kind, in.VMID)
-	if res, ok, err := a.resumeTask(ctx, p, has, "stop"); ok {
+	if res, ok, err := a.resumeTask(ctx, p, has, "stop", in.VMID, taskType(g.Kind, "stop")); ok {
 		if err != nil {
-			return res, err
+			return res, at, err
 		}
 	} else if g.Status == "running" {
 		if _, err := a.runGuestTask(ctx, "stop", taskType(g.Kind, "stop"), in.VMID, false, "POST", base+"/status/stop", nil); err != nil {
-			return TaskResult{}, err
+			return TaskResult{}, at, err
 		}
 	}
-	res, err := a.runGuestTask(ctx, "destroy", taskType(g.Kind, "destroy"), in.VMID, false,
-		"DELETE", base, map[string]any{"purge": 1, "destroy-unreferenced-disks": 1})
+	params := map[string]any{"purge": 1}
+	if at != nil {
+		params["destroy-unreferenced-disks"] = 1
+	}
+	res, err = a.runGuestTask(ctx, "destroy", taskType(g.Kind, "destroy"), in.VMID, false, "DELETE", base, params)
 	if err != nil {
 		// Gone since it was read (a destroy whose UPID heartbeat had not left
 		// the worker yet finished meanwhile): the goal is met.
 		if now, rerr := a.readGuest(ctx, in.VMID, g.Kind); rerr == nil && !now.Exists {
-			return TaskResult{AlreadyDone: true}, a.forget(ctx, what, in.VMID)
+			return TaskResult{AlreadyDone: true}, at, a.forget(what, in.VMID)
 		}
-		return TaskResult{}, err
+		return TaskResult{}, at, err
 	}
-	return res, a.forget(ctx, what, in.VMID)
+	return res, at, a.forget(what, in.VMID)
 }
 
 // RestoreBackup restores a backup over an existing guest, after the gate
-// allowed it (stopping the guest first if it runs). Without a recorded task
-// a retry restores again: restoring the same archive twice leaves the same
-// result.
+// allowed it (stopping the guest first if it runs). Protection is checked
+// before the gate. A retry of an approved restore resumes its recorded task;
+// once the act completed, the same approval restores nothing again.
 func (a *Proxmox) RestoreBackup(ctx context.Context, in RestoreBackupInput) (res TaskResult, err error) {
 	what := "restore backup over guest " + vmidString(in.VMID)
 	defer recoverPanic(what, &err)
-	res, err = a.restore(ctx, what, in)
+	var at *act
+	res, at, err = a.restore(ctx, what, in)
 	err = classify(what, err)
-	a.settle(ctx, in.Approval, err)
+	a.settle(at, err)
 	return res, err
 }
 
-func (a *Proxmox) restore(ctx context.Context, what string, in RestoreBackupInput) (TaskResult, error) {
+func (a *Proxmox) restore(ctx context.Context, what string, in RestoreBackupInput) (TaskResult, *act, error) {
 	if in.VMID <= 0 {
-		return TaskResult{}, badInput(what, "vmid %d is not a VMID", in.VMID)
+		return TaskResult{}, nil, badInput(what, "vmid %d is not a VMID", in.VMID)
 	}
 	if !strings.Contains(in.Archive, ":") {
-		return TaskResult{}, badInput(what, "archive %q is not a backup volume id (storage:backup/...)", in.Archive)
+		return TaskResult{}, nil, badInput(what, "archive %q is not a backup volume id (storage:backup/...)", in.Archive)
 	}
 	p, has := resumed(ctx)
-	if res, ok, err := a.resumeTask(ctx, p, has, "restore"); ok {
-		return res, err
+	if res, ok, err := a.resumeTask(ctx, p, has, "restore", in.VMID, "qmrestore", "vzrestore"); ok {
+		if err == nil {
+			a.finishRecorded(in.Approval)
+		}
+		return res, nil, err
 	}
 	g, err := a.readGuest(ctx, in.VMID, "")
 	if err != nil {
-		return TaskResult{}, err
+		return TaskResult{}, nil, err
 	}
 	if !g.Exists {
-		return TaskResult{}, notFound(what, in.VMID)
+		return TaskResult{}, nil, notFound(what, in.VMID)
 	}
 	if g.Protection {
-		return TaskResult{}, protected(what, in.VMID)
+		return TaskResult{}, nil, protected(what, in.VMID)
 	}
 	params := map[string]any{"archive": in.Archive}
 	if in.Storage != "" {
@@ -264,17 +176,21 @@ func (a *Proxmox) restore(ctx context.Context, what string, in RestoreBackupInpu
 		params["kind"] = g.Kind
 	}
 	action := gate.Action{Op: gate.OpGuestRestore, HostID: a.HostID, GuestID: vmidString(in.VMID), Params: params}
-	if _, err := a.authorize(ctx, what, action, in.VMID, in.Approval); err != nil {
-		return TaskResult{}, err
+	ctx, at, err := a.authorize(ctx, what, action, g, in.Approval, "")
+	if err != nil {
+		return TaskResult{}, nil, err
+	}
+	if at != nil && at.done {
+		return TaskResult{AlreadyDone: true}, at, nil
 	}
 	base := a.guestPath(g.Kind, in.VMID)
-	if res, ok, err := a.resumeTask(ctx, p, has, "stop"); ok {
+	if res, ok, err := a.resumeTask(ctx, p, has, "stop", in.VMID, taskType(g.Kind, "stop")); ok {
 		if err != nil {
-			return res, err
+			return res, at, err
 		}
 	} else if g.Status == "running" {
 		if _, err := a.runGuestTask(ctx, "stop", taskType(g.Kind, "stop"), in.VMID, false, "POST", base+"/status/stop", nil); err != nil {
-			return TaskResult{}, err
+			return TaskResult{}, at, err
 		}
 	}
 	post := map[string]any{"vmid": in.VMID, "force": 1}
@@ -288,11 +204,24 @@ func (a *Proxmox) restore(ctx context.Context, what string, in RestoreBackupInpu
 		post["archive"] = in.Archive
 	}
 	res, err := a.runGuestTask(ctx, "restore", taskType(g.Kind, "restore"), in.VMID, true,
-		"POST", fmt.Sprintf("/nodes/%s/%s", a.Node, g.Kind), post)
+		"POST", fmt.Sprintf("/nodes/%s/%s", url.PathEscape(a.Node), g.Kind), post)
 	if err != nil {
-		return TaskResult{}, err
+		return TaskResult{}, at, err
 	}
-	return res, nil
+	return res, at, nil
+}
+
+// finishRecorded marks the admission of approval, if this host holds one,
+// Done: a resumed task finished the act, or its goal is met.
+func (a *Proxmox) finishRecorded(approval *gate.Approval) {
+	if key := approvalKey(approval); key != "" && a.Ledger != nil {
+		if _, ok := a.Ledger.Admission(key); !ok {
+			return
+		}
+		if err := a.Ledger.FinishAct(key, false); err != nil {
+			a.log().Error("ledger: could not mark the approved act done", "err", err)
+		}
+	}
 }
 
 // volumeOwner reads the owning VMID from a volume name: images
@@ -305,9 +234,10 @@ var volumeOwner = regexp.MustCompile(`^(?:[^/]*/)?(?:(?:vm|base|subvol|basevol)-
 func (a *Proxmox) WipeVolume(ctx context.Context, in WipeVolumeInput) (res TaskResult, err error) {
 	what := "wipe volume " + in.Volume
 	defer recoverPanic(what, &err)
-	res, err = a.wipe(ctx, what, in)
+	var at *act
+	res, at, err = a.wipe(ctx, what, in)
 	err = classify(what, err)
-	a.settle(ctx, in.Approval, err)
+	a.settle(at, err)
 	return res, err
 }
 
@@ -330,67 +260,95 @@ func (a *Proxmox) volumeExists(ctx context.Context, storage, volid string) (bool
 	return false, nil
 }
 
-func (a *Proxmox) wipe(ctx context.Context, what string, in WipeVolumeInput) (TaskResult, error) {
-	storage, name, ok := strings.Cut(in.Volume, ":")
-	if !ok || storage == "" || name == "" {
-		return TaskResult{}, badInput(what, "%q is not a volume id (storage:name)", in.Volume)
-	}
-	p, has := resumed(ctx)
-	if res, ok, err := a.resumeTask(ctx, p, has, "wipe"); ok {
-		return res, err
-	}
-	path := fmt.Sprintf("/nodes/%s/storage/%s/content/%s", a.Node, storage, url.PathEscape(in.Volume))
-	exists, err := a.volumeExists(ctx, storage, in.Volume)
+// volumeUser returns a guest of this node whose config references volid,
+// and the key it uses, or VMID 0 when none does. The API deletes a volume a
+// guest still uses (only the web UI guards against it), and a volume may be
+// attached to a guest other than the one its name says, so every guest is
+// looked at.
+func (a *Proxmox) volumeUser(ctx context.Context, volid string) (int, string, error) {
+	guests, err := a.clusterGuests(ctx)
 	if err != nil {
-		return TaskResult{}, err
+		return 0, "", err
 	}
-	if !exists {
-		return TaskResult{AlreadyDone: true}, nil
-	}
-	owner := 0
-	if m := volumeOwner.FindStringSubmatch(name); m != nil {
-		owner, _ = strconv.Atoi(m[1])
-	}
-	// The API deletes a disk a guest still uses (only the web UI guards
-	// against it): refuse here, before the gate spends the approval.
-	if owner > 0 {
-		g, err := a.readGuest(ctx, owner, "")
+	for _, s := range guests {
+		g, err := a.readGuest(ctx, s.VMID, s.Kind)
 		if err != nil {
-			return TaskResult{}, err
+			return 0, "", err
 		}
 		for key, v := range g.Config {
-			if v == in.Volume || strings.HasPrefix(v, in.Volume+",") {
-				return TaskResult{}, temporal.NewNonRetryableApplicationError(
-					fmt.Sprintf("%s: guest %d still uses it as %s: detach it first (disk.detach)", what, owner, key), ErrTypeVolumeInUse, nil)
+			if v == volid || strings.HasPrefix(v, volid+",") {
+				return g.VMID, key, nil
 			}
 		}
 	}
+	return 0, "", nil
+}
+
+func (a *Proxmox) wipe(ctx context.Context, what string, in WipeVolumeInput) (TaskResult, *act, error) {
+	storage, name, ok := strings.Cut(in.Volume, ":")
+	if !ok || storage == "" || name == "" {
+		return TaskResult{}, nil, badInput(what, "%q is not a volume id (storage:name)", in.Volume)
+	}
+	p, has := resumed(ctx)
+	if res, ok, err := a.resumeTask(ctx, p, has, "wipe", 0, "imgdel"); ok {
+		if err == nil {
+			a.finishRecorded(in.Approval)
+		}
+		return res, nil, err
+	}
+	path := fmt.Sprintf("/nodes/%s/storage/%s/content/%s", url.PathEscape(a.Node), url.PathEscape(storage), url.PathEscape(in.Volume))
+	exists, err := a.volumeExists(ctx, storage, in.Volume)
+	if err != nil {
+		return TaskResult{}, nil, err
+	}
+	if !exists {
+		a.finishRecorded(in.Approval)
+		return TaskResult{AlreadyDone: true}, nil, nil
+	}
+	// Refused here, before the gate spends the approval.
+	if user, key, err := a.volumeUser(ctx, in.Volume); err != nil {
+		return TaskResult{}, nil, err
+	} else if user > 0 {
+		return TaskResult{}, nil, temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("%s: guest %d still uses it as %s: detach it first (disk.detach)", what, user, key), ErrTypeVolumeInUse, nil)
+	}
+	owner := Guest{}
 	guestID := ""
-	if owner > 0 {
-		guestID = vmidString(owner)
+	if m := volumeOwner.FindStringSubmatch(name); m != nil {
+		vmid, _ := strconv.Atoi(m[1])
+		if owner, err = a.readGuest(ctx, vmid, ""); err != nil {
+			return TaskResult{}, nil, err
+		}
+		guestID = vmidString(vmid)
 	}
 	action := gate.Action{Op: gate.OpVolumeWipe, HostID: a.HostID, GuestID: guestID, Params: map[string]any{"volume": in.Volume}}
-	if _, err := a.authorize(ctx, what, action, owner, in.Approval); err != nil {
-		return TaskResult{}, err
+	ctx, at, err := a.authorize(ctx, what, action, owner, in.Approval, "")
+	if err != nil {
+		return TaskResult{}, nil, err
+	}
+	if at != nil && at.done {
+		// The approved wipe completed, yet the volume is there: a new one
+		// under the same name.
+		return TaskResult{}, nil, a.usedUp(what, action)
 	}
 	// A volume deletion of a previous attempt may still be running (its task
 	// is keyed by volume, not guest): let running deletions finish and look
 	// again before sending another.
 	if upid, err := a.inFlight(ctx, 0, "imgdel", false); err != nil {
-		return TaskResult{}, err
+		return TaskResult{}, at, err
 	} else if upid != "" {
 		if _, err := a.wait(ctx, "wipe-other", upid); err != nil {
 			a.log().Warn("volume deletion under way failed", "upid", upid, "err", err)
 		}
 		if exists, err := a.volumeExists(ctx, storage, in.Volume); err != nil {
-			return TaskResult{}, err
+			return TaskResult{}, at, err
 		} else if !exists {
-			return TaskResult{UPID: upid, Resumed: true}, nil
+			return TaskResult{UPID: upid, Resumed: true}, at, nil
 		}
 	}
 	res, err := a.runTask(ctx, "wipe", "DELETE", path, nil)
 	if err != nil {
-		return TaskResult{}, err
+		return TaskResult{}, at, err
 	}
-	return res, nil
+	return res, at, nil
 }

@@ -99,8 +99,7 @@ func TestDestroyProtectedRefusedBeforeAnything(t *testing.T) {
 
 func TestDestroyGoneIsDone(t *testing.T) {
 	h := newHarness(t, pvesim.Config{})
-	h.ledger.BeginCreate(ledger.Entry{VMID: 150, Kind: "qemu", Run: testRun})
-	h.ledger.ConfirmCreate(150, testRun)
+	h.recordCreate(150, "qemu", testMarker, false)
 	res, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 150})
 	if err != nil || !res.AlreadyDone {
 		t.Fatalf("DestroyGuest of a missing guest = %+v, %v; want AlreadyDone", res, err)
@@ -110,31 +109,43 @@ func TestDestroyGoneIsDone(t *testing.T) {
 	}
 }
 
-// TestDestroyAgentCreated: compensating rollback (same run) and scratch
-// guests are benign by the ledger's provenance, no signature needed; a guest
-// the agent created in another run, not as scratch, needs one.
+// TestDestroyAgentCreated: a fresh create never started (compensating
+// rollback) and scratch guests are benign by the host's provenance, no
+// signature needed; an agent-created guest that was handed over, or whose
+// VMID another guest took, needs one.
 func TestDestroyAgentCreated(t *testing.T) {
 	h := newHarness(t, pvesim.Config{})
 	for _, c := range []struct {
-		vmid    int
-		run     string
-		scratch bool
-		benign  bool
+		name     string
+		vmid     int
+		marker   string // the marker the live guest carries
+		scratch  bool
+		status   string
+		handover bool
+		benign   bool
 	}{
-		{150, testRun, false, true},
-		{151, "earlier-run", true, true},
-		{152, "earlier-run", false, false},
+		{"fresh create, never started", 150, testMarker, false, "stopped", false, true},
+		{"scratch, running", 151, testMarker, true, "running", true, true},
+		{"handed over", 152, testMarker, false, "stopped", true, false},
+		{"running", 153, testMarker, false, "running", false, false},
+		{"another instance took the VMID", 154, "", true, "stopped", false, false},
 	} {
-		h.ledger.BeginCreate(ledger.Entry{VMID: c.vmid, Kind: "qemu", Run: c.run, Scratch: c.scratch})
-		h.ledger.ConfirmCreate(c.vmid, c.run)
-		h.addVM(pvesim.Guest{VMID: c.vmid, Name: "x", MemoryMiB: 512, Status: "running"})
+		h.recordCreate(c.vmid, "qemu", testMarker, c.scratch)
+		if c.handover {
+			h.ledger.HandOver(c.vmid, testMarker)
+		}
+		desc := ""
+		if c.marker != "" {
+			desc = markerLine + c.marker
+		}
+		h.addVM(pvesim.Guest{VMID: c.vmid, Name: "x", MemoryMiB: 512, Status: c.status, Description: desc})
 		_, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: c.vmid})
 		_, exists := h.guest(c.vmid)
 		if c.benign {
 			if err != nil || exists {
-				t.Fatalf("vmid %d (run %s scratch %v): err %v, exists %v; want destroyed unsigned", c.vmid, c.run, c.scratch, err, exists)
+				t.Fatalf("%s: err %v, exists %v; want destroyed unsigned", c.name, err, exists)
 			}
-			if p := h.ledger.Lookup(c.vmid); p.AgentCreated {
+			if _, ok := h.ledger.Entry(c.vmid); ok {
 				t.Fatalf("ledger still lists %d", c.vmid)
 			}
 		} else {
@@ -145,8 +156,8 @@ func TestDestroyAgentCreated(t *testing.T) {
 		}
 	}
 	// A pending (unconfirmed) create is not provenance.
-	h.ledger.BeginCreate(ledger.Entry{VMID: 160, Kind: "qemu", Run: testRun, Scratch: true})
-	h.addVM(pvesim.Guest{VMID: 160, Name: "x", MemoryMiB: 512})
+	h.ledger.BeginCreate(ledger.Entry{VMID: 160, Kind: "qemu", Instance: testMarker, Scratch: true})
+	h.addVM(pvesim.Guest{VMID: 160, Name: "x", MemoryMiB: 512, Description: markerLine + testMarker})
 	_, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 160})
 	wantErr(t, err, "pending_signature", false)
 }

@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -24,8 +25,31 @@ import (
 	"github.com/felhom/felhom-agent/internal/pvesim"
 )
 
-// testRun is the workflow run id the SDK's test activity environment reports.
-const testRun = "default-test-run-id"
+// testMarker is an instance marker for ledger entries that tests write.
+const testMarker = "0123456789abcdef0123456789abcdef"
+
+// prov returns what the host knows about the live guest vmid: the gate's
+// provenance from the ledger and the simulator.
+func (h *harness) prov(vmid int) gate.Provenance {
+	h.t.Helper()
+	g, err := h.act.readGuest(context.Background(), vmid, "")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return h.act.provenanceOf(g)
+}
+
+// recordCreate writes a confirmed create of vmid with marker into the
+// ledger, as the create activity would have.
+func (h *harness) recordCreate(vmid int, kind, marker string, scratch bool) {
+	h.t.Helper()
+	if err := h.ledger.BeginCreate(ledger.Entry{VMID: vmid, Kind: kind, Instance: marker, Scratch: scratch}); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := h.ledger.ConfirmCreate(vmid, marker, "", nil); err != nil {
+		h.t.Fatal(err)
+	}
+}
 
 const hostID = "pve1"
 
@@ -39,6 +63,7 @@ type harness struct {
 	ledger *ledger.Ledger
 	suite  testsuite.WorkflowTestSuite
 	keyDir string
+	nonces *gate.FileNonceStore
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -90,26 +115,47 @@ func (h *harness) newActivities(ledgerPath, noncePath string) *Proxmox {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nonces.Close() })
-	signers, err := gate.ParseSigners([]string{h.operatorKey()}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := gate.NewVerifier(gate.VerifierConfig{HostID: hostID, Signers: signers, Nonces: nonces})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h.nonces = nonces
 	return &Proxmox{
 		Client: client, Node: h.srv.Node(), HostID: hostID, Ledger: led,
-		Gate: gate.New(v, quietLogger()), Log: quietLogger(), PollInterval: 5 * time.Millisecond,
+		Gate: h.gate(nil), Log: quietLogger(), PollInterval: 5 * time.Millisecond,
 	}
+}
+
+// gate is the real gate pinning the operator key (operational) and the
+// recovery key, over the harness's nonce store, with clock now (time.Now
+// when nil).
+func (h *harness) gate(now func() time.Time) *gate.Gate {
+	signers, err := gate.ParseSigners([]string{h.operatorKey()}, []string{h.recoveryKey()})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	v, err := gate.NewVerifier(gate.VerifierConfig{HostID: hostID, Signers: signers, Nonces: h.nonces, Now: now})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return gate.New(v, quietLogger())
+}
+
+// setClock moves the host's clock, the gate's and the activities', to now.
+func (h *harness) setClock(now func() time.Time) {
+	h.act.Gate, h.act.Clock = h.gate(now), now
 }
 
 // operatorKey returns the operator's public key line, generating the key
 // with ssh-keygen on first use.
-func (h *harness) operatorKey() string {
-	key := filepath.Join(h.keyDir, "operator")
+func (h *harness) operatorKey() string { return h.key("operator") }
+
+// recoveryKey returns the recovery key's public key line; the harness's
+// gate pins it with the recovery role.
+func (h *harness) recoveryKey() string { return h.key("recovery") }
+
+// key returns the public key line of the key named name in the harness's key
+// directory, generating it with ssh-keygen on first use.
+func (h *harness) key(name string) string {
+	key := filepath.Join(h.keyDir, name)
 	if _, err := os.Stat(key); err != nil {
-		out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ops@test", "-f", key).CombinedOutput()
+		out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name+"@test", "-f", key).CombinedOutput()
 		if err != nil {
 			h.t.Fatalf("ssh-keygen: %v: %s", err, out)
 		}
@@ -121,17 +167,26 @@ func (h *harness) operatorKey() string {
 	return strings.TrimSpace(string(pub))
 }
 
-// approve signs op with ssh-keygen -Y sign, as felhom-sign's user would.
+// approve signs op with the operator key through ssh-keygen -Y sign, as
+// felhom-sign's user would, valid from a minute ago for an hour.
 func (h *harness) approve(op, guest string, params map[string]any) *gate.Approval {
 	h.t.Helper()
-	h.operatorKey()
-	var n [12]byte
-	rand.Read(n[:])
 	now := time.Now().UTC().Truncate(time.Second)
-	blob, err := gate.Canonicalize(gate.Op{
-		Op: op, HostID: hostID, GuestID: guest, Params: params, Nonce: hex.EncodeToString(n[:]),
-		NotBefore: now.Add(-time.Minute), ExpiresAt: now.Add(time.Hour), KeyID: "ops",
-	})
+	return h.sign("operator", gate.Op{Op: op, HostID: hostID, GuestID: guest, Params: params,
+		NotBefore: now.Add(-time.Minute), ExpiresAt: now.Add(time.Hour), KeyID: "ops"})
+}
+
+// sign signs op with the key named keyName through ssh-keygen -Y sign. An
+// empty nonce gets a random one.
+func (h *harness) sign(keyName string, op gate.Op) *gate.Approval {
+	h.t.Helper()
+	h.key(keyName)
+	if op.Nonce == "" {
+		var n [12]byte
+		rand.Read(n[:])
+		op.Nonce = hex.EncodeToString(n[:])
+	}
+	blob, err := gate.Canonicalize(op)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -139,7 +194,7 @@ func (h *harness) approve(op, guest string, params map[string]any) *gate.Approva
 	if err := os.WriteFile(file, blob, 0o600); err != nil {
 		h.t.Fatal(err)
 	}
-	out, err := exec.Command("ssh-keygen", "-Y", "sign", "-n", gate.Namespace, "-f", filepath.Join(h.keyDir, "operator"), file).CombinedOutput()
+	out, err := exec.Command("ssh-keygen", "-Y", "sign", "-n", gate.Namespace, "-f", filepath.Join(h.keyDir, keyName), file).CombinedOutput()
 	if err != nil {
 		h.t.Fatalf("ssh-keygen -Y sign: %v: %s", err, out)
 	}

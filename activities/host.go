@@ -33,14 +33,14 @@ func (h *Host) ObserveGuest(ctx context.Context, in workflows.ObserveInput) (wor
 	if err != nil {
 		return workflows.Observation{}, err
 	}
-	p := h.Proxmox.provenance(in.VMID)
+	p := h.Proxmox.provenanceOf(g)
 	return workflows.Observation{
 		Guest: desired.Observed{
 			Exists: g.Exists, Kind: desired.Kind(g.Kind), Status: g.Status, Name: g.Name,
 			MemoryMiB: g.MemoryMiB, Cores: g.Cores, Disks: g.Disks, Tags: g.Tags,
 			Protection: g.Protection, Lock: g.Lock,
 		},
-		Provenance: workflows.Provenance{AgentCreated: p.AgentCreated, CreatedByRun: p.CreatedByRun, Scratch: p.Scratch},
+		Provenance: workflows.Provenance{AgentCreated: p.AgentCreated, Scratch: p.Scratch},
 	}, nil
 }
 

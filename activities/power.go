@@ -96,7 +96,10 @@ func (a *Proxmox) power(ctx context.Context, what, action string, vmid int, kind
 		return TaskResult{}, err
 	}
 	p, has := resumed(ctx)
-	if res, ok, err := a.resumeTask(ctx, p, has, action); ok {
+	if res, ok, err := a.resumeTask(ctx, p, has, action, vmid, taskType(kind, action)); ok {
+		if err == nil && action == "start" {
+			err = a.handOver(ctx, vmid, kind)
+		}
 		return res, err
 	}
 	g, err := a.readGuest(ctx, vmid, kind)
@@ -107,8 +110,37 @@ func (a *Proxmox) power(ctx context.Context, what, action string, vmid int, kind
 		return TaskResult{}, notFound(what, vmid)
 	}
 	if g.Status == skipIf {
-		return TaskResult{AlreadyDone: true}, nil
+		return TaskResult{AlreadyDone: true}, a.handOverGuest(g, action)
 	}
-	return a.runGuestTask(ctx, action, taskType(kind, action), vmid, action == "reboot",
+	res, err := a.runGuestTask(ctx, action, taskType(kind, action), vmid, action == "reboot",
 		"POST", a.guestPath(kind, vmid)+"/status/"+action, params)
+	if err == nil {
+		err = a.handOverGuest(g, action)
+	}
+	return res, err
+}
+
+// handOver records, after a start, that the agent's own guest was handed to
+// its user: from now on destroying it needs a signature even within the
+// rollback window.
+func (a *Proxmox) handOver(ctx context.Context, vmid int, kind string) error {
+	g, err := a.readGuest(ctx, vmid, kind)
+	if err != nil {
+		return err
+	}
+	return a.handOverGuest(g, "start")
+}
+
+func (a *Proxmox) handOverGuest(g Guest, action string) error {
+	if action != "start" || a.Ledger == nil || !g.Exists {
+		return nil
+	}
+	e, ok := a.Ledger.Entry(g.VMID)
+	if !ok || e.HandedOver || e.Instance == "" || markerOf(g.Description) != e.Instance {
+		return nil
+	}
+	if err := a.Ledger.HandOver(g.VMID, e.Instance); err != nil {
+		return temporal.NewApplicationErrorWithCause("record the hand-over in the provenance ledger: "+err.Error(), ErrTypeLedger, err)
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,6 +22,7 @@ import (
 // Gate decides whether an action may run; *gate.Gate implements it.
 type Gate interface {
 	Decide(ctx context.Context, req gate.Request) (gate.Decision, error)
+	Readmit(ctx context.Context, req gate.Request) (gate.Decision, error)
 }
 
 // Guest kinds, as Proxmox names them in API paths.
@@ -50,6 +52,8 @@ type Proxmox struct {
 	Log *slog.Logger
 	// PollInterval between task status polls (DefaultPollInterval when zero).
 	PollInterval time.Duration
+	// Clock is the host's clock (time.Now when nil).
+	Clock func() time.Time
 }
 
 // Progress is the heartbeat detail of a mutating activity: the Proxmox task
@@ -126,6 +130,7 @@ func (a *Proxmox) postTask(ctx context.Context, method, path string, params map[
 // UPID:node:pid:pstart:starttime:type:id:user:
 type upidInfo struct {
 	Node, Type, ID string
+	Start          time.Time // the task's start, the node's clock
 }
 
 func parseUPID(s string) (upidInfo, error) {
@@ -133,7 +138,11 @@ func parseUPID(s string) (upidInfo, error) {
 	if len(f) < 8 || f[0] != "UPID" || f[1] == "" {
 		return upidInfo{}, fmt.Errorf("malformed UPID %q", s)
 	}
-	return upidInfo{Node: f[1], Type: f[5], ID: f[6]}, nil
+	info := upidInfo{Node: f[1], Type: f[5], ID: f[6]}
+	if start, err := strconv.ParseInt(f[4], 16, 64); err == nil {
+		info.Start = time.Unix(start, 0)
+	}
+	return info, nil
 }
 
 type taskStatus struct {
@@ -158,6 +167,9 @@ func resumed(ctx context.Context) (Progress, bool) {
 // launch sends the mutating request and records its UPID as the heartbeat
 // before doing anything else: from here on a retry waits instead of posting.
 func (a *Proxmox) launch(ctx context.Context, phase, method, path string, params map[string]any) (string, error) {
+	if err := a.startAct(ctx); err != nil {
+		return "", err
+	}
 	upid, err := a.postTask(ctx, method, path, params)
 	if err != nil {
 		return "", err
@@ -297,13 +309,24 @@ func (a *Proxmox) runGuestTask(ctx context.Context, phase, typ string, vmid int,
 // resumeTask waits on the task a previous attempt recorded for phase. ok is
 // false when there is nothing to resume, or when Proxmox no longer knows the
 // task (then the caller decides from the guest's real state).
-func (a *Proxmox) resumeTask(ctx context.Context, p Progress, hasProgress bool, phase string) (TaskResult, bool, error) {
+//
+// The recorded UPID is heartbeat detail, a claim the Temporal server hands
+// back: it is resumed only if it names a task of one of types, on this node,
+// for guest vmid (vmid 0: any id). Any other UPID is ignored, as if nothing
+// had been recorded, and the caller decides from Proxmox's state.
+func (a *Proxmox) resumeTask(ctx context.Context, p Progress, hasProgress bool, phase string, vmid int, types ...string) (TaskResult, bool, error) {
 	if !hasProgress || p.Phase != phase {
 		return TaskResult{}, false, nil
 	}
-	if _, err := parseUPID(p.UPID); err != nil {
+	info, err := parseUPID(p.UPID)
+	if err != nil {
 		return TaskResult{}, true, temporal.NewNonRetryableApplicationError(
 			fmt.Sprintf("resume %s: the recorded task id cannot be parsed: %v", phase, err), ErrTypeMalformedUPID, err)
+	}
+	if info.Node != a.Node || !slices.Contains(types, info.Type) || (vmid > 0 && info.ID != vmidString(vmid)) {
+		a.log().Warn("recorded task is not this step's; deciding from the guest's state", "phase", phase, "upid", p.UPID,
+			"want_types", types, "want_vmid", vmid, "node", a.Node)
+		return TaskResult{}, false, nil
 	}
 	a.log().Info("resuming proxmox task", "phase", phase, "upid", p.UPID)
 	res, err := a.wait(ctx, phase, p.UPID)

@@ -64,9 +64,9 @@ func resumeCases() []resumeCase {
 				}
 			}},
 		{name: "create", phase: "create", setup: func(*harness) {}, method: "POST", path: "/nodes/pve1/qemu",
-			params: map[string]any{"vmid": 150, "name": "app", "memory": 512},
+			params: map[string]any{"vmid": 150, "name": "app", "memory": 512, "description": markerLine + testMarker},
 			prior: func(h *harness) {
-				h.ledger.BeginCreate(ledger.Entry{VMID: 150, Kind: "qemu", Run: testRun})
+				h.ledger.BeginCreate(ledger.Entry{VMID: 150, Kind: "qemu", Instance: testMarker})
 			},
 			invoke: func(h *harness) (any, any) {
 				return h.act.CreateVM, CreateVMInput{VMID: 150, Name: "app", MemoryMiB: 512}
@@ -75,14 +75,13 @@ func resumeCases() []resumeCase {
 				if _, ok := h.guest(150); !ok {
 					t.Fatal("not created")
 				}
-				if !h.ledger.Lookup(150).AgentCreated {
+				if !h.prov(150).AgentCreated {
 					t.Fatal("create not confirmed in the ledger")
 				}
 			}},
 		{name: "destroy", phase: "destroy", setup: func(h *harness) {
 			h.addVM(customerVM(101, "stopped"))
-			h.ledger.BeginCreate(ledger.Entry{VMID: 101, Kind: "qemu", Run: "old-run"})
-			h.ledger.ConfirmCreate(101, "old-run")
+			h.recordCreate(101, "qemu", testMarker, false)
 		}, method: "DELETE", path: "/nodes/pve1/qemu/101",
 			// The previous attempt passed the gate; the resumed one only waits,
 			// so it needs no approval of its own.
@@ -145,7 +144,7 @@ func TestNoUPIDRecorded(t *testing.T) {
 			var approval *gate.Approval
 			if tc.name == "destroy" {
 				// A real destroy: signed, and its nonce spent by the first attempt.
-				h.ledger.Remove(101, "x")
+				h.ledger.Remove(101)
 				approval = h.approve(gate.OpGuestDestroy, "101", map[string]any{"kind": "qemu"})
 			}
 			h.srv.Inject(pvesim.Fault{Method: tc.method, Path: tc.path, Kind: pvesim.FaultDropAfter})

@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"go.temporal.io/sdk/temporal"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/felhom/felhom-agent/gate"
 )
@@ -76,6 +77,14 @@ func (p *PinnedSigners) Decide(ctx context.Context, req gate.Request) (gate.Deci
 	g := p.gate
 	p.mu.Unlock()
 	return g.Decide(ctx, req)
+}
+
+// Readmit asks the gate built from the current keys.
+func (p *PinnedSigners) Readmit(ctx context.Context, req gate.Request) (gate.Decision, error) {
+	p.mu.Lock()
+	g := p.gate
+	p.mu.Unlock()
+	return g.Readmit(ctx, req)
 }
 
 // Current returns the pinned keys.
@@ -159,15 +168,45 @@ func (h *Host) rotateSigners(ctx context.Context, params map[string]any, approva
 		return temporal.NewNonRetryableApplicationError(what+": the new keys cannot be used: "+err.Error(), ErrTypeSigners, nil)
 	}
 	action := gate.Action{Op: gate.OpSignersRotate, HostID: h.Proxmox.HostID, Params: params}
-	key, err := h.Proxmox.authorize(ctx, what, action, 0, approval)
+	// The recovery keys exist to regain control after an operational key is
+	// lost: only a recovery key may change them, so that one stolen
+	// operational key cannot lock the recovery keys out.
+	var role gate.Role
+	if _, currentRecovery := h.Signers.Current(); !sameKeys(recovery, currentRecovery) {
+		role = gate.RoleRecovery
+	}
+	_, at, err := h.Proxmox.authorize(ctx, what, action, Guest{}, approval, role)
 	if err != nil {
 		return err
 	}
-	if err := h.Signers.Replace(operational, recovery); err != nil {
-		return temporal.NewApplicationErrorWithCause(what+": "+err.Error(), ErrTypeSigners, err)
+	if at != nil && at.done {
+		return nil
 	}
-	h.Proxmox.spend(key)
-	return nil
+	if err := h.Proxmox.startAct(context.WithValue(ctx, actContextKey{}, at)); err != nil {
+		return err
+	}
+	err = h.Signers.Replace(operational, recovery)
+	if err != nil {
+		err = temporal.NewApplicationErrorWithCause(what+": "+err.Error(), ErrTypeSigners, err)
+	}
+	h.Proxmox.settle(at, err)
+	return err
+}
+
+// sameKeys reports whether two lists of key lines name the same keys, in
+// any order and with any comments.
+func sameKeys(a, b []string) bool {
+	parse := func(lines []string) []string {
+		var out []string
+		for _, line := range lines {
+			if k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line)); err == nil {
+				out = append(out, string(k.Marshal()))
+			}
+		}
+		slices.Sort(out)
+		return slices.Compact(out)
+	}
+	return slices.Equal(parse(a), parse(b))
 }
 
 func stringList(params map[string]any, key string) ([]string, error) {

@@ -16,12 +16,14 @@ func (g *Gate) audit(ctx context.Context, req Request, d Decision, err error) {
 		slog.String("op", a.Op),
 		slog.String("host_id", a.HostID),
 		slog.String("guest_id", a.GuestID),
-		slog.String("run", req.CurrentRun),
 		slog.Group("provenance",
 			slog.Bool("agent_created", req.Provenance.AgentCreated),
-			slog.String("created_by_run", req.Provenance.CreatedByRun),
-			slog.Bool("scratch", req.Provenance.Scratch)),
+			slog.Bool("scratch", req.Provenance.Scratch),
+			slog.Bool("in_use", req.Provenance.InUse)),
 		slog.Bool("approval", req.Approval != nil),
+	}
+	if req.RequireRole != "" {
+		attrs = append(attrs, slog.String("require_role", string(req.RequireRole)))
 	}
 	if params, perr := CanonicalJSON(a.Params); perr == nil {
 		attrs = append(attrs, slog.String("params", string(params)))

@@ -70,6 +70,8 @@ var codes = []struct {
 const (
 	CodeAllowedBenign = "allowed_benign" // benign action, no signature needed
 	CodeAllowedSigned = "allowed_signed" // destructive action with a verified, bound op
+	// CodeAllowedAdmitted: a retry of an act this host admitted before (Readmit).
+	CodeAllowedAdmitted = "allowed_admitted"
 )
 
 // Code returns the stable snake_case code of err: "" for nil, one of the

@@ -45,7 +45,7 @@ func ExampleGate_Decide() {
 	fmt.Println(d.Class, d.Allowed, d.Code, err)
 
 	destroy := gate.Action{Op: gate.OpGuestDestroy, HostID: "pve1", GuestID: "101"}
-	d, err = g.Decide(ctx, gate.Request{Action: destroy, Provenance: gate.Provenance{}, CurrentRun: "run-1"})
+	d, err = g.Decide(ctx, gate.Request{Action: destroy, Provenance: gate.Provenance{}})
 	fmt.Println(d.Class, d.Allowed, d.Code, gate.Code(err))
 	// Output:
 	// benign true allowed_benign <nil>

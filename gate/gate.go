@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 )
 
 // Approval is an operator's approval as received: the raw op blob and its
@@ -17,9 +18,12 @@ type Approval struct {
 // Request asks whether an action may run now.
 type Request struct {
 	Action     Action
-	Provenance Provenance // from the host-local ledger only
-	CurrentRun string     // the workflow run performing the action
+	Provenance Provenance // from the host-local ledger and Proxmox only
 	Approval   *Approval  // nil when nothing was signed
+	// RequireRole, when set, is the only signer role that may approve this
+	// action. The signers.rotate executor sets RoleRecovery when the
+	// rotation changes the recovery keys.
+	RequireRole Role
 }
 
 // Decision is the gate's answer. Code is CodeAllowedBenign, CodeAllowedSigned
@@ -39,6 +43,13 @@ type Gate struct {
 	log      *slog.Logger
 }
 
+func (g *Gate) now() time.Time {
+	if g.verifier != nil {
+		return g.verifier.now()
+	}
+	return time.Now()
+}
+
 // New returns a gate that verifies approvals with v and writes an audit
 // record for every decision to logger (slog.Default() if nil). With a nil v
 // no signer is pinned, so every destructive action stays pending.
@@ -56,13 +67,13 @@ func New(v *Verifier, logger *slog.Logger) *Gate {
 // signer's role permits the op, and whose op, host, guest and params name
 // exactly this action; its nonce is burnt only when all of that holds.
 func (g *Gate) Decide(ctx context.Context, req Request) (Decision, error) {
-	d, err := g.decide(ctx, req)
+	d, err := g.decide(ctx, req, false)
 	g.audit(ctx, req, d, err)
 	return d, err
 }
 
-func (g *Gate) decide(ctx context.Context, req Request) (Decision, error) {
-	d := Decision{Class: Classify(req.Action, req.Provenance, req.CurrentRun)}
+func (g *Gate) decide(ctx context.Context, req Request, admitted bool) (Decision, error) {
+	d := Decision{Class: Classify(req.Action, req.Provenance, g.now())}
 	if d.Class == Benign {
 		d.Allowed, d.Code = true, CodeAllowedBenign
 		return d, nil
@@ -77,18 +88,45 @@ func (g *Gate) decide(ctx context.Context, req Request) (Decision, error) {
 	if g.verifier == nil {
 		return reject(fmt.Errorf("%w: no signer keys are pinned on this host", ErrUnknownSigner))
 	}
-	vop, err := g.verifier.verify(ctx, req.Approval.Signature, req.Approval.Blob, func(v *VerifiedOp) error {
+	check := func(v *VerifiedOp) error {
 		if !v.Signer.Role.permits(v.Op.Op) {
 			return fmt.Errorf("%w: a %s key may not approve %s", ErrRoleDenied, v.Signer.Role, v.Op.Op)
 		}
+		if req.RequireRole != "" && v.Signer.Role != req.RequireRole {
+			return fmt.Errorf("%w: this %s needs a %s key, it was signed with a %s key", ErrRoleDenied, v.Op.Op, req.RequireRole, v.Signer.Role)
+		}
 		return Bind(req.Action, v.Op)
-	})
+	}
+	var (
+		vop *VerifiedOp
+		err error
+	)
+	if admitted {
+		vop, err = g.verifier.reverify(req.Approval.Signature, req.Approval.Blob, check)
+	} else {
+		vop, err = g.verifier.verify(ctx, req.Approval.Signature, req.Approval.Blob, check)
+	}
 	d.Op = vop
 	if err != nil {
 		return reject(err)
 	}
 	d.Allowed, d.Code = true, CodeAllowedSigned
+	if admitted {
+		d.Code = CodeAllowedAdmitted
+	}
 	return d, nil
+}
+
+// Readmit decides a retry of an act this host already admitted: it runs
+// every stage and check of Decide except the time window and the nonce, which
+// the first admission passed and spent. The caller must hold a durable
+// admission of this approval, made when Decide allowed it, bound to the same
+// action and guest instance (see "Admissions" in the package doc): Readmit
+// alone grants nothing to an approval that was never admitted.
+func (g *Gate) Readmit(ctx context.Context, req Request) (Decision, error) {
+	d, err := g.decide(ctx, req, true)
+	g.audit(ctx, req, d, err)
+	return d, err
 }
 
 // Bind checks that op names exactly action: same op, host, guest and

@@ -76,11 +76,22 @@ func TestDecideAdversarialMatrix(t *testing.T) {
 		{"hub-supplied scratch tag on a data-bearing guest", func(t *testing.T) Request {
 			a := destroyAction()
 			a.Params = map[string]any{"purge": true, "tags": "scratch", "scratch": true}
-			return Request{Action: a, CurrentRun: "run-1"}
+			return Request{Action: a}
 		}, ErrPendingSignature, "pending_signature"},
-		{"guest created by another run", func(t *testing.T) Request {
-			return Request{Action: destroyAction(), Provenance: Provenance{AgentCreated: true, CreatedByRun: "run-0"}, CurrentRun: "run-1"}
+		{"agent-created guest that was started", func(t *testing.T) Request {
+			return Request{Action: destroyAction(), Provenance: Provenance{AgentCreated: true, CreatedAt: now.Add(-time.Minute), InUse: true}}
 		}, ErrPendingSignature, "pending_signature"},
+		{"agent-created guest past the rollback window", func(t *testing.T) Request {
+			return Request{Action: destroyAction(), Provenance: Provenance{AgentCreated: true, CreatedAt: now.Add(-RollbackWindow - time.Second)}}
+		}, ErrPendingSignature, "pending_signature"},
+		{"config change outside the allow-list", func(t *testing.T) Request {
+			return Request{Action: Action{Op: OpGuestConfig, HostID: "pve1", GuestID: "101", Params: map[string]any{"scsi0": "local-lvm:vm-102-disk-0"}}}
+		}, ErrPendingSignature, "pending_signature"},
+		{"recovery-set change signed by an operational key", func(t *testing.T) Request {
+			op := baseOp()
+			op.Op, op.Nonce, op.GuestID, op.Params = OpSignersRotate, "m0", "", map[string]any{"recovery": []any{"k"}}
+			return Request{Action: Action{Op: OpSignersRotate, HostID: "pve1", Params: op.Params}, RequireRole: RoleRecovery, Approval: approve(t, opKey, op)}
+		}, ErrRoleDenied, "role_denied"},
 		{"malformed armor", func(t *testing.T) Request {
 			return Request{Action: destroyAction(), Approval: &Approval{Blob: mustCanon(t, destroyOp("m1")), Signature: []byte("-----BEGIN SSH SIGNATURE-----\n!!!\n-----END SSH SIGNATURE-----\n")}}
 		}, ErrArmor, "armor"},
@@ -266,38 +277,96 @@ func TestDecideRoles(t *testing.T) {
 }
 
 func TestClassify(t *testing.T) {
-	created := Provenance{AgentCreated: true, CreatedByRun: "run-1"}
+	fresh := Provenance{AgentCreated: true, CreatedAt: now.Add(-time.Minute)}
+	started := fresh
+	started.InUse = true
+	old := Provenance{AgentCreated: true, CreatedAt: now.Add(-RollbackWindow - time.Second)}
+	future := Provenance{AgentCreated: true, CreatedAt: now.Add(time.Minute)} // a clock step back
+	scratch := Provenance{AgentCreated: true, Scratch: true, CreatedAt: now.Add(-48 * time.Hour), InUse: true,
+		Volumes: []string{"local-lvm:vm-101-disk-1", "local:backup/vzdump-qemu-101-2026_01_01-00_00_00.vma.zst"}}
+	wipe := func(vol string) map[string]any { return map[string]any{"volume": vol} }
 	tests := []struct {
-		op   string
-		prov Provenance
-		run  string
-		want Class
+		name   string
+		op     string
+		params map[string]any
+		prov   Provenance
+		want   Class
 	}{
-		{OpGuestStart, Provenance{}, "", Benign},
-		{OpGuestStop, Provenance{}, "", Benign},
-		{OpGuestShutdown, Provenance{}, "", Benign},
-		{OpGuestReboot, Provenance{}, "", Benign},
-		{OpGuestCreate, Provenance{}, "", Benign},
-		{OpGuestConfig, Provenance{}, "", Benign},
-		{OpGuestDestroy, Provenance{}, "run-1", Destructive},
-		{OpGuestDestroy, created, "run-1", Benign},                                // compensating rollback
-		{OpGuestDestroy, created, "run-2", Destructive},                           // created earlier: may hold data now
-		{OpGuestDestroy, Provenance{CreatedByRun: "run-1"}, "run-1", Destructive}, // not agent-created
-		{OpGuestDestroy, Provenance{AgentCreated: true}, "", Destructive},         // empty run ids never match
-		{OpGuestDestroy, Provenance{AgentCreated: true, Scratch: true}, "", Benign},
-		{OpGuestDestroy, Provenance{Scratch: true}, "", Destructive}, // scratch claim without agent creation
-		{OpGuestRestore, created, "run-2", Destructive},
-		{OpVolumeWipe, Provenance{}, "", Destructive},
-		{OpDiskDetach, Provenance{}, "", Destructive},
-		{OpDiskShrink, Provenance{AgentCreated: true, Scratch: true}, "", Benign},
-		{OpSignersRotate, Provenance{AgentCreated: true, Scratch: true}, "", Destructive},
-		{"guest.migrate", Provenance{}, "", Destructive}, // unknown class fails safe
-		{"", Provenance{}, "", Destructive},
+		{"start", OpGuestStart, nil, Provenance{}, Benign},
+		{"stop", OpGuestStop, nil, Provenance{}, Benign},
+		{"shutdown", OpGuestShutdown, nil, Provenance{}, Benign},
+		{"reboot", OpGuestReboot, nil, Provenance{}, Benign},
+		{"create", OpGuestCreate, nil, Provenance{}, Benign},
+		{"config of allow-listed keys", OpGuestConfig, map[string]any{"memory": 4096, "cores": 2, "name": "web", "tags": "a;b"}, Provenance{}, Benign},
+		{"config adding a new disk", OpGuestConfig, map[string]any{"scsi1": "local-lvm:16"}, Provenance{}, Benign},
+		{"config adding a mount point", OpGuestConfig, map[string]any{"mp0": "local-lvm:8,mp=/data"}, Provenance{}, Benign},
+		{"config attaching another guest's volume", OpGuestConfig, map[string]any{"scsi1": "local-lvm:vm-102-disk-0"}, Provenance{}, Destructive},
+		{"config importing a volume", OpGuestConfig, map[string]any{"scsi1": "local-lvm:0,import-from=local-lvm:vm-102-disk-0"}, Provenance{}, Destructive},
+		{"config with an unknown key", OpGuestConfig, map[string]any{"hookscript": "local:snippets/x.pl"}, Provenance{}, Destructive},
+		{"config deleting keys", OpGuestConfig, map[string]any{"delete": "net0"}, Provenance{}, Destructive},
+		{"config freeing an unused disk", OpGuestConfig, map[string]any{"unused0": "local-lvm:8"}, Provenance{}, Destructive},
+		{"destroy of a customer guest", OpGuestDestroy, nil, Provenance{}, Destructive},
+		{"compensating rollback", OpGuestDestroy, nil, fresh, Benign},
+		{"rollback at the window's end", OpGuestDestroy, nil, Provenance{AgentCreated: true, CreatedAt: now.Add(-RollbackWindow)}, Benign},
+		{"destroy after the guest was started", OpGuestDestroy, nil, started, Destructive},
+		{"destroy past the rollback window", OpGuestDestroy, nil, old, Destructive},
+		{"create time ahead of the clock", OpGuestDestroy, nil, future, Destructive},
+		{"fresh but not agent-created", OpGuestDestroy, nil, Provenance{CreatedAt: now}, Destructive},
+		{"agent-created without a create time", OpGuestDestroy, nil, Provenance{AgentCreated: true}, Destructive},
+		{"scratch destroy", OpGuestDestroy, nil, scratch, Benign},
+		{"scratch claim without agent creation", OpGuestDestroy, nil, Provenance{Scratch: true}, Destructive},
+		{"restore over a fresh create", OpGuestRestore, nil, fresh, Destructive},
+		{"restore over scratch", OpGuestRestore, nil, scratch, Benign},
+		{"detach on a customer guest", OpDiskDetach, nil, Provenance{}, Destructive},
+		{"shrink on scratch", OpDiskShrink, nil, scratch, Benign},
+		{"wipe of a customer volume", OpVolumeWipe, wipe("local-lvm:vm-101-disk-1"), Provenance{}, Destructive},
+		{"wipe of the scratch instance's own volume", OpVolumeWipe, wipe("local-lvm:vm-101-disk-1"), scratch, Benign},
+		{"wipe of an earlier instance's volume", OpVolumeWipe, wipe("local-lvm:vm-101-disk-2"), scratch, Destructive},
+		{"wipe of a backup, even a recorded one", OpVolumeWipe, wipe("local:backup/vzdump-qemu-101-2026_01_01-00_00_00.vma.zst"), scratch, Destructive},
+		{"rotation", OpSignersRotate, nil, scratch, Destructive},
+		{"unknown op fails safe", "guest.migrate", nil, scratch, Destructive},
+		{"empty op", "", nil, Provenance{}, Destructive},
 	}
 	for _, tt := range tests {
-		a := Action{Op: tt.op, HostID: "pve1", GuestID: "101", Params: map[string]any{"scratch": true}}
-		if got := Classify(a, tt.prov, tt.run); got != tt.want {
-			t.Errorf("Classify(%s, %+v, %q) = %s, want %s", tt.op, tt.prov, tt.run, got, tt.want)
+		params := tt.params
+		if params == nil {
+			params = map[string]any{"scratch": true}
+		}
+		a := Action{Op: tt.op, HostID: "pve1", GuestID: "101", Params: params}
+		if got := Classify(a, tt.prov, now); got != tt.want {
+			t.Errorf("%s: Classify(%s, %+v) = %s, want %s", tt.name, tt.op, tt.prov, got, tt.want)
+		}
+	}
+}
+
+func TestReadmit(t *testing.T) {
+	g := newGate(t, NewMemoryNonceStore(), slog.New(slog.DiscardHandler))
+	ctx := context.Background()
+	ap := approve(t, opKey, destroyOp("readmit"))
+	if d, err := g.Decide(ctx, Request{Action: destroyAction(), Approval: ap}); err != nil || d.Code != CodeAllowedSigned {
+		t.Fatalf("first Decide = %+v, %v", d, err)
+	}
+	if _, err := g.Decide(ctx, Request{Action: destroyAction(), Approval: ap}); !errors.Is(err, ErrReplay) {
+		t.Fatalf("second Decide err = %v, want ErrReplay", err)
+	}
+	if d, err := g.Readmit(ctx, Request{Action: destroyAction(), Approval: ap}); err != nil || !d.Allowed || d.Code != CodeAllowedAdmitted {
+		t.Fatalf("Readmit = %+v, %v; want allowed_admitted", d, err)
+	}
+	expired := destroyOp("readmit-expired")
+	expired.NotBefore, expired.ExpiresAt = now.Add(-2*time.Hour), now.Add(-time.Hour)
+	if d, err := g.Readmit(ctx, Request{Action: destroyAction(), Approval: approve(t, opKey, expired)}); err != nil || !d.Allowed {
+		t.Fatalf("Readmit past the window = %+v, %v; an admitted act outlives its window", d, err)
+	}
+	other := destroyAction()
+	other.GuestID = "102"
+	for name, req := range map[string]Request{
+		"another guest":  {Action: other, Approval: ap},
+		"unknown signer": {Action: destroyAction(), Approval: approve(t, strangerKey, destroyOp("readmit"))},
+		"recovery role":  {Action: destroyAction(), Approval: approve(t, recKey, destroyOp("readmit"))},
+		"unsigned":       {Action: destroyAction()},
+	} {
+		if d, err := g.Readmit(ctx, req); err == nil || d.Allowed {
+			t.Errorf("Readmit %s = %+v, %v; want refused", name, d, err)
 		}
 	}
 }
@@ -309,7 +378,7 @@ func TestDecideBenignAndAudit(t *testing.T) {
 	if err != nil || !d.Allowed || d.Class != Benign || d.Code != CodeAllowedBenign {
 		t.Fatalf("benign: %+v, %v", d, err)
 	}
-	rollback := Request{Action: destroyAction(), Provenance: Provenance{AgentCreated: true, CreatedByRun: "run-7"}, CurrentRun: "run-7"}
+	rollback := Request{Action: destroyAction(), Provenance: Provenance{AgentCreated: true, CreatedAt: now.Add(-time.Minute)}}
 	if d, err := g.Decide(context.Background(), rollback); err != nil || !d.Allowed || d.Class != Benign {
 		t.Fatalf("rollback of own create: %+v, %v", d, err)
 	}

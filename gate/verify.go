@@ -247,10 +247,18 @@ func (v *Verifier) Verify(ctx context.Context, armored, rawBlob []byte) (*Verifi
 	return vop, nil
 }
 
-// verify is Verify with extra checks (the gate's role and binding) run after
-// the time window and before the nonce is burnt. Past the crypto stage it
-// returns the op even with an error, for the audit record.
-func (v *Verifier) verify(ctx context.Context, armored, rawBlob []byte, check func(*VerifiedOp) error) (*VerifiedOp, error) {
+// reverify runs the pipeline of verify without the time window and the
+// nonce stage, for an approval the host admitted before (Gate.Readmit).
+func (v *Verifier) reverify(armored, rawBlob []byte, check func(*VerifiedOp) error) (*VerifiedOp, error) {
+	vop, err := v.authenticate(armored, rawBlob)
+	if err != nil {
+		return vop, err
+	}
+	return vop, check(vop)
+}
+
+// authenticate runs the stages up to and including the target host.
+func (v *Verifier) authenticate(armored, rawBlob []byte) (*VerifiedOp, error) {
 	sc, err := VerifySignature(armored, rawBlob, v.allowed)
 	if err != nil {
 		return nil, err
@@ -270,6 +278,18 @@ func (v *Verifier) verify(ctx context.Context, armored, rawBlob []byte, check fu
 	if op.HostID != v.hostID {
 		return vop, fmt.Errorf("%w: op is for host %q, this is %q", ErrWrongHost, op.HostID, v.hostID)
 	}
+	return vop, nil
+}
+
+// verify is Verify with extra checks (the gate's role and binding) run after
+// the time window and before the nonce is burnt. Past the crypto stage it
+// returns the op even with an error, for the audit record.
+func (v *Verifier) verify(ctx context.Context, armored, rawBlob []byte, check func(*VerifiedOp) error) (*VerifiedOp, error) {
+	vop, err := v.authenticate(armored, rawBlob)
+	if err != nil {
+		return vop, err
+	}
+	op := vop.Op
 	now := v.now()
 	if now.Before(op.NotBefore) {
 		return vop, fmt.Errorf("%w: not before %s, now %s", ErrNotYetValid, op.NotBefore.Format(TimeLayout), now.UTC().Format(TimeLayout))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"go.temporal.io/sdk/testsuite"
 
@@ -43,7 +44,7 @@ func TestApplyingAPlanThenPlanningAgainIsEmpty(t *testing.T) {
 	}
 	planFor := func(spec desired.Spec, obs workflows.Observation) desired.Plan {
 		return desired.Make(spec, obs.Guest, func(op string) bool {
-			return gate.Classify(gate.Action{Op: op, HostID: host, GuestID: fmt.Sprint(spec.VMID)}, gate.Provenance{}, "") == gate.Destructive
+			return gate.Classify(gate.Action{Op: op, HostID: host, GuestID: fmt.Sprint(spec.VMID)}, gate.Provenance{}, time.Now()) == gate.Destructive
 		})
 	}
 

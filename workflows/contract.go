@@ -28,7 +28,10 @@ type ObserveInput struct {
 // ever produced on the host; the workflow uses it to label actions, and the
 // executing activity reads it again instead of trusting this copy.
 type Provenance struct {
-	AgentCreated bool   `json:"agent_created"`
+	AgentCreated bool `json:"agent_created"`
+	// CreatedByRun was reported by hosts before provenance was bound to the
+	// guest instance; current hosts leave it empty. Kept so that recorded
+	// histories replay.
 	CreatedByRun string `json:"created_by_run,omitempty"`
 	Scratch      bool   `json:"scratch,omitempty"`
 }

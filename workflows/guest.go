@@ -528,13 +528,28 @@ func rejection(err error) (code, detail string) {
 }
 
 // classifierFor labels actions with the gate's classifier and the
-// provenance the host reported for the guest.
+// provenance the host reported. The label only decides whether the workflow
+// waits for a signature; the host classifies again from its own facts.
+// A label never relies on a compensating-rollback exemption: a plain
+// "absent" waits for a signature, and compensate asks the host directly.
+// Hosts before instance-bound provenance reported the run that created the
+// guest and exempted that run's destroys; histories written then replay
+// with that label.
 func classifierFor(p Provenance, host string, vmid int, run string) desired.Classifier {
-	prov := gate.Provenance{AgentCreated: p.AgentCreated, CreatedByRun: p.CreatedByRun, Scratch: p.Scratch}
+	prov := gate.Provenance{AgentCreated: p.AgentCreated, Scratch: p.Scratch}
 	guest := strconv.Itoa(vmid)
 	return func(op string) bool {
-		return gate.Classify(gate.Action{Op: op, HostID: host, GuestID: guest}, prov, run) == gate.Destructive
+		if p.AgentCreated && p.CreatedByRun != "" && p.CreatedByRun == run && legacyRunExempt[op] {
+			return false
+		}
+		return gate.Classify(gate.Action{Op: op, HostID: host, GuestID: guest}, prov, time.Time{}) == gate.Destructive
 	}
+}
+
+// legacyRunExempt are the ops that hosts before instance-bound provenance
+// exempted for the run that created the guest.
+var legacyRunExempt = map[string]bool{
+	gate.OpGuestDestroy: true, gate.OpGuestRestore: true, gate.OpVolumeWipe: true, gate.OpDiskDetach: true, gate.OpDiskShrink: true,
 }
 
 func (s *guestState) record(ctx workflow.Context, a desired.Action, result, detail string) {

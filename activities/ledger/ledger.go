@@ -1,10 +1,19 @@
 // Package ledger is the host-local provenance ledger: a small durable file on
-// the Proxmox host that records which guests the agent itself created (in
-// which workflow run, and whether as scratch) and when they were destroyed.
+// the Proxmox host that records which guest instances the agent itself
+// created (and whether as scratch), and which signed approvals the gate on
+// this host admitted for which act.
 //
-// The reversibility gate reads provenance only from here, never from the hub
-// or from Temporal history, so a compromised control plane cannot relabel a
-// customer's guest as agent-created scratch.
+// The reversibility gate reads provenance only from here and from Proxmox,
+// never from the hub or from Temporal history, so a compromised control
+// plane cannot relabel a customer's guest as agent-created scratch.
+//
+// # Instances, not VMIDs
+//
+// Proxmox reuses VMIDs. An entry names the instance the agent created by a
+// random marker that the create wrote into the guest's description (and, for
+// QEMU, the SMBIOS uuid Proxmox generated); the caller counts a live guest as
+// the entry's only when it carries them. A guest that took the VMID later,
+// or a scratch guest's backup restored elsewhere, is not the agent's.
 //
 // # File format
 //
@@ -28,21 +37,23 @@
 //
 // BeginCreate is fsync'd before the create request is sent to Proxmox and
 // ConfirmCreate after the create task succeeded. A pending (begun, not
-// confirmed) record never counts as agent provenance for the gate: if the
-// agent crashed before its POST reached Proxmox and somebody else then created
-// that VMID, the guest is theirs and must stay protected. Only the create
-// activity of the same workflow run may resolve a pending record (see
-// package activities).
+// confirmed) record never counts as agent provenance for the gate; it only
+// lets a retry of the same create recognise, by its marker, a guest that the
+// crashed attempt created.
 //
 // # Admissions
 //
 // The ledger also keeps admissions: "the gate admitted this signed approval
-// for this activity" (Admit), until the step is over (Spend). They let a
-// retry of a destructive step that crashed after the gate spent the
-// approval's nonce proceed instead of being refused as a replay.
+// for this act on this guest instance". An admission is keyed by the
+// approval's signed bytes and bound to the action and instance; it moves
+// Admitted → Started (before the act's first mutating request) → Done. A
+// retry of the same act leans on it instead of being refused as a replay;
+// nothing else can. Records written by earlier versions (keyed by workflow
+// run) replay into entries and admissions that match nothing.
 //
 // Compaction (rewriting the log with only live state, through a synced
-// temporary file and a rename) happens when the ledger is opened.
+// temporary file and a rename) happens when the ledger is opened; it drops
+// admissions whose op expired, and started ones StartedRetention later.
 package ledger
 
 import (
@@ -56,6 +67,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -92,56 +104,105 @@ const (
 	StateCreated State = "created"
 )
 
-// Entry is what the ledger knows about one VMID.
+// Entry is what the ledger knows about the guest instance the agent created
+// under one VMID.
 type Entry struct {
-	VMID     int       `json:"vmid"`
-	Kind     string    `json:"kind"` // "qemu" or "lxc"
-	Workflow string    `json:"workflow,omitempty"`
-	Run      string    `json:"run"`
-	Scratch  bool      `json:"scratch"`
-	State    State     `json:"state"`
-	At       time.Time `json:"at"`
-}
-
-// Provenance is the gate-facing view of an entry; its fields mirror
-// gate.Provenance so the caller converts it field by field.
-type Provenance struct {
-	AgentCreated bool
-	CreatedByRun string
-	Scratch      bool
+	VMID int    `json:"vmid"`
+	Kind string `json:"kind"` // "qemu" or "lxc"
+	// Instance is the random marker the agent wrote into the guest's
+	// description when it created it. A guest is this entry's only if it
+	// carries the marker: VMIDs are reused, markers are not.
+	Instance string `json:"instance"`
+	// SMBIOS is the SMBIOS uuid Proxmox generated for a QEMU guest, read
+	// after the create; "" for containers.
+	SMBIOS string `json:"smbios,omitempty"`
+	// Volumes are the volume ids the create allocated for this instance.
+	Volumes  []string `json:"volumes,omitempty"`
+	Workflow string   `json:"workflow,omitempty"` // for the record only
+	Scratch  bool     `json:"scratch"`
+	State    State    `json:"state"`
+	// BegunAt is when the create was recorded (before the request was
+	// sent); CreatedAt when it was confirmed. Both on this host's clock.
+	BegunAt   time.Time `json:"begun_at"`
+	CreatedAt time.Time `json:"created_at,omitempty"`
+	// HandedOver is set once the guest was started by the agent: from then
+	// on it may hold its user's data and is no create to roll back.
+	HandedOver bool `json:"handed_over,omitempty"`
 }
 
 type op string
 
 const (
-	opBegin   op = "create_begin"
-	opConfirm op = "create_confirm"
-	opAbort   op = "create_abort"
-	opRemove  op = "removed"
-	opAdmit   op = "admitted"
-	opSpent   op = "admission_spent"
+	opBegin    op = "create_begin"
+	opConfirm  op = "create_confirm"
+	opAbort    op = "create_abort"
+	opHandOver op = "handed_over"
+	opRemove   op = "removed"
+	opAdmit    op = "admitted"
+	opStart    op = "act_started"
+	opDone     op = "act_done"
 )
 
+// record is one line of the log. Records written by earlier versions carry
+// a "run" and no instance; they replay into entries that match no live
+// guest, which fails safe (the guest counts as customer data).
 type record struct {
-	Op       op        `json:"op"`
-	VMID     int       `json:"vmid"`
-	Kind     string    `json:"kind,omitempty"`
-	Workflow string    `json:"workflow,omitempty"`
-	Run      string    `json:"run"`
-	Scratch  bool      `json:"scratch,omitempty"`
-	Key      string    `json:"key,omitempty"`
-	At       time.Time `json:"at"`
+	Op        op         `json:"op"`
+	VMID      int        `json:"vmid,omitempty"`
+	Kind      string     `json:"kind,omitempty"`
+	Instance  string     `json:"instance,omitempty"`
+	SMBIOS    string     `json:"smbios,omitempty"`
+	Volumes   []string   `json:"volumes,omitempty"`
+	Workflow  string     `json:"workflow,omitempty"`
+	Scratch   bool       `json:"scratch,omitempty"`
+	Key       string     `json:"key,omitempty"`
+	Failed    bool       `json:"failed,omitempty"`
+	Admission *Admission `json:"admission,omitempty"`
+	At        time.Time  `json:"at"`
 }
 
-// Admission records that the gate admitted a signed approval for one
-// activity, so that a retry of that same activity after a crash can proceed
-// although the approval's nonce is already spent.
+// AdmissionState is where an admitted approval stands.
+type AdmissionState string
+
+const (
+	// Admitted: the gate accepted the approval (its nonce is spent) and no
+	// request of the act has been sent yet. It lapses at ExpiresAt.
+	Admitted AdmissionState = "admitted"
+	// Started: the act's first mutating request is about to be or has been
+	// sent. Retries of that same act may finish it, whatever the time.
+	Started AdmissionState = "started"
+	// Done: the act completed, or failed for good after it started. The
+	// approval authorises nothing more.
+	Done AdmissionState = "done"
+)
+
+// Admission records that the gate on this host accepted one signed approval
+// for one act on one guest instance. It is keyed by the approval itself
+// (never by workflow, run or activity ids, which the Temporal server
+// supplies) and bound to the act: a retry may lean on it only for the same
+// action on the same instance.
 type Admission struct {
-	Key  string    `json:"key"`
-	VMID int       `json:"vmid"`
-	Run  string    `json:"run"`
-	At   time.Time `json:"at"`
+	Key string `json:"key"` // identifies the approval: a digest of its signed bytes
+	// Action identifies the gated action exactly (a digest of its canonical
+	// form), Instance the guest instance it was admitted on.
+	Action    string         `json:"action"`
+	VMID      int            `json:"vmid,omitempty"`
+	Instance  string         `json:"instance,omitempty"`
+	ExpiresAt time.Time      `json:"expires_at"` // the signed op's expires_at
+	State     AdmissionState `json:"state"`
+	At        time.Time      `json:"at"`                   // admitted, this host's clock
+	StartedAt time.Time      `json:"started_at,omitempty"` // first mutating request, this host's clock
+	// Failed: the act ended Done because it failed for good, not because
+	// it completed.
+	Failed bool `json:"failed,omitempty"`
 }
+
+// clock is the ledger's time source; tests replace it.
+var clock = time.Now
+
+// StartedRetention is how long a started act's admission is kept past its
+// op's expiry, so that a retry of an act under way still finds it.
+const StartedRetention = 7 * 24 * time.Hour
 
 // Ledger is an open provenance ledger. It is safe for concurrent use.
 type Ledger struct {
@@ -173,7 +234,7 @@ func Open(path string) (*Ledger, error) {
 		}
 		return nil, fmt.Errorf("ledger: lock %s: %w", path, err)
 	}
-	l := &Ledger{path: path, lock: lock, entries: map[int]Entry{}, admissions: map[string]Admission{}, now: time.Now}
+	l := &Ledger{path: path, lock: lock, entries: map[int]Entry{}, admissions: map[string]Admission{}, now: clock}
 	if err := l.load(); err != nil {
 		l.f = nil
 		lock.Close()
@@ -224,7 +285,7 @@ func (l *Ledger) load() error {
 		return fmt.Errorf("ledger: seek: %w", err)
 	}
 	l.f = f
-	if l.records >= compactMinRecords && l.records > 2*(len(l.entries)+len(l.admissions)) {
+	if l.records >= compactMinRecords && l.records > 2*(len(l.entries)+l.liveAdmissions()) {
 		return l.compactLocked()
 	}
 	return nil
@@ -294,6 +355,16 @@ func (l *Ledger) replay(f *os.File) (int64, error) {
 	return int64(off), nil
 }
 
+func (l *Ledger) liveAdmissions() int {
+	n, now := 0, l.now()
+	for _, ad := range l.admissions {
+		if ad.live(now) {
+			n++
+		}
+	}
+	return n
+}
+
 func allZero(b []byte) bool {
 	for _, c := range b {
 		if c != 0 {
@@ -306,24 +377,42 @@ func allZero(b []byte) bool {
 func (l *Ledger) apply(r record) {
 	switch r.Op {
 	case opBegin:
-		l.entries[r.VMID] = Entry{VMID: r.VMID, Kind: r.Kind, Workflow: r.Workflow, Run: r.Run,
-			Scratch: r.Scratch, State: StatePending, At: r.At}
+		l.entries[r.VMID] = Entry{VMID: r.VMID, Kind: r.Kind, Instance: r.Instance, Workflow: r.Workflow,
+			Scratch: r.Scratch, State: StatePending, BegunAt: r.At}
 	case opConfirm:
-		if e, ok := l.entries[r.VMID]; ok && e.Run == r.Run {
-			e.State = StateCreated
-			e.At = r.At
+		if e, ok := l.entries[r.VMID]; ok && e.Instance == r.Instance {
+			e.State, e.CreatedAt, e.SMBIOS, e.Volumes = StateCreated, r.At, r.SMBIOS, r.Volumes
 			l.entries[r.VMID] = e
 		}
 	case opAbort:
-		if e, ok := l.entries[r.VMID]; ok && e.Run == r.Run && e.State == StatePending {
+		if e, ok := l.entries[r.VMID]; ok && e.Instance == r.Instance && e.State == StatePending {
 			delete(l.entries, r.VMID)
+		}
+	case opHandOver:
+		if e, ok := l.entries[r.VMID]; ok && e.Instance == r.Instance {
+			e.HandedOver = true
+			l.entries[r.VMID] = e
 		}
 	case opRemove:
 		delete(l.entries, r.VMID)
 	case opAdmit:
-		l.admissions[r.Key] = Admission{Key: r.Key, VMID: r.VMID, Run: r.Run, At: r.At}
-	case opSpent:
-		delete(l.admissions, r.Key)
+		if r.Admission != nil {
+			ad := *r.Admission
+			if ad.State == "" {
+				ad.State = Admitted
+			}
+			l.admissions[ad.Key] = ad
+		}
+	case opStart:
+		if ad, ok := l.admissions[r.Key]; ok && ad.State == Admitted {
+			ad.State, ad.StartedAt = Started, r.At
+			l.admissions[r.Key] = ad
+		}
+	case opDone:
+		if ad, ok := l.admissions[r.Key]; ok {
+			ad.State, ad.Failed = Done, r.Failed
+			l.admissions[r.Key] = ad
+		}
 	}
 }
 
@@ -373,102 +462,78 @@ func (l *Ledger) poison() {
 	l.f = nil
 }
 
-// BeginCreate durably records that workflow run e.Run is about to create the
-// guest e.VMID. It must return before the create request is sent.
+// BeginCreate durably records that the agent is about to create e.VMID as
+// the instance e.Instance. It must return before the create request is sent.
+// It replaces whatever the ledger held for that VMID: the caller has seen
+// that no guest exists there.
 func (l *Ledger) BeginCreate(e Entry) error {
-	if e.VMID <= 0 || e.Run == "" {
-		return fmt.Errorf("ledger: begin create: vmid and run are required")
+	if e.VMID <= 0 || e.Instance == "" || e.Kind == "" {
+		return fmt.Errorf("ledger: begin create: vmid, kind and instance are required")
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.append(record{Op: opBegin, VMID: e.VMID, Kind: e.Kind, Workflow: e.Workflow, Run: e.Run, Scratch: e.Scratch})
+	return l.append(record{Op: opBegin, VMID: e.VMID, Kind: e.Kind, Instance: e.Instance, Workflow: e.Workflow, Scratch: e.Scratch})
 }
 
-// ConfirmCreate durably records that run's create of vmid succeeded.
-func (l *Ledger) ConfirmCreate(vmid int, run string) error {
+// ConfirmCreate durably records that the create of instance under vmid
+// succeeded, with the identity and volumes Proxmox gave it.
+func (l *Ledger) ConfirmCreate(vmid int, instance, smbios string, volumes []string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e, ok := l.entries[vmid]
-	if !ok || e.Run != run {
-		return fmt.Errorf("ledger: confirm create of %d by run %q: no matching begin record", vmid, run)
+	if !ok || e.Instance != instance {
+		return fmt.Errorf("ledger: confirm create of %d: no begin record for this instance", vmid)
 	}
 	if e.State == StateCreated {
 		return nil
 	}
-	return l.append(record{Op: opConfirm, VMID: vmid, Run: run})
+	return l.append(record{Op: opConfirm, VMID: vmid, Instance: instance, SMBIOS: smbios, Volumes: volumes})
 }
 
-// AbortCreate drops run's pending create of vmid (the create was refused, so
-// the guest under that VMID, if any, is not the agent's).
-func (l *Ledger) AbortCreate(vmid int, run string) error {
+// AbortCreate drops the pending create of instance under vmid (the create
+// certainly did not happen, so a guest under that VMID is not the agent's).
+func (l *Ledger) AbortCreate(vmid int, instance string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e, ok := l.entries[vmid]
-	if !ok || e.Run != run || e.State != StatePending {
+	if !ok || e.Instance != instance || e.State != StatePending {
 		return nil
 	}
-	return l.append(record{Op: opAbort, VMID: vmid, Run: run})
+	return l.append(record{Op: opAbort, VMID: vmid, Instance: instance})
 }
 
-// Remove durably records that the guest vmid no longer exists (destroyed by
-// run). Removing an unknown VMID is a no-op.
-func (l *Ledger) Remove(vmid int, run string) error {
+// HandOver durably records that instance under vmid was started: it is no
+// longer a fresh create that a compensating rollback may undo unsigned.
+func (l *Ledger) HandOver(vmid int, instance string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e, ok := l.entries[vmid]
+	if !ok || e.Instance != instance || e.HandedOver {
+		return nil
+	}
+	return l.append(record{Op: opHandOver, VMID: vmid, Instance: instance})
+}
+
+// Remove durably records that the guest vmid no longer exists. Removing an
+// unknown VMID is a no-op.
+func (l *Ledger) Remove(vmid int) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if _, ok := l.entries[vmid]; !ok {
 		return nil
 	}
-	return l.append(record{Op: opRemove, VMID: vmid, Run: run})
+	return l.append(record{Op: opRemove, VMID: vmid})
 }
 
-// Entry returns the raw ledger entry for vmid, pending or created.
+// Entry returns the ledger entry for vmid, pending or created. It says what
+// the agent created under that VMID, not that the guest there now is it:
+// the caller compares Instance with the live guest.
 func (l *Ledger) Entry(vmid int) (Entry, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e, ok := l.entries[vmid]
+	e.Volumes = slices.Clone(e.Volumes)
 	return e, ok
-}
-
-// Lookup returns the gate-facing provenance of vmid. Only a confirmed create
-// counts as agent-created; a pending one does not.
-func (l *Ledger) Lookup(vmid int) Provenance {
-	e, ok := l.Entry(vmid)
-	if !ok || e.State != StateCreated {
-		return Provenance{}
-	}
-	return Provenance{AgentCreated: true, CreatedByRun: e.Run, Scratch: e.Scratch}
-}
-
-// Admit durably records an admission under key (see Admission).
-func (l *Ledger) Admit(key string, vmid int, run string) error {
-	if key == "" {
-		return fmt.Errorf("ledger: admit: empty key")
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if _, ok := l.admissions[key]; ok {
-		return nil
-	}
-	return l.append(record{Op: opAdmit, Key: key, VMID: vmid, Run: run})
-}
-
-// Admitted reports whether key holds an admission that is not yet spent.
-func (l *Ledger) Admitted(key string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	_, ok := l.admissions[key]
-	return ok
-}
-
-// Spend durably marks the admission under key as used up: the step it
-// admitted has completed and no retry may lean on it any more.
-func (l *Ledger) Spend(key string) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if _, ok := l.admissions[key]; !ok {
-		return nil
-	}
-	return l.append(record{Op: opSpent, Key: key})
 }
 
 // Entries returns a copy of all entries.
@@ -477,13 +542,86 @@ func (l *Ledger) Entries() []Entry {
 	defer l.mu.Unlock()
 	out := make([]Entry, 0, len(l.entries))
 	for _, e := range l.entries {
+		e.Volumes = slices.Clone(e.Volumes)
 		out = append(out, e)
 	}
 	return out
 }
 
-// compactLocked rewrites the log with one record pair per live entry, via a
-// synced temporary file renamed over the old one.
+// ErrAdmissionConflict means an approval was admitted before for another
+// act or another guest instance.
+var ErrAdmissionConflict = errors.New("ledger: approval already admitted for another act")
+
+// Admit durably records ad (state Admitted, admitted now). Admitting the
+// same approval again for the same act and instance is a no-op; for any
+// other act it fails with ErrAdmissionConflict.
+func (l *Ledger) Admit(ad Admission) error {
+	if ad.Key == "" || ad.Action == "" || ad.ExpiresAt.IsZero() {
+		return fmt.Errorf("ledger: admit: key, action and expiry are required")
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if prev, ok := l.admissions[ad.Key]; ok {
+		if prev.Action != ad.Action || prev.Instance != ad.Instance || prev.VMID != ad.VMID {
+			return ErrAdmissionConflict
+		}
+		return nil
+	}
+	ad.State, ad.At, ad.StartedAt = Admitted, l.now().UTC(), time.Time{}
+	return l.append(record{Op: opAdmit, Admission: &ad})
+}
+
+// Admission returns the admission of the approval key, if any.
+func (l *Ledger) Admission(key string) (Admission, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ad, ok := l.admissions[key]
+	return ad, ok
+}
+
+// StartAct durably marks the admission under key Started: its act's first
+// mutating request goes out next. Starting a started act is a no-op; a done
+// or unknown one is an error.
+func (l *Ledger) StartAct(key string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ad, ok := l.admissions[key]
+	switch {
+	case !ok:
+		return fmt.Errorf("ledger: start act: no admission %.12s", key)
+	case ad.State == Started:
+		return nil
+	case ad.State == Done:
+		return fmt.Errorf("ledger: start act: admission %.12s is used up", key)
+	}
+	return l.append(record{Op: opStart, Key: key})
+}
+
+// FinishAct durably marks the admission under key Done: the act completed,
+// or (failed) it failed for good after it started.
+func (l *Ledger) FinishAct(key string, failed bool) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ad, ok := l.admissions[key]
+	if !ok || ad.State == Done {
+		return nil
+	}
+	return l.append(record{Op: opDone, Key: key, Failed: failed})
+}
+
+// live reports whether ad must survive compaction at now: an admission is
+// useless once its op expired (the verifier refuses the op and the nonce
+// store still remembers it), except a started act, which a retry may still
+// finish for StartedRetention more.
+func (ad Admission) live(now time.Time) bool {
+	if ad.State == Started {
+		return now.Before(ad.ExpiresAt.Add(StartedRetention))
+	}
+	return now.Before(ad.ExpiresAt)
+}
+
+// compactLocked rewrites the log with the live state only, via a synced
+// temporary file renamed over the old one.
 func (l *Ledger) compactLocked() error {
 	tmp := l.path + ".compact"
 	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -493,29 +631,50 @@ func (l *Ledger) compactLocked() error {
 	var buf bytes.Buffer
 	buf.WriteString(magic)
 	n := 0
-	for _, e := range l.entries {
-		recs := []record{{Op: opBegin, VMID: e.VMID, Kind: e.Kind, Workflow: e.Workflow, Run: e.Run, Scratch: e.Scratch, At: e.At}}
-		if e.State == StateCreated {
-			recs = append(recs, record{Op: opConfirm, VMID: e.VMID, Run: e.Run, At: e.At})
-		}
-		for _, r := range recs {
-			b, err := encode(r)
-			if err != nil {
-				f.Close()
-				return err
-			}
-			buf.Write(b)
-			n++
-		}
-	}
-	for _, ad := range l.admissions {
-		b, err := encode(record{Op: opAdmit, Key: ad.Key, VMID: ad.VMID, Run: ad.Run, At: ad.At})
+	write := func(r record) error {
+		b, err := encode(r)
 		if err != nil {
-			f.Close()
 			return err
 		}
 		buf.Write(b)
 		n++
+		return nil
+	}
+	now := l.now()
+	for _, e := range l.entries {
+		recs := []record{{Op: opBegin, VMID: e.VMID, Kind: e.Kind, Instance: e.Instance, Workflow: e.Workflow, Scratch: e.Scratch, At: e.BegunAt}}
+		if e.State == StateCreated {
+			recs = append(recs, record{Op: opConfirm, VMID: e.VMID, Instance: e.Instance, SMBIOS: e.SMBIOS, Volumes: e.Volumes, At: e.CreatedAt})
+		}
+		if e.HandedOver {
+			recs = append(recs, record{Op: opHandOver, VMID: e.VMID, Instance: e.Instance, At: e.CreatedAt})
+		}
+		for _, r := range recs {
+			if err := write(r); err != nil {
+				f.Close()
+				return err
+			}
+		}
+	}
+	for key, ad := range l.admissions {
+		if !ad.live(now) {
+			continue
+		}
+		state := ad.State
+		ad.State = Admitted
+		recs := []record{{Op: opAdmit, Admission: &ad, At: ad.At}}
+		switch state {
+		case Started:
+			recs = append(recs, record{Op: opStart, Key: key, At: ad.StartedAt})
+		case Done:
+			recs = append(recs, record{Op: opDone, Key: key, Failed: ad.Failed, At: ad.At})
+		}
+		for _, r := range recs {
+			if err := write(r); err != nil {
+				f.Close()
+				return err
+			}
+		}
 	}
 	if _, err := f.Write(buf.Bytes()); err != nil {
 		f.Close()
@@ -536,6 +695,11 @@ func (l *Ledger) compactLocked() error {
 	l.f.Close()
 	l.f = f
 	l.records = n
+	for key, ad := range l.admissions {
+		if !ad.live(now) {
+			delete(l.admissions, key)
+		}
+	}
 	return nil
 }
 

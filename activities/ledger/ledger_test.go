@@ -24,43 +24,69 @@ func openT(t *testing.T, path string) *Ledger {
 	return l
 }
 
+// created reports whether the ledger holds a confirmed create under vmid.
+func created(l *Ledger, vmid int) bool {
+	e, ok := l.Entry(vmid)
+	return ok && e.State == StateCreated
+}
+
 func TestLifecycle(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "var", "lib", "felhom-agent", "prov.ledger")
 	l := openT(t, path)
+	l.now = func() time.Time { return time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC) }
 
-	if err := l.BeginCreate(Entry{VMID: 101, Kind: "qemu", Run: "run-a", Scratch: true}); err != nil {
+	if err := l.BeginCreate(Entry{VMID: 101, Kind: "qemu", Instance: "i-a", Scratch: true}); err != nil {
 		t.Fatal(err)
 	}
-	if got := l.Lookup(101); got != (Provenance{}) {
-		t.Fatalf("pending create must not count as provenance, got %+v", got)
+	if err := l.BeginCreate(Entry{VMID: 104, Kind: "qemu"}); err == nil {
+		t.Fatal("begin without an instance marker accepted")
 	}
-	if err := l.ConfirmCreate(101, "run-a"); err != nil {
+	if created(l, 101) {
+		t.Fatal("pending create counts as created")
+	}
+	if err := l.ConfirmCreate(101, "i-b", "", nil); err == nil {
+		t.Fatal("confirm of another instance must fail")
+	}
+	if err := l.ConfirmCreate(101, "i-a", "uuid-1", []string{"local-lvm:vm-101-disk-0"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.ConfirmCreate(101, "run-b"); err == nil {
-		t.Fatal("confirm by another run must fail")
+	if err := l.HandOver(101, "i-other"); err != nil {
+		t.Fatal(err)
 	}
-	want := Provenance{AgentCreated: true, CreatedByRun: "run-a", Scratch: true}
-	if got := l.Lookup(101); got != want {
-		t.Fatalf("Lookup = %+v, want %+v", got, want)
+	if e, _ := l.Entry(101); e.HandedOver {
+		t.Fatal("hand-over of another instance marked this one")
+	}
+	if err := l.HandOver(101, "i-a"); err != nil {
+		t.Fatal(err)
+	}
+	want := Entry{VMID: 101, Kind: "qemu", Instance: "i-a", SMBIOS: "uuid-1", Volumes: []string{"local-lvm:vm-101-disk-0"},
+		Scratch: true, State: StateCreated, BegunAt: l.now(), CreatedAt: l.now(), HandedOver: true}
+	if got, _ := l.Entry(101); !reflect.DeepEqual(got, want) {
+		t.Fatalf("Entry = %+v, want %+v", got, want)
 	}
 
-	if err := l.BeginCreate(Entry{VMID: 102, Kind: "lxc", Run: "run-a"}); err != nil {
+	if err := l.BeginCreate(Entry{VMID: 102, Kind: "lxc", Instance: "i-c"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.AbortCreate(102, "run-a"); err != nil {
+	if err := l.AbortCreate(102, "i-other"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.Entry(102); !ok {
+		t.Fatal("abort of another instance dropped the pending create")
+	}
+	if err := l.AbortCreate(102, "i-c"); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := l.Entry(102); ok {
 		t.Fatal("aborted create still present")
 	}
-	if err := l.BeginCreate(Entry{VMID: 103, Kind: "qemu", Run: "run-c"}); err != nil {
+	if err := l.BeginCreate(Entry{VMID: 103, Kind: "qemu", Instance: "i-d"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.ConfirmCreate(103, "run-c"); err != nil {
+	if err := l.ConfirmCreate(103, "i-d", "", nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Remove(103, "run-c"); err != nil {
+	if err := l.Remove(103); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.Close(); err != nil {
@@ -69,14 +95,14 @@ func TestLifecycle(t *testing.T) {
 
 	l = openT(t, path)
 	defer l.Close()
-	if got := l.Lookup(101); got != want {
-		t.Fatalf("after reopen Lookup(101) = %+v, want %+v", got, want)
+	if got, _ := l.Entry(101); !reflect.DeepEqual(got, want) {
+		t.Fatalf("after reopen Entry(101) = %+v, want %+v", got, want)
 	}
 	if _, ok := l.Entry(102); ok {
 		t.Fatal("after reopen: aborted 102 present")
 	}
-	if got := l.Lookup(103); got.AgentCreated {
-		t.Fatal("after reopen: removed 103 still agent-created")
+	if _, ok := l.Entry(103); ok {
+		t.Fatal("after reopen: removed 103 still present")
 	}
 }
 
@@ -97,15 +123,15 @@ func TestTornTail(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "prov.ledger")
 	l := openT(t, path)
-	if err := l.BeginCreate(Entry{VMID: 101, Kind: "qemu", Run: "r1"}); err != nil {
+	if err := l.BeginCreate(Entry{VMID: 101, Kind: "qemu", Instance: "r1"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.ConfirmCreate(101, "r1"); err != nil {
+	if err := l.ConfirmCreate(101, "r1", "", nil); err != nil {
 		t.Fatal(err)
 	}
 	fi, _ := os.Stat(path)
 	before := fi.Size()
-	if err := l.BeginCreate(Entry{VMID: 202, Kind: "lxc", Run: "r2", Scratch: true}); err != nil {
+	if err := l.BeginCreate(Entry{VMID: 202, Kind: "lxc", Instance: "r2", Scratch: true}); err != nil {
 		t.Fatal(err)
 	}
 	l.Close()
@@ -134,7 +160,7 @@ func TestTornTail(t *testing.T) {
 				t.Fatalf("Open torn ledger: %v", err)
 			}
 			defer l.Close()
-			if got := l.Lookup(101); !got.AgentCreated {
+			if !created(l, 101) {
 				t.Fatal("record before the torn tail lost")
 			}
 			if _, ok := l.Entry(202); ok {
@@ -144,16 +170,16 @@ func TestTornTail(t *testing.T) {
 			if fi.Size() != before {
 				t.Fatalf("file size after open = %d, want truncated to %d", fi.Size(), before)
 			}
-			if err := l.BeginCreate(Entry{VMID: 303, Run: "r3"}); err != nil {
+			if err := l.BeginCreate(Entry{VMID: 303, Kind: "qemu", Instance: "r3"}); err != nil {
 				t.Fatal(err)
 			}
-			if err := l.ConfirmCreate(303, "r3"); err != nil {
+			if err := l.ConfirmCreate(303, "r3", "", nil); err != nil {
 				t.Fatal(err)
 			}
 			l.Close()
 			l2 := openT(t, p)
 			defer l2.Close()
-			if !l2.Lookup(303).AgentCreated || !l2.Lookup(101).AgentCreated {
+			if !created(l2, 303) || !created(l2, 101) {
 				t.Fatal("append after truncation not durable")
 			}
 		})
@@ -164,7 +190,7 @@ func TestCorruptionInTheMiddleIsRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "prov.ledger")
 	l := openT(t, path)
 	for i := 0; i < 3; i++ {
-		if err := l.BeginCreate(Entry{VMID: 100 + i, Run: "r"}); err != nil {
+		if err := l.BeginCreate(Entry{VMID: 100 + i, Kind: "qemu", Instance: "r"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -188,16 +214,16 @@ func TestCompactionKeepsState(t *testing.T) {
 	for i := 0; i < 400; i++ {
 		vmid := 100 + i%10
 		run := fmt.Sprintf("run-%d", i)
-		if err := l.BeginCreate(Entry{VMID: vmid, Kind: "qemu", Run: run, Scratch: i%2 == 0}); err != nil {
+		if err := l.BeginCreate(Entry{VMID: vmid, Kind: "qemu", Instance: run, Scratch: i%2 == 0}); err != nil {
 			t.Fatal(err)
 		}
-		if err := l.ConfirmCreate(vmid, run); err != nil {
+		if err := l.ConfirmCreate(vmid, run, "", nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	want := map[int]Provenance{}
+	want := map[int]Entry{}
 	for v := 100; v < 110; v++ {
-		want[v] = l.Lookup(v)
+		want[v], _ = l.Entry(v)
 	}
 	l.Close()
 	fi, _ := os.Stat(path)
@@ -206,7 +232,7 @@ func TestCompactionKeepsState(t *testing.T) {
 	if fi2.Size() >= fi.Size()/10 {
 		t.Fatalf("not compacted: %d -> %d bytes", fi.Size(), fi2.Size())
 	}
-	if err := l.Remove(105, "x"); err != nil {
+	if err := l.Remove(105); err != nil {
 		t.Fatal(err)
 	}
 	delete(want, 105)
@@ -214,8 +240,8 @@ func TestCompactionKeepsState(t *testing.T) {
 	l = openT(t, path)
 	defer l.Close()
 	for v := 100; v < 110; v++ {
-		if got := l.Lookup(v); got != want[v] {
-			t.Fatalf("Lookup(%d) = %+v, want %+v", v, got, want[v])
+		if got, _ := l.Entry(v); !reflect.DeepEqual(got, want[v]) {
+			t.Fatalf("Entry(%d) = %+v, want %+v", v, got, want[v])
 		}
 	}
 }
@@ -254,23 +280,29 @@ func stepAt(i int) step {
 func (s step) do(l *Ledger) error {
 	switch s.kind {
 	case opBegin:
-		return l.BeginCreate(Entry{VMID: s.vmid, Kind: "qemu", Run: s.run, Scratch: s.scratch})
+		return l.BeginCreate(Entry{VMID: s.vmid, Kind: "qemu", Instance: s.run, Scratch: s.scratch})
 	case opConfirm:
-		return l.ConfirmCreate(s.vmid, s.run)
+		return l.ConfirmCreate(s.vmid, s.run, "", nil)
 	default:
-		return l.Remove(s.vmid, s.run)
+		return l.Remove(s.vmid)
 	}
+}
+
+// provenance is what the crash test compares: which instance, and scratch.
+type provenance struct {
+	instance string
+	scratch  bool
 }
 
 // model replays the steps without using the ledger's own code.
 type model struct {
 	n       int
-	created map[int]Provenance
+	created map[int]provenance
 	pending map[int]string
 }
 
 func newModel() *model {
-	return &model{created: map[int]Provenance{}, pending: map[int]string{}}
+	return &model{created: map[int]provenance{}, pending: map[int]string{}}
 }
 
 func (m *model) step() {
@@ -282,7 +314,7 @@ func (m *model) step() {
 		m.pending[s.vmid] = s.run
 	case opConfirm:
 		if m.pending[s.vmid] == s.run {
-			m.created[s.vmid] = Provenance{AgentCreated: true, CreatedByRun: s.run, Scratch: s.scratch}
+			m.created[s.vmid] = provenance{instance: s.run, scratch: s.scratch}
 		}
 	case opRemove:
 		delete(m.created, s.vmid)
@@ -290,11 +322,11 @@ func (m *model) step() {
 	}
 }
 
-func snapshot(l *Ledger) map[int]Provenance {
-	m := map[int]Provenance{}
+func snapshot(l *Ledger) map[int]provenance {
+	m := map[int]provenance{}
 	for _, e := range l.Entries() {
-		if p := l.Lookup(e.VMID); p.AgentCreated {
-			m[e.VMID] = p
+		if e.State == StateCreated {
+			m[e.VMID] = provenance{instance: e.Instance, scratch: e.Scratch}
 		}
 	}
 	return m
@@ -404,7 +436,7 @@ func BenchmarkAppend(b *testing.B) {
 	defer l.Close()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if err := l.BeginCreate(Entry{VMID: 100 + i%1000, Run: "r", At: time.Time{}}); err != nil {
+		if err := l.BeginCreate(Entry{VMID: 100 + i%1000, Kind: "qemu", Instance: "r"}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -412,32 +444,94 @@ func BenchmarkAppend(b *testing.B) {
 
 func TestAdmissions(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "prov.ledger")
-	l := openT(t, path)
-	if l.Admitted("k1") {
+	at := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	clock = func() time.Time { return at }
+	t.Cleanup(func() { clock = time.Now })
+	open := func() *Ledger { return openT(t, path) }
+	l := open()
+	if _, ok := l.Admission("k1"); ok {
 		t.Fatal("unknown key admitted")
 	}
-	if err := l.Admit("k1", 101, "run-a"); err != nil {
+	exp := at.Add(time.Hour)
+	k1 := Admission{Key: "k1", Action: "destroy-101", VMID: 101, Instance: "i-1", ExpiresAt: exp}
+	if err := l.Admit(k1); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Admit("k2", 102, "run-a"); err != nil {
-		t.Fatal(err)
+	if err := l.Admit(k1); err != nil {
+		t.Fatalf("admitting the same act again: %v", err)
 	}
-	if err := l.Spend("k2"); err != nil {
-		t.Fatal(err)
+	other := k1
+	other.Instance = "i-2"
+	if err := l.Admit(other); !errors.Is(err, ErrAdmissionConflict) {
+		t.Fatalf("admitting the approval for another instance: err = %v, want ErrAdmissionConflict", err)
+	}
+	if err := l.StartAct("unknown"); err == nil {
+		t.Fatal("StartAct of an unknown admission succeeded")
+	}
+	for _, ad := range []Admission{
+		{Key: "k2", Action: "wipe", ExpiresAt: exp},                        // done: dropped once expired
+		{Key: "k3", Action: "restore", ExpiresAt: exp},                     // started: kept past expiry
+		{Key: "k4", Action: "detach", ExpiresAt: exp},                      // admitted: dropped once expired
+		{Key: "k5", Action: "destroy", ExpiresAt: exp.Add(48 * time.Hour)}, // not yet expired
+	} {
+		if err := l.Admit(ad); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, step := range []struct {
+		do  func(string) error
+		key string
+	}{{l.StartAct, "k1"}, {l.StartAct, "k2"}, {func(k string) error { return l.FinishAct(k, true) }, "k2"}, {l.StartAct, "k3"}} {
+		if err := step.do(step.key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.StartAct("k2"); err == nil {
+		t.Fatal("StartAct of a done act succeeded")
+	}
+	state := func(l *Ledger, key string) AdmissionState {
+		ad, ok := l.Admission(key)
+		if !ok {
+			return "gone"
+		}
+		return ad.State
 	}
 	// enough churn to make the next open compact the log
 	for i := 0; i < 300; i++ {
-		if err := l.BeginCreate(Entry{VMID: 500, Run: "churn"}); err != nil {
+		if err := l.BeginCreate(Entry{VMID: 500, Kind: "qemu", Instance: "churn"}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	l.Close()
-	l = openT(t, path)
-	defer l.Close()
-	if !l.Admitted("k1") {
-		t.Fatal("admission lost across reopen and compaction")
+	l = open()
+	want := map[string]AdmissionState{"k1": Started, "k2": Done, "k3": Started, "k4": Admitted, "k5": Admitted}
+	for k, w := range want {
+		if got := state(l, k); got != w {
+			t.Errorf("before expiry: %s is %s, want %s", k, got, w)
+		}
 	}
-	if l.Admitted("k2") {
-		t.Fatal("spent admission came back")
+	if ad, _ := l.Admission("k1"); ad.StartedAt != at || ad.Instance != "i-1" {
+		t.Errorf("k1 after reopen = %+v", ad)
+	}
+	if ad, _ := l.Admission("k2"); !ad.Failed {
+		t.Errorf("k2 after reopen = %+v, want failed", ad)
+	}
+	l.Close()
+
+	at = exp.Add(time.Minute) // past the ops' expiry: compaction drops what cannot serve
+	l = open()
+	for i := 0; i < 300; i++ {
+		if err := l.BeginCreate(Entry{VMID: 500, Kind: "qemu", Instance: "churn"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	l = open()
+	defer l.Close()
+	want = map[string]AdmissionState{"k1": Started, "k2": "gone", "k3": Started, "k4": "gone", "k5": Admitted}
+	for k, w := range want {
+		if got := state(l, k); got != w {
+			t.Errorf("after expiry: %s is %s, want %s", k, got, w)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/felhom/felhom-agent/gate"
 	"github.com/felhom/felhom-agent/workflows/desired"
@@ -133,7 +134,7 @@ func (c *command) printPlanGuest(pg planGuest) {
 func conservativeClassifier(host string, vmid int) desired.Classifier {
 	guest := strconv.Itoa(vmid)
 	return func(op string) bool {
-		return gate.Classify(gate.Action{Op: op, HostID: host, GuestID: guest}, gate.Provenance{}, "") == gate.Destructive
+		return gate.Classify(gate.Action{Op: op, HostID: host, GuestID: guest}, gate.Provenance{}, time.Time{}) == gate.Destructive
 	}
 }
 

@@ -149,6 +149,15 @@ func (s *Server) addGuest(kind Kind, g Guest) error {
 		conf["protection"] = "1"
 	}
 	set("lock", g.Lock)
+	if kind == KindQEMU {
+		// Every VM Proxmox creates gets these; a seeded one too, unless the
+		// seed sets them.
+		for k, v := range map[string]string{"vmgenid": randomUUID(), "smbios1": "uuid=" + randomUUID()} {
+			if _, ok := conf[k]; !ok {
+				conf[k] = v
+			}
+		}
+	}
 	for k, v := range g.Disks {
 		if !isDiskKey(kind, k) {
 			return fmt.Errorf("pvesim: %q is not a %s disk key", k, kind)
