@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -102,18 +103,21 @@ func TestHostileControlPlaneMatrix(t *testing.T) {
 			},
 		},
 		{
-			name: "forged heartbeat names another guest's destroy task",
+			name: "forged heartbeat: another guest's task reported as this step's",
 			attack: func(t *testing.T, h *harness) error {
 				h.addVM(customerVM(101, "running"))
-				h.addVM(customerVM(102, "stopped"))
-				h.recordCreate(101, "qemu", testMarker, false) // a stale entry the forgery would drop
-				upid := h.outside("DELETE", "/nodes/pve1/qemu/102", nil)
-				_, err := runIn[TaskResult](h.resumeFrom(Progress{Phase: "destroy", UPID: upid}), h.act.DestroyGuest, DestroyGuestInput{VMID: 101})
+				h.addVM(customerVM(102, "running"))
+				upid := h.outside("POST", "/nodes/pve1/qemu/102/status/stop", nil)
+				_, err := runIn[TaskResult](h.resumeFrom(Progress{Phase: "stop", UPID: upid}), h.act.StopGuest, GuestInput{VMID: 101})
 				return err
 			},
-			code:   "pending_signature",
-			intact: guestExists(101),
-			legit:  func(t *testing.T, h *harness) {},
+			code: "", // the claim is ignored: the step does its own work
+			intact: func(t *testing.T, h *harness) {
+				if g, _ := h.guest(101); g.Status != "stopped" || h.mutations("POST", "/nodes/*/qemu/101/status/stop") != 1 {
+					t.Fatalf("guest 101 %s after its stop, %d stop requests: a foreign task was taken for its own", g.Status, h.mutations("POST", "/nodes/*/qemu/101/status/stop"))
+				}
+			},
+			legit: func(t *testing.T, h *harness) {},
 		},
 		{
 			name: "scratch guest deleted outside the agent; a customer guest takes its VMID",
@@ -206,7 +210,7 @@ func TestHostileControlPlaneMatrix(t *testing.T) {
 				}
 				return err
 			},
-			code: "", // reported done, and nothing sent
+			code: "", // reported done, and nothing sent again
 			intact: func(t *testing.T, h *harness) {
 				if n := h.mutations("POST", "/nodes/*/qemu"); n != 1 {
 					t.Fatalf("%d restore requests, want 1", n)
@@ -345,6 +349,34 @@ func TestHostileControlPlaneMatrix(t *testing.T) {
 			legit:  func(t *testing.T, h *harness) {},
 		},
 		{
+			name: "operational key rotates away the recovery keys",
+			attack: func(t *testing.T, h *harness) error {
+				host := h.pinnedHost()
+				params := map[string]any{"operational": []any{h.operatorKey()}, "recovery": []any{h.key("attacker")}}
+				return gateCode(t, h.rotate(host, "operator", params))
+			},
+			code: "role_denied",
+			intact: func(t *testing.T, h *harness) {
+				if _, rec := h.pinnedHost().Signers.Current(); !slices.Equal(rec, []string{h.recoveryKey()}) {
+					t.Fatalf("recovery keys now %v", rec)
+				}
+			},
+			legit: func(t *testing.T, h *harness) {
+				host := h.pinnedHost()
+				planned := map[string]any{"operational": []any{h.operatorKey(), h.key("ops2")}, "recovery": []any{h.recoveryKey()}}
+				if err := h.rotate(host, "operator", planned); err != nil {
+					t.Fatalf("planned rotation of the operational keys: %v", err)
+				}
+				recovery := map[string]any{"operational": []any{h.operatorKey()}, "recovery": []any{h.key("recovery2")}}
+				if err := h.rotate(host, "recovery", recovery); err != nil {
+					t.Fatalf("recovery key rotating the recovery keys: %v", err)
+				}
+				if op, rec := host.Signers.Current(); !slices.Equal(op, []string{h.operatorKey()}) || !slices.Equal(rec, []string{h.key("recovery2")}) {
+					t.Fatalf("keys after the rotations: %v %v", op, rec)
+				}
+			},
+		},
+		{
 			name: "wipe of a volume that another guest uses",
 			attack: func(t *testing.T, h *harness) error {
 				g := customerVM(102, "running")
@@ -371,7 +403,7 @@ func TestHostileControlPlaneMatrix(t *testing.T) {
 			if tt.code != "" {
 				wantErr(t, err, tt.code, false)
 			} else if err != nil {
-				t.Fatalf("attack: %v, want it reported done with nothing sent", err)
+				t.Fatalf("attack: %v, want no refusal: the checks below say what it achieved", err)
 			}
 			tt.intact(t, h)
 			tt.legit(t, h)
@@ -448,6 +480,39 @@ func (h *harness) outside(method, path string, params map[string]any) string {
 		h.t.Fatalf("%s %s: %q, %v", method, path, upid, err)
 	}
 	return upid
+}
+
+// pinnedHost returns the Host activities with the harness's keys pinned in a
+// pinned-signers file, its gate the one the executors use.
+func (h *harness) pinnedHost() *Host {
+	h.t.Helper()
+	signers, err := OpenPinnedSigners(filepath.Join(h.keyDir, "pinned_signers"), []string{h.operatorKey()}, []string{h.recoveryKey()},
+		func(s []gate.Signer) (*gate.Gate, error) {
+			v, err := gate.NewVerifier(gate.VerifierConfig{HostID: hostID, Signers: s, Nonces: h.nonces})
+			if err != nil {
+				return nil, err
+			}
+			return gate.New(v, quietLogger()), nil
+		}, quietLogger())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.act.Gate = signers
+	return &Host{Proxmox: h.act, Signers: signers}
+}
+
+// rotate runs a signers.rotate job signed with the key named keyName.
+func (h *harness) rotate(host *Host, keyName string, params map[string]any) error {
+	h.t.Helper()
+	now := time.Now().UTC().Truncate(time.Second)
+	ap := h.sign(keyName, gate.Op{Op: gate.OpSignersRotate, HostID: hostID, Params: params,
+		NotBefore: now.Add(-time.Minute), ExpiresAt: now.Add(time.Hour), KeyID: keyName})
+	e := h.suite.NewTestActivityEnvironment()
+	e.RegisterActivity(host)
+	_, err := runIn[workflows.ExecuteResult](e, host.RunSignedJob, workflows.SignedJobInput{Host: hostID,
+		Action:   desired.Action{Op: gate.OpSignersRotate, Host: hostID, Params: params},
+		Approval: workflows.Approval{Blob: string(ap.Blob), Signature: string(ap.Signature)}})
+	return err
 }
 
 // backupOf returns the volume id of a backup of vmid, "" for none.

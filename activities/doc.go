@@ -33,26 +33,33 @@
 // activity's HeartbeatTimeout to several PollIntervals.
 //
 // Creates keep the host's provenance ledger in step (see Proxmox.create for
-// the state-by-state reasoning): a pending record is fsync'd before the POST,
-// confirmed after the task succeeded, and a retry never claims a VMID that
-// this workflow run did not record.
+// the state-by-state reasoning): the create writes a random instance marker
+// into the guest's description, a pending record with that marker is
+// fsync'd before the POST, and it is confirmed (with the SMBIOS uuid and the
+// volumes Proxmox gave the guest) once a guest carrying the marker exists. A
+// retry never claims a guest that does not carry it.
+//
+// A recorded UPID is heartbeat detail, a claim: it is resumed only if it
+// names this node's task of the step's own type for the step's guest.
 //
 // # The gate on the host
 //
 // Destructive executors take the operator's signed approval in their input
-// and call Gate.Decide with the action exactly as they are about to perform
-// it (op, host, guest, params computed from the guest's real state), the
-// provenance from the host-local ledger and the current workflow run id. A
-// rejection is a non-retryable application error whose type is the gate's
+// and call the gate with the action exactly as they are about to perform it
+// (op, host, guest, params computed from the guest's real state) and the
+// provenance of the live guest instance (authorize.go states the contract).
+// A rejection is a non-retryable application error whose type is the gate's
 // code ("pending_signature", "binding_mismatch", "replay", ...). A guest with
 // protection enabled is refused before the gate runs and before anything is
-// stopped. Because the first attempt spends the approval's nonce, an
-// admission (approval hash, run, activity id) is fsync'd in the ledger right
-// after the gate allowed; a retry of that same activity whose gate answer is
-// "replay" (every other check having passed again) proceeds, and the admission
-// is spent when the step completed. If the process dies between the gate
-// burning the nonce and the admission reaching the disk, the retry is refused
-// as a replay: fail-safe, the operator signs again.
+// stopped. An approval authorises one act on one guest instance: its
+// admission is fsync'd in the ledger right after the gate spent its nonce,
+// keyed by the signed bytes and bound to the action and the instance; it is
+// marked Started before the act's first mutating request and Done after. A
+// retry of that same act on that same instance is re-verified (everything
+// but the time window and the nonce) and proceeds; a completed act is
+// reported done and never run again. If the process dies between the gate
+// burning the nonce and the admission reaching the disk, the retry is
+// refused as a replay: fail-safe, the operator signs again.
 //
 // SetConfig takes the planner's "name" for a container as its "hostname".
 //
@@ -69,6 +76,9 @@
 //	guest.destroy  guest_id=VMID  params {"kind": "qemu"|"lxc"}
 //	guest.restore  guest_id=VMID  params {"archive": VOLID[, "storage": STORAGE][, "kind": real kind, when the input names a kind]}
 //	volume.wipe    guest_id=owner VMID from the volume name, or ""  params {"volume": VOLID}
+//	               (also freeing a guest's unusedN disk: guest_id=that guest)
 //	disk.detach    guest_id=VMID  params {"disk": KEY}
 //	disk.shrink    guest_id=VMID  params {"disk": KEY, "size_gib": N}
+//	guest.config   guest_id=VMID  params {KEY: VALUE..., "delete": "K1,K2"}, when a key is outside
+//	               the allow-list (a benign change needs no signature)
 package activities

@@ -7,21 +7,62 @@
 // # Decision
 //
 // Classify puts an action in one of two classes by provenance and
-// data-bearing-ness. Start, stop, shutdown, reboot, create and config are
-// Benign. Destroying or overwriting a guest's data (guest.destroy,
-// guest.restore, volume.wipe, disk.detach, disk.shrink) is Destructive unless
-// the host-local provenance ledger says the agent created that guest in the
-// same workflow run (a compensating rollback) or as scratch. signers.rotate
-// and every unknown op are Destructive.
+// data-bearing-ness, on the host's clock. Start, stop, shutdown, reboot and
+// create are Benign; guest.config is Benign only for allow-listed keys
+// (name, hostname, memory, cores, tags, onboot) and new disk allocations
+// ("STORAGE:SIZE_GIB"). Destroying or overwriting a guest's data
+// (guest.destroy, guest.restore, volume.wipe, disk.detach, disk.shrink) is
+// Destructive unless the host's provenance says the data is not a
+// customer's: the agent created this very guest instance as scratch, or
+// (guest.destroy only) it is the compensating rollback of the agent's own
+// create, never started and within RollbackWindow of it. volume.wipe is
+// benign only for a volume that the agent's create allocated for a scratch
+// instance, never a backup. signers.rotate and every unknown op are
+// Destructive.
 //
 // Gate.Decide allows a Benign action unsigned. A Destructive action needs an
 // Approval (raw blob + armored SSHSIG) that passes the Verifier, whose signer
 // role permits the op (a recovery key may only rotate signers; an
 // operational key may approve any destructive op, including a planned
-// rotation) and whose op, host, guest and params name exactly the action
-// (Bind). Without an approval the answer is ErrPendingSignature. Every
-// decision is written as one slog record ("gate decision"); the record is a
-// signal, never the guard.
+// rotation; Request.RequireRole narrows that further) and whose op, host,
+// guest and params name exactly the action (Bind). Without an approval the
+// answer is ErrPendingSignature. Every decision is written as one slog
+// record ("gate decision"); the record is a signal, never the guard.
+//
+// # Contract with the executors
+//
+// The gate decides from what its caller passes, so its guarantees hold only
+// if the executors (package activities, all in activities/authorize.go and
+// the executor beside it) keep to this:
+//
+//   - Action is the act exactly as it will be sent to Proxmox, computed from
+//     the guest as Proxmox shows it now (its real kind, the volume it names),
+//     never copied from the activity's input. A guest.config action carries
+//     the keys as they will be set, and "delete" when keys are removed; it
+//     holds a disk key only when the live guest has no such disk (a change
+//     to an existing disk is refused before the gate).
+//   - Provenance comes from the host's ledger, counted only for the guest
+//     instance it recorded (the live guest carries the create's marker), and
+//     from Proxmox (InUse when the guest runs). Nothing in it comes from the
+//     hub or from Temporal: no workflow or run id is consulted anywhere.
+//   - RequireRole is RoleRecovery for a signers.rotate that changes the
+//     recovery keys.
+//   - Readmit is called only for an approval the host admitted before with
+//     Decide, durably recorded (in the ledger) together with the action and
+//     the guest instance it was admitted for, and only for that same action
+//     on that same instance. A Readmit skips the time window and the nonce,
+//     which the admission passed and spent; everything else runs again.
+//
+// # Admissions
+//
+// An approval authorises one act on one guest instance. Decide admits it
+// once and burns its nonce; the executor records the admission before it
+// sends anything, marks it Started right before the act's first mutating
+// request and Done when the act completed (or failed for good after it
+// started). A retry of the same act may then finish a Started act even
+// after the op expired; an admission whose act never started lapses with
+// the op; a Done one authorises nothing more. Admissions are keyed by the
+// signed bytes, never by ids the Temporal server hands out.
 //
 // # Verify pipeline
 //
@@ -36,12 +77,17 @@
 //	target             ErrWrongHost      host_id must be this host
 //	time window        ErrNotYetValid    not_before <= now
 //	                   ErrExpired        now < expires_at
-//	                   ErrValidityTooLong expires_at - not_before and expires_at - now within the cap (24 h by default)
+//	                   ErrValidityTooLong expires_at - not_before and expires_at - now
+//	                                     within the cap (24 h by default, 7 days at most)
 //	nonce              ErrReplay         recorded last, so a rejected op never burns its nonce
 //
 // The gate adds its role (ErrRoleDenied) and binding (ErrBindingMismatch)
 // checks after the time window and before the nonce, so a validly signed op
 // presented for the wrong action is refused without being used up.
+//
+// SECURITY.md at the top of the repository is the threat model: the actors
+// (hub, Temporal server, network, operator laptop, keys, Proxmox), what each
+// can and cannot make a host do, and which code enforces each line.
 //
 // The signed data follows OpenSSH's PROTOCOL.sshsig and is always built with
 // the Namespace constant and an empty reserved field, as OpenSSH does. RSA

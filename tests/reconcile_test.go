@@ -282,6 +282,46 @@ func TestFailedCreateIsRolledBackWithoutASignature(t *testing.T) {
 	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 150), "", "compensation")
 }
 
+// TestAbsentAfterConvergeNeedsASignatureInTheCreatingRun: the run that
+// created a guest has no exemption once the guest reached its desired state:
+// only the compensating rollback of a fresh create is benign.
+func TestAbsentAfterConvergeNeedsASignatureInTheCreatingRun(t *testing.T) {
+	host := uniqueHost("pve-same-run")
+	sim := startSim(t, host)
+	ops := newOperatorKey(t, "ed25519")
+	a := startAgent(t, host, sim, ops.Pub)
+	id := workflows.GuestWorkflowID(host, 160)
+
+	a.applySpec(t, desired.Spec{Host: host, VMID: 160, Kind: desired.QEMU, Name: "app", State: desired.Running, Memory: "512", Cores: 1,
+		Disks: map[string]string{"scsi0": "local-lvm:4"}})
+	a.waitPhase(t, 160, workflows.PhaseConverged)
+	desc, err := a.client.DescribeWorkflowExecution(context.Background(), id, "")
+	must(t, err)
+	run := desc.WorkflowExecutionInfo.Execution.RunId
+
+	a.applySpec(t, desired.Spec{Host: host, VMID: 160, State: desired.Absent})
+	st := a.waitPhase(t, 160, workflows.PhasePending)
+	if st.Pending == nil || st.Pending.Action.Op != gate.OpGuestDestroy {
+		t.Fatalf("pending = %+v, want guest.destroy", st.Pending)
+	}
+	desc, err = a.client.DescribeWorkflowExecution(context.Background(), id, "")
+	must(t, err)
+	if desc.WorkflowExecutionInfo.Execution.RunId != run {
+		t.Fatal("the workflow continued as new: this test needs the creating run")
+	}
+	if _, ok := sim.Guest(160); !ok || countRequests(sim, "DELETE", "/qemu/160") != 0 {
+		t.Fatal("the guest its own run created was destroyed without a signature")
+	}
+
+	if v := a.approve(t, 160, signWithSSHKeygen(t, ops, opFor(st.Pending.OpTemplate))); !v.Accepted {
+		t.Fatalf("signed destroy refused: %+v", v)
+	}
+	a.waitPhase(t, 160, workflows.PhaseConverged)
+	if _, ok := sim.Guest(160); ok || countRequests(sim, "DELETE", "/qemu/160") != 1 {
+		t.Fatal("the signed destroy did not run exactly once")
+	}
+}
+
 func TestHostWorkflowWakesOnlyDriftedGuestsAndReportsUnmanaged(t *testing.T) {
 	host := uniqueHost("pve-drift")
 	sim := startSim(t, host)
