@@ -465,3 +465,96 @@ func TestDecideConcurrentPresentations(t *testing.T) {
 		t.Fatalf("%d allowed, %d replays; want 1 and %d", allowed, replays, n-1)
 	}
 }
+
+// recordingNonces is a MemoryNonceStore that counts Use calls and can fail.
+type recordingNonces struct {
+	*MemoryNonceStore
+	uses int
+	fail error
+}
+
+func (r *recordingNonces) Use(ctx context.Context, nonce string, exp time.Time) error {
+	r.uses++
+	if r.fail != nil {
+		return r.fail
+	}
+	return r.MemoryNonceStore.Use(ctx, nonce, exp)
+}
+
+// TestEveryRejectionLeavesTheNonceUnused: the nonce is the last stage, so an
+// op refused at any other stage is not used up: the store is never asked,
+// and the same nonce still authorises the right act afterwards.
+func TestEveryRejectionLeavesTheNonceUnused(t *testing.T) {
+	testKeys(t)
+	clock := now
+	store := &recordingNonces{MemoryNonceStore: NewMemoryNonceStore()}
+	signers, err := ParseSigners([]string{opKey.line}, []string{recKey.line})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewVerifier(VerifierConfig{HostID: "pve1", Signers: signers, Nonces: store, Now: func() time.Time { return clock }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := New(v, slog.New(slog.DiscardHandler))
+	ctx := context.Background()
+	at := func(nb, exp time.Duration) func(*Op) {
+		return func(o *Op) { o.NotBefore, o.ExpiresAt = now.Add(nb), now.Add(exp) }
+	}
+	tests := []struct {
+		name   string
+		key    *testKey
+		edit   func(*Op)
+		action func(*Action)
+		code   string
+	}{
+		{"wrong host", &opKey, func(o *Op) { o.HostID = "pve2" }, nil, "wrong_host"},
+		{"wrong role", &recKey, nil, nil, "role_denied"},
+		{"unknown signer", &strangerKey, nil, nil, "unknown_signer"},
+		{"binding mismatch", &opKey, nil, func(a *Action) { a.GuestID = "102" }, "binding_mismatch"},
+		{"expired", &opKey, at(-2*time.Hour, -time.Hour), nil, "expired"},
+		{"valid too long", &opKey, at(-time.Hour, 48*time.Hour), nil, "validity_too_long"},
+		{"not yet valid", &opKey, at(time.Hour, 2*time.Hour), nil, "not_yet_valid"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock = now
+			nonce := "unused-" + strings.ReplaceAll(tt.name, " ", "-")
+			op := destroyOp(nonce)
+			if tt.edit != nil {
+				tt.edit(&op)
+			}
+			action := destroyAction()
+			if tt.action != nil {
+				tt.action(&action)
+			}
+			before := store.uses
+			_, err := g.Decide(ctx, Request{Action: action, Approval: approve(t, *tt.key, op)})
+			if Code(err) != tt.code {
+				t.Fatalf("Decide err = %v (%s), want %s", err, Code(err), tt.code)
+			}
+			if store.uses != before {
+				t.Fatalf("the nonce store was asked %d times for a refused op", store.uses-before)
+			}
+			// The same nonce still authorises the act it was meant for.
+			good := destroyOp(nonce)
+			if tt.name == "not yet valid" {
+				clock = now.Add(90 * time.Minute) // into the op's window: the very same approval is accepted
+				good = op
+			}
+			if d, err := g.Decide(ctx, Request{Action: destroyAction(), Approval: approve(t, opKey, good)}); err != nil || !d.Allowed {
+				t.Fatalf("the nonce was used up by the refusal: %+v, %v", d, err)
+			}
+		})
+	}
+
+	t.Run("failing nonce store", func(t *testing.T) {
+		clock = now
+		store.fail = errors.New("disk full")
+		defer func() { store.fail = nil }()
+		d, err := g.Decide(ctx, Request{Action: destroyAction(), Approval: approve(t, opKey, destroyOp("store-fails"))})
+		if !errors.Is(err, ErrNonceStore) || d.Allowed || d.Code != "nonce_store" {
+			t.Fatalf("Decide with a failing store = %+v, %v; want refused with nonce_store", d, err)
+		}
+	})
+}
