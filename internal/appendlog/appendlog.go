@@ -167,7 +167,7 @@ func Open(path, magic string, opts Options, replay func(rec []byte) error) (*Log
 	}
 	l := &Log{path: path, magic: magic, fsys: opts.FS, fr: newFraming(opts)}
 	if l.fsys == nil {
-		l.fsys = osFS{}
+		l.fsys = OS{}
 	}
 	lock, err := l.fsys.Lock(path + ".lock")
 	if err != nil {

@@ -35,12 +35,13 @@ type FS interface {
 	Lock(name string) (io.Closer, error)
 }
 
-// osFS is the operating system's file system.
-type osFS struct{}
+// OS is the operating system's file system, what a nil Options.FS means.
+// An owner's tests can wrap it to fail chosen operations.
+type OS struct{}
 
 type osFile struct{ *os.File }
 
-func (osFS) OpenFile(name string, flag int) (File, error) {
+func (OS) OpenFile(name string, flag int) (File, error) {
 	f, err := os.OpenFile(name, flag, 0o600)
 	if err != nil {
 		return nil, err
@@ -58,11 +59,11 @@ func (f osFile) Size() (int64, error) {
 	return fi.Size(), nil
 }
 
-func (osFS) Rename(oldname, newname string) error { return os.Rename(oldname, newname) }
+func (OS) Rename(oldname, newname string) error { return os.Rename(oldname, newname) }
 
-func (osFS) Remove(name string) error { return os.Remove(name) }
+func (OS) Remove(name string) error { return os.Remove(name) }
 
-func (osFS) SyncDir(dir string) error {
+func (OS) SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
@@ -71,7 +72,7 @@ func (osFS) SyncDir(dir string) error {
 	return d.Sync()
 }
 
-func (osFS) Lock(name string) (io.Closer, error) {
+func (OS) Lock(name string) (io.Closer, error) {
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("appendlog: lock: %w", err)
