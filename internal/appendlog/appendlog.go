@@ -1,9 +1,10 @@
 // Package appendlog is the agent's durable append-only record log: a file of
 // checksummed frames, each written with one write and synced before Append
 // returns, replayed on open, locked against a second process and compacted
-// by rewriting it through a synced temporary file. The gate's nonce store and
-// the provenance ledger keep their state in one each; the log knows nothing
-// of what a record means.
+// by rewriting it through a synced temporary file. The log knows nothing of
+// what a record means: its owner (the gate's nonce store; the provenance
+// ledger's file has the length-prefixed layout below) encodes records and
+// decides which are live.
 //
 // # File format
 //
@@ -29,11 +30,12 @@
 //
 // Append writes the record's frame with one positioned write at the end of
 // the last intact frame and then syncs the file (fdatasync(2) on Linux,
-// which also makes the new file size durable). When Append returns nil the
-// record survives a crash or power loss. When it returns an error the record
-// may or may not be in the file: it was never acknowledged, and an owner
-// must treat it as neither done nor undone (e.g. a nonce store keeps
-// refusing, never assumes the nonce unused).
+// which also makes the new file size durable). Open has synced the log's
+// directory, so the file's name is durable too. When Append returns nil the
+// record survives a crash or power loss. When it returns any other error
+// than ErrRecord (which writes nothing), the record may or may not be in the
+// file: it was never acknowledged, and an owner must treat it as neither
+// done nor undone (a nonce store, say, must not assume the nonce unused).
 //
 // A failed write or sync poisons the log: every later Append and Compact
 // fails with ErrPoisoned until the log is closed and opened again. After a
@@ -53,8 +55,9 @@
 //
 // Anything else, namely an intact frame after damage, or non-zero bytes
 // farther than one frame past the last intact frame, or a wrong magic, is
-// not something a crash produces. Open then refuses with ErrCorrupt instead
-// of dropping records the owner had acknowledged. A file that is empty, a
+// not something a crash produces. Open then refuses with ErrCorrupt, leaving
+// the file as it is, instead of dropping records the owner had
+// acknowledged. A file that is empty, a
 // prefix of the magic, or all zero bytes is a log whose creation was cut
 // short (the header is synced before any record is appended); Open
 // rewrites its header.
@@ -126,8 +129,9 @@ const maxMaxRecord = 1 << 20
 type Options struct {
 	// RecordLen selects the self-delimiting layout. Given the first bytes of
 	// a record, it returns the record's full length, or false if those
-	// bytes cannot start a record or are too few to tell. It must look only
-	// at its argument and must not retain it.
+	// bytes cannot start a record or are too few to tell. It reads file
+	// content, so it must accept any bytes without panicking; it must not
+	// retain its argument.
 	RecordLen func(prefix []byte) (int, bool)
 	// MaxRecord is the largest record in bytes (DefaultMaxRecord if 0, at
 	// most 1 MiB). It bounds how much damage Open treats as a torn tail, so
@@ -211,8 +215,22 @@ func (l *Log) load(replay func([]byte) error) error {
 		return fmt.Errorf("appendlog: read %s: %w", l.path, err)
 	}
 	if unwrittenHeader(data, l.magic) {
-		return l.writeHeader()
+		if err := l.writeHeader(); err != nil {
+			return err
+		}
+	} else if err := l.replay(data, replay); err != nil {
+		return err
 	}
+	// The file may be new, or created by a process that died before it
+	// synced the directory: its name must be durable before any record in
+	// it is acknowledged.
+	if err := l.fsys.SyncDir(filepath.Dir(l.path)); err != nil {
+		return fmt.Errorf("appendlog: %s: sync directory: %w", l.path, err)
+	}
+	return nil
+}
+
+func (l *Log) replay(data []byte, replay func([]byte) error) error {
 	if string(data[:min(len(data), len(l.magic))]) != l.magic {
 		return fmt.Errorf("%w: %s: bad magic, want %q", ErrCorrupt, l.path, l.magic)
 	}
@@ -221,10 +239,10 @@ func (l *Log) load(replay func([]byte) error) error {
 		return fmt.Errorf("%s: %w", l.path, err)
 	}
 	if good < int64(len(data)) {
-		if err := f.Truncate(good); err != nil {
+		if err := l.f.Truncate(good); err != nil {
 			return fmt.Errorf("appendlog: %s: truncate torn tail: %w", l.path, err)
 		}
-		if err := f.Sync(); err != nil {
+		if err := l.f.Sync(); err != nil {
 			return fmt.Errorf("appendlog: %s: sync: %w", l.path, err)
 		}
 	}
@@ -251,11 +269,6 @@ func (l *Log) writeHeader() error {
 	}
 	if err := l.f.Sync(); err != nil {
 		return fmt.Errorf("appendlog: %s: sync: %w", l.path, err)
-	}
-	// The file may be new: its directory entry must be durable before any
-	// record in it is acknowledged.
-	if err := l.fsys.SyncDir(filepath.Dir(l.path)); err != nil {
-		return fmt.Errorf("appendlog: %s: sync directory: %w", l.path, err)
 	}
 	l.size, l.records = int64(len(l.magic)), 0
 	return nil

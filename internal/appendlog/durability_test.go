@@ -46,6 +46,27 @@ func TestAppendIsDurableWhenItReturns(t *testing.T) {
 	}
 }
 
+// A log file that exists but whose name was never made durable (its
+// creator died between writing it and syncing the directory) is made
+// durable by Open before it acknowledges anything in it.
+func TestOpenMakesTheFileNameDurable(t *testing.T) {
+	for _, ly := range layouts {
+		t.Run(ly.name, func(t *testing.T) {
+			fsys := newMemFS()
+			fsys.put(memPath, ly.frames(t, "a"))
+			delete(fsys.durable, memPath)
+			l, _ := ly.mustOpen(t, fsys, memPath)
+			ly.mustAppend(t, l, "b")
+			l.Close()
+			l, got := ly.mustOpen(t, fsys.crash(), memPath)
+			l.Close()
+			if !slices.Equal(got, []string{"a", "b"}) {
+				t.Fatalf("power loss after an acknowledged append: replayed %q, want [a b]", got)
+			}
+		})
+	}
+}
+
 // A failed write or sync poisons the log: it refuses every append and
 // compaction, without touching the file, until it is reopened. Reopening
 // finds every acknowledged record, with or without a crash in between.
