@@ -57,10 +57,9 @@
 // farther than one frame past the last intact frame, or a wrong magic, is
 // not something a crash produces. Open then refuses with ErrCorrupt, leaving
 // the file as it is, instead of dropping records the owner had
-// acknowledged. A file that is empty, a
-// prefix of the magic, or all zero bytes is a log whose creation was cut
-// short (the header is synced before any record is appended); Open
-// rewrites its header.
+// acknowledged. A file no longer than the magic that is empty, a prefix of
+// the magic or zero bytes is a log whose creation was cut short (the header
+// is synced before any record is appended); Open rewrites its header.
 //
 // # Locking
 //
@@ -252,12 +251,14 @@ func (l *Log) replay(data []byte, replay func([]byte) error) error {
 
 // unwrittenHeader reports whether data is what creating a log and crashing
 // before its header was synced can leave: nothing, part of the magic, or
-// zeros.
+// zeros no longer than the magic. A longer run of zeros is not a header
+// write cut short, and reading it as an empty log could forget records, so
+// it is left to fail as corrupt.
 func unwrittenHeader(data []byte, magic string) bool {
-	if len(data) < len(magic) && string(data) == magic[:len(data)] {
-		return true
+	if len(data) > len(magic) {
+		return false
 	}
-	return allZero(data)
+	return string(data) == magic[:len(data)] || allZero(data)
 }
 
 func (l *Log) writeHeader() error {
