@@ -136,10 +136,13 @@
 // used until its op's expires_at, across restarts.
 //
 // MemoryNonceStore is for tests and tools. FileNonceStore is the agent's
-// durable store: an fsync'd, checksummed append log, replayed on open (a
-// torn tail is truncated, damage before the tail refuses to open), locked
-// against a second process. It grows until Compact, which drops only
-// entries that expired before a given cutoff; the owner of the store calls
-// it, e.g. at start with a cutoff a day in the past. See nonce_file.go for
-// the record format.
+// durable store, kept in an internal/appendlog log: each nonce is synced to
+// disk before Use returns, the log is replayed on open (a torn tail is
+// truncated, damage before the tail refuses to open with
+// ErrNonceLogCorrupt), locked against a second process
+// (ErrNonceLogLocked), and after a failed write or sync refuses every Use
+// until reopened (ErrNonceLogClosed). It grows until Compact, which drops
+// only entries that expired before a given cutoff; the owner of the store
+// calls it, e.g. at start with a cutoff a day in the past. See
+// nonce_file.go for the record format.
 package gate

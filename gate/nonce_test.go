@@ -5,8 +5,14 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/felhom/felhom-agent/internal/appendlog"
 )
 
 func TestNonceStores(t *testing.T) {
@@ -85,30 +91,30 @@ func TestFileNonceStoreLock(t *testing.T) {
 	s2.Close()
 }
 
-func TestFileNonceStoreTail(t *testing.T) {
+// testdata/nonces-v1.log was written by the store before it moved onto
+// appendlog: "a", a 32-byte and a 255-byte nonce, "expired" compacted away,
+// then "after-compact". Logs on hosts keep opening.
+func TestFileNonceStoreOpensExistingLog(t *testing.T) {
 	ctx := context.Background()
-	rec := func(n string) []byte { return appendNonceRecord(nil, n, t1.Unix()) }
-	full := append([]byte(nonceMagic), rec("aa")...)
-	full = append(full, rec("bb")...)
-	last := rec("cc")
+	golden, err := os.ReadFile("testdata/nonces-v1.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := []string{"a", "0123456789abcdef0123456789abcdef", strings.Repeat("n", MaxNonceLen), "after-compact"}
 	tests := []struct {
-		name     string
-		tail     []byte
-		wantErr  error
-		replayed []string
+		name    string
+		file    []byte
+		wantErr error
+		used    []string
 	}{
-		{"clean", last, nil, []string{"aa", "bb", "cc"}},
-		{"short record", last[:len(last)-3], nil, []string{"aa", "bb"}},
-		{"length byte only", last[:1], nil, []string{"aa", "bb"}},
-		{"bad checksum", append(append([]byte{}, last[:len(last)-1]...), last[len(last)-1]^1), nil, []string{"aa", "bb"}},
-		{"zero filled", make([]byte, 4096), nil, []string{"aa", "bb"}},
-		{"damage before an intact record", append([]byte{9, 9, 9}, last...), ErrNonceLogCorrupt, nil},
-		{"garbage", []byte("garbage that is much longer than any record could be......" + string(make([]byte, 600)) + "x"), ErrNonceLogCorrupt, nil},
+		{"as written", golden, nil, used},
+		{"with a torn append", append(slices.Clone(golden), 5, 'x', 'y'), nil, used},
+		{"damaged before its tail", flipByte(golden, len(nonceMagic)+1), ErrNonceLogCorrupt, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "nonces.log")
-			if err := os.WriteFile(path, append(append([]byte{}, full...), tt.tail...), 0o600); err != nil {
+			if err := os.WriteFile(path, tt.file, 0o600); err != nil {
 				t.Fatal(err)
 			}
 			s, err := OpenFileNonceStore(path)
@@ -122,28 +128,92 @@ func TestFileNonceStoreTail(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer s.Close()
-			if s.Len() != len(tt.replayed) {
-				t.Fatalf("replayed %d nonces, want %d", s.Len(), len(tt.replayed))
+			if s.Len() != len(tt.used) {
+				t.Fatalf("replayed %d nonces, want %d", s.Len(), len(tt.used))
 			}
-			for _, n := range tt.replayed {
+			for _, n := range tt.used {
 				if err := s.Use(ctx, n, t1); !errors.Is(err, ErrReplay) {
-					t.Fatalf("nonce %q: %v, want ErrReplay", n, err)
+					t.Fatalf("nonce %.40q: %v, want ErrReplay", n, err)
 				}
 			}
-			// The torn tail is gone: a new append lands where it was and
-			// survives another reopen.
-			if err := s.Use(ctx, "dd", t1); err != nil {
-				t.Fatal(err)
-			}
-			s.Close()
-			s, err = OpenFileNonceStore(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.Use(ctx, "dd", t1); !errors.Is(err, ErrReplay) {
-				t.Fatalf("append after truncation lost: %v", err)
+			if err := s.Use(ctx, "expired", t1); err != nil {
+				t.Fatalf("the compacted-away nonce: %v", err)
 			}
 		})
+	}
+}
+
+func flipByte(b []byte, i int) []byte {
+	b = slices.Clone(b)
+	b[i] ^= 0x10
+	return b
+}
+
+// failingSync fails every sync of the nonce log once armed.
+type failingSync struct {
+	appendlog.OS
+	armed *atomic.Bool
+}
+
+func (f failingSync) OpenFile(name string, flag int) (appendlog.File, error) {
+	file, err := f.OS.OpenFile(name, flag)
+	if err != nil {
+		return nil, err
+	}
+	return failingSyncFile{file, f.armed}, nil
+}
+
+type failingSyncFile struct {
+	appendlog.File
+	armed *atomic.Bool
+}
+
+func (f failingSyncFile) Sync() error {
+	if f.armed.Load() {
+		return syscall.EIO
+	}
+	return f.File.Sync()
+}
+
+// A Use whose record may not be on disk is refused, and so is every later
+// Use, replayed or fresh, until the store is reopened; after reopening, the
+// refused nonce may count as used (its record reached the page cache) but
+// an accepted one always does.
+func TestFileNonceStoreRefusesAfterFailedSync(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "nonces.log")
+	var armed atomic.Bool
+	s, err := openFileNonceStore(path, failingSync{armed: &armed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Use(ctx, "accepted", t1); err != nil {
+		t.Fatal(err)
+	}
+	armed.Store(true)
+	if err := s.Use(ctx, "unsynced", t1); !errors.Is(err, ErrNonceLogClosed) || !errors.Is(err, syscall.EIO) {
+		t.Fatalf("Use with a failing sync = %v, want ErrNonceLogClosed wrapping EIO", err)
+	}
+	armed.Store(false)
+	for _, n := range []string{"unsynced", "fresh", "accepted"} {
+		if err := s.Use(ctx, n, t1); !errors.Is(err, ErrNonceLogClosed) {
+			t.Fatalf("Use(%q) after a failed sync = %v, want ErrNonceLogClosed", n, err)
+		}
+	}
+	if _, err := s.Compact(t0); !errors.Is(err, ErrNonceLogClosed) {
+		t.Fatalf("Compact after a failed sync = %v, want ErrNonceLogClosed", err)
+	}
+	s.Close()
+	s, err = OpenFileNonceStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Use(ctx, "accepted", t1); !errors.Is(err, ErrReplay) {
+		t.Fatalf("accepted nonce after reopen: %v, want ErrReplay", err)
+	}
+	if err := s.Use(ctx, "fresh", t1); err != nil {
+		t.Fatalf("fresh nonce after reopen: %v", err)
 	}
 }
 
@@ -180,33 +250,5 @@ func TestFileNonceStoreCompactDropsOnlyExpired(t *testing.T) {
 	}
 	if err := s.Use(ctx, "old", t1); err != nil {
 		t.Fatalf("expired nonce should have been pruned: %v", err)
-	}
-}
-
-// An append cut short at any byte leaves the earlier nonces used, the cut
-// one unused (it was never acknowledged), and the log appendable.
-func TestFileNonceStoreTornAtEveryByte(t *testing.T) {
-	ctx := context.Background()
-	log := append([]byte(nonceMagic), appendNonceRecord(nil, "first", t1.Unix())...)
-	last := appendNonceRecord(nil, "0123456789abcdef0123456789abcdef", t1.Unix())
-	for cut := 0; cut < len(last); cut++ {
-		path := filepath.Join(t.TempDir(), "nonces.log")
-		if err := os.WriteFile(path, append(append([]byte{}, log...), last[:cut]...), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		s, err := OpenFileNonceStore(path)
-		if err != nil {
-			t.Fatalf("cut at %d: %v", cut, err)
-		}
-		if err := s.Use(ctx, "first", t1); !errors.Is(err, ErrReplay) {
-			t.Fatalf("cut at %d: earlier nonce: %v", cut, err)
-		}
-		if err := s.Use(ctx, "0123456789abcdef0123456789abcdef", t1); err != nil {
-			t.Fatalf("cut at %d: unacknowledged nonce should be unused: %v", cut, err)
-		}
-		s.Close()
-		if fi, _ := os.Stat(path); fi.Size() != int64(len(log)+len(last)) {
-			t.Fatalf("cut at %d: log is %d bytes after re-append, want %d", cut, fi.Size(), len(log)+len(last))
-		}
 	}
 }
