@@ -17,21 +17,14 @@
 //
 // # File format
 //
-// The file starts with an 8-byte magic header and is followed by records:
-//
-//	uint32 big-endian payload length | uint32 big-endian CRC-32C of payload | JSON payload
-//
-// Every append is written with one write(2) and fsync'd before the call
-// returns, so a record that was acknowledged survives a crash or power loss.
-// On open the log is replayed; a torn tail (an append cut short by a crash:
-// an incomplete record, a final record whose checksum fails, or zero-filled
-// space past the last record) is truncated away. Damage anywhere else is
-// reported as ErrCorrupt instead of being silently dropped, because losing a
-// "removed" record in the middle of the log would make a reused VMID look
-// agent-created.
-//
-// A second process opening the same ledger fails with ErrLocked (flock on a
-// sibling ".lock" file, which survives compaction's rename).
+// The ledger is an appendlog (see that package for framing, durability,
+// torn-tail recovery, locking and compaction) with the magic "FLHMLDG1" and
+// length-prefixed frames, one JSON record each. Every append is synced
+// before the call returns, so an acknowledged record survives a crash or
+// power loss. Damage before the tail refuses to open (ErrCorrupt) instead of
+// being dropped, because losing a "removed" record in the middle of the log
+// would make a reused VMID look agent-created. A second process opening the
+// same ledger fails with ErrLocked.
 //
 // # Create is two-phase
 //
@@ -57,32 +50,24 @@
 package ledger
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/felhom/felhom-agent/internal/appendlog"
 )
 
 const (
-	magic         = "FLHMLDG1"
-	headerSize    = 8
-	maxRecordSize = 64 << 10
+	magic = "FLHMLDG1"
 	// compaction is considered on open once the log holds this many records
 	// and more than half of them are superseded.
 	compactMinRecords = 256
 )
-
-var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
 var (
 	// ErrLocked means another process holds the ledger open.
@@ -206,153 +191,61 @@ const StartedRetention = 7 * 24 * time.Hour
 
 // Ledger is an open provenance ledger. It is safe for concurrent use.
 type Ledger struct {
-	path string
-
 	mu         sync.Mutex
-	f          *os.File
-	lock       *os.File
+	log        *appendlog.Log
 	entries    map[int]Entry
 	admissions map[string]Admission
-	records    int // records in the file, for compaction accounting
 	now        func() time.Time
 }
 
 // Open opens (creating it and its directory if needed) the ledger at path,
 // replays it and takes an exclusive lock that lasts until Close.
 func Open(path string) (*Ledger, error) {
+	return open(path, nil)
+}
+
+// open opens the ledger on fsys (the operating system if nil), so tests can
+// make its file operations fail.
+func open(path string, fsys appendlog.FS) (*Ledger, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("ledger: create directory: %w", err)
 	}
-	lock, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("ledger: open lock file: %w", err)
-	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		lock.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%w: %s", ErrLocked, path)
+	l := &Ledger{entries: map[int]Entry{}, admissions: map[string]Admission{}, now: clock}
+	log, err := appendlog.Open(path, magic, appendlog.Options{FS: fsys}, func(rec []byte) error {
+		var r record
+		if err := json.Unmarshal(rec, &r); err != nil {
+			return fmt.Errorf("%w: %v", ErrCorrupt, err)
 		}
-		return nil, fmt.Errorf("ledger: lock %s: %w", path, err)
+		l.apply(r)
+		return nil
+	})
+	if err != nil {
+		return nil, ledgerError(err)
 	}
-	l := &Ledger{path: path, lock: lock, entries: map[int]Entry{}, admissions: map[string]Admission{}, now: clock}
-	if err := l.load(); err != nil {
-		l.f = nil
-		lock.Close()
-		return nil, err
+	l.log = log
+	if log.Records() >= compactMinRecords && log.Records() > 2*(len(l.entries)+l.liveAdmissions()) {
+		// A failed compaction leaves the old log intact and usable.
+		if err := l.compactLocked(); err != nil && l.log.Err() != nil {
+			l.log.Close()
+			return nil, err
+		}
 	}
 	return l, nil
 }
 
-func (l *Ledger) load() error {
-	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return fmt.Errorf("ledger: open: %w", err)
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return fmt.Errorf("ledger: stat: %w", err)
-	}
-	if fi.Size() == 0 {
-		if _, err := f.Write([]byte(magic)); err != nil {
-			f.Close()
-			return fmt.Errorf("ledger: write header: %w", err)
-		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return fmt.Errorf("ledger: sync header: %w", err)
-		}
-		if err := syncDir(filepath.Dir(l.path)); err != nil {
-			f.Close()
-			return err
+// ledgerError adds the ledger's own sentinel to an appendlog error.
+func ledgerError(err error) error {
+	for _, m := range []struct{ from, to error }{
+		{appendlog.ErrLocked, ErrLocked},
+		{appendlog.ErrCorrupt, ErrCorrupt},
+		{appendlog.ErrPoisoned, ErrClosed},
+		{appendlog.ErrClosed, ErrClosed},
+	} {
+		if errors.Is(err, m.from) {
+			return fmt.Errorf("%w: %w", m.to, err)
 		}
 	}
-	good, err := l.replay(f)
-	if err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Truncate(good); err != nil {
-		f.Close()
-		return fmt.Errorf("ledger: truncate torn tail: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("ledger: sync: %w", err)
-	}
-	if _, err := f.Seek(good, io.SeekStart); err != nil {
-		f.Close()
-		return fmt.Errorf("ledger: seek: %w", err)
-	}
-	l.f = f
-	if l.records >= compactMinRecords && l.records > 2*(len(l.entries)+l.liveAdmissions()) {
-		return l.compactLocked()
-	}
-	return nil
-}
-
-// replay applies every intact record and returns the offset just past the last
-// one, i.e. where the torn tail (if any) begins.
-func (l *Ledger) replay(f *os.File) (int64, error) {
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return 0, err
-	}
-	data, err := io.ReadAll(bufio.NewReader(f))
-	if err != nil {
-		return 0, fmt.Errorf("ledger: read: %w", err)
-	}
-	if len(data) < headerSize {
-		// A crash while writing the header of a brand-new file.
-		if bytes.HasPrefix([]byte(magic), data) {
-			if _, err := f.Seek(0, io.SeekStart); err != nil {
-				return 0, err
-			}
-			if err := f.Truncate(0); err != nil {
-				return 0, err
-			}
-			if _, err := f.Write([]byte(magic)); err != nil {
-				return 0, err
-			}
-			return headerSize, nil
-		}
-		return 0, fmt.Errorf("%w: %s: bad header", ErrCorrupt, l.path)
-	}
-	if string(data[:headerSize]) != magic {
-		return 0, fmt.Errorf("%w: %s: not a ledger file (bad magic)", ErrCorrupt, l.path)
-	}
-	off := headerSize
-	for off < len(data) {
-		rest := data[off:]
-		if len(rest) < 8 {
-			return int64(off), nil // torn: incomplete frame header
-		}
-		n := int(binary.BigEndian.Uint32(rest[0:4]))
-		sum := binary.BigEndian.Uint32(rest[4:8])
-		if n == 0 || n > maxRecordSize {
-			if allZero(rest) {
-				return int64(off), nil // torn: space allocated, never written
-			}
-			return 0, fmt.Errorf("%w: %s: bad record length %d at offset %d", ErrCorrupt, l.path, n, off)
-		}
-		if len(rest) < 8+n {
-			return int64(off), nil // torn: incomplete payload
-		}
-		payload := rest[8 : 8+n]
-		if crc32.Checksum(payload, crcTable) != sum {
-			if len(rest) == 8+n || allZero(payload) {
-				return int64(off), nil // torn: the final append did not fully reach the disk
-			}
-			return 0, fmt.Errorf("%w: %s: checksum mismatch at offset %d", ErrCorrupt, l.path, off)
-		}
-		var r record
-		if err := json.Unmarshal(payload, &r); err != nil {
-			return 0, fmt.Errorf("%w: %s: record at offset %d: %v", ErrCorrupt, l.path, off, err)
-		}
-		l.apply(r)
-		l.records++
-		off += 8 + n
-	}
-	return int64(off), nil
+	return fmt.Errorf("ledger: %w", err)
 }
 
 func (l *Ledger) liveAdmissions() int {
@@ -363,15 +256,6 @@ func (l *Ledger) liveAdmissions() int {
 		}
 	}
 	return n
-}
-
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 func (l *Ledger) apply(r record) {
@@ -416,50 +300,24 @@ func (l *Ledger) apply(r record) {
 	}
 }
 
-func encode(r record) ([]byte, error) {
-	payload, err := json.Marshal(r)
-	if err != nil {
-		return nil, err
-	}
-	if len(payload) > maxRecordSize {
-		return nil, fmt.Errorf("ledger: record too large (%d bytes)", len(payload))
-	}
-	buf := make([]byte, 8+len(payload))
-	binary.BigEndian.PutUint32(buf[0:4], uint32(len(payload)))
-	binary.BigEndian.PutUint32(buf[4:8], crc32.Checksum(payload, crcTable))
-	copy(buf[8:], payload)
-	return buf, nil
-}
-
-// append writes and fsyncs one record, then applies it in memory. A failed
-// write or sync leaves the in-memory state unchanged and poisons the handle:
-// after an fsync error the page cache state is unknown, so the ledger must be
-// reopened (which replays what actually reached the disk).
+// append syncs one record to the log, then applies it in memory. A failed
+// append leaves the in-memory state unchanged; after a failed write or sync
+// the log refuses everything until the ledger is reopened (which replays
+// what actually reached the disk).
 func (l *Ledger) append(r record) error {
-	if l.f == nil {
-		return ErrClosed
+	if err := l.log.Err(); err != nil {
+		return ledgerError(err)
 	}
 	r.At = l.now().UTC()
-	buf, err := encode(r)
+	payload, err := json.Marshal(r)
 	if err != nil {
-		return err
+		return fmt.Errorf("ledger: encode: %w", err)
 	}
-	if _, err := l.f.Write(buf); err != nil {
-		l.poison()
-		return fmt.Errorf("ledger: append: %w", err)
-	}
-	if err := l.f.Sync(); err != nil {
-		l.poison()
-		return fmt.Errorf("ledger: fsync: %w", err)
+	if err := l.log.Append(payload); err != nil {
+		return ledgerError(err)
 	}
 	l.apply(r)
-	l.records++
 	return nil
-}
-
-func (l *Ledger) poison() {
-	l.f.Close()
-	l.f = nil
 }
 
 // BeginCreate durably records that the agent is about to create e.VMID as
@@ -620,38 +478,29 @@ func (ad Admission) live(now time.Time) bool {
 	return now.Before(ad.ExpiresAt)
 }
 
-// compactLocked rewrites the log with the live state only, via a synced
-// temporary file renamed over the old one.
+// compactLocked rewrites the log with the live state only. The records are
+// encoded first, so an encoding error never touches the file.
 func (l *Ledger) compactLocked() error {
-	tmp := l.path + ".compact"
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("ledger: compact: %w", err)
-	}
-	var buf bytes.Buffer
-	buf.WriteString(magic)
-	n := 0
-	write := func(r record) error {
-		b, err := encode(r)
+	var recs [][]byte
+	add := func(r record) error {
+		b, err := json.Marshal(r)
 		if err != nil {
-			return err
+			return fmt.Errorf("ledger: compact: %w", err)
 		}
-		buf.Write(b)
-		n++
+		recs = append(recs, b)
 		return nil
 	}
 	now := l.now()
 	for _, e := range l.entries {
-		recs := []record{{Op: opBegin, VMID: e.VMID, Kind: e.Kind, Instance: e.Instance, Workflow: e.Workflow, Scratch: e.Scratch, At: e.BegunAt}}
+		rs := []record{{Op: opBegin, VMID: e.VMID, Kind: e.Kind, Instance: e.Instance, Workflow: e.Workflow, Scratch: e.Scratch, At: e.BegunAt}}
 		if e.State == StateCreated {
-			recs = append(recs, record{Op: opConfirm, VMID: e.VMID, Instance: e.Instance, SMBIOS: e.SMBIOS, Volumes: e.Volumes, At: e.CreatedAt})
+			rs = append(rs, record{Op: opConfirm, VMID: e.VMID, Instance: e.Instance, SMBIOS: e.SMBIOS, Volumes: e.Volumes, At: e.CreatedAt})
 		}
 		if e.HandedOver {
-			recs = append(recs, record{Op: opHandOver, VMID: e.VMID, Instance: e.Instance, At: e.CreatedAt})
+			rs = append(rs, record{Op: opHandOver, VMID: e.VMID, Instance: e.Instance, At: e.CreatedAt})
 		}
-		for _, r := range recs {
-			if err := write(r); err != nil {
-				f.Close()
+		for _, r := range rs {
+			if err := add(r); err != nil {
 				return err
 			}
 		}
@@ -662,39 +511,22 @@ func (l *Ledger) compactLocked() error {
 		}
 		state := ad.State
 		ad.State = Admitted
-		recs := []record{{Op: opAdmit, Admission: &ad, At: ad.At}}
+		rs := []record{{Op: opAdmit, Admission: &ad, At: ad.At}}
 		switch state {
 		case Started:
-			recs = append(recs, record{Op: opStart, Key: key, At: ad.StartedAt})
+			rs = append(rs, record{Op: opStart, Key: key, At: ad.StartedAt})
 		case Done:
-			recs = append(recs, record{Op: opDone, Key: key, Failed: ad.Failed, At: ad.At})
+			rs = append(rs, record{Op: opDone, Key: key, Failed: ad.Failed, At: ad.At})
 		}
-		for _, r := range recs {
-			if err := write(r); err != nil {
-				f.Close()
+		for _, r := range rs {
+			if err := add(r); err != nil {
 				return err
 			}
 		}
 	}
-	if _, err := f.Write(buf.Bytes()); err != nil {
-		f.Close()
-		return fmt.Errorf("ledger: compact write: %w", err)
+	if err := l.log.Compact(slices.Values(recs)); err != nil {
+		return ledgerError(err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("ledger: compact sync: %w", err)
-	}
-	if err := os.Rename(tmp, l.path); err != nil {
-		f.Close()
-		return fmt.Errorf("ledger: compact rename: %w", err)
-	}
-	if err := syncDir(filepath.Dir(l.path)); err != nil {
-		f.Close()
-		return err
-	}
-	l.f.Close()
-	l.f = f
-	l.records = n
 	for key, ad := range l.admissions {
 		if !ad.live(now) {
 			delete(l.admissions, key)
@@ -703,32 +535,9 @@ func (l *Ledger) compactLocked() error {
 	return nil
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("ledger: open dir: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("ledger: sync dir: %w", err)
-	}
-	return nil
-}
-
 // Close releases the file and the lock.
 func (l *Ledger) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var err error
-	if l.f != nil {
-		err = l.f.Close()
-		l.f = nil
-	}
-	if l.lock != nil {
-		if cerr := l.lock.Close(); err == nil {
-			err = cerr
-		}
-		l.lock = nil
-	}
-	return err
+	return l.log.Close()
 }
