@@ -2,9 +2,8 @@
 // checksummed frames, each written with one write and synced before Append
 // returns, replayed on open, locked against a second process and compacted
 // by rewriting it through a synced temporary file. The log knows nothing of
-// what a record means: its owner (the gate's nonce store; the provenance
-// ledger's file has the length-prefixed layout below) encodes records and
-// decides which are live.
+// what a record means: its owners (the gate's nonce store and the provenance
+// ledger) encode records and decide which are live.
 //
 // # File format
 //
