@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/felhom/felhom-agent/gate"
 )
 
 // Config is the agent's configuration: a YAML file, then FELHOM_* environment
@@ -78,10 +80,15 @@ type ProxmoxConfig struct {
 }
 
 // SignersConfig pins the operators' public keys, one OpenSSH
-// authorized_keys or allowed_signers line each.
+// authorized_keys or allowed_signers line each, and caps how long a signed
+// op may stay valid.
 type SignersConfig struct {
 	Operational []string `yaml:"operational"`
 	Recovery    []string `yaml:"recovery"`
+	// MaxValidity is the longest validity window (expires_at - not_before,
+	// and expires_at - now) the host accepts: at most gate.MaxValidityLimit,
+	// gate.DefaultMaxValidity unless set.
+	MaxValidity time.Duration `yaml:"max_validity"`
 }
 
 // MetricsConfig is where the SDK's Prometheus metrics are served; "off"
@@ -101,6 +108,7 @@ func Defaults() Config {
 	return Config{
 		Temporal:           TemporalConfig{Address: "127.0.0.1:7233", Namespace: "default"},
 		Proxmox:            ProxmoxConfig{Timeout: 30 * time.Second},
+		Signers:            SignersConfig{MaxValidity: gate.DefaultMaxValidity},
 		NonceStore:         "/var/lib/felhom-agent/nonces.log",
 		PinnedSigners:      "/var/lib/felhom-agent/signers.json",
 		ProvenanceLedger:   "/var/lib/felhom-agent/provenance.log",
@@ -281,6 +289,9 @@ func (c *Config) Validate() error {
 		bad("temporal.api_key", "give api_key or api_key_file, not both")
 	}
 	errs = append(errs, c.validateProxmox()...)
+	if v := c.Signers.MaxValidity; v <= 0 || v > gate.MaxValidityLimit {
+		bad("signers.max_validity", "%s is outside (0, %s]: a host accepts ops valid for at most 7 days (default %s)", v, gate.MaxValidityLimit, gate.DefaultMaxValidity)
+	}
 	if c.NonceStore == "" {
 		bad("nonce_store", "must name the file of the host-local nonce store")
 	}

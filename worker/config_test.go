@@ -61,6 +61,9 @@ func TestLoadConfigFileThenEnvironment(t *testing.T) {
 	if want := []string{"ssh-ed25519 AAAA one", "ssh-ed25519 BBBB two"}; !slices.Equal(cfg.Signers.Recovery, want) {
 		t.Errorf("recovery signers = %q, want %q", cfg.Signers.Recovery, want)
 	}
+	if cfg.Signers.MaxValidity != 24*time.Hour {
+		t.Errorf("signers.max_validity = %s, want the 24h default", cfg.Signers.MaxValidity)
+	}
 	if cfg.Metrics.Address != "127.0.0.1:9464" || cfg.ShutdownTimeout != 30*time.Second {
 		t.Errorf("defaults not applied: %+v", cfg)
 	}
@@ -90,6 +93,9 @@ func TestLoadConfigRejects(t *testing.T) {
 		{"bad metrics address", validYAML, []string{"FELHOM_METRICS_ADDRESS=9464"}, "metrics.address"},
 		{"bad log level", validYAML, []string{"FELHOM_LOG_LEVEL=loud"}, "log.level"},
 		{"no nonce store", validYAML, []string{"FELHOM_NONCE_STORE="}, "nonce_store"},
+		{"max validity over seven days", validYAML, []string{"FELHOM_SIGNERS_MAX_VALIDITY=169h"}, "signers.max_validity: 169h0m0s is outside (0, 168h0m0s]"},
+		{"max validity zero", validYAML, []string{"FELHOM_SIGNERS_MAX_VALIDITY=0s"}, "signers.max_validity: 0s is outside"},
+		{"max validity negative", validYAML, []string{"FELHOM_SIGNERS_MAX_VALIDITY=-1h"}, "signers.max_validity: -1h0m0s is outside"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -101,6 +107,19 @@ func TestLoadConfigRejects(t *testing.T) {
 				t.Errorf("error = %v\nwant it to contain %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+func TestMaxValidityUpToSevenDays(t *testing.T) {
+	for _, v := range []string{"1m", "24h", "168h"} {
+		cfg, err := LoadConfig(writeFile(t, "agent.yaml", validYAML), []string{"FELHOM_SIGNERS_MAX_VALIDITY=" + v})
+		if err != nil {
+			t.Errorf("max_validity %s: %v", v, err)
+			continue
+		}
+		if want, _ := time.ParseDuration(v); cfg.Signers.MaxValidity != want {
+			t.Errorf("max_validity = %s, want %s", cfg.Signers.MaxValidity, want)
+		}
 	}
 }
 

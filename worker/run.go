@@ -155,7 +155,7 @@ func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.C
 	}
 	gateLog := log.With("component", "gate")
 	newGate := func(signers []gate.Signer) (*gate.Gate, error) {
-		v, err := gate.NewVerifier(gate.VerifierConfig{HostID: cfg.HostID, Signers: signers, Nonces: nonces})
+		v, err := gate.NewVerifier(gate.VerifierConfig{HostID: cfg.HostID, Signers: signers, Nonces: nonces, MaxValidity: cfg.Signers.MaxValidity})
 		if err != nil {
 			return nil, err
 		}
