@@ -23,6 +23,8 @@ host_id: pve1
 temporal:
   address: temporal.example:7233
   namespace: fleet
+  tls:
+    server_name: temporal.example
 proxmox:
   url: https://127.0.0.1:8006/api2/json
   token_id: felhom@pve!agent
@@ -105,6 +107,56 @@ func TestLoadConfigRejects(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("error = %v\nwant it to contain %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// Plaintext to Temporal or Proxmox is accepted on loopback, and elsewhere
+// only when the configuration says so explicitly.
+func TestPlaintextNeedsLoopbackOrAnExplicitSetting(t *testing.T) {
+	const noTLS = "FELHOM_TEMPORAL_TLS_SERVER_NAME="
+	tests := []struct {
+		name    string
+		env     []string
+		wantErr []string // empty: accepted
+	}{
+		{"temporal with tls", nil, nil},
+		{"temporal plaintext to another host", []string{noTLS},
+			[]string{`temporal.address: "temporal.example:7233" is not a loopback address and temporal.tls is not configured`, "set temporal.insecure: true"}},
+		{"temporal plaintext to an ip", []string{noTLS, "FELHOM_TEMPORAL_ADDRESS=10.0.0.5:7233"}, []string{`temporal.address: "10.0.0.5:7233" is not a loopback address`}},
+		{"temporal plaintext to a name, never resolved", []string{noTLS, "FELHOM_TEMPORAL_ADDRESS=localhost.example:7233"}, []string{"temporal.address"}},
+		{"temporal plaintext, insecure", []string{noTLS, "FELHOM_TEMPORAL_INSECURE=true"}, nil},
+		{"temporal plaintext to 127.0.0.1", []string{noTLS, "FELHOM_TEMPORAL_ADDRESS=127.0.0.1:7233"}, nil},
+		{"temporal plaintext to 127.0.0.2", []string{noTLS, "FELHOM_TEMPORAL_ADDRESS=127.0.0.2:7233"}, nil},
+		{"temporal plaintext to localhost", []string{noTLS, "FELHOM_TEMPORAL_ADDRESS=localhost:7233"}, nil},
+		{"temporal plaintext to ::1", []string{noTLS, "FELHOM_TEMPORAL_ADDRESS=[::1]:7233"}, nil},
+		{"temporal mtls with the system's CAs", []string{noTLS, "FELHOM_TEMPORAL_TLS_CERT_FILE=/etc/hostname", "FELHOM_TEMPORAL_TLS_KEY_FILE=/etc/hostname"}, nil},
+		{"temporal insecure and tls", []string{"FELHOM_TEMPORAL_INSECURE=true"}, []string{"temporal.insecure: conflicts with temporal.tls"}},
+		{"proxmox http to another host", []string{"FELHOM_PROXMOX_URL=http://pve1.example:8006/api2/json"},
+			[]string{`proxmox.url: "http://pve1.example:8006/api2/json" is plain http to a host that is not loopback`, "use https://, or set proxmox.insecure_http: true"}},
+		{"proxmox http, insecure_http", []string{"FELHOM_PROXMOX_URL=http://pve1.example:8006/api2/json", "FELHOM_PROXMOX_INSECURE_HTTP=true"}, nil},
+		{"proxmox http to loopback", []string{"FELHOM_PROXMOX_URL=http://127.0.0.1:8006/api2/json"}, nil},
+		{"proxmox http to localhost", []string{"FELHOM_PROXMOX_URL=http://localhost:8006/api2/json"}, nil},
+		{"proxmox insecure_http with https", []string{"FELHOM_PROXMOX_INSECURE_HTTP=true"}, []string{`proxmox.insecure_http: applies only to an http:// proxmox.url, and "https://127.0.0.1:8006/api2/json" is not one`}},
+		{"both at once", []string{noTLS, "FELHOM_PROXMOX_URL=http://pve1.example:8006/api2/json"}, []string{"temporal.address", "proxmox.url"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := LoadConfig(writeFile(t, "agent.yaml", validYAML), tt.env)
+			if len(tt.wantErr) == 0 {
+				if err != nil {
+					t.Fatalf("LoadConfig: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("LoadConfig succeeded, want %q", tt.wantErr)
+			}
+			for _, want := range tt.wantErr {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error = %v\nwant it to contain %q", err, want)
+				}
 			}
 		})
 	}
