@@ -20,6 +20,7 @@ import (
 	"github.com/felhom/felhom-agent/activities"
 	"github.com/felhom/felhom-agent/activities/ledger"
 	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/internal/pinnedsigners"
 	"github.com/felhom/felhom-agent/internal/pveclient"
 	"github.com/felhom/felhom-agent/internal/temporalclient"
 	"github.com/felhom/felhom-agent/workflows"
@@ -44,6 +45,11 @@ type Info struct {
 // in-flight activities get cfg.ShutdownTimeout to heartbeat and return, and
 // Temporal hands whatever did not finish to the next worker of this host.
 func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) error {
+	// Which signer keys are in force is decided from host-local files
+	// before anything connects: a divergence or a corrupt file stops here.
+	if err := CheckSigners(cfg); err != nil {
+		return err
+	}
 	metrics, err := StartMetrics(cfg.Metrics.Address, log)
 	if err != nil {
 		return err
@@ -103,6 +109,22 @@ func ensureHostWorkflow(ctx context.Context, c client.Client, hostID string, int
 	}, workflows.HostWorkflow, workflows.HostInput{Host: hostID, Interval: interval})
 	if err != nil {
 		return fmt.Errorf("worker: start host workflow: %w", err)
+	}
+	return nil
+}
+
+// CheckSigners decides, without changing anything, which signer keys the
+// host would trust from cfg's signers and its pinned-signers file (see
+// package pinnedsigners). It returns the reason the agent must not start:
+// bad configured keys, a *pinnedsigners.DivergedError, or a file that
+// cannot be used (pinnedsigners.ErrCorrupt).
+func CheckSigners(cfg Config) error {
+	if _, err := gate.ParseSigners(cfg.Signers.Operational, cfg.Signers.Recovery); err != nil {
+		return fmt.Errorf("config: signers: %w", err)
+	}
+	_, err := pinnedsigners.Resolve(cfg.PinnedSigners, pinnedsigners.Keys{Operational: cfg.Signers.Operational, Recovery: cfg.Signers.Recovery})
+	if err != nil {
+		return fmt.Errorf("pinned_signers: %w", err)
 	}
 	return nil
 }
@@ -183,5 +205,5 @@ func (h *Host) Activities(c client.Client) *activities.Host {
 
 // Close closes the host-local stores.
 func (h *Host) Close() error {
-	return errors.Join(h.ledger.Close(), h.nonces.Close())
+	return errors.Join(h.signers.Close(), h.ledger.Close(), h.nonces.Close())
 }
