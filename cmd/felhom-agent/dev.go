@@ -19,6 +19,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/felhom/felhom-agent/internal/devserver"
+	"github.com/felhom/felhom-agent/internal/pinnedsigners"
 	"github.com/felhom/felhom-agent/internal/pvesim"
 	"github.com/felhom/felhom-agent/internal/visibility"
 	"github.com/felhom/felhom-agent/internal/webui"
@@ -92,6 +93,12 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 		check.Temporal = worker.TemporalConfig{Address: f.frontendAddr, Namespace: "default"}
 		if err := check.Validate(); err != nil {
 			return usageError{err}
+		}
+		if err := worker.CheckSigners(check); err != nil {
+			if errors.As(err, new(*pinnedsigners.DivergedError)) {
+				return usageError{err}
+			}
+			return err
 		}
 	}
 
