@@ -165,7 +165,7 @@ func confirm(r io.Reader, w io.Writer, prompt string) error {
 	line, err := bufio.NewReader(r).ReadString('\n')
 	if err != nil && (!errors.Is(err, io.EOF) || line == "") {
 		fmt.Fprintln(w)
-		return usageError{errors.New("no confirmation on stdin (closed, or not a terminal): answer \"yes\" at the prompt, or give --yes; nothing was changed")}
+		return usageError{errors.New("no confirmation on stdin (it ended before a line was read): answer \"yes\" at the prompt, or give --yes; nothing was changed")}
 	}
 	if answer := strings.TrimSpace(line); answer != "yes" {
 		return fmt.Errorf("answered %q: nothing was changed", answer)

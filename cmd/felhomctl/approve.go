@@ -43,9 +43,9 @@ field and the reason; nothing is signed or sent) an answer whose
 Then it prints every field of the op it is about to sign (op, host_id,
 guest_id, params as canonical JSON, nonce, not_before, expires_at, key_id)
 on stderr and reads one line from stdin: "yes" signs and sends it, anything
-else refuses (exit 1). Without --yes and with no answer on stdin (closed, or
-not a terminal and empty) it refuses with exit 2. --yes signs without
-asking, for scripts that have checked the op themselves.
+else refuses (exit 1). Without --yes, stdin that ends before a line
+(closed, /dev/null, an empty pipe) is refused with exit 2. --yes signs
+without asking, for scripts that have checked the op themselves.
 
 Prints "accepted" (exit 0), or "rejected: CODE: DETAIL" with the gate's
 typed code (unknown_signer, expired, binding_mismatch, replay, ...; exit 1).
@@ -239,14 +239,14 @@ func printOp(w io.Writer, id, reason string, op gate.Op) {
 var errNotConfirmed = errors.New("not approved; nothing was signed or sent")
 
 // confirm asks on w and reads one line from r: "yes" confirms. No line at
-// all (stdin closed, or empty and not a terminal) is a usage error: the
+// all (stdin ended: closed, /dev/null, an empty pipe) is a usage error: the
 // command cannot ask, and --yes was not given.
 func confirm(r io.Reader, w io.Writer) error {
 	fmt.Fprint(w, `Sign it and send it to the host? Type "yes" to approve: `)
 	line, err := bufio.NewReader(r).ReadString('\n')
 	if err != nil && (!errors.Is(err, io.EOF) || line == "") {
 		fmt.Fprintln(w)
-		return usageErrorf("no confirmation on stdin (closed, or not a terminal): answer \"yes\" at the prompt, or give --yes to approve without asking; nothing was signed or sent")
+		return usageErrorf("no confirmation on stdin (it ended before a line was read): answer \"yes\" at the prompt, or give --yes to approve without asking; nothing was signed or sent")
 	}
 	if answer := strings.TrimSpace(line); answer != "yes" {
 		return fmt.Errorf("answered %q: %w", answer, errNotConfirmed)
