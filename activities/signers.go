@@ -2,12 +2,10 @@ package activities
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 
@@ -15,6 +13,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/internal/pinnedsigners"
 )
 
 // ErrTypeSigners marks a rotation whose new key set cannot be used.
@@ -22,12 +21,17 @@ const ErrTypeSigners = "SignerKeys"
 
 // PinnedSigners is the host's durable set of pinned signer keys. The agent's
 // configuration seeds it; a signed signers.rotate op replaces it, and from
-// then on the file on the host is what is trusted, across restarts. The
-// file is replaced atomically (write, fsync, rename, fsync of the
-// directory), so a crash leaves either the old set or the new one.
+// then on the file on the host is what is trusted, across restarts. The file
+// also records the configured keys in effect when it was written, so that a
+// later change of the configuration is never ignored silently: see package
+// pinnedsigners for how the keys in force are decided at start. The file is
+// replaced atomically, so a crash leaves either the old set or the new one.
+// The agent holds the file's lock until Close.
 type PinnedSigners struct {
-	path string
-	log  *slog.Logger
+	path       string
+	log        *slog.Logger
+	configured pinnedsigners.Keys
+	lock       *pinnedsigners.Lock
 
 	mu          sync.Mutex
 	operational []string
@@ -36,30 +40,44 @@ type PinnedSigners struct {
 	newGate     func([]gate.Signer) (*gate.Gate, error)
 }
 
-type signersFile struct {
-	Operational []string `json:"operational"`
-	Recovery    []string `json:"recovery"`
+// OpenPinnedSigners takes the lock of the file at path, decides the keys in
+// force from the file and the configured operational and recovery keys
+// (pinnedsigners.Decide: the rotated set if the configuration is the one
+// recorded when it was pinned or equals it, the configuration if there is
+// no file, else an error), and builds the gate with newGate. A file that
+// cannot be used is an error, never a fallback to the configured keys.
+func OpenPinnedSigners(path string, operational, recovery []string, newGate func([]gate.Signer) (*gate.Gate, error), log *slog.Logger) (*PinnedSigners, error) {
+	configured := pinnedsigners.Keys{Operational: operational, Recovery: recovery}
+	lock, err := pinnedsigners.TryLock(path)
+	if err != nil {
+		return nil, err
+	}
+	p, err := openPinnedSigners(path, configured, lock, newGate, log)
+	if err != nil {
+		lock.Unlock()
+		return nil, err
+	}
+	return p, nil
 }
 
-// OpenPinnedSigners loads the rotated set at path if there is one, else the
-// configured operational and recovery keys, and builds the gate with
-// newGate.
-func OpenPinnedSigners(path string, operational, recovery []string, newGate func([]gate.Signer) (*gate.Gate, error), log *slog.Logger) (*PinnedSigners, error) {
-	p := &PinnedSigners{path: path, log: log, operational: operational, recovery: recovery, newGate: newGate}
-	data, err := os.ReadFile(path)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-	case err != nil:
-		return nil, fmt.Errorf("pinned signers %s: %w", path, err)
-	default:
-		var f signersFile
-		if err := json.Unmarshal(data, &f); err != nil {
-			return nil, fmt.Errorf("pinned signers %s: %w", path, err)
+func openPinnedSigners(path string, configured pinnedsigners.Keys, lock *pinnedsigners.Lock, newGate func([]gate.Signer) (*gate.Gate, error), log *slog.Logger) (*PinnedSigners, error) {
+	d, err := pinnedsigners.Resolve(path, configured)
+	if err != nil {
+		return nil, err
+	}
+	if d.Record {
+		if err := pinnedsigners.Write(path, pinnedsigners.File{Keys: d.Keys, Configured: &configured}); err != nil {
+			return nil, err
 		}
-		if !slices.Equal(f.Operational, operational) || !slices.Equal(f.Recovery, recovery) {
-			log.Warn("signer keys were rotated on this host: the configured signers are ignored", "file", path)
-		}
-		p.operational, p.recovery = f.Operational, f.Recovery
+		log.Info("the configured signer keys equal the pinned ones; recorded them as the configuration in effect", "file", path)
+	}
+	if d.Pinned {
+		fps, _ := pinnedsigners.Fingerprints(d.Keys)
+		log.Info("signer keys pinned on this host are in force", "file", path, "keys", fps.String())
+	}
+	p := &PinnedSigners{
+		path: path, log: log, configured: configured, lock: lock, newGate: newGate,
+		operational: d.Keys.Operational, recovery: d.Keys.Recovery,
 	}
 	signers, err := gate.ParseSigners(p.operational, p.recovery)
 	if err != nil {
@@ -70,6 +88,9 @@ func OpenPinnedSigners(path string, operational, recovery []string, newGate func
 	}
 	return p, nil
 }
+
+// Close releases the file's lock.
+func (p *PinnedSigners) Close() error { return p.lock.Unlock() }
 
 // Decide asks the gate built from the current keys.
 func (p *PinnedSigners) Decide(ctx context.Context, req gate.Request) (gate.Decision, error) {
@@ -113,45 +134,15 @@ func (p *PinnedSigners) Replace(operational, recovery []string) error {
 			return nil
 		}
 	}
-	data, err := json.MarshalIndent(signersFile{Operational: operational, Recovery: recovery}, "", "  ")
-	if err != nil {
+	configured := p.configured
+	if err := pinnedsigners.Write(p.path, pinnedsigners.File{
+		Keys: pinnedsigners.Keys{Operational: operational, Recovery: recovery}, Configured: &configured,
+	}); err != nil {
 		return err
-	}
-	if err := writeFileAtomic(p.path, data); err != nil {
-		return fmt.Errorf("pinned signers %s: %w", p.path, err)
 	}
 	p.operational, p.recovery, p.gate = operational, recovery, g
 	p.log.Warn("signer keys rotated", "file", p.path, "operational", len(operational), "recovery", len(recovery))
 	return nil
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".signers-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // rotateSigners runs a signers.rotate op: the gate on this host checks the

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/felhom/felhom-agent/gate"
 )
 
 // Config is the agent's configuration: a YAML file, then FELHOM_* environment
@@ -47,6 +49,9 @@ type TemporalConfig struct {
 	Address   string    `yaml:"address"`
 	Namespace string    `yaml:"namespace"`
 	TLS       TLSConfig `yaml:"tls"`
+	// Insecure accepts plaintext to an Address that is not loopback. Without
+	// it, such an address needs TLS.
+	Insecure bool `yaml:"insecure"`
 	// APIKeyFile holds an API key sent as a bearer token (Temporal Cloud or
 	// a cluster with an authorizer). APIKey is for the environment only.
 	APIKeyFile string `yaml:"api_key_file"`
@@ -69,19 +74,27 @@ type ProxmoxConfig struct {
 	URL  string `yaml:"url"`
 	Node string `yaml:"node"`
 	// TokenID is USER@REALM!TOKENNAME.
-	TokenID         string        `yaml:"token_id"`
-	TokenSecretFile string        `yaml:"token_secret_file"`
-	TokenSecret     string        `yaml:"token_secret"`
-	CAFile          string        `yaml:"ca_file"`
-	Insecure        bool          `yaml:"insecure_skip_verify"`
-	Timeout         time.Duration `yaml:"timeout"`
+	TokenID         string `yaml:"token_id"`
+	TokenSecretFile string `yaml:"token_secret_file"`
+	TokenSecret     string `yaml:"token_secret"`
+	CAFile          string `yaml:"ca_file"`
+	Insecure        bool   `yaml:"insecure_skip_verify"`
+	// InsecureHTTP accepts an http:// URL to a host that is not loopback.
+	// Without it, only loopback (e.g. the simulator) may be plain http.
+	InsecureHTTP bool          `yaml:"insecure_http"`
+	Timeout      time.Duration `yaml:"timeout"`
 }
 
 // SignersConfig pins the operators' public keys, one OpenSSH
-// authorized_keys or allowed_signers line each.
+// authorized_keys or allowed_signers line each, and caps how long a signed
+// op may stay valid.
 type SignersConfig struct {
 	Operational []string `yaml:"operational"`
 	Recovery    []string `yaml:"recovery"`
+	// MaxValidity is the longest validity window (expires_at - not_before,
+	// and expires_at - now) the host accepts: at most gate.MaxValidityLimit,
+	// gate.DefaultMaxValidity unless set.
+	MaxValidity time.Duration `yaml:"max_validity"`
 }
 
 // MetricsConfig is where the SDK's Prometheus metrics are served; "off"
@@ -101,6 +114,7 @@ func Defaults() Config {
 	return Config{
 		Temporal:           TemporalConfig{Address: "127.0.0.1:7233", Namespace: "default"},
 		Proxmox:            ProxmoxConfig{Timeout: 30 * time.Second},
+		Signers:            SignersConfig{MaxValidity: gate.DefaultMaxValidity},
 		NonceStore:         "/var/lib/felhom-agent/nonces.log",
 		PinnedSigners:      "/var/lib/felhom-agent/signers.json",
 		ProvenanceLedger:   "/var/lib/felhom-agent/provenance.log",
@@ -255,8 +269,15 @@ func (c *Config) Validate() error {
 	if !hostIDPattern.MatchString(c.HostID) {
 		bad("host_id", "%q must be 1-63 lower-case letters, digits or '-', starting with a letter or digit", c.HostID)
 	}
-	if _, _, err := net.SplitHostPort(c.Temporal.Address); err != nil {
+	tlsOn := clientConfig(c.Temporal).TLS.Enabled()
+	if host, _, err := net.SplitHostPort(c.Temporal.Address); err != nil {
 		bad("temporal.address", "%q is not host:port", c.Temporal.Address)
+	} else if !tlsOn && !c.Temporal.Insecure && !isLoopback(host) {
+		bad("temporal.address", "%q is not a loopback address and temporal.tls is not configured, so the worker would talk to Temporal in plaintext: "+
+			"configure temporal.tls (ca_file, or server_name to use the system's CAs), or set temporal.insecure: true to accept plaintext explicitly", c.Temporal.Address)
+	}
+	if tlsOn && c.Temporal.Insecure {
+		bad("temporal.insecure", "conflicts with temporal.tls: remove one (insecure accepts plaintext; tls is configured)")
 	}
 	if c.Temporal.Namespace == "" {
 		bad("temporal.namespace", "must not be empty")
@@ -281,6 +302,9 @@ func (c *Config) Validate() error {
 		bad("temporal.api_key", "give api_key or api_key_file, not both")
 	}
 	errs = append(errs, c.validateProxmox()...)
+	if v := c.Signers.MaxValidity; v <= 0 || v > gate.MaxValidityLimit {
+		bad("signers.max_validity", "%s is outside (0, %s]: a host accepts ops valid for at most 7 days (default %s)", v, gate.MaxValidityLimit, gate.DefaultMaxValidity)
+	}
 	if c.NonceStore == "" {
 		bad("nonce_store", "must name the file of the host-local nonce store")
 	}
@@ -310,6 +334,18 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// isLoopback reports whether host (a name or an IP, from an address or a
+// URL) is this machine: localhost, 127.0.0.0/8, ::1, or empty (dialing
+// ":port" reaches the local system). Other names are not resolved: a name
+// is loopback only when it says so.
+func isLoopback(host string) bool {
+	if host == "" || strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
+	return ip != nil && ip.IsLoopback()
+}
+
 func (c *Config) validateProxmox() []error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
@@ -330,6 +366,12 @@ func (c *Config) validateProxmox() []error {
 		bad("proxmox.url", "%q has no host", p.URL)
 	case !strings.HasSuffix(strings.TrimSuffix(u.Path, "/"), "/api2/json"):
 		bad("proxmox.url", "%q must end in /api2/json", p.URL)
+	case u.Scheme == "http" && !p.InsecureHTTP && !isLoopback(u.Hostname()):
+		bad("proxmox.url", "%q is plain http to a host that is not loopback, so the API token and every request would cross the network in clear: "+
+			"use https://, or set proxmox.insecure_http: true to accept it explicitly", p.URL)
+	}
+	if p.InsecureHTTP && (err != nil || u.Scheme != "http") {
+		bad("proxmox.insecure_http", "applies only to an http:// proxmox.url, and %q is not one", p.URL)
 	}
 	if !tokenIDPattern.MatchString(p.TokenID) {
 		bad("proxmox.token_id", "%q is not USER@REALM!TOKENNAME", p.TokenID)

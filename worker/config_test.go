@@ -23,6 +23,8 @@ host_id: pve1
 temporal:
   address: temporal.example:7233
   namespace: fleet
+  tls:
+    server_name: temporal.example
 proxmox:
   url: https://127.0.0.1:8006/api2/json
   token_id: felhom@pve!agent
@@ -61,6 +63,9 @@ func TestLoadConfigFileThenEnvironment(t *testing.T) {
 	if want := []string{"ssh-ed25519 AAAA one", "ssh-ed25519 BBBB two"}; !slices.Equal(cfg.Signers.Recovery, want) {
 		t.Errorf("recovery signers = %q, want %q", cfg.Signers.Recovery, want)
 	}
+	if cfg.Signers.MaxValidity != 24*time.Hour {
+		t.Errorf("signers.max_validity = %s, want the 24h default", cfg.Signers.MaxValidity)
+	}
 	if cfg.Metrics.Address != "127.0.0.1:9464" || cfg.ShutdownTimeout != 30*time.Second {
 		t.Errorf("defaults not applied: %+v", cfg)
 	}
@@ -90,6 +95,9 @@ func TestLoadConfigRejects(t *testing.T) {
 		{"bad metrics address", validYAML, []string{"FELHOM_METRICS_ADDRESS=9464"}, "metrics.address"},
 		{"bad log level", validYAML, []string{"FELHOM_LOG_LEVEL=loud"}, "log.level"},
 		{"no nonce store", validYAML, []string{"FELHOM_NONCE_STORE="}, "nonce_store"},
+		{"max validity over seven days", validYAML, []string{"FELHOM_SIGNERS_MAX_VALIDITY=169h"}, "signers.max_validity: 169h0m0s is outside (0, 168h0m0s]"},
+		{"max validity zero", validYAML, []string{"FELHOM_SIGNERS_MAX_VALIDITY=0s"}, "signers.max_validity: 0s is outside"},
+		{"max validity negative", validYAML, []string{"FELHOM_SIGNERS_MAX_VALIDITY=-1h"}, "signers.max_validity: -1h0m0s is outside"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -101,6 +109,69 @@ func TestLoadConfigRejects(t *testing.T) {
 				t.Errorf("error = %v\nwant it to contain %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// Plaintext to Temporal or Proxmox is accepted on loopback, and elsewhere
+// only when the configuration says so explicitly.
+func TestPlaintextNeedsLoopbackOrAnExplicitSetting(t *testing.T) {
+	const noTLS = "FELHOM_TEMPORAL_TLS_SERVER_NAME="
+	tests := []struct {
+		name    string
+		env     []string
+		wantErr []string // empty: accepted
+	}{
+		{"temporal with tls", nil, nil},
+		{"temporal plaintext to another host", []string{noTLS},
+			[]string{`temporal.address: "temporal.example:7233" is not a loopback address and temporal.tls is not configured`, "set temporal.insecure: true"}},
+		{"temporal plaintext to an ip", []string{noTLS, "FELHOM_TEMPORAL_ADDRESS=10.0.0.5:7233"}, []string{`temporal.address: "10.0.0.5:7233" is not a loopback address`}},
+		{"temporal plaintext to a name, never resolved", []string{noTLS, "FELHOM_TEMPORAL_ADDRESS=localhost.example:7233"}, []string{"temporal.address"}},
+		{"temporal plaintext, insecure", []string{noTLS, "FELHOM_TEMPORAL_INSECURE=true"}, nil},
+		{"temporal plaintext to 127.0.0.1", []string{noTLS, "FELHOM_TEMPORAL_ADDRESS=127.0.0.1:7233"}, nil},
+		{"temporal plaintext to 127.0.0.2", []string{noTLS, "FELHOM_TEMPORAL_ADDRESS=127.0.0.2:7233"}, nil},
+		{"temporal plaintext to localhost", []string{noTLS, "FELHOM_TEMPORAL_ADDRESS=localhost:7233"}, nil},
+		{"temporal plaintext to ::1", []string{noTLS, "FELHOM_TEMPORAL_ADDRESS=[::1]:7233"}, nil},
+		{"temporal mtls with the system's CAs", []string{noTLS, "FELHOM_TEMPORAL_TLS_CERT_FILE=/etc/hostname", "FELHOM_TEMPORAL_TLS_KEY_FILE=/etc/hostname"}, nil},
+		{"temporal insecure and tls", []string{"FELHOM_TEMPORAL_INSECURE=true"}, []string{"temporal.insecure: conflicts with temporal.tls"}},
+		{"proxmox http to another host", []string{"FELHOM_PROXMOX_URL=http://pve1.example:8006/api2/json"},
+			[]string{`proxmox.url: "http://pve1.example:8006/api2/json" is plain http to a host that is not loopback`, "use https://, or set proxmox.insecure_http: true"}},
+		{"proxmox http, insecure_http", []string{"FELHOM_PROXMOX_URL=http://pve1.example:8006/api2/json", "FELHOM_PROXMOX_INSECURE_HTTP=true"}, nil},
+		{"proxmox http to loopback", []string{"FELHOM_PROXMOX_URL=http://127.0.0.1:8006/api2/json"}, nil},
+		{"proxmox http to localhost", []string{"FELHOM_PROXMOX_URL=http://localhost:8006/api2/json"}, nil},
+		{"proxmox insecure_http with https", []string{"FELHOM_PROXMOX_INSECURE_HTTP=true"}, []string{`proxmox.insecure_http: applies only to an http:// proxmox.url, and "https://127.0.0.1:8006/api2/json" is not one`}},
+		{"both at once", []string{noTLS, "FELHOM_PROXMOX_URL=http://pve1.example:8006/api2/json"}, []string{"temporal.address", "proxmox.url"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := LoadConfig(writeFile(t, "agent.yaml", validYAML), tt.env)
+			if len(tt.wantErr) == 0 {
+				if err != nil {
+					t.Fatalf("LoadConfig: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("LoadConfig succeeded, want %q", tt.wantErr)
+			}
+			for _, want := range tt.wantErr {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error = %v\nwant it to contain %q", err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestMaxValidityUpToSevenDays(t *testing.T) {
+	for _, v := range []string{"1m", "24h", "168h"} {
+		cfg, err := LoadConfig(writeFile(t, "agent.yaml", validYAML), []string{"FELHOM_SIGNERS_MAX_VALIDITY=" + v})
+		if err != nil {
+			t.Errorf("max_validity %s: %v", v, err)
+			continue
+		}
+		if want, _ := time.ParseDuration(v); cfg.Signers.MaxValidity != want {
+			t.Errorf("max_validity = %s, want %s", cfg.Signers.MaxValidity, want)
+		}
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/felhom/felhom-agent/activities"
 	"github.com/felhom/felhom-agent/activities/ledger"
 	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/internal/pinnedsigners"
 	"github.com/felhom/felhom-agent/internal/pveclient"
 	"github.com/felhom/felhom-agent/internal/temporalclient"
 	"github.com/felhom/felhom-agent/workflows"
@@ -44,6 +45,11 @@ type Info struct {
 // in-flight activities get cfg.ShutdownTimeout to heartbeat and return, and
 // Temporal hands whatever did not finish to the next worker of this host.
 func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) error {
+	// Which signer keys are in force is decided from host-local files
+	// before anything connects: a divergence or a corrupt file stops here.
+	if err := CheckSigners(cfg); err != nil {
+		return err
+	}
 	metrics, err := StartMetrics(cfg.Metrics.Address, log)
 	if err != nil {
 		return err
@@ -107,6 +113,22 @@ func ensureHostWorkflow(ctx context.Context, c client.Client, hostID string, int
 	return nil
 }
 
+// CheckSigners decides, without changing anything, which signer keys the
+// host would trust from cfg's signers and its pinned-signers file (see
+// package pinnedsigners). It returns the reason the agent must not start:
+// bad configured keys, a *pinnedsigners.DivergedError, or a file that
+// cannot be used (pinnedsigners.ErrCorrupt).
+func CheckSigners(cfg Config) error {
+	if _, err := gate.ParseSigners(cfg.Signers.Operational, cfg.Signers.Recovery); err != nil {
+		return fmt.Errorf("config: signers: %w", err)
+	}
+	_, err := pinnedsigners.Resolve(cfg.PinnedSigners, pinnedsigners.Keys{Operational: cfg.Signers.Operational, Recovery: cfg.Signers.Recovery})
+	if err != nil {
+		return fmt.Errorf("pinned_signers: %w", err)
+	}
+	return nil
+}
+
 // Host is what the activities of one host act with: the Proxmox client,
 // the host-local stores and the gate built from the pinned keys.
 type Host struct {
@@ -155,7 +177,7 @@ func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.C
 	}
 	gateLog := log.With("component", "gate")
 	newGate := func(signers []gate.Signer) (*gate.Gate, error) {
-		v, err := gate.NewVerifier(gate.VerifierConfig{HostID: cfg.HostID, Signers: signers, Nonces: nonces})
+		v, err := gate.NewVerifier(gate.VerifierConfig{HostID: cfg.HostID, Signers: signers, Nonces: nonces, MaxValidity: cfg.Signers.MaxValidity})
 		if err != nil {
 			return nil, err
 		}
@@ -183,5 +205,5 @@ func (h *Host) Activities(c client.Client) *activities.Host {
 
 // Close closes the host-local stores.
 func (h *Host) Close() error {
-	return errors.Join(h.ledger.Close(), h.nonces.Close())
+	return errors.Join(h.signers.Close(), h.ledger.Close(), h.nonces.Close())
 }

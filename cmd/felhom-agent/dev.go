@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/felhom/felhom-agent/internal/devserver"
+	"github.com/felhom/felhom-agent/internal/pinnedsigners"
 	"github.com/felhom/felhom-agent/internal/pvesim"
 	"github.com/felhom/felhom-agent/internal/visibility"
 	"github.com/felhom/felhom-agent/internal/webui"
@@ -34,6 +36,17 @@ Runs the whole system in one process, with nothing else to install:
 
 Every address must be free; a taken one fails at start with its name. Use
 127.0.0.1:0 for any free port. Ctrl-C stops everything gracefully.
+
+Host-local stores. With the simulator, the nonce store, the pinned signers
+and the provenance ledger live in DATA_DIR, whatever a --config file says:
+they describe simulated guests only. With a real Proxmox (--config with
+proxmox.url), dev uses the nonce_store, pinned_signers and provenance_ledger
+of the file (their defaults under /var/lib/felhom-agent when unset), exactly
+as "felhom-agent run" would: they are the host's record of spent approvals,
+rotated keys and the agent's own guests, and a second copy would let a spent
+approval run again or bring back a rotated-away key. For the same reason dev
+makes no operator key for a real Proxmox: signers.operational must be in the
+file. The banner says which stores are in use.
 `
 
 type devFlags struct {
@@ -67,9 +80,26 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 		serverLevel = "debug"
 	}
 	serverLog, _ := worker.NewLogger(worker.LogConfig{Level: serverLevel, Format: "text"}, stderr)
-	cfg, err := devConfig(f)
+	cfg, operatorKey, err := devConfig(f)
 	if err != nil {
 		return usageError{err}
+	}
+	simulated := cfg.Proxmox.URL == ""
+	if !simulated {
+		// A configuration that cannot drive the real Proxmox is refused
+		// before anything starts; the Temporal settings are the embedded
+		// server's.
+		check := cfg
+		check.Temporal = worker.TemporalConfig{Address: f.frontendAddr, Namespace: "default"}
+		if err := check.Validate(); err != nil {
+			return usageError{err}
+		}
+		if err := worker.CheckSigners(check); err != nil {
+			if errors.As(err, new(*pinnedsigners.DivergedError)) {
+				return usageError{err}
+			}
+			return err
+		}
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -86,8 +116,8 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%w (choose another with --frontend-addr)", err)
 	}
 	defer temporal.Stop()
-	cfg.Temporal.Address = temporal.FrontendAddr()
-	cfg.Temporal.Namespace = temporal.Namespace()
+	// The worker talks to the embedded server, whatever the file says.
+	cfg.Temporal = worker.TemporalConfig{Address: temporal.FrontendAddr(), Namespace: temporal.Namespace()}
 
 	uiURL := "off"
 	if f.uiAddr != "off" {
@@ -125,7 +155,8 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 		printDevBanner(stdout, devBanner{
 			UI: uiURL, Frontend: temporal.FrontendAddr(), Namespace: temporal.Namespace(),
 			Metrics: info.MetricsURL, Proxmox: proxmoxWhere, TaskQueue: info.TaskQueue,
-			HostID: cfg.HostID, OperatorKey: filepath.Join(f.dataDir, "operator_ed25519"),
+			HostID: cfg.HostID, OperatorKey: operatorKey, Simulated: simulated,
+			Stores: []string{cfg.NonceStore, cfg.PinnedSigners, cfg.ProvenanceLedger},
 		})
 	}
 	err = worker.Run(ctx, cfg, log, opts)
@@ -135,36 +166,49 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 	return err
 }
 
-// devConfig is the worker configuration of `dev`: the optional file, then
-// the data directory for everything host-local, and a signing key made for
-// the developer so that approvals can be tried at once.
-func devConfig(f devFlags) (worker.Config, error) {
-	cfg := worker.Defaults()
+// devConfig is the worker configuration of `dev`: the optional file, then,
+// with the simulator, the data directory for everything host-local and a
+// signing key made for the developer so that approvals can be tried at
+// once. Against a real Proxmox (proxmox.url in the file) the host-local
+// stores and the signer keys are the file's, as `run` would use them: they
+// protect real guests, and a copy of them in the data directory would not.
+//
+// operatorKey is the private key file of the key dev made and pinned, or
+// empty when the keys come from the file.
+func devConfig(f devFlags) (cfg worker.Config, operatorKey string, err error) {
+	cfg = worker.Defaults()
 	if f.configPath != "" {
-		var err error
 		if cfg, err = worker.LoadConfigUnvalidated(f.configPath, os.Environ()); err != nil {
-			return cfg, err
+			return cfg, "", err
 		}
 	}
 	if cfg.HostID == "" {
 		cfg.HostID = f.hostID
 	}
 	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
-		return cfg, fmt.Errorf("--data-dir: %w", err)
+		return cfg, "", fmt.Errorf("--data-dir: %w", err)
+	}
+	cfg.Metrics.Address = f.metricsAddr
+	cfg.Log.Level = f.logLevel
+	if cfg.Proxmox.URL != "" {
+		if len(cfg.Signers.Operational) == 0 {
+			return cfg, "", fmt.Errorf("config %s: signers.operational: must be set when dev drives a real Proxmox (proxmox.url %s); dev makes its own operator key only for the simulator",
+				f.configPath, cfg.Proxmox.URL)
+		}
+		return cfg, "", nil
 	}
 	cfg.NonceStore = filepath.Join(f.dataDir, "nonces.log")
 	cfg.ProvenanceLedger = filepath.Join(f.dataDir, "provenance.log")
 	cfg.PinnedSigners = filepath.Join(f.dataDir, "signers.json")
-	cfg.Metrics.Address = f.metricsAddr
-	cfg.Log.Level = f.logLevel
 	if len(cfg.Signers.Operational) == 0 {
-		pub, err := devOperatorKey(filepath.Join(f.dataDir, "operator_ed25519"))
+		operatorKey = filepath.Join(f.dataDir, "operator_ed25519")
+		pub, err := devOperatorKey(operatorKey)
 		if err != nil {
-			return cfg, err
+			return cfg, "", err
 		}
 		cfg.Signers.Operational = []string{pub}
 	}
-	return cfg, nil
+	return cfg, operatorKey, nil
 }
 
 // devOperatorKey returns the authorized_keys line of the dev operator key at
@@ -197,11 +241,17 @@ func devOperatorKey(path string) (string, error) {
 
 type devBanner struct {
 	UI, Frontend, Namespace, Metrics, Proxmox, TaskQueue, HostID, OperatorKey string
+	Simulated                                                                 bool
+	Stores                                                                    []string // nonce store, pinned signers, provenance ledger
 }
 
 func printDevBanner(w io.Writer, b devBanner) {
 	if b.Metrics == "" {
 		b.Metrics = "off"
+	}
+	key := "from the configuration's signers"
+	if b.OperatorKey != "" {
+		key = b.OperatorKey + "  (pinned as this host's operational signer)"
 	}
 	fmt.Fprintf(w, `
 felhom-agent dev is running.
@@ -211,10 +261,13 @@ felhom-agent dev is running.
   Worker metrics    %s
   Proxmox API       %s
   Task queue        %s
-  Operator key      %s  (pinned as this host's operational signer)
+  Operator key      %s
+  Host-local stores %s
 
-`, b.UI, b.Frontend, b.Namespace, b.Metrics, b.Proxmox, b.TaskQueue, b.OperatorKey)
-	fmt.Fprint(w, firstSteps(b))
+`, b.UI, b.Frontend, b.Namespace, b.Metrics, b.Proxmox, b.TaskQueue, key, strings.Join(b.Stores, ", "))
+	if b.Simulated {
+		fmt.Fprint(w, firstSteps(b))
+	}
 }
 
 // firstSteps shows how to send a first desired state and a first approval
@@ -235,12 +288,13 @@ func firstSteps(b devBanner) string {
   temporal workflow list --address %[1]s --query "FelhomPendingSignature = true AND ExecutionStatus = 'Running'"
   temporal workflow query --address %[1]s --workflow-id guest/%[3]s/100 --type pending
 
-  # approve it with the dev operator key (or with ssh-keygen and the temporal CLI: README.md, "Approving")
+  # approve it with the operator key: felhomctl checks and shows the op, and asks "yes"
+  # (or with ssh-keygen and the temporal CLI: README.md, "Approving")
   go run ./cmd/felhomctl --address %[1]s pending
   go run ./cmd/felhomctl --address %[1]s approve guest/%[3]s/100 --key %[6]s
 
 `, b.Frontend, b.TaskQueue, b.HostID,
 		guest(101, `"kind":"qemu","name":"worker","state":"running","memory":"4GiB","cores":4,"tags":["demo"]`),
 		guest(100, `"state":"absent"`),
-		b.OperatorKey)
+		cmp.Or(b.OperatorKey, "YOUR_KEY"))
 }

@@ -4,6 +4,7 @@
 //
 //	felhom-agent run --config /etc/felhom-agent/agent.yaml   # production
 //	felhom-agent dev                                         # everything in one process
+//	felhom-agent signers repin --config FILE                 # pin the configured signer keys (host operator)
 package main
 
 import (
@@ -19,18 +20,20 @@ const usage = `felhom-agent keeps this Proxmox VE host's guests at the state the
 Usage:
   felhom-agent run --config FILE   run the host's worker against an existing Temporal cluster
   felhom-agent dev [flags]         run Temporal, the Web UI, the worker and a Proxmox simulator in one process
+  felhom-agent signers repin --config FILE
+                                   pin the configured signer keys in place of the pinned ones (the host's operator)
 
 Run "felhom-agent COMMAND --help" for a command's flags.
 `
 
 func main() {
-	os.Exit(runMain(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(runMain(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
 // exitUsage is the exit code for a command line or configuration that cannot work.
 const exitUsage = 2
 
-func runMain(args []string, stdout, stderr io.Writer) int {
+func runMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return exitUsage
@@ -41,6 +44,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		err = cmdRun(args[1:], stdout, stderr)
 	case "dev":
 		err = cmdDev(args[1:], stdout, stderr)
+	case "signers":
+		err = cmdSigners(args[1:], stdin, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

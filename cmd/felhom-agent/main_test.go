@@ -9,7 +9,7 @@ import (
 
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
-		"felhom-agent": func() { os.Exit(runMain(os.Args[1:], os.Stdout, os.Stderr)) },
+		"felhom-agent": func() { os.Exit(runMain(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) },
 	})
 }
 

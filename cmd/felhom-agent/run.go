@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
 
+	"github.com/felhom/felhom-agent/internal/pinnedsigners"
 	"github.com/felhom/felhom-agent/worker"
 )
 
@@ -17,6 +19,13 @@ temporal.address, polls task queue felhom-host-<host_id>, and drives the
 Proxmox API at proxmox.url. Every setting can be overridden by an environment
 variable FELHOM_<PATH> (e.g. FELHOM_TEMPORAL_ADDRESS); the configuration is
 checked at start and every bad field is named.
+
+Before it connects anywhere it decides which signer keys are in force: the
+configured signers, or the keys a signed signers.rotate pinned in
+pinned_signers. A configuration that differs both from the pinned keys and
+from the configuration recorded when they were pinned, or a pinned-signers
+file that cannot be used, stops it (exit 2 and exit 1): see
+"felhom-agent signers repin --help".
 
 SIGINT or SIGTERM stops it gracefully: in-flight activities get
 shutdown_timeout to heartbeat and stop, and Temporal resumes them later.
@@ -38,5 +47,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return worker.Run(ctx, cfg, log, worker.RunOptions{})
+	err = worker.Run(ctx, cfg, log, worker.RunOptions{})
+	if errors.As(err, new(*pinnedsigners.DivergedError)) {
+		// The configuration disagrees with the host: the operator decides.
+		return usageError{err}
+	}
+	return err
 }

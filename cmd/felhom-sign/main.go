@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/felhom/felhom-agent/gate"
@@ -122,7 +123,7 @@ type opFlags struct {
 	file                                  string
 	op, host, guest, params, nonce, keyID string
 	notBefore, expiresAt                  string
-	ttl                                   time.Duration
+	ttl, maxValidity                      time.Duration
 }
 
 const opFlagsDoc = `
@@ -132,6 +133,11 @@ a flag given on the command line overrides the file. Times are RFC 3339 in
 whole seconds. A missing nonce is random, a missing not_before is now, a
 missing expires_at is not_before + --ttl. An existing canonical blob given as
 --op-file comes out byte for byte unchanged.
+
+An op valid for longer than --max-validity (expires_at - not_before, or
+expires_at - now) is refused with exit 2, as the hosts refuse it
+(validity_too_long): 24h by default, the hosts' default signers.max_validity.
+Raise it, up to 168h (7 days), only to match hosts configured to accept more.
 `
 
 func addOpFlags(fs *flag.FlagSet) *opFlags {
@@ -145,6 +151,7 @@ func addOpFlags(fs *flag.FlagSet) *opFlags {
 	fs.StringVar(&o.notBefore, "not-before", "", "start of validity, RFC 3339 (default: now)")
 	fs.StringVar(&o.expiresAt, "expires-at", "", "end of validity, RFC 3339 (default: not-before + ttl)")
 	fs.DurationVar(&o.ttl, "ttl", time.Hour, "validity when --expires-at is not given")
+	addMaxValidityFlag(fs, &o.maxValidity)
 	fs.StringVar(&o.keyID, "key-id", "", "advisory name of the signing key (sign: default its SHA256 fingerprint)")
 	return o
 }
@@ -231,6 +238,25 @@ func (o *opFlags) build(stdin io.Reader, now time.Time) (gate.Op, error) {
 	return op, nil
 }
 
+// addMaxValidityFlag adds --max-validity, the longest validity a made or
+// verified op may have.
+func addMaxValidityFlag(fs *flag.FlagSet, p *time.Duration) {
+	fs.DurationVar(p, "max-validity", gate.DefaultMaxValidity, fmt.Sprintf("refuse ops valid for longer than this (the hosts' signers.max_validity; at most %s)", gate.MaxValidityLimit))
+}
+
+// checkValidity refuses op when the hosts would refuse it as valid for too
+// long, or when max itself is more than any host accepts.
+func checkValidity(op gate.Op, now time.Time, max time.Duration) error {
+	if max <= 0 || max > gate.MaxValidityLimit {
+		return usageError{fmt.Errorf("--max-validity %s: want more than 0 and at most %s", max, gate.MaxValidityLimit)}
+	}
+	if err := gate.CheckValidity(op, now, max); err != nil {
+		detail := strings.TrimPrefix(err.Error(), gate.ErrValidityTooLong.Error()+": ")
+		return usageError{fmt.Errorf("validity_too_long: %s; the hosts would refuse it: shorten --ttl or --expires-at, or raise --max-validity (at most %s) to match hosts whose signers.max_validity is larger", detail, gate.MaxValidityLimit)}
+	}
+	return nil
+}
+
 func parseTime(field, s string) (time.Time, error) {
 	t, err := time.Parse(time.RFC3339, s)
 	if err != nil {
@@ -267,12 +293,16 @@ func runCanon(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	op, err := o.build(stdin, time.Now())
+	now := time.Now()
+	op, err := o.build(stdin, now)
 	if err != nil {
 		return err
 	}
 	blob, err := gate.Canonicalize(op)
 	if err != nil {
+		return err
+	}
+	if err := checkValidity(op, now, o.maxValidity); err != nil {
 		return err
 	}
 	_, err = stdout.Write(blob)
@@ -302,12 +332,17 @@ func runSign(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	op, err := o.build(stdin, time.Now())
+	now := time.Now()
+	op, err := o.build(stdin, now)
 	if err != nil {
 		return err
 	}
-	// Refuse a malformed op before touching any key.
+	// Refuse a malformed op, or one the hosts would refuse as valid for too
+	// long, before touching any key.
 	if _, err := gate.Canonicalize(op); err != nil {
+		return err
+	}
+	if err := checkValidity(op, now, o.maxValidity); err != nil {
 		return err
 	}
 	signer, err := loadSigner(context.Background(), *keyFile)
@@ -351,7 +386,8 @@ Checks a signed op the way a host does, short of the nonce: the signature
 (namespace felhom-op-v1, by a key in the allowed-signers or authorized_keys
 FILE, over the blob exactly as stored), that the blob is a canonical op, its
 target host when --host is given, and its validity window at --at (default
-now). Prints the op on success; exits 1 with the failing check otherwise.
+now), which may be at most --max-validity long. Prints the op on success;
+exits 1 with the failing check otherwise.
 `
 
 func runVerify(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -361,8 +397,13 @@ func runVerify(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	sigFile := fs.String("sig", "", "the armored signature `FILE`")
 	host := fs.String("host", "", "require the op to be for this host id")
 	at := fs.String("at", "", "check the validity window at this RFC 3339 time instead of now")
+	var maxValidity time.Duration
+	addMaxValidityFlag(fs, &maxValidity)
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if maxValidity <= 0 || maxValidity > gate.MaxValidityLimit {
+		return usageError{fmt.Errorf("--max-validity %s: want more than 0 and at most %s", maxValidity, gate.MaxValidityLimit)}
 	}
 	for name, v := range map[string]string{"allowed-signers": *allowedFile, "blob": *blobFile, "sig": *sigFile} {
 		if v == "" {
@@ -413,6 +454,9 @@ func runVerify(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 	if !when.Before(op.ExpiresAt) {
 		return fmt.Errorf("expired: op expired at %s", op.ExpiresAt.Format(gate.TimeLayout))
+	}
+	if err := gate.CheckValidity(op, when, maxValidity); err != nil {
+		return fmt.Errorf("%s: %w", gate.Code(err), err)
 	}
 	params, _ := gate.CanonicalJSON(op.Params)
 	fmt.Fprintf(stdout, "Good %s signature by %s %s (%s, %s)\n", gate.Namespace,

@@ -1,9 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -13,15 +19,33 @@ import (
 	"github.com/felhom/felhom-agent/workflows"
 )
 
-const approveHelp = `Usage: felhomctl approve WORKFLOW_ID [--key FILE] [--key-id ID] [--ttl 10m] [flags]
+const approveHelp = `Usage: felhomctl approve WORKFLOW_ID [--key FILE] [--key-id ID] [--ttl 10m] [--yes] [flags]
 
-Approves the destructive action a guest workflow waits for: reads it from
-the workflow's pending query, builds the op blob from it with a fresh random
-nonce, not_before one minute ago (clock skew) and expires_at --ttl from now,
-canonicalises it with the gate's canonicaliser, signs it (SSHSIG, namespace
-felhom-op-v1), sends it with the workflow's approve Update, and waits for the
-host's verdict: the host verifies the signature against its pinned keys and
-performs the action.
+Approves the destructive action a guest workflow (WORKFLOW_ID is
+guest/HOST/VMID) waits for: reads it from the workflow's pending query,
+checks it, builds the op blob from it with a fresh random nonce, not_before
+one minute ago (clock skew) and expires_at --ttl from now, shows the exact
+op and asks for confirmation, canonicalises it with the gate's
+canonicaliser, signs it (SSHSIG, namespace felhom-op-v1), sends it with the
+workflow's approve Update, and waits for the host's verdict: the host
+verifies the signature against its pinned keys and performs the action.
+
+The pending query is answered through the Temporal server, which is not
+trusted: before anything is signed, approve refuses (exit 1, naming the
+field and the reason; nothing is signed or sent) an answer whose
+  host_id or guest_id is not the HOST and VMID of WORKFLOW_ID,
+  op is not one a guest workflow can wait for (guest.destroy, disk.detach,
+     disk.shrink, volume.wipe, guest.config; never signers.rotate,
+     guest.restore or an unknown op),
+  params name a volume of another guest (vm-N-..., subvol-N-... with N not
+     the VMID), or, for volume.wipe, no volume of this guest.
+
+Then it prints every field of the op it is about to sign (op, host_id,
+guest_id, params as canonical JSON, nonce, not_before, expires_at, key_id)
+on stderr and reads one line from stdin: "yes" signs and sends it, anything
+else refuses (exit 1). Without --yes, stdin that ends before a line
+(closed, /dev/null, an empty pipe) is refused with exit 2. --yes signs
+without asking, for scripts that have checked the op themselves.
 
 Prints "accepted" (exit 0), or "rejected: CODE: DETAIL" with the gate's
 typed code (unknown_signer, expired, binding_mismatch, replay, ...; exit 1).
@@ -45,6 +69,7 @@ type approveResult struct {
 func (c *command) approve(args []string) error {
 	fs := c.newFlagSet("approve", approveHelp)
 	sf := addSignFlags(fs)
+	yes := fs.Bool("yes", false, "sign and send without asking for confirmation on stdin")
 	pos, err := c.parseFlags(fs, args, 1)
 	if err != nil {
 		return err
@@ -52,10 +77,14 @@ func (c *command) approve(args []string) error {
 	if len(pos) != 1 {
 		return usageErrorf("WORKFLOW_ID is required, e.g. guest/pve1/101 (see felhomctl pending)")
 	}
+	id := pos[0]
+	host, vmid, err := parseGuestWorkflowID(id)
+	if err != nil {
+		return err
+	}
 	if err := sf.check(); err != nil {
 		return err
 	}
-	id := pos[0]
 	key, err := loadSigner(context.Background(), sf.key, sf.keyID)
 	if err != nil {
 		return err
@@ -78,7 +107,23 @@ func (c *command) approve(args []string) error {
 		return fmt.Errorf("%s: no action is waiting for a signature", id)
 	}
 	t := p.OpTemplate
-	approval, op, err := signOp(gate.Op{Op: t.Op, HostID: t.HostID, GuestID: t.GuestID, Params: t.Params}, key.Signer, sf.keyID, sf.ttl, time.Now())
+	if err := checkPending(host, vmid, t); err != nil {
+		return fmt.Errorf("%s: refusing to sign the pending action the server returned; nothing was signed or sent:\n%w", id, err)
+	}
+	op, blob, err := prepareOp(gate.Op{Op: t.Op, HostID: t.HostID, GuestID: t.GuestID, Params: t.Params},
+		key.Signer.PublicKey(), sf.keyID, sf.ttl, sf.maxValidity, time.Now())
+	if err != nil {
+		return fmt.Errorf("%s: refusing to sign the pending action; nothing was signed or sent: %w", id, err)
+	}
+	if !*yes || !c.json() {
+		printOp(c.stderr, id, p.Action.Reason, op)
+	}
+	if !*yes {
+		if err := confirm(c.stdin, c.stderr); err != nil {
+			return fmt.Errorf("%s: %w", id, err)
+		}
+	}
+	approval, err := signBlob(key.Signer, blob)
 	if err != nil {
 		return fmt.Errorf("sign the pending action: %w", err)
 	}
@@ -103,6 +148,108 @@ func (c *command) approve(args []string) error {
 	}
 	if !verdict.Accepted || verdict.Code != "" {
 		return errReported
+	}
+	return nil
+}
+
+// parseGuestWorkflowID reads guest/HOST/VMID, the only kind of workflow
+// that waits for an approval.
+func parseGuestWorkflowID(id string) (string, int, error) {
+	rest, ok := strings.CutPrefix(id, "guest/")
+	h, v, ok2 := strings.Cut(rest, "/")
+	vmid, err := strconv.Atoi(v)
+	if !ok || !ok2 || h == "" || err != nil || vmid < 100 || strconv.Itoa(vmid) != v {
+		return "", 0, usageErrorf("WORKFLOW_ID %q is not guest/HOST/VMID: only a guest workflow waits for an approval (see felhomctl pending)", id)
+	}
+	return h, vmid, nil
+}
+
+// pendingOps are the ops a guest workflow's plan can hold for a signature.
+// Anything else in a pending answer (signers.rotate, guest.restore, an
+// unknown op) was not put there by a guest workflow.
+var pendingOps = []string{gate.OpGuestDestroy, gate.OpDiskDetach, gate.OpDiskShrink, gate.OpVolumeWipe, gate.OpGuestConfig}
+
+// volumeOwner finds the VMIDs a volume ID names as its owner:
+// local-lvm:vm-101-disk-0, local:101/vm-101-disk-0.qcow2,
+// local-zfs:subvol-101-disk-0. Templates' base images (base-N-...) are
+// shared read-only by linked clones and name no owner.
+var volumeOwner = regexp.MustCompile(`(?:^|[:/])(?:vm|subvol)-(\d+)-`)
+
+// pendingRefusal is one reason not to sign a pending answer.
+type pendingRefusal struct{ Field, Reason string }
+
+func (r *pendingRefusal) Error() string { return r.Field + ": " + r.Reason }
+
+// checkPending refuses a pending answer that the guest workflow
+// guest/host/vmid cannot have given: another host or guest, an op no guest
+// plan gates, or params naming another guest's volume. The server that
+// answers the query is not trusted; the host checks the signed op again,
+// but a signature, once made, is a standing capability until it expires.
+func checkPending(host string, vmid int, t workflows.OpTemplate) error {
+	var errs []error
+	refuse := func(field, format string, args ...any) {
+		errs = append(errs, &pendingRefusal{Field: field, Reason: fmt.Sprintf(format, args...)})
+	}
+	guest := strconv.Itoa(vmid)
+	if !slices.Contains(pendingOps, t.Op) {
+		refuse("op", "%q cannot be pending on a guest workflow (only %s are)", t.Op, strings.Join(pendingOps, ", "))
+	}
+	if t.HostID != host {
+		refuse("host_id", "%q is not the workflow's host %q", t.HostID, host)
+	}
+	if t.GuestID != guest {
+		refuse("guest_id", "%q is not the workflow's guest %q", t.GuestID, guest)
+	}
+	ownVolume := false
+	for _, k := range slices.Sorted(maps.Keys(t.Params)) {
+		s, ok := t.Params[k].(string)
+		if !ok {
+			continue
+		}
+		for _, m := range volumeOwner.FindAllStringSubmatch(s, -1) {
+			if m[1] == guest {
+				ownVolume = ownVolume || k == "volume"
+				continue
+			}
+			refuse("params."+k, "%q names a volume of guest %s, not of guest %s", s, m[1], guest)
+		}
+	}
+	if t.Op == gate.OpVolumeWipe && !ownVolume {
+		refuse("params.volume", "%s must name a volume of guest %s, got %s", t.Op, guest, paramsText(t.Params))
+	}
+	return errors.Join(errs...)
+}
+
+// printOp shows every field of the op about to be signed.
+func printOp(w io.Writer, id, reason string, op gate.Op) {
+	fmt.Fprintf(w, "%s waits for a signature on:\n", id)
+	if reason != "" {
+		fmt.Fprintf(w, "  reason      %s\n", reason)
+	}
+	for _, f := range [][2]string{
+		{"op", op.Op}, {"host_id", op.HostID}, {"guest_id", op.GuestID}, {"params", paramsText(op.Params)},
+		{"nonce", op.Nonce}, {"not_before", op.NotBefore.Format(gate.TimeLayout)},
+		{"expires_at", op.ExpiresAt.Format(gate.TimeLayout)}, {"key_id", op.KeyID},
+	} {
+		fmt.Fprintf(w, "  %-11s %s\n", f[0], f[1])
+	}
+}
+
+// errNotConfirmed means the operator answered something other than "yes".
+var errNotConfirmed = errors.New("not approved; nothing was signed or sent")
+
+// confirm asks on w and reads one line from r: "yes" confirms. No line at
+// all (stdin ended: closed, /dev/null, an empty pipe) is a usage error: the
+// command cannot ask, and --yes was not given.
+func confirm(r io.Reader, w io.Writer) error {
+	fmt.Fprint(w, `Sign it and send it to the host? Type "yes" to approve: `)
+	line, err := bufio.NewReader(r).ReadString('\n')
+	if err != nil && (!errors.Is(err, io.EOF) || line == "") {
+		fmt.Fprintln(w)
+		return usageErrorf("no confirmation on stdin (it ended before a line was read): answer \"yes\" at the prompt, or give --yes to approve without asking; nothing was signed or sent")
+	}
+	if answer := strings.TrimSpace(line); answer != "yes" {
+		return fmt.Errorf("answered %q: %w", answer, errNotConfirmed)
 	}
 	return nil
 }

@@ -142,10 +142,13 @@ func (c *command) query(ctx context.Context, tc client.Client, workflowID, name 
 	defer cancel()
 	v, err := tc.QueryWorkflow(qctx, workflowID, "", name)
 	var nf *serviceerror.NotFound
+	// The server gives up a moment before qctx does, with DeadlineExceeded:
+	// either way no worker answered in time.
+	var de *serviceerror.DeadlineExceeded
 	switch {
 	case errors.As(err, &nf):
 		return fmt.Errorf("%s: %w", workflowID, errNoWorkflow)
-	case err != nil && qctx.Err() != nil && ctx.Err() == nil:
+	case err != nil && ctx.Err() == nil && (qctx.Err() != nil || errors.As(err, &de)):
 		return fmt.Errorf("%s: no worker answered the %s query within %s: is felhom-agent running for its host? (%w)", workflowID, name, c.queryTimeout, err)
 	case err != nil:
 		return fmt.Errorf("%s: query %s: %w", workflowID, name, err)

@@ -86,7 +86,7 @@ func (c *command) job(args []string) error {
 		return err
 	}
 	defer key.Close()
-	approval, op, err := signOp(op, key.Signer, sf.keyID, sf.ttl, time.Now())
+	approval, op, err := signOp(op, key.Signer, sf.keyID, sf.ttl, sf.maxValidity, time.Now())
 	if err != nil {
 		return err
 	}

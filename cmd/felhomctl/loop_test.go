@@ -58,13 +58,18 @@ func TestOperatingLoop(t *testing.T) {
 	stranger := newKey(t, "stranger@test")
 	startWorker(t, srv.FrontendAddr(), srv.Namespace(), host, sim, ops.pub)
 	t.Setenv("SSH_AUTH_SOCK", "")
-	ctl := func(t *testing.T, args ...string) (string, string, int) {
+	// ctlIn runs felhomctl with stdin as what the operator types.
+	ctlIn := func(t *testing.T, stdin string, args ...string) (string, string, int) {
 		t.Helper()
 		var stdout, stderr bytes.Buffer
 		args = append([]string{"--address", srv.FrontendAddr(), "--namespace", srv.Namespace()}, args...)
-		code := run(args, &stdout, &stderr)
+		code := run(args, strings.NewReader(stdin), &stdout, &stderr)
 		t.Logf("felhomctl %s: exit %d\n%s%s", strings.Join(args[4:], " "), code, stdout.String(), stderr.String())
 		return stdout.String(), stderr.String(), code
+	}
+	ctl := func(t *testing.T, args ...string) (string, string, int) {
+		t.Helper()
+		return ctlIn(t, "", args...)
 	}
 	tc := devservertest.Client(t)
 	dir := t.TempDir()
@@ -215,7 +220,26 @@ state: running
 	})
 
 	t.Run("approve", func(t *testing.T) {
-		stdout, stderr, code := ctl(t, "approve", "guest/ctl1/102", "--key", stranger.path)
+		// Nothing is signed or sent without a confirmation: no answer on
+		// stdin is exit 2, any answer but "yes" exit 1.
+		_, stderr, code := ctl(t, "approve", "guest/ctl1/102", "--key", ops.path)
+		if code != exitUsage || !strings.Contains(stderr, "no confirmation on stdin") || !strings.Contains(stderr, "op          guest.destroy") {
+			t.Fatalf("approve without --yes or an answer: exit %d, stderr %q; want exit 2 after showing the op", code, stderr)
+		}
+		_, stderr, code = ctlIn(t, "no\n", "approve", "guest/ctl1/102", "--key", ops.path)
+		if code != exitFailure || !strings.Contains(stderr, `answered "no": not approved; nothing was signed or sent`) {
+			t.Fatalf("approve answered no: exit %d, stderr %q", code, stderr)
+		}
+		if _, ok := sim.Guest(102); !ok {
+			t.Fatal("guest 102 destroyed without a confirmation")
+		}
+		stdout, _, _ := ctl(t, "status", "ctl1/102", "--output", "json")
+		var st statusOutput
+		if err := json.Unmarshal([]byte(stdout), &st); err != nil || st.Pending == nil || st.Pending.LastRejection != "" {
+			t.Fatalf("status after unconfirmed approvals: %v %s; want pending with no rejection (nothing sent)", err, stdout)
+		}
+
+		stdout, stderr, code = ctl(t, "approve", "guest/ctl1/102", "--key", stranger.path, "--yes")
 		if code != exitFailure || !strings.HasPrefix(stdout, "rejected: unknown_signer") {
 			t.Fatalf("approve with an unpinned key: exit %d, stdout %q, stderr %q; want rejected: unknown_signer", code, stdout, stderr)
 		}
@@ -223,12 +247,13 @@ state: running
 			t.Fatal("guest 102 destroyed with an unpinned key")
 		}
 		stdout, _, _ = ctl(t, "status", "ctl1/102", "--output", "json")
-		var st statusOutput
+		st = statusOutput{}
 		if err := json.Unmarshal([]byte(stdout), &st); err != nil || st.Pending == nil || st.Pending.LastRejection != "unknown_signer" {
 			t.Errorf("status after the refusal: %v %s", err, stdout)
 		}
 
-		stdout, stderr, code = ctl(t, "approve", "guest/ctl1/102", "--key", ops.path, "--ttl", "5m")
+		// "yes" typed on stdin approves.
+		stdout, stderr, code = ctlIn(t, "yes\n", "approve", "guest/ctl1/102", "--key", ops.path, "--ttl", "5m")
 		if code != exitOK || !regexpMatch(`^accepted( \(task UPID:\S+ OK\))?\n$`, stdout) {
 			t.Fatalf("approve with the pinned key: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 		}
@@ -240,7 +265,7 @@ state: running
 		}
 		waitPhase(t, ctl, "ctl1/102", workflows.PhaseConverged)
 
-		stdout, stderr, code = ctl(t, "approve", "guest/ctl1/101", "--key", ops.path)
+		stdout, stderr, code = ctl(t, "approve", "guest/ctl1/101", "--key", ops.path, "--yes")
 		if code != exitFailure || !strings.Contains(stderr, "guest/ctl1/101: no action is waiting for a signature") {
 			t.Errorf("approve with nothing pending: exit %d, %s%s", code, stdout, stderr)
 		}
@@ -256,7 +281,7 @@ state: running
 			t.Fatalf("query pending of 103: %v %+v", err, p)
 		}
 		tpl := p.OpTemplate
-		approval, _, err := signOp(gate.Op{Op: tpl.Op, HostID: tpl.HostID, GuestID: tpl.GuestID, Params: tpl.Params}, signer, "", 10*time.Minute, time.Now())
+		approval, _, err := signOp(gate.Op{Op: tpl.Op, HostID: tpl.HostID, GuestID: tpl.GuestID, Params: tpl.Params}, signer, "", 10*time.Minute, gate.DefaultMaxValidity, time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -302,11 +327,11 @@ state: running
 	t.Run("approve through ssh-agent", func(t *testing.T) {
 		sock := sshkeystest.StartAgent(t, ops.path, stranger.path)
 		t.Setenv("SSH_AUTH_SOCK", sock)
-		_, stderr, code := ctl(t, "approve", "guest/ctl1/103")
+		_, stderr, code := ctl(t, "approve", "guest/ctl1/103", "--yes")
 		if code != exitFailure || !strings.Contains(stderr, "ssh-agent holds 2 keys") {
 			t.Errorf("approve with two agent keys and no --key-id: exit %d, %s", code, stderr)
 		}
-		stdout, stderr, code := ctl(t, "approve", "guest/ctl1/103", "--key-id", "ops@test", "--output", "json")
+		stdout, stderr, code := ctl(t, "approve", "guest/ctl1/103", "--key-id", "ops@test", "--output", "json", "--yes")
 		var res approveResult
 		if code != exitOK || json.Unmarshal([]byte(stdout), &res) != nil || !res.Accepted || res.KeyID != "ops@test" || res.Op != "guest.destroy" {
 			t.Fatalf("approve through ssh-agent: exit %d, %s%s", code, stdout, stderr)

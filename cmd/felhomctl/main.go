@@ -8,7 +8,7 @@
 //	felhomctl apply -f guests.yaml
 //	felhomctl plan -f guests/
 //	felhomctl pending --host pve1
-//	felhomctl approve guest/pve1/101 --key ~/.ssh/id_ed25519
+//	felhomctl approve guest/pve1/101 --key ~/.ssh/id_ed25519   # shows the op, asks "yes"
 //	felhomctl job submit --op volume.wipe --host pve1 --guest 101 --params '{"volume":"local-lvm:vm-101-disk-1"}'
 //	felhomctl status pve1/101
 package main
@@ -38,7 +38,7 @@ Commands:
   apply -f FILE|DIR          validate desired state locally, then send it to the guest workflows
   plan -f FILE|DIR           show the actions a desired state would cause; changes nothing
   pending [--host H]         list the actions waiting for an operator's signature
-  approve WORKFLOW_ID        sign the action a guest workflow waits for and send it
+  approve WORKFLOW_ID        check and show the action a guest workflow waits for; sign and send it once confirmed
   job submit --op OP ...     sign and run a one-shot destructive job (restore, wipe, destroy)
   status HOST/VMID           a guest's desired and observed state, phase and last actions
 
@@ -56,18 +56,20 @@ Connection flags (accepted before or after the command, as in the temporal CLI):
 Exit codes:
   0  success: everything was accepted, done or listed
   1  the command ran, and something was rejected or failed (a refused desired
-     state, a gate rejection, a failed job, a workflow or server error)
+     state, a gate rejection, a failed job, a pending action approve refuses
+     to sign, an approval not confirmed, a workflow or server error)
   2  bad command line or invalid local input (a spec that does not validate,
-     malformed params); nothing was sent
+     malformed params, no confirmation on stdin without --yes); nothing was
+     sent
 
 Run "felhomctl COMMAND --help" for a command's flags.
 `
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	g := defaultGlobals()
 	top := flag.NewFlagSet("felhomctl", flag.ContinueOnError)
 	top.SetOutput(io.Discard)
@@ -85,7 +87,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usage)
 		return exitUsage
 	}
-	cmd := &command{globals: g, stdout: stdout, stderr: stderr}
+	cmd := &command{globals: g, stdin: stdin, stdout: stdout, stderr: stderr}
 	var err error
 	switch args[0] {
 	case "apply":
@@ -138,9 +140,11 @@ func usageErrorf(format string, args ...any) error {
 // rejections or failures: exit 1 without another message.
 var errReported = errors.New("reported")
 
-// command is one invocation: the connection settings and where to write.
+// command is one invocation: the connection settings, where to write, and
+// where an operator's answers come from.
 type command struct {
 	*globals
+	stdin          io.Reader
 	stdout, stderr io.Writer
 }
 

@@ -2,10 +2,12 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -111,7 +113,7 @@ func TestSignOpVerifiesWithGateAndSSHKeygen(t *testing.T) {
 	signer := parseKey(t, key.path)
 	now := time.Date(2026, 11, 23, 9, 0, 30, 500, time.UTC)
 	tpl := gate.Op{Op: "guest.destroy", HostID: "pve1", GuestID: "101", Params: map[string]any{"kind": "qemu", "n": float64(3)}}
-	approval, op, err := signOp(tpl, signer, "", 10*time.Minute, now)
+	approval, op, err := signOp(tpl, signer, "", 10*time.Minute, gate.DefaultMaxValidity, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,8 +168,57 @@ func TestUnreachableServer(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 	var stdout, stderr bytes.Buffer
-	code := run([]string{"--address", addr, "status", "pve1/101"}, &stdout, &stderr)
+	code := run([]string{"--address", addr, "status", "pve1/101"}, strings.NewReader(""), &stdout, &stderr)
 	if code != exitFailure || !strings.Contains(stderr.String(), "felhomctl status: temporal: connect to "+addr) {
 		t.Errorf("exit %d, stderr %q", code, stderr.String())
+	}
+}
+
+// checkPending accepts what a guest plan can hold for guest pve1/101 and
+// names the field of everything else.
+func TestCheckPending(t *testing.T) {
+	tpl := func(op, host, guest string, params map[string]any) workflows.OpTemplate {
+		return workflows.OpTemplate{Op: op, HostID: host, GuestID: guest, Params: params}
+	}
+	tests := []struct {
+		name string
+		tpl  workflows.OpTemplate
+		want []string // fields refused; none means accepted
+	}{
+		{"destroy", tpl(gate.OpGuestDestroy, "pve1", "101", map[string]any{"kind": "qemu"}), nil},
+		{"detach", tpl(gate.OpDiskDetach, "pve1", "101", map[string]any{"disk": "scsi1"}), nil},
+		{"shrink", tpl(gate.OpDiskShrink, "pve1", "101", map[string]any{"disk": "scsi0", "size_gib": 8}), nil},
+		{"config", tpl(gate.OpGuestConfig, "pve1", "101", map[string]any{"memory": 2048}), nil},
+		{"config on the guest's own disk", tpl(gate.OpGuestConfig, "pve1", "101", map[string]any{"scsi0": "local-lvm:vm-101-disk-0,size=8G"}), nil},
+		{"config on a linked clone", tpl(gate.OpGuestConfig, "pve1", "101", map[string]any{"scsi0": "local-lvm:base-9000-disk-0/vm-101-disk-0"}), nil},
+		{"wipe of an own volume", tpl(gate.OpVolumeWipe, "pve1", "101", map[string]any{"volume": "local-lvm:vm-101-disk-1"}), nil},
+		{"wipe of an own file volume", tpl(gate.OpVolumeWipe, "pve1", "101", map[string]any{"volume": "local:101/vm-101-disk-1.qcow2"}), nil},
+		{"wipe of an own subvolume", tpl(gate.OpVolumeWipe, "pve1", "101", map[string]any{"volume": "local-zfs:subvol-101-disk-0"}), nil},
+		{"wipe of vm-1010's volume", tpl(gate.OpVolumeWipe, "pve1", "101", map[string]any{"volume": "local-lvm:vm-1010-disk-0"}), []string{"params.volume", "params.volume"}},
+		{"wipe without a volume", tpl(gate.OpVolumeWipe, "pve1", "101", nil), []string{"params.volume"}},
+		{"wipe of a volume in another key", tpl(gate.OpVolumeWipe, "pve1", "101", map[string]any{"target": "local-lvm:vm-101-disk-0"}), []string{"params.volume"}},
+		{"rotation", tpl(gate.OpSignersRotate, "pve1", "101", nil), []string{"op"}},
+		{"restore", tpl(gate.OpGuestRestore, "pve1", "101", nil), []string{"op"}},
+		{"start", tpl(gate.OpGuestStart, "pve1", "101", nil), []string{"op"}},
+		{"other host and guest", tpl(gate.OpGuestDestroy, "pve2", "102", nil), []string{"host_id", "guest_id"}},
+		{"guest with a leading zero", tpl(gate.OpGuestDestroy, "pve1", "0101", nil), []string{"guest_id"}},
+	}
+	for _, tt := range tests {
+		err := checkPending("pve1", 101, tt.tpl)
+		var got []string
+		for _, e := range flatten(err) {
+			if e == nil {
+				continue
+			}
+			var r *pendingRefusal
+			if !errors.As(e, &r) {
+				t.Errorf("%s: %v is not a pendingRefusal", tt.name, e)
+				continue
+			}
+			got = append(got, r.Field)
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("%s: refused fields %v, want %v (%v)", tt.name, got, tt.want, err)
+		}
 	}
 }
