@@ -483,9 +483,13 @@ func (h *harness) outside(method, path string, params map[string]any) string {
 }
 
 // pinnedHost returns the Host activities with the harness's keys pinned in a
-// pinned-signers file, its gate the one the executors use.
+// pinned-signers file, its gate the one the executors use. The file is
+// opened once per harness, as by one agent process.
 func (h *harness) pinnedHost() *Host {
 	h.t.Helper()
+	if h.pinned != nil {
+		return h.pinned
+	}
 	signers, err := OpenPinnedSigners(filepath.Join(h.keyDir, "pinned_signers"), []string{h.operatorKey()}, []string{h.recoveryKey()},
 		func(s []gate.Signer) (*gate.Gate, error) {
 			v, err := gate.NewVerifier(gate.VerifierConfig{HostID: hostID, Signers: s, Nonces: h.nonces})
@@ -497,8 +501,10 @@ func (h *harness) pinnedHost() *Host {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	h.t.Cleanup(func() { signers.Close() })
 	h.act.Gate = signers
-	return &Host{Proxmox: h.act, Signers: signers}
+	h.pinned = &Host{Proxmox: h.act, Signers: signers}
+	return h.pinned
 }
 
 // rotate runs a signers.rotate job signed with the key named keyName.

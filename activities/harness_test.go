@@ -64,6 +64,7 @@ type harness struct {
 	suite  testsuite.WorkflowTestSuite
 	keyDir string
 	nonces *gate.FileNonceStore
+	pinned *Host // see pinnedHost
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
