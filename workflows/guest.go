@@ -357,7 +357,7 @@ func (s *guestState) reconcileOnce(ctx workflow.Context) {
 		return
 	}
 	spec := *s.spec
-	plan := desired.Make(spec, obs.Guest, classifierFor(obs.Provenance, s.in.Host, s.in.VMID, workflow.GetInfo(ctx).WorkflowExecution.RunID))
+	plan := desired.MakeWithShrink(spec, obs.Guest, classifierFor(obs.Provenance, s.in.Host, s.in.VMID, workflow.GetInfo(ctx).WorkflowExecution.RunID))
 	s.observed, s.plan, s.provenance = &obs.Guest, &plan, &obs.Provenance
 	if plan.Empty() {
 		s.unconverged = 0

@@ -35,8 +35,8 @@ trusted: before anything is signed, approve refuses (exit 1, naming the
 field and the reason; nothing is signed or sent) an answer whose
   host_id or guest_id is not the HOST and VMID of WORKFLOW_ID,
   op is not one a guest workflow can wait for (guest.destroy, disk.detach,
-     disk.shrink, volume.wipe, guest.config; never signers.rotate,
-     guest.restore or an unknown op),
+     volume.wipe, guest.config; never signers.rotate, disk.shrink (Proxmox
+     cannot shrink a disk, so no plan holds it), guest.restore or an unknown op),
   params name a volume of another guest (vm-N-..., subvol-N-... with N not
      the VMID), or, for volume.wipe, no volume of this guest.
 
@@ -166,8 +166,10 @@ func parseGuestWorkflowID(id string) (string, int, error) {
 
 // pendingOps are the ops a guest workflow's plan can hold for a signature.
 // Anything else in a pending answer (signers.rotate, guest.restore, an
-// unknown op) was not put there by a guest workflow.
-var pendingOps = []string{gate.OpGuestDestroy, gate.OpDiskDetach, gate.OpDiskShrink, gate.OpVolumeWipe, gate.OpGuestConfig}
+// unknown op) was not put there by a guest workflow. disk.shrink is not
+// among them: a plan notes a disk larger than the spec, since no executor
+// can shrink one, and an approval for it would authorise nothing.
+var pendingOps = []string{gate.OpGuestDestroy, gate.OpDiskDetach, gate.OpVolumeWipe, gate.OpGuestConfig}
 
 // volumeOwner finds the VMIDs a volume ID names as its owner:
 // local-lvm:vm-101-disk-0, local:101/vm-101-disk-0.qcow2,

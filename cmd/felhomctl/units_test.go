@@ -187,7 +187,7 @@ func TestCheckPending(t *testing.T) {
 	}{
 		{"destroy", tpl(gate.OpGuestDestroy, "pve1", "101", map[string]any{"kind": "qemu"}), nil},
 		{"detach", tpl(gate.OpDiskDetach, "pve1", "101", map[string]any{"disk": "scsi1"}), nil},
-		{"shrink", tpl(gate.OpDiskShrink, "pve1", "101", map[string]any{"disk": "scsi0", "size_gib": 8}), nil},
+		{"shrink, which no plan holds", tpl(gate.OpDiskShrink, "pve1", "101", map[string]any{"disk": "scsi0", "size_gib": 8}), []string{"op"}},
 		{"config", tpl(gate.OpGuestConfig, "pve1", "101", map[string]any{"memory": 2048}), nil},
 		{"config on the guest's own disk", tpl(gate.OpGuestConfig, "pve1", "101", map[string]any{"scsi0": "local-lvm:vm-101-disk-0,size=8G"}), nil},
 		{"config on a linked clone", tpl(gate.OpGuestConfig, "pve1", "101", map[string]any{"scsi0": "local-lvm:base-9000-disk-0/vm-101-disk-0"}), nil},

@@ -1,6 +1,7 @@
 package desired
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"strconv"
@@ -66,8 +67,22 @@ type Classifier func(op string) (destructive bool)
 // Make plans spec (normalised) against obs. Config changes come before a
 // start, so a guest boots with its new configuration; a destroy is the only
 // action for an absent guest: the executor shuts the guest down itself, after
-// the gate allowed it, so that a refused destroy never stops a guest.
+// the gate allowed it, so that a refused destroy never stops a guest. A disk
+// larger than the spec is a note: Proxmox cannot shrink a disk through its
+// API, so no executor could perform the step, and holding it for a signature
+// would keep every later step from running.
 func Make(spec Spec, obs Observed, destructive Classifier) Plan {
+	return makePlan(spec, obs, destructive, false)
+}
+
+// MakeWithShrink is Make as it planned before a larger disk became a note:
+// it plans a disk.shrink action. Only guest workflow runs recorded then call
+// it, so that they replay the plans they made.
+func MakeWithShrink(spec Spec, obs Observed, destructive Classifier) Plan {
+	return makePlan(spec, obs, destructive, true)
+}
+
+func makePlan(spec Spec, obs Observed, destructive Classifier, shrinkAction bool) Plan {
 	var p Plan
 	guest := strconv.Itoa(spec.VMID)
 	add := func(op, reason string, params map[string]any) {
@@ -114,8 +129,11 @@ func Make(spec Spec, obs Observed, destructive Classifier) Plan {
 		switch {
 		case err != nil:
 			p.Notes = append(p.Notes, "disk "+key+": cannot read its size from "+strconv.Quote(have))
-		case want.SizeGiB < got.SizeGiB:
+		case want.SizeGiB < got.SizeGiB && shrinkAction:
 			add(OpShrink, "disk "+key+" is larger than the spec", map[string]any{"disk": key, "size_gib": want.SizeGiB})
+		case want.SizeGiB < got.SizeGiB:
+			p.Notes = append(p.Notes, fmt.Sprintf("disk %s is %d GiB, larger than the spec's %d GiB: Proxmox cannot shrink a disk; "+
+				"replace it (add a new disk, move the data, detach the old one) or raise the spec", key, got.SizeGiB, want.SizeGiB))
 		case want.SizeGiB > got.SizeGiB:
 			p.Notes = append(p.Notes, "disk "+key+" is smaller than the spec: growing disks is not automated yet")
 		}

@@ -60,7 +60,9 @@ func TestMake(t *testing.T) {
 		{"rename", base(), with(func(o *Observed) { o.Name = "old" }), []string{OpConfig}, map[string]any{"name": "web"}, 0},
 		{"extra disk is detached", base(), with(func(o *Observed) { o.Disks["scsi1"] = "local-lvm:vm-101-disk-1,size=8G" }), []string{OpDetach}, map[string]any{"disk": "scsi1"}, 0},
 		{"new disk is added", spec(func(s *Spec) { s.Disks["scsi1"] = "local-lvm:8" }), same, []string{OpConfig}, map[string]any{"scsi1": "local-lvm:8"}, 0},
-		{"smaller disk is a shrink", spec(func(s *Spec) { s.Disks["scsi0"] = "local-lvm:16" }), same, []string{OpShrink}, map[string]any{"disk": "scsi0", "size_gib": 16}, 0},
+		{"smaller disk is noted, not planned", spec(func(s *Spec) { s.Disks["scsi0"] = "local-lvm:16" }), same, nil, nil, 1},
+		{"the steps beside a smaller disk still run", spec(func(s *Spec) { s.Disks["scsi0"] = "local-lvm:16"; s.Cores = 4 }), with(func(o *Observed) { o.Status = "stopped" }),
+			[]string{OpConfig, OpStart}, map[string]any{"cores": 4}, 1},
 		{"larger disk is noted", spec(func(s *Spec) { s.Disks["scsi0"] = "local-lvm:64" }), same, nil, nil, 1},
 		{"kind mismatch is noted", spec(func(s *Spec) { s.Kind = LXC }), same, nil, nil, 1},
 	}
@@ -85,5 +87,24 @@ func TestMake(t *testing.T) {
 				t.Errorf("params = %v, want %v", p.Actions[0].Params, tt.wantParams)
 			}
 		})
+	}
+}
+
+// Runs recorded before a larger disk became a note replay the plans they
+// made: MakeWithShrink still plans the shrink.
+func TestMakeWithShrinkPlansTheShrinkAsRecorded(t *testing.T) {
+	s, err := Normalise(validSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Disks["scsi0"] = "local-lvm:16"
+	obs := Observed{Exists: true, Kind: QEMU, Status: "running", Name: "web", MemoryMiB: 2048, Cores: 2,
+		Disks: map[string]string{"scsi0": "local-lvm:vm-101-disk-0,size=32G"}, Tags: []string{"web", "prod"}}
+	p := MakeWithShrink(s, obs, verbClassifier)
+	if !reflect.DeepEqual(ops(p), []string{OpShrink}) || len(p.Notes) != 0 {
+		t.Fatalf("plan = %+v, want one disk.shrink and no note", p)
+	}
+	if want := map[string]any{"disk": "scsi0", "size_gib": 16}; !reflect.DeepEqual(p.Actions[0].Params, want) || !p.Actions[0].Destructive {
+		t.Errorf("action = %+v, want a destructive shrink with %v", p.Actions[0], want)
 	}
 }
