@@ -44,7 +44,9 @@ func (h *Host) ObserveGuest(ctx context.Context, in workflows.ObserveInput) (wor
 	}, nil
 }
 
-// ExecuteAction performs one planned action of a guest workflow.
+// ExecuteAction performs one planned action of a guest workflow. Guest
+// workflows recorded before the per-operation activities (steps.go) call it;
+// it stays registered so that they run on.
 func (h *Host) ExecuteAction(ctx context.Context, in workflows.ExecuteInput) (workflows.ExecuteResult, error) {
 	a := in.Action
 	if a.Host != h.Proxmox.HostID {
@@ -85,46 +87,26 @@ func (h *Host) ExecuteAction(ctx context.Context, in workflows.ExecuteInput) (wo
 	return taskOutcome(res, err)
 }
 
+// create runs ExecuteAction's guest.create through CreateGuest, from the
+// action's params as decoded from JSON.
 func (h *Host) create(ctx context.Context, vmid int, params map[string]any) (workflows.ExecuteResult, error) {
-	disks := map[string]string{}
+	in := workflows.CreateGuestInput{
+		GuestRef: workflows.GuestRef{Host: h.Proxmox.HostID, VMID: vmid},
+		Kind:     desired.Kind(param[string](params, "kind")), Name: param[string](params, "name"),
+		MemoryMiB: param[int](params, "memory"), Cores: param[int](params, "cores"),
+		OSTemplate: param[string](params, "ostemplate"), Scratch: param[bool](params, "scratch"),
+		Disks: map[string]string{}, Options: map[string]string{},
+	}
 	for k, v := range param[map[string]any](params, "disks") {
-		disks[k], _ = v.(string)
+		in.Disks[k], _ = v.(string)
 	}
-	options := map[string]string{}
 	for k, v := range param[map[string]any](params, "options") {
-		options[k], _ = v.(string)
+		in.Options[k], _ = v.(string)
 	}
-	var tags []string
 	if t := param[string](params, "tags"); t != "" {
-		tags = strings.Split(t, ";")
+		in.Tags = strings.Split(t, ";")
 	}
-	name := param[string](params, "name")
-	if name == "" {
-		// Proxmox names an unnamed guest itself; the activities want a name
-		// they can check a half-done create against.
-		name = "guest-" + strconv.Itoa(vmid)
-	}
-	memory, cores, scratch := param[int](params, "memory"), param[int](params, "cores"), param[bool](params, "scratch")
-	var (
-		res CreateResult
-		err error
-	)
-	switch desired.Kind(param[string](params, "kind")) {
-	case desired.QEMU:
-		res, err = h.Proxmox.CreateVM(ctx, CreateVMInput{
-			VMID: vmid, Name: name, MemoryMiB: memory, Cores: cores, Tags: tags, Disks: disks, Options: options, Scratch: scratch,
-		})
-	case desired.LXC:
-		rootfs := disks["rootfs"]
-		delete(disks, "rootfs")
-		res, err = h.Proxmox.CreateContainer(ctx, CreateContainerInput{
-			VMID: vmid, Hostname: name, OSTemplate: param[string](params, "ostemplate"), MemoryMiB: memory, Cores: cores,
-			RootFS: rootfs, Tags: tags, Mounts: disks, Options: options, Scratch: scratch,
-		})
-	default:
-		return workflows.ExecuteResult{}, temporal.NewNonRetryableApplicationError("create: kind must be qemu or lxc", ErrTypeBadRequest, nil)
-	}
-	return taskOutcome(res.TaskResult, err)
+	return h.CreateGuest(ctx, in)
 }
 
 // ListGuests lists every guest of the node in one Proxmox call.

@@ -12,11 +12,27 @@ func TaskQueue(host string) string { return "felhom-host-" + host }
 
 // Activity names the workflows call; package activities registers them.
 const (
-	ActivityObserveGuest  = "ObserveGuest"
+	ActivityObserveGuest = "ObserveGuest"
+	ActivityListGuests   = "ListGuests"
+	ActivityRunSignedJob = "RunSignedJob"
+
+	// One activity per operation, so that a workflow's history and the Web
+	// UI say what ran, and a replay notices a change in the operations or
+	// their order. Each takes its own input and returns an ExecuteResult.
+	ActivityCreateGuest   = "CreateGuest"
+	ActivityStartGuest    = "StartGuest"
+	ActivityShutdownGuest = "ShutdownGuest"
+	ActivitySetConfig     = "SetConfig"
+	ActivityDetachDisk    = "DetachDisk"
+	ActivityDestroyGuest  = "DestroyGuest"
+	ActivityRestoreBackup = "RestoreBackup"
+	ActivityWipeVolume    = "WipeVolume"
+
+	// ActivityExecuteAction performs any planned action (ExecuteInput); and
+	// ActivityWakeGuest wakes one guest workflow. Runs recorded before the
+	// per-operation activities call them, so the host keeps them.
 	ActivityExecuteAction = "ExecuteAction"
-	ActivityListGuests    = "ListGuests"
 	ActivityWakeGuest     = "WakeGuest"
-	ActivityRunSignedJob  = "RunSignedJob"
 )
 
 // ObserveInput asks for one guest's state.
@@ -53,6 +69,80 @@ type Approval struct {
 type ExecuteInput struct {
 	Action   desired.Action `json:"action"`
 	Approval *Approval      `json:"approval,omitempty"`
+}
+
+// GuestRef names the guest an operation acts on. The host refuses an
+// operation for another host.
+type GuestRef struct {
+	Host string `json:"host"`
+	VMID int    `json:"vmid"`
+}
+
+// CreateGuestInput creates a VM (kind qemu) or a container (kind lxc).
+type CreateGuestInput struct {
+	GuestRef
+	Kind      desired.Kind      `json:"kind"`
+	Name      string            `json:"name,omitempty"`
+	MemoryMiB int               `json:"memory_mib"`
+	Cores     int               `json:"cores"`
+	Tags      []string          `json:"tags,omitempty"`
+	Disks     map[string]string `json:"disks,omitempty"`
+	Options   map[string]string `json:"options,omitempty"`
+	// OSTemplate is a container's template volume.
+	OSTemplate string `json:"ostemplate,omitempty"`
+	// Scratch asks the host to record the new guest as holding no customer
+	// data.
+	Scratch bool `json:"scratch,omitempty"`
+}
+
+// ShutdownGuestInput shuts a guest down cleanly, and stops it when that
+// does not finish within TimeoutSeconds and ForceStop is set.
+type ShutdownGuestInput struct {
+	GuestRef
+	TimeoutSeconds int  `json:"timeout_seconds,omitempty"`
+	ForceStop      bool `json:"force_stop,omitempty"`
+}
+
+// SetConfigInput sets configuration keys of a guest. The host decides from
+// the guest's real configuration whether the change needs a signature.
+type SetConfigInput struct {
+	GuestRef
+	Set map[string]any `json:"set"`
+}
+
+// DetachDiskInput removes a disk from a guest's configuration: destructive,
+// it needs an approval of disk.detach.
+type DetachDiskInput struct {
+	GuestRef
+	Disk     string    `json:"disk"`
+	Approval *Approval `json:"approval,omitempty"`
+}
+
+// DestroyGuestInput destroys a guest. Without an approval the host runs it
+// only when its own ledger says the guest is the agent's to destroy.
+type DestroyGuestInput struct {
+	GuestRef
+	Kind     string    `json:"kind,omitempty"`
+	Approval *Approval `json:"approval,omitempty"`
+}
+
+// RestoreBackupInput restores a backup over an existing guest.
+type RestoreBackupInput struct {
+	GuestRef
+	Kind     string    `json:"kind,omitempty"`
+	Archive  string    `json:"archive"`
+	Storage  string    `json:"storage,omitempty"`
+	Approval *Approval `json:"approval,omitempty"`
+}
+
+// WipeVolumeInput frees a storage volume. Guest is the VMID the volume's
+// name belongs to, shown for the operator; the host reads it from the
+// volume itself.
+type WipeVolumeInput struct {
+	Host     string    `json:"host"`
+	Guest    string    `json:"guest,omitempty"`
+	Volume   string    `json:"volume"`
+	Approval *Approval `json:"approval,omitempty"`
 }
 
 // ExecuteResult reports a performed action.
