@@ -303,7 +303,7 @@ func (a *Proxmox) waitCreateLock(ctx context.Context, vmid int, kind string) (Gu
 		if err != nil || !g.Exists || g.Lock != "create" {
 			return g, err
 		}
-		activity.RecordHeartbeat(ctx, Progress{Phase: "create-lock"})
+		recordProgress(ctx, Progress{Phase: "create-lock"})
 		select {
 		case <-ctx.Done():
 			return Guest{}, ctx.Err()

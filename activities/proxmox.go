@@ -175,7 +175,7 @@ func (a *Proxmox) launch(ctx context.Context, phase, method, path string, params
 		return "", err
 	}
 	if upid != "" {
-		activity.RecordHeartbeat(ctx, Progress{Phase: phase, UPID: upid})
+		recordProgress(ctx, Progress{Phase: phase, UPID: upid})
 	}
 	a.log().Info("proxmox request sent", "phase", phase, "method", method, "path", path, "upid", upid)
 	return upid, nil
@@ -216,7 +216,7 @@ func (a *Proxmox) wait(ctx context.Context, phase, upid string) (TaskResult, err
 		if st == nil {
 			return TaskResult{}, malformed("status of task %s is null", upid)
 		}
-		activity.RecordHeartbeat(ctx, Progress{Phase: phase, UPID: upid})
+		recordProgress(ctx, Progress{Phase: phase, UPID: upid})
 		if st.Status != "running" && st.Status != "" {
 			if !taskSucceeded(st.ExitStatus) {
 				return TaskResult{}, &TaskError{UPID: upid, ExitStatus: st.ExitStatus}
@@ -299,7 +299,7 @@ func (a *Proxmox) runGuestTask(ctx context.Context, phase, typ string, vmid int,
 	if upid == "" {
 		return a.runTask(ctx, phase, method, path, params)
 	}
-	activity.RecordHeartbeat(ctx, Progress{Phase: phase, UPID: upid})
+	recordProgress(ctx, Progress{Phase: phase, UPID: upid})
 	a.log().Info("adopting proxmox task already under way", "phase", phase, "upid", upid)
 	res, err := a.wait(ctx, phase, upid)
 	res.Resumed = err == nil

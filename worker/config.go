@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/workflows"
 )
 
 // Config is the agent's configuration: a YAML file, then FELHOM_* environment
@@ -42,6 +43,9 @@ type Config struct {
 	// stop after SIGINT/SIGTERM before the worker gives up on them; Temporal
 	// then retries them elsewhere or after restart.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// MaxConcurrentActivities bounds the activities this worker runs at once;
+	// the rest wait in Temporal's task queue.
+	MaxConcurrentActivities int `yaml:"max_concurrent_activities"`
 }
 
 // TemporalConfig says how to reach the Temporal cluster.
@@ -81,8 +85,14 @@ type ProxmoxConfig struct {
 	Insecure        bool   `yaml:"insecure_skip_verify"`
 	// InsecureHTTP accepts an http:// URL to a host that is not loopback.
 	// Without it, only loopback (e.g. the simulator) may be plain http.
-	InsecureHTTP bool          `yaml:"insecure_http"`
-	Timeout      time.Duration `yaml:"timeout"`
+	InsecureHTTP bool `yaml:"insecure_http"`
+	// Timeout bounds one request, counted once it is sent; at most half of
+	// workflows.HeartbeatTimeout, since an activity heartbeats between
+	// requests.
+	Timeout time.Duration `yaml:"timeout"`
+	// MaxConcurrentRequests bounds the requests in flight to the Proxmox API
+	// at once; the others wait their turn.
+	MaxConcurrentRequests int `yaml:"max_concurrent_requests"`
 }
 
 // SignersConfig pins the operators' public keys, one OpenSSH
@@ -113,7 +123,7 @@ type LogConfig struct {
 func Defaults() Config {
 	return Config{
 		Temporal:           TemporalConfig{Address: "127.0.0.1:7233", Namespace: "default"},
-		Proxmox:            ProxmoxConfig{Timeout: 30 * time.Second},
+		Proxmox:            ProxmoxConfig{Timeout: 30 * time.Second, MaxConcurrentRequests: DefaultMaxConcurrentRequests},
 		Signers:            SignersConfig{MaxValidity: gate.DefaultMaxValidity},
 		NonceStore:         "/var/lib/felhom-agent/nonces.log",
 		PinnedSigners:      "/var/lib/felhom-agent/signers.json",
@@ -122,8 +132,17 @@ func Defaults() Config {
 		Log:                LogConfig{Level: "info", Format: "json"},
 		ShutdownTimeout:    30 * time.Second,
 		DriftCheckInterval: time.Minute,
+
+		MaxConcurrentActivities: DefaultMaxConcurrentActivities,
 	}
 }
+
+// Defaults of the load bounds. After a day down every guest's resync is due
+// at once; these keep that from reaching Proxmox as one burst.
+const (
+	DefaultMaxConcurrentActivities = 16
+	DefaultMaxConcurrentRequests   = 4
+)
 
 // LoadConfig reads path (if not empty) over the defaults, applies the
 // environment and validates the result.
@@ -234,6 +253,12 @@ func setField(f reflect.Value, v string) error {
 		f.SetInt(int64(d))
 	case f.Kind() == reflect.String:
 		f.SetString(v)
+	case f.Kind() == reflect.Int:
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number", v)
+		}
+		f.SetInt(int64(n))
 	case f.Kind() == reflect.Bool:
 		b, err := strconv.ParseBool(v)
 		if err != nil {
@@ -331,6 +356,9 @@ func (c *Config) Validate() error {
 	if c.ShutdownTimeout <= 0 {
 		bad("shutdown_timeout", "must be positive, got %s", c.ShutdownTimeout)
 	}
+	if c.MaxConcurrentActivities < 1 {
+		bad("max_concurrent_activities", "must be at least 1, got %d", c.MaxConcurrentActivities)
+	}
 	return errors.Join(errs...)
 }
 
@@ -384,6 +412,13 @@ func (c *Config) validateProxmox() []error {
 	}
 	if p.Timeout <= 0 {
 		bad("proxmox.timeout", "must be positive, got %s", p.Timeout)
+	}
+	if limit := workflows.HeartbeatTimeout / 2; p.Timeout > limit {
+		bad("proxmox.timeout", "%s is more than %s, half of the activities' heartbeat timeout (%s): a request that long would leave "+
+			"Temporal without a heartbeat and start the step's next attempt beside it", p.Timeout, limit, workflows.HeartbeatTimeout)
+	}
+	if p.MaxConcurrentRequests < 1 {
+		bad("proxmox.max_concurrent_requests", "must be at least 1, got %d", p.MaxConcurrentRequests)
 	}
 	return errs
 }

@@ -69,6 +69,19 @@ func TestLoadConfigFileThenEnvironment(t *testing.T) {
 	if cfg.Metrics.Address != "127.0.0.1:9464" || cfg.ShutdownTimeout != 30*time.Second {
 		t.Errorf("defaults not applied: %+v", cfg)
 	}
+	if cfg.MaxConcurrentActivities != 16 || cfg.Proxmox.MaxConcurrentRequests != 4 {
+		t.Errorf("load bounds %d activities, %d requests; want the defaults 16 and 4", cfg.MaxConcurrentActivities, cfg.Proxmox.MaxConcurrentRequests)
+	}
+}
+
+func TestLoadBoundsFromFileAndEnvironment(t *testing.T) {
+	cfg, err := LoadConfig(writeFile(t, "agent.yaml", validYAML+"max_concurrent_activities: 8\n"), []string{"FELHOM_PROXMOX_MAX_CONCURRENT_REQUESTS=2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MaxConcurrentActivities != 8 || cfg.Proxmox.MaxConcurrentRequests != 2 {
+		t.Errorf("load bounds %d activities, %d requests; want 8 and 2", cfg.MaxConcurrentActivities, cfg.Proxmox.MaxConcurrentRequests)
+	}
 }
 
 func TestLoadConfigRejects(t *testing.T) {
@@ -98,6 +111,10 @@ func TestLoadConfigRejects(t *testing.T) {
 		{"max validity over seven days", validYAML, []string{"FELHOM_SIGNERS_MAX_VALIDITY=169h"}, "signers.max_validity: 169h0m0s is outside (0, 168h0m0s]"},
 		{"max validity zero", validYAML, []string{"FELHOM_SIGNERS_MAX_VALIDITY=0s"}, "signers.max_validity: 0s is outside"},
 		{"max validity negative", validYAML, []string{"FELHOM_SIGNERS_MAX_VALIDITY=-1h"}, "signers.max_validity: -1h0m0s is outside"},
+		{"proxmox timeout over half the heartbeat timeout", validYAML, []string{"FELHOM_PROXMOX_TIMEOUT=31s"}, "proxmox.timeout: 31s is more than 30s, half of the activities' heartbeat timeout (1m0s)"},
+		{"no proxmox request slot", validYAML, []string{"FELHOM_PROXMOX_MAX_CONCURRENT_REQUESTS=0"}, "proxmox.max_concurrent_requests: must be at least 1, got 0"},
+		{"no activity slot", validYAML + "max_concurrent_activities: 0\n", nil, "max_concurrent_activities: must be at least 1, got 0"},
+		{"bad number", validYAML, []string{"FELHOM_MAX_CONCURRENT_ACTIVITIES=many"}, `FELHOM_MAX_CONCURRENT_ACTIVITIES: "many" is not a whole number`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -194,6 +211,7 @@ func TestEnvKeysNameEveryLeafField(t *testing.T) {
 		"FELHOM_TEMPORAL_API_KEY_FILE", "FELHOM_PROXMOX_TOKEN_SECRET_FILE",
 		"FELHOM_SIGNERS_OPERATIONAL", "FELHOM_NONCE_STORE", "FELHOM_PROVENANCE_LEDGER",
 		"FELHOM_METRICS_ADDRESS", "FELHOM_LOG_LEVEL", "FELHOM_SHUTDOWN_TIMEOUT",
+		"FELHOM_MAX_CONCURRENT_ACTIVITIES", "FELHOM_PROXMOX_MAX_CONCURRENT_REQUESTS",
 	} {
 		if !slices.Contains(keys, want) {
 			t.Errorf("EnvKeys lacks %s", want)

@@ -15,6 +15,7 @@ import (
 
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/interceptor"
 	sdkworker "go.temporal.io/sdk/worker"
 
 	"github.com/felhom/felhom-agent/activities"
@@ -70,8 +71,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) err
 
 	queue := workflows.TaskQueue(cfg.HostID)
 	w := sdkworker.New(c, queue, sdkworker.Options{
-		Identity:          fmt.Sprintf("felhom-agent/%s/%d", cfg.HostID, os.Getpid()),
-		WorkerStopTimeout: cfg.ShutdownTimeout,
+		Identity:                           fmt.Sprintf("felhom-agent/%s/%d", cfg.HostID, os.Getpid()),
+		WorkerStopTimeout:                  cfg.ShutdownTimeout,
+		MaxConcurrentActivityExecutionSize: cfg.MaxConcurrentActivities,
+		Interceptors:                       []interceptor.WorkerInterceptor{activities.HeartbeatInterceptor()},
 	})
 	Register(w, host.Activities(c))
 	if err := w.Start(); err != nil {
@@ -149,7 +152,7 @@ func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.C
 		URL: cfg.Proxmox.URL, TokenID: cfg.Proxmox.TokenID,
 		TokenSecret: cfg.Proxmox.TokenSecret, TokenSecretFile: cfg.Proxmox.TokenSecretFile,
 		CAFile: cfg.Proxmox.CAFile, RootCAs: rootCAs, InsecureSkipVerify: cfg.Proxmox.Insecure,
-		Timeout: cfg.Proxmox.Timeout,
+		Timeout: cfg.Proxmox.Timeout, MaxConcurrent: cfg.Proxmox.MaxConcurrentRequests, KeepAlive: activities.KeepAlive,
 	})
 	if err != nil {
 		return nil, err

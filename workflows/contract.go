@@ -35,6 +35,13 @@ const (
 	ActivityWakeGuest     = "WakeGuest"
 )
 
+// HeartbeatTimeout is the heartbeat timeout of every activity that talks to
+// Proxmox for longer than one read. An attempt heartbeats before each
+// Proxmox request, so the Proxmox client's timeout must stay well below it
+// (the worker's configuration refuses more than half of it): otherwise a
+// slow answer makes Temporal start the next attempt beside the running one.
+const HeartbeatTimeout = time.Minute
+
 // ObserveInput asks for one guest's state.
 type ObserveInput struct {
 	VMID int `json:"vmid"`

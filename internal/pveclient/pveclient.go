@@ -15,6 +15,11 @@
 //     501 into errors; a 595/596 or 502 with an empty body otherwise surfaces
 //     as "unexpected end of JSON input", or as no error at all for calls
 //     without a result target.
+//
+// It can also bound the requests in flight to the host (MaxConcurrent): a
+// request waits for a free slot, its Timeout counting from when it has one,
+// and KeepAlive is called before each request and while one waits, so that
+// the activity issuing it can heartbeat.
 package pveclient
 
 import (
@@ -60,9 +65,20 @@ type Config struct {
 	// InsecureSkipVerify turns certificate verification off; it has to be
 	// asked for explicitly and cannot be combined with a CA.
 	InsecureSkipVerify bool
-	// Timeout bounds each HTTP request (DefaultTimeout when zero).
+	// Timeout bounds each HTTP request (DefaultTimeout when zero), from the
+	// moment it has a slot until its answer is read.
 	Timeout time.Duration
+	// MaxConcurrent bounds the requests in flight at once; zero or less is
+	// no bound. A request beyond it waits for a slot, or for its context.
+	MaxConcurrent int
+	// KeepAlive, when set, is called with a request's context just before the
+	// request is sent and every KeepAliveInterval while it waits for a slot.
+	KeepAlive func(ctx context.Context)
 }
+
+// KeepAliveInterval is how often KeepAlive is called for a request waiting
+// for a slot.
+const KeepAliveInterval = 10 * time.Second
 
 // ErrConfig wraps every configuration problem New reports.
 var ErrConfig = errors.New("proxmox config")
@@ -110,8 +126,9 @@ func New(cfg Config) (*proxmox.Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tlsConf
 	hc := &http.Client{
-		Transport: &statusTransport{base: tr},
-		Timeout:   timeout,
+		// The timeout is the limiter's, not http.Client's: a request waiting
+		// for a slot has not started yet.
+		Transport: newLimitTransport(&statusTransport{base: tr}, cfg.MaxConcurrent, timeout, cfg.KeepAlive),
 		// The API never redirects; following one would re-send the token.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
