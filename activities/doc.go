@@ -26,11 +26,14 @@
 // on that one instead of posting. A config change or volume wipe only waits
 // for such a task and then looks again, since it may be somebody else's.
 //
-// The SDK sends the first heartbeat of an attempt at once and batches later
-// ones; the UPID heartbeat of a second task in one attempt (destroy after its
-// stop, stop after a failed shutdown) can therefore lag, and a crash in that
-// lag is covered by the state check and task-list lookup above. Set the
-// activity's HeartbeatTimeout to several PollIntervals.
+// Every attempt heartbeats as it starts, repeating the previous attempt's
+// Progress, and before each Proxmox request (HeartbeatInterceptor,
+// KeepAlive). The SDK sends the first heartbeat of an attempt at once and
+// batches later ones, so the UPID heartbeat reaches the server within the
+// worker's heartbeat throttle (two seconds, worker.HeartbeatThrottle); a
+// crash in that lag is covered by the state check and task-list lookup
+// above. Set the activity's HeartbeatTimeout to several PollIntervals, and
+// well above the Proxmox client's timeout.
 //
 // Creates keep the host's provenance ledger in step (see Proxmox.create for
 // the state-by-state reasoning): the create writes a random instance marker

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -46,7 +47,7 @@ func TestWorkerKilledMidMutationResumesWithoutSecondPost(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	time.Sleep(300 * time.Millisecond) // past the heartbeat that records the UPID
+	waitRecordedTask(t, c, workflows.GuestWorkflowID(host, 101))
 	first.kill(t)
 	if g, _ := sim.Guest(101); g.Status == "running" {
 		t.Fatal("the start task finished before the worker was killed: the test proves nothing")
@@ -95,7 +96,7 @@ func TestWorkerStoppedGracefullyMidMutationLosesNothing(t *testing.T) {
 	}, workflows.GuestReconcileWorkflow, workflows.GuestInput{Host: host, VMID: 102, Desired: &spec})
 	must(t, err)
 	waitFor(t, "the start to be POSTed", func() bool { return countRequests(sim, "POST", "/qemu/102/status/start") > 0 })
-	time.Sleep(300 * time.Millisecond)
+	waitRecordedTask(t, c, workflows.GuestWorkflowID(host, 102))
 
 	stopped := time.Now()
 	if err := first.terminate(t); err != nil {
@@ -117,4 +118,24 @@ func TestWorkerStoppedGracefullyMidMutationLosesNothing(t *testing.T) {
 	if g, _ := sim.Guest(102); g.Status != "running" {
 		t.Errorf("guest status = %s, want running", g.Status)
 	}
+}
+
+// waitRecordedTask waits until the server holds, as heartbeat details of
+// one of the workflow's running activities, the UPID of a Proxmox task.
+func waitRecordedTask(t *testing.T, c client.Client, workflowID string) {
+	t.Helper()
+	waitFor(t, "the UPID heartbeat to reach the server", func() bool {
+		desc, err := c.DescribeWorkflowExecution(context.Background(), workflowID, "")
+		if err != nil {
+			return false
+		}
+		for _, pa := range desc.GetPendingActivities() {
+			for _, p := range pa.GetHeartbeatDetails().GetPayloads() {
+				if strings.Contains(string(p.GetData()), `"upid":"UPID:`) {
+					return true
+				}
+			}
+		}
+		return false
+	})
 }

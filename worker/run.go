@@ -75,6 +75,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) err
 		WorkerStopTimeout:                  cfg.ShutdownTimeout,
 		MaxConcurrentActivityExecutionSize: cfg.MaxConcurrentActivities,
 		Interceptors:                       []interceptor.WorkerInterceptor{activities.HeartbeatInterceptor()},
+		// Every attempt heartbeats as it starts, so the heartbeat that
+		// records a Proxmox task's UPID is always a batched one: it reaches
+		// the server within this, not within most of the heartbeat timeout.
+		MaxHeartbeatThrottleInterval: HeartbeatThrottle,
 	})
 	Register(w, host.Activities(c))
 	if err := w.Start(); err != nil {
@@ -93,6 +97,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) err
 	log.Info("stopping worker", "grace", cfg.ShutdownTimeout)
 	return nil
 }
+
+// HeartbeatThrottle is the longest a heartbeat waits in the SDK's batch
+// before it is sent: how long after a Proxmox request its UPID may still be
+// unknown to the server, should the worker die.
+const HeartbeatThrottle = 2 * time.Second
 
 // Register registers every workflow and activity of the agent on w.
 func Register(w sdkworker.Registry, acts *activities.Host) {
