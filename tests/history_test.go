@@ -16,22 +16,29 @@ import (
 	"github.com/felhom/felhom-agent/workflows"
 )
 
-// -record rewrites tests/testdata/histories from the end-to-end tests:
+// -record writes the histories of tests/testdata/histories that do not
+// exist yet, from the end-to-end tests:
 //
 //	go test ./tests -record
 //
-// Only do that for a workflow change that running workflows may never see
-// (a new workflow type, or one guarded by workflow.GetVersion); the recorded
-// histories are how a deploy is proven not to break workflows in flight.
-var record = flag.Bool("record", false, "rewrite the recorded workflow histories in testdata/histories")
+// A recorded history is never rewritten: it stands for the workflows that
+// ran that code and may still be running, and a deploy must keep replaying
+// it. A change guarded by workflow.GetVersion records its new paths under
+// new names, beside the old ones.
+var record = flag.Bool("record", false, "write the missing recorded workflow histories in testdata/histories")
 
 const historiesDir = "testdata/histories"
 
 // recordHistory saves the history of a workflow run under name when -record
-// is given. runID "" is the latest run.
+// is given and no history of that name exists. runID "" is the latest run.
 func recordHistory(t *testing.T, c client.Client, workflowID, runID, name string) {
 	t.Helper()
 	if !*record {
+		return
+	}
+	path := filepath.Join(historiesDir, name+".json")
+	if _, err := os.Stat(path); err == nil {
+		t.Logf("kept %s: a recorded history is never rewritten", path)
 		return
 	}
 	hist := &historypb.History{}
@@ -48,7 +55,7 @@ func recordHistory(t *testing.T, c client.Client, workflowID, runID, name string
 		t.Fatal(err)
 	}
 	must(t, os.MkdirAll(historiesDir, 0o755))
-	must(t, os.WriteFile(filepath.Join(historiesDir, name+".json"), data, 0o644))
+	must(t, os.WriteFile(path, data, 0o644))
 	t.Logf("recorded %s (%d events)", name, len(hist.Events))
 }
 
@@ -57,7 +64,19 @@ func recordHistory(t *testing.T, c client.Client, workflowID, runID, name string
 func TestRecordedHistoriesReplay(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join(historiesDir, "*.json"))
 	must(t, err)
-	want := []string{"benign-converge", "benign-converge-announced", "destroy-approved", "rejected-approvals", "compensation", "continue-as-new", "host-drift", "signed-job"}
+	want := []string{
+		// The guest workflow's state machine, the host workflow's pass loop and
+		// the signed job that ran on its own, as first recorded ...
+		"benign-converge", "benign-converge-announced", "destroy-approved", "rejected-approvals", "compensation",
+		"continue-as-new", "host-drift", "signed-job",
+		// ... and their other branches: a fired resync timer, set-desired,
+		// approve and reconcile signals, a refused desired state, a superseded
+		// wait, a conflict, both sides of failure-keeps-wakeup with a fired
+		// retry timer, a host continue-as-new, a refused job.
+		"legacy-guest-signals", "legacy-guest-superseded", "legacy-guest-conflict",
+		"legacy-guest-failure-wakeup", "legacy-guest-failure-drops-wakeup",
+		"legacy-host-continue-as-new", "legacy-job-rejected",
+	}
 	have := map[string]bool{}
 	for _, f := range files {
 		have[strings.TrimSuffix(filepath.Base(f), ".json")] = true
