@@ -46,7 +46,5 @@ func TestGuestWorkflowReadsAndStartsAGuest(t *testing.T) {
 	if len(st.Recent) != 1 || st.Recent[0].Action.Op != desired.OpStart || st.Recent[0].Result != "done" {
 		t.Errorf("recent actions = %+v, want one done guest.start", st.Recent)
 	}
-	// benign-converge.json was recorded before the desired state in the input
-	// was announced to the host workflow; this one after (a GetVersion marker).
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 101), "", "benign-converge-announced")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 101), "", "guest-loop-converge")
 }

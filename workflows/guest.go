@@ -9,8 +9,10 @@
 // histories written by older code. Any change that could alter the commands
 // a history holds (activities, timers, signals sent, search attributes,
 // their order) is guarded with workflow.GetVersion, keeping the old path for
-// old histories; see "announce-input-desired-state" in GuestReconcileWorkflow.
-// tests/testdata/histories holds recorded histories of the main paths, and
+// old histories. Each workflow starts with one such guard, whose
+// DefaultVersion branch is the whole earlier workflow, kept as it was
+// (guest_legacy.go, host_legacy.go, job.go). tests/testdata/histories holds
+// recorded histories of every branch, old and new, and
 // TestRecordedHistoriesReplay replays them against the current code.
 package workflows
 
@@ -23,133 +25,69 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
-	"github.com/felhom/felhom-agent/gate"
 	"github.com/felhom/felhom-agent/internal/visibility"
 	"github.com/felhom/felhom-agent/workflows/desired"
 )
 
-// Names of the guest workflow's messages.
+// versionGuestLoop guards the linear loop below; runs recorded before it
+// replay legacyGuestReconcile.
+const versionGuestLoop = "guest-linear-loop"
+
+// GuestReconcileWorkflow keeps one guest at its desired state, one pass at a
+// time:
+//
+//	wait for work → observe → plan → for each action: await an approval if
+//	it is destructive, then run it → continue as new when the history is long
+//
+// Work is a new desired state, a wake-up, the resync or retry time, or a
+// signed job for this guest. The wait, and the wait for an approval, also
+// end when the run should continue as new, which carries the desired state,
+// the generation, the recent actions and a pending action to the next run.
+// A cancellation ends the workflow where it is: nothing is rolled back.
+func GuestReconcileWorkflow(ctx workflow.Context, in GuestInput) error {
+	if workflow.GetVersion(ctx, versionGuestLoop, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		return legacyGuestReconcile(ctx, in)
+	}
+	g, err := startGuest(ctx, in)
+	if err != nil {
+		return err
+	}
+	for {
+		work, err := g.waitForWork(ctx)
+		if err != nil {
+			return err
+		}
+		switch work {
+		case workContinueAsNew:
+			return g.continueAsNew(ctx)
+		case workPass:
+			err = g.reconcile(ctx)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// work is what ends a wait for work.
+type work int
+
 const (
-	// UpdateSetDesired and SignalSetDesired carry a desired.Spec. The Update
-	// answers with the accepted generation or the validation error; the
-	// Signal is for Signal-With-Start by the hub.
-	UpdateSetDesired = "set-desired"
-	SignalSetDesired = "set-desired"
-	// SignalApprove and UpdateApprove carry an Approval for the pending
-	// destructive action. The Update answers with the host's verdict.
-	SignalApprove = "approve"
-	UpdateApprove = "approve"
-	// SignalReconcile asks the workflow to re-read its guest now.
-	SignalReconcile = "reconcile"
-	// QueryStatus returns a GuestStatus; QueryPending the PendingAction or nil.
-	QueryStatus  = "status"
-	QueryPending = "pending"
+	workPass work = iota
+	workContinueAsNew
 )
 
-// Phases of a guest workflow, as shown in FelhomPhase.
-const (
-	PhaseWaiting    = "waiting_for_desired_state"
-	PhaseConverging = "converging"
-	PhaseConverged  = "converged"
-	PhasePending    = "pending_signature"
-	PhaseFailed     = "failed"
-	PhaseConflict   = "conflict"
+// Why a wait for an approval ended without one.
+var (
+	errSuperseded    = errors.New("the desired state changed")
+	errContinueAsNew = errors.New("the run continues as new")
 )
 
-// GuestWorkflowID is the ID of the workflow that owns one guest: Temporal
-// runs at most one execution per ID, which serialises every mutation of
-// the guest.
-func GuestWorkflowID(host string, vmid int) string {
-	return "guest/" + host + "/" + strconv.Itoa(vmid)
-}
-
-// GuestInput starts (or continues) a guest workflow.
-type GuestInput struct {
-	Host string `json:"host"`
-	VMID int    `json:"vmid"`
-	// Desired may be empty at start; it then arrives by Update or Signal.
-	Desired *desired.Spec `json:"desired,omitempty"`
-	// Carried over by continue-as-new.
-	Generation int            `json:"generation,omitempty"`
-	Recent     []ActionRecord `json:"recent,omitempty"`
-	// ResyncEvery is how often a converged guest is read again on its own;
-	// the host workflow wakes drifted guests sooner. Zero means one hour.
-	ResyncEvery time.Duration `json:"resync_every,omitempty"`
-	// MaxHistoryEvents bounds a run's history before it continues as new.
-	// Zero means 2000.
-	MaxHistoryEvents int `json:"max_history_events,omitempty"`
-}
-
-// ActionRecord is one performed or refused action, newest last.
-type ActionRecord struct {
-	Action desired.Action `json:"action"`
-	Result string         `json:"result"` // done | failed | rejected | compensated
-	Detail string         `json:"detail,omitempty"`
-	At     time.Time      `json:"at"`
-}
-
-// PendingAction is a destructive action waiting for a signature, with the
-// op an operator signs: fill in nonce, not_before, expires_at and key_id,
-// canonicalise, sign.
-type PendingAction struct {
-	Action     desired.Action `json:"action"`
-	OpTemplate OpTemplate     `json:"op_template"`
-	Since      time.Time      `json:"since"`
-	// LastRejection is the code of the last refused approval, if any.
-	LastRejection string `json:"last_rejection,omitempty"`
-}
-
-// OpTemplate is the unsigned part of the op blob that authorises Action.
-type OpTemplate struct {
-	Op      string         `json:"op"`
-	HostID  string         `json:"host_id"`
-	GuestID string         `json:"guest_id"`
-	Params  map[string]any `json:"params"`
-}
-
-// GuestStatus is what the status query returns.
-type GuestStatus struct {
-	Host       string            `json:"host"`
-	VMID       int               `json:"vmid"`
-	Phase      string            `json:"phase"`
-	Generation int               `json:"generation"`
-	Desired    *desired.Spec     `json:"desired,omitempty"`
-	Observed   *desired.Observed `json:"observed,omitempty"`
-	Plan       *desired.Plan     `json:"plan,omitempty"`
-	Pending    *PendingAction    `json:"pending,omitempty"`
-	// Provenance is what the host's ledger said at the last read; shown for
-	// planning, never trusted by the host.
-	Provenance *Provenance    `json:"provenance,omitempty"`
-	LastError  string         `json:"last_error,omitempty"`
-	Recent     []ActionRecord `json:"recent,omitempty"`
-}
-
-// ApprovalVerdict answers UpdateApprove.
-type ApprovalVerdict struct {
-	Accepted bool   `json:"accepted"`
-	Code     string `json:"code,omitempty"` // gate rejection code when refused
-	Detail   string `json:"detail,omitempty"`
-}
-
-// SetDesiredResult answers UpdateSetDesired.
-type SetDesiredResult struct {
-	Generation int `json:"generation"`
-}
-
-const recentLimit = 20
-
-type approvalRequest struct {
-	approval Approval
-	// reply is set for an Update, which waits for the verdict.
-	reply *ApprovalVerdict
-	done  bool
-}
-
-type guestState struct {
+// guest is the state of one guest workflow run.
+type guest struct {
 	in         GuestInput
 	spec       *desired.Spec
 	generation int
-	dirty      bool
 	phase      string
 	observed   *desired.Observed
 	provenance *Provenance
@@ -157,85 +95,344 @@ type guestState struct {
 	pending    *PendingAction
 	lastErr    string
 	recent     []ActionRecord
-	approvals  []*approvalRequest
-	// unconverged counts passes in a row that had actions to run.
+	approvals  approvalQueue
+	signals    guestSignals
+	// readAgain asks for a pass as soon as possible: a new desired state, a
+	// wake-up, or a pass that acted and must confirm what it did.
+	readAgain bool
+	// nextPass is when the guest is read again on its own: the resync time
+	// after a pass, the retry time after a failure.
+	nextPass time.Time
+	// unconverged counts passes in a row that ran their whole plan; a pass
+	// that finds nothing to do resets it.
 	unconverged int
+	published   string // what publish last made visible
 }
 
-const maxUnconvergedPasses = 5
+// guestSignals are the channels of the signals a guest workflow takes.
+type guestSignals struct {
+	desired, approve, reconcile workflow.ReceiveChannel
+}
 
-// GuestReconcileWorkflow keeps one guest at its desired state: it reads the
-// guest, plans, runs benign actions, and holds each destructive action until
-// an operator's signature arrives that the host accepts.
-func GuestReconcileWorkflow(ctx workflow.Context, in GuestInput) error {
-	if in.ResyncEvery == 0 {
-		in.ResyncEvery = time.Hour
-	}
-	if in.MaxHistoryEvents == 0 {
-		in.MaxHistoryEvents = 2000
-	}
-	s := &guestState{in: in, generation: in.Generation, recent: in.Recent, phase: PhaseWaiting}
+// startGuest builds the run's state from its input, registers the message
+// handlers and makes the state visible.
+func startGuest(ctx workflow.Context, in GuestInput) (*guest, error) {
+	in = in.withDefaults()
+	g := &guest{in: in, generation: in.Generation, recent: in.Recent, phase: PhaseWaiting}
 	if in.Desired != nil {
 		spec, err := checkSpec(in, *in.Desired)
 		if err != nil {
-			return temporal.NewNonRetryableApplicationError("invalid desired state in workflow input: "+err.Error(), ErrTypeInvalidSpec, err)
+			return nil, temporal.NewNonRetryableApplicationError("invalid desired state in workflow input: "+err.Error(), ErrTypeInvalidSpec, err)
 		}
-		s.spec, s.dirty = &spec, true
-		if s.generation == 0 {
-			s.generation = 1
+		g.spec, g.readAgain = &spec, true
+		if g.generation == 0 {
+			g.generation = 1
 		}
 	}
-	if err := s.registerHandlers(ctx); err != nil {
+	if c := in.Carry; c != nil {
+		g.phase, g.lastErr, g.pending = c.Phase, c.LastError, c.Pending
+		g.readAgain, g.nextPass, g.unconverged = c.ReadAgain, c.NextPass, c.Unconverged
+	}
+	g.signals = guestSignals{
+		desired:   workflow.GetSignalChannel(ctx, SignalSetDesired),
+		approve:   workflow.GetSignalChannel(ctx, SignalApprove),
+		reconcile: workflow.GetSignalChannel(ctx, SignalReconcile),
+	}
+	if err := g.registerHandlers(ctx); err != nil {
+		return nil, err
+	}
+	g.publish(ctx)
+	if g.spec != nil {
+		// The host workflow may have started after this guest's desired
+		// state was last announced, or lost it.
+		g.announce(ctx)
+	}
+	return g, nil
+}
+
+// waitForWork blocks until there is something to do, and says what.
+func (g *guest) waitForWork(ctx workflow.Context) (work, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		g.takeSignals(ctx)
+		switch {
+		case g.shouldContinueAsNew(ctx):
+			return workContinueAsNew, nil
+		case g.spec != nil && (g.readAgain || !workflow.Now(ctx).Before(g.nextPass)):
+			g.readAgain = false
+			return workPass, nil
+		}
+		woken := func() bool {
+			return g.signals.waiting() || (g.spec != nil && g.readAgain) || g.shouldContinueAsNew(ctx)
+		}
+		var err error
+		if g.spec == nil {
+			err = workflow.Await(ctx, woken)
+		} else {
+			_, err = workflow.AwaitWithTimeout(ctx, g.nextPass.Sub(workflow.Now(ctx)), woken)
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+}
+
+// reconcile is one pass: read the guest, plan, and take each action of the
+// plan in turn. It returns an error only when the workflow was cancelled.
+func (g *guest) reconcile(ctx workflow.Context) error {
+	gen := g.generation
+	g.nextPass = workflow.Now(ctx).Add(g.in.ResyncEvery)
+	obs, err := g.observe(ctx)
+	if err != nil {
+		return g.fail(ctx, "read guest: "+err.Error())
+	}
+	plan := g.makePlan(ctx, obs)
+	if plan.Empty() {
+		g.settle(ctx, plan)
+		return nil
+	}
+	if g.unconverged >= maxUnconvergedPasses {
+		// Each of these passes ran its whole plan, and the plan keeps coming
+		// back: Proxmox does not take what is asked, and looping would only
+		// hammer it.
+		g.unconverged = 0
+		return g.fail(ctx, fmt.Sprintf("guest does not converge: %d passes in a row ran their plan and still planned %s", maxUnconvergedPasses, plan.Actions[0].Op))
+	}
+	g.setPhase(ctx, PhaseConverging)
+	created := false
+	for _, action := range plan.Actions {
+		if g.generation != gen {
+			g.readAgain = true // plan again for the new desired state
+			return nil
+		}
+		res, err := g.take(ctx, action, gen)
+		switch {
+		case errors.Is(err, errSuperseded), errors.Is(err, errContinueAsNew):
+			g.readAgain = true
+			return nil
+		case err != nil && ctx.Err() != nil:
+			return ctx.Err() // cancelled: leave the guest as it is
+		case err != nil:
+			g.record(ctx, action, "failed", err.Error())
+			if created {
+				g.compensate(ctx, action)
+			}
+			return g.fail(ctx, action.Op+": "+err.Error())
+		}
+		g.record(ctx, action, "done", res.Detail)
+		created = created || action.Op == desired.OpCreate
+	}
+	g.unconverged++
+	g.readAgain = true // the next pass confirms convergence or plans the rest
+	return nil
+}
+
+// take runs one action of the plan; a destructive one waits for an
+// approval the host accepts first.
+func (g *guest) take(ctx workflow.Context, action desired.Action, gen int) (ExecuteResult, error) {
+	if !action.Destructive {
+		return g.run(ctx, action, nil)
+	}
+	g.holdForSignature(ctx, action)
+	for {
+		req, err := g.awaitApproval(ctx, gen)
+		if err != nil {
+			g.endHold(ctx, err)
+			return ExecuteResult{}, err
+		}
+		res, err := g.run(ctx, action, &req.approval)
+		if code, detail := rejection(err); code != "" {
+			// The host refused this approval; the action keeps waiting.
+			req.answer(ApprovalVerdict{Code: code, Detail: detail})
+			g.record(ctx, action, "rejected", code+": "+detail)
+			g.pending.LastRejection = code
+			g.publish(ctx)
+			continue
+		}
+		if err != nil {
+			req.answer(ApprovalVerdict{Accepted: true, Code: "failed", Detail: err.Error()})
+		} else {
+			req.answer(ApprovalVerdict{Accepted: true, Detail: res.Detail})
+		}
+		g.endHold(ctx, nil)
+		return res, err
+	}
+}
+
+// holdForSignature makes action the pending one. The same action carried
+// over from the previous run keeps its Since, its last rejection and the
+// approvals sent for it meanwhile; another one replaces it.
+func (g *guest) holdForSignature(ctx workflow.Context, action desired.Action) {
+	if g.pending != nil && !sameAction(g.pending.Action, action) {
+		g.dropPending("another action waits for a signature now")
+	}
+	if g.pending == nil {
+		g.pending = &PendingAction{
+			Action:     action,
+			OpTemplate: OpTemplate{Op: action.Op, HostID: action.Host, GuestID: action.Guest, Params: action.Params},
+			Since:      workflow.Now(ctx),
+		}
+	}
+	g.setPhase(ctx, PhasePending)
+}
+
+// awaitApproval waits for an approval of the pending action. It ends
+// without one when the desired state changes (errSuperseded), when the run
+// should continue as new (errContinueAsNew: nothing is queued then), or
+// when the workflow is cancelled.
+func (g *guest) awaitApproval(ctx workflow.Context, gen int) (*approvalRequest, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		g.takeSignals(ctx)
+		switch {
+		case g.generation != gen:
+			// Checked first: an approval that came with the change was signed
+			// for what is no longer wanted.
+			return nil, errSuperseded
+		case g.approvals.len() > 0:
+			return g.approvals.pop(), nil
+		case g.shouldContinueAsNew(ctx):
+			return nil, errContinueAsNew
+		}
+		err := workflow.Await(ctx, func() bool {
+			return g.signals.waiting() || g.generation != gen || g.approvals.len() > 0 || g.shouldContinueAsNew(ctx)
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// endHold ends the wait for a signature. Approvals still queued are
+// answered; the pending action is kept only for the next run.
+func (g *guest) endHold(ctx workflow.Context, why error) {
+	switch {
+	case errors.Is(why, errContinueAsNew):
+		return
+	case errors.Is(why, errSuperseded):
+		workflow.GetLogger(ctx).Info("desired state changed while waiting for a signature: planning again", "op", g.pending.Action.Op)
+		g.dropPending(why.Error())
+	case why != nil:
+		g.dropPending(why.Error())
+	default:
+		g.dropPending("the action ran with an earlier approval")
+	}
+}
+
+// dropPending ends the wait for a signature on the pending action, if any:
+// approvals queued for it are answered as superseded, never tried.
+func (g *guest) dropPending(why string) {
+	g.approvals.answerAll(superseded(why))
+	g.pending = nil
+}
+
+// run performs one action through its own activity.
+func (g *guest) run(ctx workflow.Context, action desired.Action, approval *Approval) (ExecuteResult, error) {
+	s, err := stepFor(action, approval)
+	if err != nil {
+		return ExecuteResult{}, temporal.NewNonRetryableApplicationError(err.Error(), "NoStep", err)
+	}
+	var res ExecuteResult
+	err = workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, s.options), s.activity, s.input).Get(ctx, &res)
+	return res, err
+}
+
+// observe reads the guest and what the host's ledger says of it.
+func (g *guest) observe(ctx workflow.Context) (Observation, error) {
+	var obs Observation
+	err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, readStep), ActivityObserveGuest, ObserveInput{VMID: g.in.VMID}).Get(ctx, &obs)
+	return obs, err
+}
+
+// makePlan plans the desired state against what was read, with the gate's
+// classifier and the host's provenance deciding what waits for a signature.
+func (g *guest) makePlan(ctx workflow.Context, obs Observation) desired.Plan {
+	plan := desired.Make(*g.spec, obs.Guest, classifierFor(obs.Provenance, g.in.Host, g.in.VMID, workflow.GetInfo(ctx).WorkflowExecution.RunID))
+	g.observed, g.plan, g.provenance = &obs.Guest, &plan, &obs.Provenance
+	return plan
+}
+
+// settle ends a pass that found nothing to do: converged, or in conflict
+// when the plan notes what it will not do by itself.
+func (g *guest) settle(ctx workflow.Context, plan desired.Plan) {
+	g.unconverged = 0
+	g.dropPending("the guest needs no action any more") // one carried from the previous run
+	g.lastErr = ""
+	if len(plan.Notes) > 0 {
+		g.lastErr = plan.Notes[0]
+		g.setPhase(ctx, PhaseConflict)
+		return
+	}
+	g.setPhase(ctx, PhaseConverged)
+}
+
+// fail ends a pass that could not finish: the guest is tried again at the
+// retry time, or sooner for a new desired state or a wake-up. It returns
+// the cancellation when the pass failed because the workflow was cancelled.
+func (g *guest) fail(ctx workflow.Context, msg string) error {
+	if err := ctx.Err(); err != nil {
 		return err
 	}
-	s.publish(ctx)
-	// Runs recorded before this version did not tell the host workflow of a
-	// desired state that came in the input; replaying them must not either.
-	if s.spec != nil && workflow.GetVersion(ctx, "announce-input-desired-state", workflow.DefaultVersion, 1) == 1 {
-		s.announce(ctx)
-	}
-
-	for {
-		if err := workflow.Await(ctx, func() bool { return s.spec != nil }); err != nil {
-			return err
-		}
-		if !s.dirty {
-			if _, err := workflow.AwaitWithTimeout(ctx, s.in.ResyncEvery, func() bool { return s.dirty }); err != nil {
-				return err
-			}
-		}
-		s.dirty = false
-		s.reconcileOnce(ctx)
-		if s.historyFull(ctx) {
-			return s.continueAsNew(ctx)
-		}
-	}
+	g.lastErr = msg
+	g.nextPass = workflow.Now(ctx).Add(g.in.RetryEvery)
+	g.setPhase(ctx, PhaseFailed)
+	return nil
 }
 
-func checkSpec(in GuestInput, spec desired.Spec) (desired.Spec, error) {
-	spec, err := desired.Normalise(spec)
-	if err != nil {
-		return spec, err
+// compensate destroys a guest this pass created when a later step of the
+// same pass failed. The host classifies it benign from its own ledger (a
+// fresh create, never started), so no signature is needed.
+func (g *guest) compensate(ctx workflow.Context, failed desired.Action) {
+	action := desired.Action{
+		Op: desired.OpDestroy, Host: g.in.Host, Guest: strconv.Itoa(g.in.VMID),
+		Params: map[string]any{"kind": string(g.spec.Kind)},
+		Reason: "compensating rollback: " + failed.Op + " failed after create",
 	}
-	if spec.Host != in.Host || spec.VMID != in.VMID {
-		return spec, &desired.FieldError{Field: "host/vmid", Reason: fmt.Sprintf("%s/%d is not this workflow's guest %s/%d", spec.Host, spec.VMID, in.Host, in.VMID)}
+	if _, err := g.run(ctx, action, nil); err != nil {
+		g.record(ctx, action, "failed", err.Error())
+		return
 	}
-	return spec, nil
+	g.record(ctx, action, "compensated", "")
 }
 
-func (s *guestState) registerHandlers(ctx workflow.Context) error {
+// shouldContinueAsNew reports whether the history is long enough to
+// continue as new and nothing in flight would be lost by it.
+func (g *guest) shouldContinueAsNew(ctx workflow.Context) bool {
+	info := workflow.GetInfo(ctx)
+	full := info.GetContinueAsNewSuggested() || info.GetCurrentHistoryLength() >= g.in.MaxHistoryEvents
+	return full && g.approvals.len() == 0 && workflow.AllHandlersFinished(ctx)
+}
+
+// continueAsNew starts the next run with everything this one knows.
+func (g *guest) continueAsNew(ctx workflow.Context) error {
+	next := g.in
+	next.Desired, next.Generation, next.Recent = g.spec, g.generation, g.recent
+	next.Carry = &GuestCarry{
+		Phase: g.phase, LastError: g.lastErr, Pending: g.pending,
+		ReadAgain: g.readAgain, NextPass: g.nextPass, Unconverged: g.unconverged,
+	}
+	return workflow.NewContinueAsNewError(ctx, GuestReconcileWorkflow, next)
+}
+
+// registerHandlers sets the update and query handlers; signals are taken
+// by takeSignals.
+func (g *guest) registerHandlers(ctx workflow.Context) error {
 	err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateSetDesired,
 		func(ctx workflow.Context, spec desired.Spec) (SetDesiredResult, error) {
 			// Validators do not run on replay: check again here.
-			norm, err := checkSpec(s.in, spec)
+			norm, err := checkSpec(g.in, spec)
 			if err != nil {
 				return SetDesiredResult{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidSpec, nil)
 			}
-			s.acceptSpec(ctx, norm)
-			return SetDesiredResult{Generation: s.generation}, nil
+			g.acceptSpec(ctx, norm)
+			return SetDesiredResult{Generation: g.generation}, nil
 		},
 		workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, spec desired.Spec) error {
-			if _, err := checkSpec(s.in, spec); err != nil {
+			if _, err := checkSpec(g.in, spec); err != nil {
 				return temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidSpec, nil)
 			}
 			return nil
@@ -246,15 +443,14 @@ func (s *guestState) registerHandlers(ctx workflow.Context) error {
 	}
 	err = workflow.SetUpdateHandlerWithOptions(ctx, UpdateApprove,
 		func(ctx workflow.Context, a Approval) (ApprovalVerdict, error) {
-			req := &approvalRequest{approval: a, reply: &ApprovalVerdict{}}
-			s.approvals = append(s.approvals, req)
-			if err := workflow.Await(ctx, func() bool { return req.done }); err != nil {
+			req := g.approvals.push(a)
+			if err := workflow.Await(ctx, func() bool { return req.answered }); err != nil {
 				return ApprovalVerdict{}, err
 			}
-			return *req.reply, nil
+			return req.verdict, nil
 		},
 		workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, a Approval) error {
-			if s.pending == nil {
+			if g.pending == nil {
 				return temporal.NewNonRetryableApplicationError("no action of this guest is waiting for a signature", ErrTypeNotPending, nil)
 			}
 			if a.Blob == "" || a.Signature == "" {
@@ -266,376 +462,132 @@ func (s *guestState) registerHandlers(ctx workflow.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (GuestStatus, error) { return s.status(), nil }); err != nil {
+	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (GuestStatus, error) { return g.status(), nil }); err != nil {
 		return err
 	}
-	if err := workflow.SetQueryHandler(ctx, QueryPending, func() (*PendingAction, error) { return s.pending, nil }); err != nil {
-		return err
-	}
-	workflow.Go(ctx, s.receiveSignals)
-	return nil
+	return workflow.SetQueryHandler(ctx, QueryPending, func() (*PendingAction, error) { return g.pending, nil })
 }
 
-// receiveSignals runs for the life of the run: signals are applied in the
-// order they arrived, interleaved with updates.
-func (s *guestState) receiveSignals(ctx workflow.Context) {
-	desiredCh := workflow.GetSignalChannel(ctx, SignalSetDesired)
-	approveCh := workflow.GetSignalChannel(ctx, SignalApprove)
-	reconcileCh := workflow.GetSignalChannel(ctx, SignalReconcile)
-	log := workflow.GetLogger(ctx)
+// waiting reports whether a signal waits to be taken.
+func (s guestSignals) waiting() bool {
+	return s.desired.Len() > 0 || s.approve.Len() > 0 || s.reconcile.Len() > 0
+}
+
+// takeSignals applies every signal that arrived, in the order of their
+// channels: desired states, approvals, wake-ups.
+func (g *guest) takeSignals(ctx workflow.Context) {
 	for {
-		sel := workflow.NewSelector(ctx)
-		sel.AddReceive(desiredCh, func(c workflow.ReceiveChannel, _ bool) {
-			var spec desired.Spec
-			c.Receive(ctx, &spec)
-			s.applySignalSpec(ctx, spec)
-		})
-		sel.AddReceive(approveCh, func(c workflow.ReceiveChannel, _ bool) {
-			var a Approval
-			c.Receive(ctx, &a)
-			if s.pending == nil {
-				// Kept, it would be tried against whatever is pending next.
-				log.Warn("approval received while no action is pending: dropped")
-				return
-			}
-			s.approvals = append(s.approvals, &approvalRequest{approval: a})
-		})
-		sel.AddReceive(reconcileCh, func(c workflow.ReceiveChannel, _ bool) {
-			var reason string
-			c.Receive(ctx, &reason)
-			log.Info("reconcile requested", "reason", reason)
-			s.dirty = true
-		})
-		sel.Select(ctx)
+		var spec desired.Spec
+		if !g.signals.desired.ReceiveAsync(&spec) {
+			break
+		}
+		norm, err := checkSpec(g.in, spec)
+		if err != nil {
+			// A signal has no caller to answer: the refusal is logged and shown.
+			workflow.GetLogger(ctx).Warn("desired state refused", "error", err)
+			g.lastErr = "desired state refused: " + err.Error()
+			g.publish(ctx)
+			continue
+		}
+		g.acceptSpec(ctx, norm)
+	}
+	for {
+		var a Approval
+		if !g.signals.approve.ReceiveAsync(&a) {
+			break
+		}
+		if g.pending == nil {
+			// Kept, it would be tried against whatever is pending next.
+			workflow.GetLogger(ctx).Warn("approval received while no action is pending: dropped")
+			continue
+		}
+		g.approvals.push(a)
+	}
+	for {
+		var reason string
+		if !g.signals.reconcile.ReceiveAsync(&reason) {
+			break
+		}
+		workflow.GetLogger(ctx).Info("reconcile requested", "reason", reason)
+		g.readAgain = true
 	}
 }
 
-func (s *guestState) applySignalSpec(ctx workflow.Context, spec desired.Spec) {
-	norm, err := checkSpec(s.in, spec)
-	if err != nil {
-		// A signal has no caller to answer: the refusal is logged and shown.
-		workflow.GetLogger(ctx).Warn("desired state refused", "error", err)
-		s.lastErr = "desired state refused: " + err.Error()
-		s.publish(ctx)
+// acceptSpec makes spec (normalised, this guest's) the desired state. The
+// same spec again changes nothing: no new generation, no new pass, and a
+// pending action keeps waiting.
+func (g *guest) acceptSpec(ctx workflow.Context, spec desired.Spec) {
+	if g.spec != nil && sameSpec(*g.spec, spec) {
 		return
 	}
-	s.acceptSpec(ctx, norm)
-}
-
-func (s *guestState) acceptSpec(ctx workflow.Context, spec desired.Spec) {
-	s.spec = &spec
-	s.generation++
-	s.dirty = true
-	s.unconverged = 0
-	if s.phase != PhasePending {
+	g.spec = &spec
+	g.generation++
+	g.readAgain = true
+	g.unconverged = 0
+	if g.phase != PhasePending {
 		// Until the next pass has read the guest, it is not known converged.
-		s.setPhase(ctx, PhaseConverging)
+		g.setPhase(ctx, PhaseConverging)
 	}
-	s.announce(ctx)
+	g.announce(ctx)
 }
 
 // announce tells the host workflow, which watches the desired set for
 // drift, this guest's desired state. It may not run (yet): the guest still
 // converges, only drift is noticed later.
-func (s *guestState) announce(ctx workflow.Context) {
-	notice := DesiredNotice{VMID: s.in.VMID, Spec: s.spec}
-	err := workflow.SignalExternalWorkflow(ctx, HostWorkflowID(s.in.Host), "", SignalDesiredChanged, notice).Get(ctx, nil)
+func (g *guest) announce(ctx workflow.Context) {
+	notice := DesiredNotice{VMID: g.in.VMID, Spec: g.spec}
+	err := workflow.SignalExternalWorkflow(ctx, HostWorkflowID(g.in.Host), "", SignalDesiredChanged, notice).Get(ctx, nil)
 	if err != nil {
 		workflow.GetLogger(ctx).Info("host workflow not told of the desired state", "error", err)
 	}
 }
 
-// reconcileOnce reads the guest, plans and walks the plan. It returns when
-// the guest converged, an action failed, or the desired state changed under
-// it (the next pass re-plans).
-func (s *guestState) reconcileOnce(ctx workflow.Context) {
-	gen := s.generation
-	s.setPhase(ctx, PhaseConverging)
-	obs, err := s.observe(ctx)
-	if err != nil {
-		s.fail(ctx, "read guest: "+err.Error())
-		return
-	}
-	spec := *s.spec
-	plan := desired.MakeWithShrink(spec, obs.Guest, classifierFor(obs.Provenance, s.in.Host, s.in.VMID, workflow.GetInfo(ctx).WorkflowExecution.RunID))
-	s.observed, s.plan, s.provenance = &obs.Guest, &plan, &obs.Provenance
-	if plan.Empty() {
-		s.unconverged = 0
-		s.lastErr = ""
-		if len(plan.Notes) > 0 {
-			s.lastErr = plan.Notes[0]
-			s.setPhase(ctx, PhaseConflict)
-			return
-		}
-		s.setPhase(ctx, PhaseConverged)
-		return
-	}
-
-	// Each pass re-reads the guest and plans again; a plan that keeps coming
-	// back means Proxmox does not take what is asked, and looping would only
-	// hammer it.
-	s.unconverged++
-	if s.unconverged > maxUnconvergedPasses {
-		s.unconverged = 0
-		s.fail(ctx, fmt.Sprintf("guest does not converge: %d passes in a row still planned %s", maxUnconvergedPasses, plan.Actions[0].Op))
-		return
-	}
-	var created bool
-	for _, action := range plan.Actions {
-		if s.generation != gen {
-			s.dirty = true
-			return
-		}
-		var res ExecuteResult
-		if action.Destructive {
-			var ok bool
-			res, ok = s.awaitApprovalAndRun(ctx, action, gen)
-			if !ok {
-				return
-			}
-		} else {
-			res, err = s.execute(ctx, ExecuteInput{Action: action})
-			if err != nil {
-				s.record(ctx, action, "failed", err.Error())
-				if created {
-					s.compensate(ctx, action)
-				}
-				s.fail(ctx, action.Op+": "+err.Error())
-				return
-			}
-		}
-		s.record(ctx, action, "done", res.Detail)
-		created = created || action.Op == desired.OpCreate
-	}
-	// Read again: the next pass confirms convergence or plans the rest.
-	s.dirty = true
-}
-
-// awaitApprovalAndRun holds a destructive action until an approval arrives
-// that the host accepts, or the desired state changes (the wait is then
-// dropped and the guest re-planned).
-func (s *guestState) awaitApprovalAndRun(ctx workflow.Context, action desired.Action, gen int) (ExecuteResult, bool) {
-	s.pending = &PendingAction{
-		Action:     action,
-		OpTemplate: OpTemplate{Op: action.Op, HostID: action.Host, GuestID: action.Guest, Params: action.Params},
-		Since:      workflow.Now(ctx),
-	}
-	s.setPhase(ctx, PhasePending)
-	defer func() {
-		s.pending = nil
-		s.answerApprovals(ApprovalVerdict{Code: "superseded", Detail: "the action is no longer pending"})
-	}()
-	for {
-		if err := workflow.Await(ctx, func() bool { return len(s.approvals) > 0 || s.generation != gen }); err != nil {
-			return ExecuteResult{}, false
-		}
-		if s.generation != gen {
-			workflow.GetLogger(ctx).Info("desired state changed while waiting for a signature: re-planning", "op", action.Op)
-			s.dirty = true
-			return ExecuteResult{}, false
-		}
-		req := s.approvals[0]
-		s.approvals = s.approvals[1:]
-		res, err := s.execute(ctx, ExecuteInput{Action: action, Approval: &req.approval})
-		if err == nil {
-			s.reply(req, ApprovalVerdict{Accepted: true, Detail: res.Detail})
-			return res, true
-		}
-		code, detail := rejection(err)
-		if code == "" {
-			// Not a refusal of the approval: the action itself failed.
-			s.reply(req, ApprovalVerdict{Accepted: true, Code: "failed", Detail: err.Error()})
-			s.record(ctx, action, "failed", err.Error())
-			s.fail(ctx, action.Op+": "+err.Error())
-			return ExecuteResult{}, false
-		}
-		s.reply(req, ApprovalVerdict{Code: code, Detail: detail})
-		s.record(ctx, action, "rejected", code+": "+detail)
-		s.pending.LastRejection = code
-		s.publish(ctx)
+func (g *guest) record(ctx workflow.Context, a desired.Action, result, detail string) {
+	g.recent = append(g.recent, ActionRecord{Action: a, Result: result, Detail: detail, At: workflow.Now(ctx)})
+	if len(g.recent) > recentLimit {
+		g.recent = g.recent[len(g.recent)-recentLimit:]
 	}
 }
 
-func (s *guestState) reply(req *approvalRequest, v ApprovalVerdict) {
-	if req.reply != nil {
-		*req.reply = v
-	}
-	req.done = true
-}
-
-func (s *guestState) answerApprovals(v ApprovalVerdict) {
-	for _, req := range s.approvals {
-		s.reply(req, v)
-	}
-	s.approvals = nil
-}
-
-// compensate destroys a guest this execution created when a later step of
-// the same plan failed. The host classifies it benign from its own ledger
-// (created by this very run), so no signature is needed.
-func (s *guestState) compensate(ctx workflow.Context, failed desired.Action) {
-	action := desired.Action{
-		Op: desired.OpDestroy, Host: s.in.Host, Guest: strconv.Itoa(s.in.VMID),
-		Params: map[string]any{"kind": string(s.spec.Kind)},
-		Reason: "compensating rollback: " + failed.Op + " failed after create",
-	}
-	if _, err := s.execute(ctx, ExecuteInput{Action: action}); err != nil {
-		s.record(ctx, action, "failed", err.Error())
-		return
-	}
-	s.record(ctx, action, "compensated", "")
-}
-
-func (s *guestState) observe(ctx workflow.Context) (Observation, error) {
-	ctx = workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		StartToCloseTimeout: time.Minute,
-		RetryPolicy:         &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second, MaximumAttempts: 10},
-	})
-	var obs Observation
-	err := workflow.ExecuteActivity(ctx, ActivityObserveGuest, ObserveInput{VMID: s.in.VMID}).Get(ctx, &obs)
-	return obs, err
-}
-
-func (s *guestState) execute(ctx workflow.Context, in ExecuteInput) (ExecuteResult, error) {
-	ctx = workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		StartToCloseTimeout: 30 * time.Minute,
-		// Proxmox tasks are waited on with a heartbeat per poll; a lost
-		// worker is noticed within this and the retry resumes the task.
-		HeartbeatTimeout: 30 * time.Second,
-		RetryPolicy: &temporal.RetryPolicy{
-			InitialInterval: time.Second, BackoffCoefficient: 2, MaximumInterval: time.Minute, MaximumAttempts: 20,
-		},
-	})
-	var res ExecuteResult
-	err := workflow.ExecuteActivity(ctx, ActivityExecuteAction, in).Get(ctx, &res)
-	return res, err
-}
-
-// rejection returns the gate's code when err is the host refusing the
-// approval; any other failure is the action's own.
-func rejection(err error) (code, detail string) {
-	var appErr *temporal.ApplicationError
-	if !errors.As(err, &appErr) || appErr.Type() != ErrTypeGateRejection {
-		return "", ""
-	}
-	if appErr.HasDetails() {
-		_ = appErr.Details(&code)
-	}
-	if code == "" {
-		code = "rejected"
-	}
-	return code, appErr.Message()
-}
-
-// classifierFor labels actions with the gate's classifier and the
-// provenance the host reported. The label only decides whether the workflow
-// waits for a signature; the host classifies again from its own facts.
-// A label never relies on a compensating-rollback exemption: a plain
-// "absent" waits for a signature, and compensate asks the host directly.
-// Hosts before instance-bound provenance reported the run that created the
-// guest and exempted that run's destroys; histories written then replay
-// with that label.
-func classifierFor(p Provenance, host string, vmid int, run string) desired.Classifier {
-	prov := gate.Provenance{AgentCreated: p.AgentCreated, Scratch: p.Scratch}
-	guest := strconv.Itoa(vmid)
-	return func(op string) bool {
-		if p.AgentCreated && p.CreatedByRun != "" && p.CreatedByRun == run && legacyRunExempt[op] {
-			return false
-		}
-		return gate.Classify(gate.Action{Op: op, HostID: host, GuestID: guest}, prov, time.Time{}) == gate.Destructive
-	}
-}
-
-// legacyRunExempt are the ops that hosts before instance-bound provenance
-// exempted for the run that created the guest.
-var legacyRunExempt = map[string]bool{
-	gate.OpGuestDestroy: true, gate.OpGuestRestore: true, gate.OpVolumeWipe: true, gate.OpDiskDetach: true, gate.OpDiskShrink: true,
-}
-
-func (s *guestState) record(ctx workflow.Context, a desired.Action, result, detail string) {
-	s.recent = append(s.recent, ActionRecord{Action: a, Result: result, Detail: detail, At: workflow.Now(ctx)})
-	if len(s.recent) > recentLimit {
-		s.recent = s.recent[len(s.recent)-recentLimit:]
-	}
-}
-
-func (s *guestState) fail(ctx workflow.Context, msg string) {
-	s.lastErr = msg
-	s.setPhase(ctx, PhaseFailed)
-	// Try again later on its own; a new desired state or a wake-up is sooner.
-	// Runs before this version also dropped a wake-up that came in during
-	// the failed pass.
-	if workflow.GetVersion(ctx, "failure-keeps-wakeup", workflow.DefaultVersion, 1) == workflow.DefaultVersion {
-		s.dirty = false
-	}
-	workflow.Go(ctx, func(ctx workflow.Context) {
-		_ = workflow.Sleep(ctx, 5*time.Minute)
-		s.dirty = true
-	})
-}
-
-func (s *guestState) setPhase(ctx workflow.Context, phase string) {
-	s.phase = phase
-	s.publish(ctx)
+func (g *guest) setPhase(ctx workflow.Context, phase string) {
+	g.phase = phase
+	g.publish(ctx)
 }
 
 // publish makes the state visible: search attributes for queries, the memo
-// and current details for the Web UI.
-func (s *guestState) publish(ctx workflow.Context) {
+// and current details for the Web UI. Nothing is written when nothing
+// visible changed, so that passes that change nothing cost no events.
+func (g *guest) publish(ctx workflow.Context) {
+	details := fmt.Sprintf("**%s/%d**: %s", g.in.Host, g.in.VMID, g.phase)
+	if g.pending != nil {
+		details += fmt.Sprintf("\n\nwaiting for a signature on `%s` (%s)", g.pending.Action.Op, g.pending.Action.Reason)
+	}
+	if g.lastErr != "" {
+		details += "\n\n" + g.lastErr
+	}
+	workflow.SetCurrentDetails(ctx, details)
+	if details == g.published {
+		return
+	}
+	g.published = details
 	err := workflow.UpsertTypedSearchAttributes(ctx,
-		visibility.HostKey.ValueSet(s.in.Host),
-		visibility.GuestKey.ValueSet(strconv.Itoa(s.in.VMID)),
-		visibility.PhaseKey.ValueSet(s.phase),
-		visibility.PendingSignatureKey.ValueSet(s.pending != nil),
+		visibility.HostKey.ValueSet(g.in.Host),
+		visibility.GuestKey.ValueSet(strconv.Itoa(g.in.VMID)),
+		visibility.PhaseKey.ValueSet(g.phase),
+		visibility.PendingSignatureKey.ValueSet(g.pending != nil),
 	)
 	if err != nil {
 		workflow.GetLogger(ctx).Warn("upsert search attributes", "error", err)
 	}
-	details := fmt.Sprintf("**%s/%d**: %s", s.in.Host, s.in.VMID, s.phase)
-	if s.pending != nil {
-		details += fmt.Sprintf("\n\nwaiting for a signature on `%s` (%s)", s.pending.Action.Op, s.pending.Action.Reason)
-	}
-	if s.lastErr != "" {
-		details += "\n\n" + s.lastErr
-	}
-	workflow.SetCurrentDetails(ctx, details)
-	if err := workflow.UpsertMemo(ctx, map[string]any{"host": s.in.Host, "guest": s.in.VMID, "phase": s.phase}); err != nil {
+	if err := workflow.UpsertMemo(ctx, map[string]any{"host": g.in.Host, "guest": g.in.VMID, "phase": g.phase}); err != nil {
 		workflow.GetLogger(ctx).Warn("upsert memo", "error", err)
 	}
 }
 
-func (s *guestState) status() GuestStatus {
+func (g *guest) status() GuestStatus {
 	return GuestStatus{
-		Host: s.in.Host, VMID: s.in.VMID, Phase: s.phase, Generation: s.generation,
-		Desired: s.spec, Observed: s.observed, Plan: s.plan, Pending: s.pending, Provenance: s.provenance,
-		LastError: s.lastErr, Recent: s.recent,
+		Host: g.in.Host, VMID: g.in.VMID, Phase: g.phase, Generation: g.generation,
+		Desired: g.spec, Observed: g.observed, Plan: g.plan, Pending: g.pending, Provenance: g.provenance,
+		LastError: g.lastErr, Recent: g.recent, NextPass: g.nextPass,
 	}
-}
-
-func (s *guestState) historyFull(ctx workflow.Context) bool {
-	return workflow.GetInfo(ctx).GetCurrentHistoryLength() >= s.in.MaxHistoryEvents
-}
-
-// continueAsNew starts a fresh run with the state that matters. Handlers
-// must finish and buffered signals must be taken first, or they are lost.
-func (s *guestState) continueAsNew(ctx workflow.Context) error {
-	if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
-		return err
-	}
-	for {
-		var spec desired.Spec
-		if !workflow.GetSignalChannel(ctx, SignalSetDesired).ReceiveAsync(&spec) {
-			break
-		}
-		s.applySignalSpec(ctx, spec)
-	}
-	// Nothing is pending between passes, so a late approval has no action
-	// to approve; a reconcile request is moot, the next run reads at once.
-	for _, name := range []string{SignalApprove, SignalReconcile} {
-		for workflow.GetSignalChannel(ctx, name).ReceiveAsync(nil) {
-		}
-	}
-	next := s.in
-	next.Desired, next.Generation, next.Recent = s.spec, s.generation, s.recent
-	return workflow.NewContinueAsNewError(ctx, GuestReconcileWorkflow, next)
 }

@@ -2,6 +2,7 @@ package workflows
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -28,51 +29,123 @@ type fakeHost struct {
 	// failOp fails every action with this op; onFail runs first.
 	failOp string
 	onFail func()
+	// lockedFor fails that many attempts of the next actions as locked.
+	lockedFor int
+	attempts  map[string]int
+	// reads counts ObserveGuest calls; announced the desired-state notices
+	// sent to the host workflow.
+	reads, announced int
+	// blockStart holds StartGuest until the activity is cancelled.
+	blockStart bool
+	// fresh: the fake created the guest and never started it, so that,
+	// as on a real host, destroying it is the benign rollback.
+	fresh bool
 }
 
 func (h *fakeHost) ObserveGuest(ctx context.Context, in ObserveInput) (Observation, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.reads++
 	return Observation{Guest: h.guest, Provenance: h.prov}, nil
 }
 
 func (h *fakeHost) ExecuteAction(ctx context.Context, in ExecuteInput) (ExecuteResult, error) {
+	return h.apply(in.Action.Op, in.Action.Params, in.Action.Destructive, in.Approval)
+}
+
+// apply performs op on the fake guest. A destructive op needs the one
+// approval the fake gate accepts.
+func (h *fakeHost) apply(op string, params map[string]any, destructive bool, approval *Approval) (ExecuteResult, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if in.Action.Destructive {
-		if in.Approval == nil {
+	h.attempts[op]++
+	if destructive {
+		if approval == nil {
 			return ExecuteResult{}, temporal.NewNonRetryableApplicationError("needs a signature", ErrTypeGateRejection, nil, "pending_signature")
 		}
-		if in.Approval.Blob != h.acceptBlob {
+		if approval.Blob != h.acceptBlob {
 			return ExecuteResult{}, temporal.NewNonRetryableApplicationError("signed op does not match the action", ErrTypeGateRejection, nil, "binding_mismatch")
 		}
 	}
-	if in.Action.Op == h.failOp {
+	if op == h.failOp {
 		if h.onFail != nil {
 			h.onFail()
 		}
 		return ExecuteResult{}, temporal.NewNonRetryableApplicationError("no bootable device", "ProxmoxTaskFailed", nil)
 	}
-	h.executed = append(h.executed, in.Action.Op)
-	switch in.Action.Op {
+	if h.lockedFor > 0 {
+		// The guest is locked (a backup runs): a retryable failure.
+		h.lockedFor--
+		return ExecuteResult{}, temporal.NewApplicationError("VM is locked (backup)", "ProxmoxLocked")
+	}
+	h.executed = append(h.executed, op)
+	switch op {
 	case desired.OpCreate:
-		h.guest = desired.Observed{Exists: true, Kind: desired.Kind(in.Action.Params["kind"].(string)), Status: "stopped",
-			MemoryMiB: int(in.Action.Params["memory"].(float64)), Cores: int(in.Action.Params["cores"].(float64))}
-		if n, ok := in.Action.Params["name"].(string); ok {
-			h.guest.Name = n
-		}
+		h.fresh = true
+		h.guest = desired.Observed{Exists: true, Kind: desired.Kind(params["kind"].(string)), Status: "stopped",
+			MemoryMiB: intParam(params, "memory"), Cores: intParam(params, "cores"), Name: stringParam(params, "name")}
 	case desired.OpStart:
+		h.fresh = false
 		h.guest.Status = "running"
 	case desired.OpShutdown:
 		h.guest.Status = "stopped"
 	case desired.OpDestroy:
 		h.guest = desired.Observed{}
 	case desired.OpConfig:
-		if m, ok := in.Action.Params["memory"].(float64); ok {
-			h.guest.MemoryMiB = int(m)
+		if m := intParam(params, "memory"); m != 0 {
+			h.guest.MemoryMiB = m
+		}
+		if c := intParam(params, "cores"); c != 0 {
+			h.guest.Cores = c
 		}
 	}
-	return ExecuteResult{Detail: in.Action.Op + " done"}, nil
+	return ExecuteResult{Detail: op + " done"}, nil
+}
+
+// The per-operation activities of the fake host. Destroy is destructive
+// unless the guest is the agent's scratch one, as the gate decides.
+
+func (h *fakeHost) CreateGuest(ctx context.Context, in CreateGuestInput) (ExecuteResult, error) {
+	return h.apply(desired.OpCreate, map[string]any{"kind": string(in.Kind), "memory": in.MemoryMiB, "cores": in.Cores, "name": in.Name}, false, nil)
+}
+
+func (h *fakeHost) StartGuest(ctx context.Context, in GuestRef) (ExecuteResult, error) {
+	if h.blockStart {
+		select {
+		case <-ctx.Done():
+			return ExecuteResult{}, ctx.Err()
+		case <-time.After(10 * time.Second):
+			return ExecuteResult{}, errors.New("start was never cancelled")
+		}
+	}
+	return h.apply(desired.OpStart, nil, false, nil)
+}
+
+func (h *fakeHost) ShutdownGuest(ctx context.Context, in ShutdownGuestInput) (ExecuteResult, error) {
+	return h.apply(desired.OpShutdown, nil, false, nil)
+}
+
+func (h *fakeHost) SetConfig(ctx context.Context, in SetConfigInput) (ExecuteResult, error) {
+	return h.apply(desired.OpConfig, in.Set, false, nil)
+}
+
+func (h *fakeHost) DestroyGuest(ctx context.Context, in DestroyGuestInput) (ExecuteResult, error) {
+	h.mu.Lock()
+	benign := h.prov.Scratch || h.fresh
+	h.mu.Unlock()
+	return h.apply(desired.OpDestroy, nil, !benign, in.Approval)
+}
+
+func (h *fakeHost) register(env interface {
+	RegisterActivityWithOptions(a any, options activity.RegisterOptions)
+}) {
+	for name, fn := range map[string]any{
+		ActivityObserveGuest: h.ObserveGuest, ActivityExecuteAction: h.ExecuteAction,
+		ActivityCreateGuest: h.CreateGuest, ActivityStartGuest: h.StartGuest, ActivityShutdownGuest: h.ShutdownGuest,
+		ActivitySetConfig: h.SetConfig, ActivityDestroyGuest: h.DestroyGuest,
+	} {
+		env.RegisterActivityWithOptions(fn, activity.RegisterOptions{Name: name})
+	}
 }
 
 func (h *fakeHost) ops() []string {
@@ -85,10 +158,13 @@ func newEnv(t *testing.T, h *fakeHost) *testsuite.TestWorkflowEnvironment {
 	var suite testsuite.WorkflowTestSuite
 	env := suite.NewTestWorkflowEnvironment()
 	env.RegisterWorkflow(GuestReconcileWorkflow)
-	env.RegisterActivityWithOptions(h.ObserveGuest, activity.RegisterOptions{Name: ActivityObserveGuest})
-	env.RegisterActivityWithOptions(h.ExecuteAction, activity.RegisterOptions{Name: ActivityExecuteAction})
+	if h.attempts == nil {
+		h.attempts = map[string]int{}
+	}
+	h.register(env)
 	// The host workflow is not running in these tests: telling it fails.
-	env.OnSignalExternalWorkflow(mock.Anything, HostWorkflowID("pve1"), "", SignalDesiredChanged, mock.Anything).Return(nil).Maybe()
+	env.OnSignalExternalWorkflow(mock.Anything, HostWorkflowID("pve1"), "", SignalDesiredChanged, mock.Anything).Return(nil).Maybe().
+		Run(func(mock.Arguments) { h.mu.Lock(); h.announced++; h.mu.Unlock() })
 	return env
 }
 
