@@ -15,6 +15,9 @@ const (
 	ActivityObserveGuest = "ObserveGuest"
 	ActivityListGuests   = "ListGuests"
 	ActivityRunSignedJob = "RunSignedJob"
+	// ActivityRunGuestJob hands a signed job on a guest to the guest's
+	// workflow (UpdateRunJob) and waits for its outcome.
+	ActivityRunGuestJob = "RunGuestJob"
 
 	// One activity per operation, so that a workflow's history and the Web
 	// UI say what ran, and a replay notices a change in the operations or
@@ -206,4 +209,5 @@ const (
 	ErrTypeInvalidSpec     = "InvalidSpec"     // set-desired: the spec is invalid or for another guest
 	ErrTypeNotPending      = "NotPending"      // approve: nothing waits for a signature
 	ErrTypeInvalidApproval = "InvalidApproval" // approve: blob or signature missing
+	ErrTypeInvalidJob      = "InvalidJob"      // run-job: not a job for this guest workflow
 )

@@ -40,8 +40,9 @@ const versionGuestLoop = "guest-linear-loop"
 //	it is destructive, then run it → continue as new when the history is long
 //
 // Work is a new desired state, a wake-up, the resync or retry time, or a
-// signed job for this guest. The wait, and the wait for an approval, also
-// end when the run should continue as new, which carries the desired state,
+// signed job for this guest, which runs between two passes (jobs.go). The
+// wait, and the wait for an approval, also end when the run should continue
+// as new, which carries the desired state,
 // the generation, the recent actions and a pending action to the next run.
 // A cancellation ends the workflow where it is: nothing is rolled back.
 func GuestReconcileWorkflow(ctx workflow.Context, in GuestInput) error {
@@ -60,6 +61,8 @@ func GuestReconcileWorkflow(ctx workflow.Context, in GuestInput) error {
 		switch work {
 		case workContinueAsNew:
 			return g.continueAsNew(ctx)
+		case workJobs:
+			err = g.runJobs(ctx)
 		case workPass:
 			err = g.reconcile(ctx)
 		}
@@ -74,12 +77,14 @@ type work int
 
 const (
 	workPass work = iota
+	workJobs
 	workContinueAsNew
 )
 
 // Why a wait for an approval ended without one.
 var (
 	errSuperseded    = errors.New("the desired state changed")
+	errJobQueued     = errors.New("a signed job on this guest runs first")
 	errContinueAsNew = errors.New("the run continues as new")
 )
 
@@ -96,6 +101,7 @@ type guest struct {
 	lastErr    string
 	recent     []ActionRecord
 	approvals  approvalQueue
+	jobs       jobQueue
 	signals    guestSignals
 	// readAgain asks for a pass as soon as possible: a new desired state, a
 	// wake-up, or a pass that acted and must confirm what it did.
@@ -158,6 +164,8 @@ func (g *guest) waitForWork(ctx workflow.Context) (work, error) {
 		}
 		g.takeSignals(ctx)
 		switch {
+		case g.jobs.len() > 0:
+			return workJobs, nil
 		case g.shouldContinueAsNew(ctx):
 			return workContinueAsNew, nil
 		case g.spec != nil && (g.readAgain || !workflow.Now(ctx).Before(g.nextPass)):
@@ -165,7 +173,7 @@ func (g *guest) waitForWork(ctx workflow.Context) (work, error) {
 			return workPass, nil
 		}
 		woken := func() bool {
-			return g.signals.waiting() || (g.spec != nil && g.readAgain) || g.shouldContinueAsNew(ctx)
+			return g.signals.waiting() || g.jobs.len() > 0 || (g.spec != nil && g.readAgain) || g.shouldContinueAsNew(ctx)
 		}
 		var err error
 		if g.spec == nil {
@@ -209,7 +217,7 @@ func (g *guest) reconcile(ctx workflow.Context) error {
 		}
 		res, err := g.take(ctx, action, gen)
 		switch {
-		case errors.Is(err, errSuperseded), errors.Is(err, errContinueAsNew):
+		case errors.Is(err, errSuperseded), errors.Is(err, errJobQueued), errors.Is(err, errContinueAsNew):
 			g.readAgain = true
 			return nil
 		case err != nil && ctx.Err() != nil:
@@ -279,9 +287,10 @@ func (g *guest) holdForSignature(ctx workflow.Context, action desired.Action) {
 }
 
 // awaitApproval waits for an approval of the pending action. It ends
-// without one when the desired state changes (errSuperseded), when the run
-// should continue as new (errContinueAsNew: nothing is queued then), or
-// when the workflow is cancelled.
+// without one when the desired state changes (errSuperseded), when a signed
+// job on this guest is queued (errJobQueued), when the run should continue
+// as new (errContinueAsNew: nothing is queued then), or when the workflow is
+// cancelled.
 func (g *guest) awaitApproval(ctx workflow.Context, gen int) (*approvalRequest, error) {
 	for {
 		if err := ctx.Err(); err != nil {
@@ -293,13 +302,15 @@ func (g *guest) awaitApproval(ctx workflow.Context, gen int) (*approvalRequest, 
 			// Checked first: an approval that came with the change was signed
 			// for what is no longer wanted.
 			return nil, errSuperseded
+		case g.jobs.len() > 0:
+			return nil, errJobQueued
 		case g.approvals.len() > 0:
 			return g.approvals.pop(), nil
 		case g.shouldContinueAsNew(ctx):
 			return nil, errContinueAsNew
 		}
 		err := workflow.Await(ctx, func() bool {
-			return g.signals.waiting() || g.generation != gen || g.approvals.len() > 0 || g.shouldContinueAsNew(ctx)
+			return g.signals.waiting() || g.generation != gen || g.jobs.len() > 0 || g.approvals.len() > 0 || g.shouldContinueAsNew(ctx)
 		})
 		if err != nil {
 			return nil, err
@@ -404,7 +415,7 @@ func (g *guest) compensate(ctx workflow.Context, failed desired.Action) {
 func (g *guest) shouldContinueAsNew(ctx workflow.Context) bool {
 	info := workflow.GetInfo(ctx)
 	full := info.GetContinueAsNewSuggested() || info.GetCurrentHistoryLength() >= g.in.MaxHistoryEvents
-	return full && g.approvals.len() == 0 && workflow.AllHandlersFinished(ctx)
+	return full && g.approvals.len() == 0 && g.jobs.len() == 0 && workflow.AllHandlersFinished(ctx)
 }
 
 // continueAsNew starts the next run with everything this one knows.
@@ -460,6 +471,9 @@ func (g *guest) registerHandlers(ctx workflow.Context) error {
 		}},
 	)
 	if err != nil {
+		return err
+	}
+	if err := g.registerJobHandler(ctx); err != nil {
 		return err
 	}
 	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (GuestStatus, error) { return g.status(), nil }); err != nil {

@@ -490,3 +490,103 @@ func wantCancelled(t *testing.T, env *testsuite.TestWorkflowEnvironment) {
 		t.Errorf("workflow ended with %v, want cancelled", err)
 	}
 }
+
+// runJobUpdate hands a signed job to the guest workflow and hands its
+// outcome to check.
+func runJobUpdate(t *testing.T, env *testsuite.TestWorkflowEnvironment, job SignedJobInput, check func(ExecuteResult, error)) {
+	env.UpdateWorkflow(UpdateRunJob, "", &testsuite.TestUpdateCallback{
+		OnReject: func(err error) { check(ExecuteResult{}, err) },
+		OnAccept: func() {},
+		OnComplete: func(v any, err error) {
+			res, _ := v.(ExecuteResult)
+			check(res, err)
+		},
+	}, job)
+}
+
+func destroyJob(blob string) SignedJobInput {
+	return SignedJobInput{Host: "pve1", Action: desired.Action{Op: desired.OpDestroy, Host: "pve1", Guest: "101",
+		Params: map[string]any{"kind": "qemu"}, Destructive: true}, Approval: Approval{Blob: blob, Signature: "sig"}}
+}
+
+// A signed destroy job runs through the guest's workflow: it ends a wait
+// for a signature (whose approvals are answered as superseded), runs between
+// two passes, and leaves the guest desired absent, so that nothing re-creates
+// it; the host workflow is told.
+func TestGuestRunsASignedDestroyJobAndThenDesiresAbsent(t *testing.T) {
+	h := &fakeHost{guest: runningWeb(), acceptBlob: "job"}
+	env := newEnv(t, h)
+	var announced int
+	env.RegisterDelayedCallback(func() {
+		// The guest waits for a signature on a detach its spec asks for.
+		if st := queryStatus(t, env); st.Phase != PhasePending {
+			t.Fatalf("phase %s, want pending", st.Phase)
+		}
+		announced = h.announced
+		runJobUpdate(t, env, destroyJob("job"), func(res ExecuteResult, err error) {
+			if err != nil || res.Detail == "" {
+				t.Errorf("destroy job: %+v, %v", res, err)
+			}
+		})
+	}, time.Minute)
+	env.RegisterDelayedCallback(func() {
+		st := queryStatus(t, env)
+		if st.Desired == nil || st.Desired.State != desired.Absent || st.Generation != 2 {
+			t.Errorf("desired %+v at generation %d, want absent at generation 2", st.Desired, st.Generation)
+		}
+		if st.Phase != PhaseConverged || st.Pending != nil {
+			t.Errorf("status %+v, want converged with nothing pending", st)
+		}
+		if h.announced != announced+1 {
+			t.Errorf("the host workflow was told %d times, want once", h.announced-announced)
+		}
+		env.CancelWorkflow()
+	}, 2*time.Minute)
+	g := runningWeb()
+	g.Disks = map[string]string{"scsi0": "local-lvm:vm-101-disk-0,size=8G", "scsi1": "local-lvm:vm-101-disk-1,size=8G"}
+	h.guest = g
+	s := spec(desired.Running)
+	s.Disks = map[string]string{"scsi0": "local-lvm:8"}
+	env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: s})
+	wantCancelled(t, env)
+	if got := strings.Join(h.ops(), ","); got != desired.OpDestroy {
+		t.Errorf("executed %q, want only the job's destroy", got)
+	}
+}
+
+// A refused job is answered with the host's code; a job for another guest,
+// or one that is not a guest job, is refused before it is queued.
+func TestGuestJobRefusals(t *testing.T) {
+	h := &fakeHost{guest: runningWeb(), acceptBlob: "job"}
+	env := newEnv(t, h)
+	other := destroyJob("job")
+	other.Action.Guest = "102"
+	rotate := destroyJob("job")
+	rotate.Action.Op = "signers.rotate"
+	env.RegisterDelayedCallback(func() {
+		runJobUpdate(t, env, destroyJob("forged"), func(_ ExecuteResult, err error) {
+			if code, _ := rejection(err); code != "binding_mismatch" {
+				t.Errorf("forged job: %v, want a binding_mismatch rejection", err)
+			}
+		})
+		for _, job := range []SignedJobInput{other, rotate} {
+			runJobUpdate(t, env, job, func(_ ExecuteResult, err error) {
+				var appErr *temporal.ApplicationError
+				if !errors.As(err, &appErr) || appErr.Type() != ErrTypeInvalidJob {
+					t.Errorf("job %s on %s: %v, want %s", job.Action.Op, job.Action.Guest, err, ErrTypeInvalidJob)
+				}
+			})
+		}
+	}, time.Minute)
+	env.RegisterDelayedCallback(func() {
+		if st := queryStatus(t, env); st.Phase != PhaseConverged || st.Desired.State != desired.Running {
+			t.Errorf("status %+v, want converged and still desired running", st)
+		}
+		env.CancelWorkflow()
+	}, 2*time.Minute)
+	env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Running)})
+	wantCancelled(t, env)
+	if ops := h.ops(); len(ops) != 0 {
+		t.Errorf("executed %v, want nothing", ops)
+	}
+}

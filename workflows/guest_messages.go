@@ -45,6 +45,8 @@ const (
 	PhasePending    = "pending_signature"
 	PhaseFailed     = "failed"
 	PhaseConflict   = "conflict"
+	// PhaseRunningJob: a signed job on the guest runs (see UpdateRunJob).
+	PhaseRunningJob = "running_job"
 )
 
 // GuestWorkflowID is the ID of the workflow that owns one guest: Temporal

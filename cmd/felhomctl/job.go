@@ -31,6 +31,14 @@ result. The host verifies the signature and that it names exactly the
 action before it acts. Prints "done" (exit 0), "rejected: CODE: DETAIL" with
 the gate's code, or "failed: DETAIL" (exit 1). Malformed flags or params exit
 2 before anything is signed or sent.
+
+A job on a guest (guest.destroy, guest.restore, a volume.wipe with --guest)
+is run by that guest's workflow, guest/HOST/VMID, between two of its passes
+(started, without a desired state, if it does not run): nothing else touches
+the guest meanwhile. After a guest.destroy the guest's desired state is
+absent, so it is not created again. job/NONCE stays the job's record:
+Temporal refuses a second job of that ID while its history exists, and the
+host's nonce store refuses the same op after that.
 ` + keyDoc
 
 // jobResult is job submit's JSON output; field names are stable.
@@ -109,8 +117,12 @@ func (c *command) job(args []string) error {
 		Approval: approval,
 	}
 	if !c.json() {
-		fmt.Fprintf(c.stderr, "%s: signed %s on %s/%s %s (valid until %s); waiting for the host\n",
-			id, op.Op, op.HostID, op.GuestID, paramsText(op.Params), op.ExpiresAt.Format(time.RFC3339))
+		runner := "the host"
+		if vmid, ok := workflows.GuestOfJob(in); ok {
+			runner = workflows.GuestWorkflowID(*host, vmid)
+		}
+		fmt.Fprintf(c.stderr, "%s: signed %s on %s/%s %s (valid until %s); waiting for %s\n",
+			id, op.Op, op.HostID, op.GuestID, paramsText(op.Params), op.ExpiresAt.Format(time.RFC3339), runner)
 	}
 	res := jobResult{WorkflowID: id, Op: op.Op, HostID: op.HostID, GuestID: op.GuestID, Nonce: op.Nonce, KeyID: op.KeyID}
 	var out workflows.SignedJobResult
