@@ -7,10 +7,12 @@ import (
 	"strconv"
 	"strings"
 
+	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/internal/visibility"
 	"github.com/felhom/felhom-agent/workflows"
 	"github.com/felhom/felhom-agent/workflows/desired"
 )
@@ -109,7 +111,8 @@ func (h *Host) create(ctx context.Context, vmid int, params map[string]any) (wor
 	return h.CreateGuest(ctx, in)
 }
 
-// ListGuests lists every guest of the node in one Proxmox call.
+// ListGuests lists every guest of the node in one Proxmox call, and which
+// guest workflows of this host hold (see holdingGuests).
 func (h *Host) ListGuests(ctx context.Context) (workflows.ListGuestsResult, error) {
 	list, err := h.Proxmox.ListGuests(ctx, ListGuestsInput{})
 	if err != nil {
@@ -121,7 +124,59 @@ func (h *Host) ListGuests(ctx context.Context) (workflows.ListGuestsResult, erro
 			VMID: g.VMID, Kind: desired.Kind(g.Kind), Name: g.Name, Status: g.Status, MemoryMiB: g.MemoryMiB, Cores: g.Cores,
 		})
 	}
+	out.Holding = h.holdingGuests(ctx)
 	return out, nil
+}
+
+// holdingGuests returns the VMIDs of this host's running guest workflows
+// that wait for a signature or are in conflict, from the phase they publish
+// (FelhomPhase). Waking them changes nothing until an operator acts. The
+// answer is Temporal's, a claim, used only to wake fewer guests; when it
+// cannot be read, every drifted guest is woken, as before.
+func (h *Host) holdingGuests(ctx context.Context) []int {
+	if h.Temporal == nil {
+		return nil
+	}
+	query := fmt.Sprintf("WorkflowType = 'GuestReconcileWorkflow' AND ExecutionStatus = 'Running' AND %s = '%s' AND %s IN ('%s', '%s')",
+		visibility.Host, h.Proxmox.HostID, visibility.Phase, workflows.PhasePending, workflows.PhaseConflict)
+	var (
+		vmids []int
+		token []byte
+	)
+	for {
+		resp, err := h.Temporal.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{Query: query, NextPageToken: token})
+		if err != nil {
+			h.Proxmox.log().Warn("cannot tell which guest workflows hold: waking every drifted guest", "err", err)
+			return nil
+		}
+		for _, e := range resp.GetExecutions() {
+			id := e.GetExecution().GetWorkflowId()
+			if vmid, err := strconv.Atoi(id[strings.LastIndex(id, "/")+1:]); err == nil && id == workflows.GuestWorkflowID(h.Proxmox.HostID, vmid) {
+				vmids = append(vmids, vmid)
+			}
+		}
+		if token = resp.GetNextPageToken(); len(token) == 0 {
+			return vmids
+		}
+	}
+}
+
+// WakeGuests asks each guest workflow to read its guest again, starting
+// those that do not run (Signal-With-Start). It wakes every guest it can
+// and reports those it could not; a retry wakes them all again, which only
+// costs a pass.
+func (h *Host) WakeGuests(ctx context.Context, in workflows.WakeGuestsInput) error {
+	if err := h.onThisHost(in.Host); err != nil {
+		return err
+	}
+	var errs []error
+	for _, vmid := range in.VMIDs {
+		KeepAlive(ctx)
+		if err := h.WakeGuest(ctx, workflows.WakeGuestInput{Host: in.Host, VMID: vmid, Reason: in.Reason}); err != nil {
+			errs = append(errs, fmt.Errorf("guest %d: %w", vmid, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // WakeGuest asks a guest workflow to read its guest again, starting the

@@ -13,7 +13,6 @@ import (
 	"os"
 	"time"
 
-	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/interceptor"
 	sdkworker "go.temporal.io/sdk/worker"
@@ -111,14 +110,13 @@ func Register(w sdkworker.Registry, acts *activities.Host) {
 	w.RegisterActivity(acts)
 }
 
-// ensureHostWorkflow starts the host's supervisor unless it runs already
-// (a running one keeps its interval until it continues as new).
+// ensureHostWorkflow starts the host's supervisor unless it runs already,
+// and gives it this worker's settings either way (Signal-With-Start), so
+// that a changed drift_check_interval reaches a running host workflow.
 func ensureHostWorkflow(ctx context.Context, c client.Client, hostID string, interval time.Duration) error {
-	_, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID:                       workflows.HostWorkflowID(hostID),
-		TaskQueue:                workflows.TaskQueue(hostID),
-		WorkflowIDConflictPolicy: enums.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
-	}, workflows.HostWorkflow, workflows.HostInput{Host: hostID, Interval: interval})
+	_, err := c.SignalWithStartWorkflow(ctx, workflows.HostWorkflowID(hostID), workflows.SignalConfigure, workflows.HostSettings{Interval: interval},
+		client.StartWorkflowOptions{TaskQueue: workflows.TaskQueue(hostID)},
+		workflows.HostWorkflow, workflows.HostInput{Host: hostID, Interval: interval})
 	if err != nil {
 		return fmt.Errorf("worker: start host workflow: %w", err)
 	}

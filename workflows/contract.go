@@ -31,6 +31,10 @@ const (
 	ActivityRestoreBackup = "RestoreBackup"
 	ActivityWipeVolume    = "WipeVolume"
 
+	// ActivityWakeGuests wakes the guest workflows of a host listing's
+	// drifted guests, in one activity.
+	ActivityWakeGuests = "WakeGuests"
+
 	// ActivityExecuteAction performs any planned action (ExecuteInput); and
 	// ActivityWakeGuest wakes one guest workflow. Runs recorded before the
 	// per-operation activities call them, so the host keeps them.
@@ -171,9 +175,22 @@ type GuestSummary struct {
 	Cores     int          `json:"cores"`
 }
 
-// ListGuestsResult is every guest of the host's node, from one API call.
+// ListGuestsResult is every guest of the host's node, from one API call,
+// and the guests whose workflow holds.
 type ListGuestsResult struct {
 	Guests []GuestSummary `json:"guests"`
+	// Holding are the guests whose workflow waits for a signature or is in
+	// conflict, as Temporal's visibility shows them (a claim: it only keeps
+	// the host workflow from waking them). Empty when it could not be read.
+	Holding []int `json:"holding,omitempty"`
+}
+
+// WakeGuestsInput asks for guest workflows to re-read their guests,
+// starting those that do not run.
+type WakeGuestsInput struct {
+	Host   string `json:"host"`
+	VMIDs  []int  `json:"vmids"`
+	Reason string `json:"reason"`
 }
 
 // WakeGuestInput asks for a guest workflow to re-read its guest, starting

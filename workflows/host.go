@@ -1,12 +1,12 @@
 package workflows
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"time"
 
-	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/felhom/felhom-agent/internal/visibility"
@@ -17,9 +17,19 @@ import (
 const (
 	// SignalDesiredChanged carries a DesiredNotice from a guest workflow.
 	SignalDesiredChanged = "desired-changed"
+	// SignalConfigure carries HostSettings: the worker sends its settings
+	// when it starts, so that a changed configuration reaches a running
+	// host workflow.
+	SignalConfigure = "configure"
 	// QueryHostStatus returns a HostStatus.
 	QueryHostStatus = "host-status"
 )
+
+// HostSettings are the host workflow's settings from the worker's
+// configuration; a zero field leaves the setting as it is.
+type HostSettings struct {
+	Interval time.Duration `json:"interval,omitempty"`
+}
 
 // HostWorkflowID is the ID of a host's supervisor workflow.
 func HostWorkflowID(host string) string { return "host/" + host }
@@ -38,8 +48,15 @@ type HostInput struct {
 	Interval time.Duration `json:"interval,omitempty"`
 	// Desired is the desired set, carried over by continue-as-new.
 	Desired map[string]desired.Spec `json:"desired,omitempty"`
-	// Passes bounds a run before it continues as new. Zero means 500.
+	// Passes bounded the passes of a run recorded before versionHostLoop;
+	// runs since continue as new by history size (MaxHistoryEvents).
 	Passes int `json:"passes,omitempty"`
+	// MaxHistoryEvents bounds a run's history before it continues as new
+	// (sooner when the server suggests it). Zero means 2000.
+	MaxHistoryEvents int `json:"max_history_events,omitempty"`
+	// LastPass is when the previous run last listed the node, carried over
+	// so that the next pass keeps the interval.
+	LastPass time.Time `json:"last_pass,omitzero"`
 }
 
 // HostStatus is what the host-status query returns.
@@ -49,85 +66,171 @@ type HostStatus struct {
 	Managed   []int     `json:"managed"`
 	Drifted   []int     `json:"drifted"`
 	Unmanaged []int     `json:"unmanaged"`
-	LastError string    `json:"last_error,omitempty"`
+	// Holding are the desired guests whose workflow waits for a signature or
+	// is in conflict: drifted or not, they are not woken.
+	Holding   []int         `json:"holding,omitempty"`
+	Interval  time.Duration `json:"interval"`
+	LastError string        `json:"last_error,omitempty"`
 }
 
-// HostWorkflow supervises one host: on a timer it lists every guest of the
-// node in one Proxmox call, compares the listing with the desired set, and
-// wakes only the guest workflows that drifted. A guest on the node that no
-// desired state names is reported, never touched.
+// versionHostLoop guards the loop below; runs recorded before it replay
+// legacyHostWorkflow.
+const versionHostLoop = "host-loop-by-history"
+
+// HostWorkflow supervises one host: at its interval it lists every guest of
+// the node in one Proxmox call, compares the listing with the desired set,
+// and wakes, in one activity, the guest workflows that drifted, except those
+// that hold (waiting for a signature or in conflict: a wake-up changes
+// nothing for them, and would only grow their history). A guest on the node
+// that no desired state names is reported, never touched. Between passes it
+// takes the guests' desired-state notices and the worker's settings, and it
+// continues as new when its history is long, carrying the desired set, the
+// interval and the time of the last pass.
 func HostWorkflow(ctx workflow.Context, in HostInput) error {
+	if workflow.GetVersion(ctx, versionHostLoop, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		return legacyHostWorkflow(ctx, in)
+	}
+	h, err := startHost(ctx, in)
+	if err != nil {
+		return err
+	}
+	for {
+		err := h.waitForNextPass(ctx)
+		if errors.Is(err, errContinueAsNew) {
+			return h.continueAsNew(ctx)
+		}
+		if err != nil {
+			return err
+		}
+		h.pass(ctx)
+	}
+}
+
+// hostState is the state of one host workflow run.
+type hostState struct {
+	in        HostInput
+	status    HostStatus
+	notices   workflow.ReceiveChannel
+	configure workflow.ReceiveChannel
+}
+
+func startHost(ctx workflow.Context, in HostInput) (*hostState, error) {
 	if in.Interval == 0 {
 		in.Interval = time.Minute
 	}
-	if in.Passes == 0 {
-		in.Passes = 500
+	if in.MaxHistoryEvents == 0 {
+		in.MaxHistoryEvents = 2000
 	}
 	if in.Desired == nil {
 		in.Desired = map[string]desired.Spec{}
 	}
-	st := HostStatus{Host: in.Host}
-	if err := workflow.SetQueryHandler(ctx, QueryHostStatus, func() (HostStatus, error) { return st, nil }); err != nil {
-		return err
+	h := &hostState{
+		in:        in,
+		status:    HostStatus{Host: in.Host, LastPass: in.LastPass, Interval: in.Interval, Managed: sortedVMIDs(in.Desired)},
+		notices:   workflow.GetSignalChannel(ctx, SignalDesiredChanged),
+		configure: workflow.GetSignalChannel(ctx, SignalConfigure),
+	}
+	if err := workflow.SetQueryHandler(ctx, QueryHostStatus, func() (HostStatus, error) { return h.status, nil }); err != nil {
+		return nil, err
 	}
 	if err := workflow.UpsertTypedSearchAttributes(ctx, visibility.HostKey.ValueSet(in.Host)); err != nil {
-		return err
+		return nil, err
 	}
-	notices := workflow.GetSignalChannel(ctx, SignalDesiredChanged)
-	applyNotice := func(n DesiredNotice) {
-		key := strconv.Itoa(n.VMID)
-		if n.Spec == nil {
-			delete(in.Desired, key)
-			return
-		}
-		in.Desired[key] = *n.Spec
-	}
+	return h, nil
+}
 
-	actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		StartToCloseTimeout: time.Minute,
-		RetryPolicy:         &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second, MaximumAttempts: 5},
-	})
-	for pass := 0; pass < in.Passes; pass++ {
-		var list ListGuestsResult
-		if err := workflow.ExecuteActivity(actx, ActivityListGuests).Get(ctx, &list); err != nil {
-			st.LastError = err.Error()
-		} else {
-			st.LastError = ""
-			st.Drifted, st.Unmanaged = drift(in.Desired, list.Guests)
-			for _, vmid := range st.Drifted {
-				wake := WakeGuestInput{Host: in.Host, VMID: vmid, Reason: "host listing differs from the desired state"}
-				if err := workflow.ExecuteActivity(actx, ActivityWakeGuest, wake).Get(ctx, nil); err != nil {
-					st.LastError = fmt.Sprintf("wake guest %d: %v", vmid, err)
-				}
-			}
+// waitForNextPass blocks until the interval since the last pass is up,
+// taking notices and settings as they come. It returns errContinueAsNew
+// when the history is long, and the cancellation when there is one.
+func (h *hostState) waitForNextPass(ctx workflow.Context) error {
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
 		}
-		st.LastPass = workflow.Now(ctx)
-		st.Managed = sortedVMIDs(in.Desired)
-		workflow.SetCurrentDetails(ctx, fmt.Sprintf("**host %s**: %d managed, %d drifted at the last pass, %d unmanaged guests %v",
-			in.Host, len(st.Managed), len(st.Drifted), len(st.Unmanaged), st.Unmanaged))
-
-		timer := workflow.NewTimer(ctx, in.Interval)
-		timerFired := false
-		for !timerFired {
-			sel := workflow.NewSelector(ctx)
-			sel.AddFuture(timer, func(workflow.Future) { timerFired = true })
-			sel.AddReceive(notices, func(c workflow.ReceiveChannel, _ bool) {
-				var n DesiredNotice
-				c.Receive(ctx, &n)
-				applyNotice(n)
-			})
-			sel.Select(ctx)
+		h.takeSignals(ctx)
+		if h.shouldContinueAsNew(ctx) {
+			return errContinueAsNew
+		}
+		now, next := workflow.Now(ctx), h.status.LastPass.Add(h.in.Interval)
+		if !now.Before(next) {
+			return nil
+		}
+		woken := func() bool { return h.notices.Len() > 0 || h.configure.Len() > 0 || h.shouldContinueAsNew(ctx) }
+		if _, err := workflow.AwaitWithTimeout(ctx, next.Sub(now), woken); err != nil {
+			return err
 		}
 	}
-	// Take the notices that arrived meanwhile, or they are lost.
+}
+
+// pass lists the node, finds drift and wakes the drifted guests that do
+// not hold.
+func (h *hostState) pass(ctx workflow.Context) {
+	st := &h.status
+	st.LastPass = workflow.Now(ctx)
+	actx := workflow.WithActivityOptions(ctx, readStep)
+	var list ListGuestsResult
+	if err := workflow.ExecuteActivity(actx, ActivityListGuests).Get(ctx, &list); err != nil {
+		st.LastError = err.Error()
+		return
+	}
+	st.LastError = ""
+	st.Drifted, st.Unmanaged = drift(h.in.Desired, list.Guests)
+	st.Holding = slices.DeleteFunc(slices.Clone(list.Holding), func(vmid int) bool { return !h.desires(vmid) })
+	slices.Sort(st.Holding)
+	wake := slices.DeleteFunc(slices.Clone(st.Drifted), func(vmid int) bool { return slices.Contains(st.Holding, vmid) })
+	if len(wake) > 0 {
+		in := WakeGuestsInput{Host: h.in.Host, VMIDs: wake, Reason: "host listing differs from the desired state"}
+		if err := workflow.ExecuteActivity(actx, ActivityWakeGuests, in).Get(ctx, nil); err != nil {
+			st.LastError = fmt.Sprintf("wake guests %v: %v", wake, err)
+		}
+	}
+	workflow.SetCurrentDetails(ctx, fmt.Sprintf("**host %s**: %d managed, %d drifted at the last pass (%d holding), %d unmanaged guests %v",
+		h.in.Host, len(st.Managed), len(st.Drifted), len(st.Holding), len(st.Unmanaged), st.Unmanaged))
+}
+
+func (h *hostState) desires(vmid int) bool {
+	_, ok := h.in.Desired[strconv.Itoa(vmid)]
+	return ok
+}
+
+// takeSignals applies the desired-state notices and settings that arrived.
+func (h *hostState) takeSignals(ctx workflow.Context) {
 	for {
 		var n DesiredNotice
-		if !notices.ReceiveAsync(&n) {
+		if !h.notices.ReceiveAsync(&n) {
 			break
 		}
-		applyNotice(n)
+		if n.Spec == nil {
+			delete(h.in.Desired, strconv.Itoa(n.VMID))
+		} else {
+			h.in.Desired[strconv.Itoa(n.VMID)] = *n.Spec
+		}
 	}
-	return workflow.NewContinueAsNewError(ctx, HostWorkflow, in)
+	h.status.Managed = sortedVMIDs(h.in.Desired)
+	for {
+		var s HostSettings
+		if !h.configure.ReceiveAsync(&s) {
+			break
+		}
+		if s.Interval > 0 && s.Interval != h.in.Interval {
+			workflow.GetLogger(ctx).Info("drift check interval changed", "from", h.in.Interval, "to", s.Interval)
+			h.in.Interval = s.Interval
+		}
+	}
+	h.status.Interval = h.in.Interval
+}
+
+// shouldContinueAsNew reports whether the history is long enough to
+// continue as new: by its length, however many passes that took.
+func (h *hostState) shouldContinueAsNew(ctx workflow.Context) bool {
+	info := workflow.GetInfo(ctx)
+	return info.GetContinueAsNewSuggested() || info.GetCurrentHistoryLength() >= h.in.MaxHistoryEvents
+}
+
+func (h *hostState) continueAsNew(ctx workflow.Context) error {
+	next := h.in
+	next.LastPass = h.status.LastPass
+	return workflow.NewContinueAsNewError(ctx, HostWorkflow, next)
 }
 
 // drift compares the desired set with a node listing: which desired guests

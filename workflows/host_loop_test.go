@@ -1,0 +1,205 @@
+package workflows
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/felhom/felhom-agent/workflows/desired"
+)
+
+// fakeNode is a host's node for the host workflow: a listing that never
+// changes, guest workflows that hold, and the wake-ups it was asked for. It
+// models the history length as the server counts it: an activity is three
+// events and the workflow task after it three more, a fired timer two.
+type fakeNode struct {
+	mu      sync.Mutex
+	env     *testsuite.TestWorkflowEnvironment
+	guests  []GuestSummary
+	holding []int
+	passes  int
+	wakes   [][]int
+	history int
+}
+
+func (n *fakeNode) ListGuests(ctx context.Context) (ListGuestsResult, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.passes++
+	n.grow(2 + 6) // the timer that started the pass, then the listing
+	return ListGuestsResult{Guests: n.guests, Holding: n.holding}, nil
+}
+
+func (n *fakeNode) WakeGuests(ctx context.Context, in WakeGuestsInput) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.wakes = append(n.wakes, slices.Clone(in.VMIDs))
+	n.grow(6)
+	return nil
+}
+
+func (n *fakeNode) grow(events int) {
+	n.history += events
+	n.env.SetCurrentHistoryLength(n.history)
+}
+
+func newHostEnv(t *testing.T, n *fakeNode) *testsuite.TestWorkflowEnvironment {
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(HostWorkflow)
+	env.RegisterActivityWithOptions(n.ListGuests, activity.RegisterOptions{Name: ActivityListGuests})
+	env.RegisterActivityWithOptions(n.WakeGuests, activity.RegisterOptions{Name: ActivityWakeGuests})
+	n.env = env
+	return env
+}
+
+// drifted24 is a desired set of 24 running guests, all listed stopped.
+func drifted24() (map[string]desired.Spec, []GuestSummary) {
+	want := map[string]desired.Spec{}
+	var have []GuestSummary
+	for vmid := 101; vmid <= 124; vmid++ {
+		want[strconv.Itoa(vmid)] = desired.Spec{Host: "pve1", VMID: vmid, Kind: desired.QEMU, State: desired.Running, MemoryMiB: 512, Cores: 1}
+		have = append(have, GuestSummary{VMID: vmid, Kind: desired.QEMU, Status: "stopped", MemoryMiB: 512, Cores: 1})
+	}
+	return want, have
+}
+
+func continuedHostInput(t *testing.T, env *testsuite.TestWorkflowEnvironment) (HostInput, bool) {
+	t.Helper()
+	var can *workflow.ContinueAsNewError
+	if err := env.GetWorkflowError(); !asContinueAsNew(err, &can) {
+		return HostInput{}, false
+	}
+	var next HostInput
+	if err := converter.GetDefaultDataConverter().FromPayloads(can.Input, &next); err != nil {
+		t.Fatal(err)
+	}
+	return next, true
+}
+
+func asContinueAsNew(err error, can **workflow.ContinueAsNewError) bool {
+	for err != nil {
+		if c, ok := err.(*workflow.ContinueAsNewError); ok {
+			*can = c
+			return true
+		}
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			return false
+		}
+		err = u.Unwrap()
+	}
+	return false
+}
+
+// A host with 24 drifted guests, two of whose workflows wait for a
+// signature, wakes the other 22 in one activity per pass, never the two,
+// and continues as new when its history reaches its bound, whatever the
+// number of passes that took, carrying the desired set, the interval and
+// the time of its last pass.
+func TestHostWithManyDriftedGuestsContinuesAsNewByHistorySize(t *testing.T) {
+	want, have := drifted24()
+	for _, bound := range []int{300, 600} {
+		t.Run(strconv.Itoa(bound)+" events", func(t *testing.T) {
+			n := &fakeNode{guests: have, holding: []int{101, 102}}
+			env := newHostEnv(t, n)
+			env.RegisterDelayedCallback(env.CancelWorkflow, 24*time.Hour) // a safety net; the run ends long before
+			env.ExecuteWorkflow(HostWorkflow, HostInput{Host: "pve1", Interval: time.Minute, Desired: want, MaxHistoryEvents: bound})
+			next, ok := continuedHostInput(t, env)
+			if !ok {
+				t.Fatalf("workflow ended with %v, want continue-as-new", env.GetWorkflowError())
+			}
+			perPass := 2 + 6 + 6
+			if n.history < bound || n.history >= bound+perPass {
+				t.Errorf("continued as new at %d events, want within one pass (%d events) past the bound %d", n.history, perPass, bound)
+			}
+			if wantPasses := (bound + perPass - 1) / perPass; n.passes != wantPasses {
+				t.Errorf("%d passes, want %d: the bound is on events", n.passes, wantPasses)
+			}
+			for i, w := range n.wakes {
+				if len(w) != 22 || slices.Contains(w, 101) || slices.Contains(w, 102) {
+					t.Fatalf("pass %d woke %v, want the 22 drifted guests that do not hold", i+1, w)
+				}
+			}
+			if len(next.Desired) != 24 || next.Interval != time.Minute || next.MaxHistoryEvents != bound || next.LastPass.IsZero() {
+				t.Errorf("continued with %d desired guests, interval %s, bound %d, last pass %s",
+					len(next.Desired), next.Interval, next.MaxHistoryEvents, next.LastPass)
+			}
+		})
+	}
+}
+
+// The server's suggestion to continue as new is honoured as much as the
+// bound, and a cancellation, even past the bound, ends the workflow.
+func TestHostContinuesAsNewOnSuggestionAndHonoursCancellation(t *testing.T) {
+	want, have := drifted24()
+	t.Run("suggested", func(t *testing.T) {
+		n := &fakeNode{guests: have}
+		env := newHostEnv(t, n)
+		env.RegisterDelayedCallback(func() { env.SetContinueAsNewSuggested(true) }, 3*time.Minute+30*time.Second)
+		env.RegisterDelayedCallback(env.CancelWorkflow, time.Hour)
+		env.ExecuteWorkflow(HostWorkflow, HostInput{Host: "pve1", Interval: time.Minute, Desired: want, MaxHistoryEvents: 1 << 30})
+		if _, ok := continuedHostInput(t, env); !ok || n.passes != 4 {
+			t.Errorf("ended with %v after %d passes, want continue-as-new after 4", env.GetWorkflowError(), n.passes)
+		}
+	})
+	t.Run("cancelled past the bound", func(t *testing.T) {
+		n := &fakeNode{guests: have}
+		env := newHostEnv(t, n)
+		env.RegisterDelayedCallback(func() {
+			env.SetCurrentHistoryLength(1 << 20)
+			env.CancelWorkflow()
+		}, 90*time.Second)
+		env.ExecuteWorkflow(HostWorkflow, HostInput{Host: "pve1", Interval: time.Hour, Desired: want, MaxHistoryEvents: 1 << 30})
+		if err := env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+			t.Errorf("ended with %v, want cancelled", err)
+		}
+	})
+}
+
+// A changed interval, sent by a worker that starts with a new
+// configuration, reaches the running workflow: the next pass is due one new
+// interval after the last one, not one old interval. Desired-state notices
+// change the desired set between passes.
+func TestHostTakesItsSettingsAndNoticesWhileRunning(t *testing.T) {
+	want, have := drifted24()
+	n := &fakeNode{guests: have}
+	env := newHostEnv(t, n)
+	env.RegisterDelayedCallback(func() {
+		if n.passes != 1 {
+			t.Errorf("%d passes in the first hour's wait, want 1", n.passes)
+		}
+		env.SignalWorkflow(SignalConfigure, HostSettings{Interval: time.Minute})
+		env.SignalWorkflow(SignalDesiredChanged, DesiredNotice{VMID: 124})
+	}, 10*time.Minute)
+	env.RegisterDelayedCallback(func() {
+		if n.passes != 12 {
+			t.Errorf("%d passes 20 minutes in, want 12: one at the start, one when the interval changed at the tenth minute (overdue), then one a minute", n.passes)
+		}
+		v, err := env.QueryWorkflow(QueryHostStatus)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st HostStatus
+		if err := v.Get(&st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Interval != time.Minute || len(st.Managed) != 23 || slices.Contains(st.Drifted, 124) {
+			t.Errorf("status %+v, want interval 1m and 23 managed guests without 124", st)
+		}
+		env.CancelWorkflow()
+	}, 20*time.Minute+30*time.Second)
+	env.ExecuteWorkflow(HostWorkflow, HostInput{Host: "pve1", Interval: time.Hour, Desired: want})
+	if err := env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Errorf("ended with %v, want cancelled", err)
+	}
+}
