@@ -9,6 +9,7 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/internal/pvesim"
 	"github.com/felhom/felhom-agent/worker"
 	"github.com/felhom/felhom-agent/workflows"
 	"github.com/felhom/felhom-agent/workflows/desired"
@@ -55,5 +56,46 @@ func TestHostRefusesOpsValidLongerThanItsCap(t *testing.T) {
 	}
 	if slices.Contains(sim.Volumes(), vol) {
 		t.Fatal("volume still there after its approved wipe")
+	}
+}
+
+// An approved destroy that keeps meeting "VM is locked (backup)" on its
+// first request is retried with the same approval until the lock goes, and
+// completes although its op expired meanwhile: the host admitted the
+// approval and the act started before the op's window closed, and the
+// workflow bounds the step by time, not by a count of attempts.
+func TestApprovedDestroyOutlivesItsOpThroughLockRetries(t *testing.T) {
+	host := uniqueHost("pve-lockretry")
+	sim := startSim(t, host)
+	must(t, sim.AddVM(pvesim.Guest{VMID: 193, Name: "locked", Status: "running", MemoryMiB: 512, Cores: 1,
+		Disks: map[string]string{"scsi0": "local-lvm:vm-193-disk-0,size=4G"}}))
+	ops := newOperatorKey(t, "ed25519")
+	a := startAgent(t, host, sim, ops.Pub)
+	a.applySpec(t, desired.Spec{Host: host, VMID: 193, State: desired.Absent})
+	st := a.waitPhase(t, 193, workflows.PhasePending)
+
+	sim.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu/193/status/stop", Kind: pvesim.FaultHTTPError,
+		Status: 500, Message: "VM 193 is locked (backup)", Times: -1})
+	op := opFor(st.Pending.OpTemplate)
+	op.ExpiresAt = time.Now().UTC().Truncate(time.Second).Add(10 * time.Second)
+	must(t, a.client.SignalWorkflow(context.Background(), workflows.GuestWorkflowID(host, 193), "", workflows.SignalApprove, signWithSSHKeygen(t, ops, op)))
+
+	waitFor(t, "a stop attempt after the op expired", func() bool {
+		for _, r := range sim.RequestsMatching("POST", "/nodes/*/qemu/193/status/stop") {
+			if r.Time.After(op.ExpiresAt) {
+				return true
+			}
+		}
+		return false
+	})
+	sim.ClearFaults()
+	st = a.waitStatusWithin(t, 193, "the guest destroyed", 2*time.Minute, func(st workflows.GuestStatus) bool {
+		return st.Phase == workflows.PhaseConverged
+	})
+	if _, ok := sim.Guest(193); ok || len(sim.RequestsMatching("DELETE", "/nodes/*/qemu/193")) != 1 {
+		t.Fatalf("guest 193 not destroyed exactly once (recent %+v)", st.Recent)
+	}
+	if tries := len(sim.RequestsMatching("POST", "/nodes/*/qemu/193/status/stop")); tries < 5 {
+		t.Errorf("%d stop attempts, want the locked ones and the last", tries)
 	}
 }
