@@ -76,6 +76,15 @@ func TestRecordedHistoriesReplay(t *testing.T) {
 		"legacy-guest-signals", "legacy-guest-superseded", "legacy-guest-conflict",
 		"legacy-guest-failure-wakeup", "legacy-guest-failure-drops-wakeup",
 		"legacy-host-continue-as-new", "legacy-job-rejected",
+		// The guest workflow's linear loop (versionGuestLoop), the host
+		// workflow's loop by history size (versionHostLoop) and signed jobs
+		// handed to the guest's workflow (versionJobThroughGuest).
+		"guest-loop-converge", "guest-loop-rejected-approvals", "guest-loop-destroy-approved", "guest-loop-compensation",
+		"guest-loop-continue-as-new", "guest-loop-signals", "guest-loop-superseded", "guest-loop-failure-retry",
+		"guest-loop-conflict", "guest-loop-pending-continue-as-new", "guest-loop-pending-carried", "guest-loop-cancelled",
+		"guest-loop-restore-job", "guest-loop-destroy-job",
+		"host-loop-drift", "host-loop-continue-as-new", "host-loop-holding", "host-loop-configure",
+		"job-through-guest-wipe", "job-through-guest-rejected", "job-through-guest-restore", "job-on-host-rotate",
 	}
 	have := map[string]bool{}
 	for _, f := range files {

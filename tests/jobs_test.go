@@ -35,7 +35,7 @@ func TestRestoreJobRunsThroughTheGuestWorkflow(t *testing.T) {
 
 	sim.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu", VMID: 190, Kind: pvesim.FaultDelay, Delay: 5 * time.Second})
 	restore := desired.Action{Op: gate.OpGuestRestore, Host: host, Guest: "190", Params: map[string]any{"archive": archive}}
-	if code := runJob(t, a.client, host, ops, restore); code != "" {
+	if code := runJobRecorded(t, a.client, host, ops, restore, "job-through-guest-restore"); code != "" {
 		t.Fatalf("restore job refused: %s", code)
 	}
 	if n := len(sim.RequestsMatching("POST", "/nodes/*/qemu/190/status/stop")); n != 1 {
@@ -53,6 +53,7 @@ func TestRestoreJobRunsThroughTheGuestWorkflow(t *testing.T) {
 	if !hasRecord(st.Recent, gate.OpGuestRestore, "done") || !hasRecord(st.Recent, desired.OpStart, "done") {
 		t.Errorf("recent %+v, want the job's restore, then a start", st.Recent)
 	}
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 190), "", "guest-loop-restore-job")
 }
 
 // A destroy job leaves the guest desired absent: its workflow does not
@@ -86,6 +87,7 @@ func TestDestroyJobLeavesTheGuestDesiredAbsent(t *testing.T) {
 	if _, ok := sim.Guest(191); ok || len(sim.RequestsMatching("POST", "/nodes/*/qemu")) != 0 {
 		t.Fatal("the destroyed guest was created again")
 	}
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 191), "", "guest-loop-destroy-job")
 }
 
 func hasRecord(recent []workflows.ActionRecord, op, result string) bool {

@@ -454,6 +454,7 @@ func TestSignedJobRunsOnceAndItsNonceCannotBeReplayed(t *testing.T) {
 	if code := jobRejection(err); code != "replay" {
 		t.Errorf("replayed job: err = %v, want a replay rejection", err)
 	}
+	recordHistory(t, a.client, opts.ID+"-again", "", "job-through-guest-rejected")
 	if !slices.Contains(sim.Volumes(), "local-lvm:vm-180-disk-1") {
 		t.Error("the replayed job wiped the volume")
 	}

@@ -18,6 +18,13 @@ import (
 // job; it returns the gate's refusal code, "" when the job succeeded.
 func runJob(t *testing.T, c client.Client, host string, key operatorKey, action desired.Action) string {
 	t.Helper()
+	return runJobRecorded(t, c, host, key, action, "")
+}
+
+// runJobRecorded is runJob that records the job's history under name
+// (unless name is empty; see recordHistory).
+func runJobRecorded(t *testing.T, c client.Client, host string, key operatorKey, action desired.Action, name string) string {
+	t.Helper()
 	op := opFor(workflows.OpTemplate{Op: action.Op, HostID: host, GuestID: action.Guest, Params: action.Params})
 	approval := signWithSSHKeygen(t, key, op)
 	run, err := c.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{
@@ -25,6 +32,9 @@ func runJob(t *testing.T, c client.Client, host string, key operatorKey, action 
 	}, workflows.SignedJobWorkflow, workflows.SignedJobInput{Host: host, Action: action, Approval: approval})
 	must(t, err)
 	err = run.Get(context.Background(), nil)
+	if name != "" {
+		recordHistory(t, c, run.GetID(), "", name)
+	}
 	if err == nil {
 		return ""
 	}
@@ -60,7 +70,7 @@ func TestSignerRotationIsRoleScopedAndDurable(t *testing.T) {
 	if code := runJob(t, a.client, host, recovery, wipe("local-lvm:vm-901-disk-0", "901")); code != "role_denied" {
 		t.Fatalf("recovery key on a volume wipe: %q, want role_denied", code)
 	}
-	if code := runJob(t, a.client, host, recovery, rotate); code != "" {
+	if code := runJobRecorded(t, a.client, host, recovery, rotate, "job-on-host-rotate"); code != "" {
 		t.Fatalf("rotation signed by the recovery key refused: %s", code)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "signers.json")); err != nil {
