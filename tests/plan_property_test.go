@@ -64,7 +64,7 @@ func TestApplyingAPlanThenPlanningAgainIsEmpty(t *testing.T) {
 		spec := desired.Spec{
 			Host: host, VMID: vmid, Kind: desired.QEMU, Name: pick("", fmt.Sprintf("n%d", vmid)),
 			State:  desired.State(pick("running", "stopped")),
-			Memory: pick("512", "1GiB", "1536MiB", fmt.Sprintf("%dB", 1<<20*(1+rng.IntN(4096))+rng.IntN(1<<20))),
+			Memory: pick("512", "1GiB", "1536MiB", fmt.Sprintf("%dB", 1<<20*(16+rng.IntN(4081))+rng.IntN(1<<20))),
 			Cores:  1 + rng.IntN(8),
 			Tags:   []string{pick("a", "b", "web"), pick("prod", "a")},
 			Disks:  map[string]string{"scsi0": "local-lvm:8"},
