@@ -4,8 +4,17 @@
 // existing guest, volume wipe, disk detach/shrink), which run the gate
 // themselves, on the host.
 //
-// Register a *Proxmox with the worker; each exported method is an activity
-// taking (ctx, XInput) and returning (XResult, error), all JSON-serialisable.
+// Each exported method of *Proxmox is an activity taking (ctx, XInput) and
+// returning (XResult, error), all JSON-serialisable. The worker registers
+// *Host, whose methods the workflows call by name: one per operation a guest
+// workflow runs (CreateGuest, StartGuest, ShutdownGuest, SetConfig,
+// DetachDisk, DestroyGuest, RestoreBackup, WipeVolume; steps.go), each a thin
+// translation to the *Proxmox activity that does the work; reads and
+// listings; wake-ups; signed jobs (RunSignedJob, and RunGuestJob, which hands
+// a job on a guest to that guest's workflow); and ExecuteAction, which runs
+// any planned action and stays for workflow runs recorded before the
+// per-operation activities. The Temporal server may call any of them with
+// any input: none decides anything the executors do not decide again.
 //
 // # Mutations and crash resume
 //
