@@ -42,9 +42,9 @@ const versionGuestLoop = "guest-linear-loop"
 // Work is a new desired state, a wake-up, the resync or retry time, or a
 // signed job for this guest, which runs between two passes (jobs.go). The
 // wait, and the wait for an approval, also end when the run should continue
-// as new, which carries the desired state,
-// the generation, the recent actions and a pending action to the next run.
-// A cancellation ends the workflow where it is: nothing is rolled back.
+// as new, which carries the desired state, the generation, the recent
+// actions and a pending action to the next run. A cancellation ends the
+// workflow where it is: nothing is rolled back.
 func GuestReconcileWorkflow(ctx workflow.Context, in GuestInput) error {
 	if workflow.GetVersion(ctx, versionGuestLoop, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
 		return legacyGuestReconcile(ctx, in)
@@ -208,7 +208,10 @@ func (g *guest) reconcile(ctx workflow.Context) error {
 		g.unconverged = 0
 		return g.fail(ctx, fmt.Sprintf("guest does not converge: %d passes in a row ran their plan and still planned %s", maxUnconvergedPasses, plan.Actions[0].Op))
 	}
-	g.setPhase(ctx, PhaseConverging)
+	if !plan.Actions[0].Destructive {
+		// A destructive first action makes the phase pending at once.
+		g.setPhase(ctx, PhaseConverging)
+	}
 	created := false
 	for _, action := range plan.Actions {
 		if g.generation != gen {
@@ -265,6 +268,7 @@ func (g *guest) take(ctx workflow.Context, action desired.Action, gen int) (Exec
 			req.answer(ApprovalVerdict{Accepted: true, Detail: res.Detail})
 		}
 		g.endHold(ctx, nil)
+		g.setPhase(ctx, PhaseConverging) // what is left of the plan runs now
 		return res, err
 	}
 }
