@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/felhom/felhom-agent/internal/appendlog"
+	"github.com/felhom/felhom-agent/internal/appendlog/appendlogtest"
 )
 
 func openT(t *testing.T, path string) *Ledger {
@@ -142,38 +142,12 @@ func TestCorruptRecordIsRefused(t *testing.T) {
 	}
 }
 
-// failingSync fails every sync of the ledger once armed.
-type failingSync struct {
-	appendlog.OS
-	armed *atomic.Bool
-}
-
-func (f failingSync) OpenFile(name string, flag int) (appendlog.File, error) {
-	file, err := f.OS.OpenFile(name, flag)
-	if err != nil {
-		return nil, err
-	}
-	return failingSyncFile{file, f.armed}, nil
-}
-
-type failingSyncFile struct {
-	appendlog.File
-	armed *atomic.Bool
-}
-
-func (f failingSyncFile) Sync() error {
-	if f.armed.Load() {
-		return syscall.EIO
-	}
-	return f.File.Sync()
-}
-
 // A record whose sync failed is not applied, and the ledger refuses every
 // later change until reopened; what was acknowledged stays.
 func TestFailedSyncRefusesUntilReopened(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "prov.ledger")
 	var armed atomic.Bool
-	l, err := open(path, failingSync{armed: &armed})
+	l, err := open(path, appendlogtest.FailingSync{Armed: &armed})
 	if err != nil {
 		t.Fatal(err)
 	}
