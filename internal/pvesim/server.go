@@ -231,6 +231,24 @@ func (s *Server) sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// hold waits until h is released, returning false when the client went
+// away or the server closed first. A hold without a hook never ends before
+// that.
+func (s *Server) hold(ctx context.Context, h *Hook) bool {
+	var release <-chan struct{}
+	if h != nil {
+		release = h.release
+	}
+	select {
+	case <-release:
+		return true
+	case <-s.closed:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
 func randomUUID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])

@@ -25,6 +25,7 @@ type task struct {
 	log       []string
 	cancel    chan struct{}
 	cancelled bool
+	done      chan struct{} // closed when the task stops
 	cleanup   func()
 	waiter    *lockWaiter
 }
@@ -67,6 +68,7 @@ func (s *Server) startTask(c *call, spec taskSpec) string {
 		start:   now,
 		running: true,
 		cancel:  make(chan struct{}),
+		done:    make(chan struct{}),
 		log:     append([]string(nil), spec.logStart...),
 		cleanup: spec.cleanup,
 	}
@@ -208,11 +210,28 @@ func (s *Server) finishTaskExit(t *task, exit string) {
 	t.running = false
 	t.end = time.Now()
 	t.exit = exit
+	select {
+	case <-t.done:
+	default:
+		close(t.done)
+	}
 	if exit == "OK" || strings.HasPrefix(exit, "WARNINGS: ") {
 		t.log = append(t.log, "TASK "+exit)
 	} else {
 		t.log = append(t.log, "TASK ERROR: "+exit)
 	}
+}
+
+// TaskDone returns a channel that is closed when the task stops (at once
+// for one that already has), and false when the node does not know upid.
+func (s *Server) TaskDone(upid string) (<-chan struct{}, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tasks[upid]
+	if t == nil {
+		return nil, false
+	}
+	return t.done, true
 }
 
 // parseUPID checks a UPID's shape as pve's decode_upid does.
