@@ -51,7 +51,7 @@ type taskSpec struct {
 // startTask creates a running task and its worker, and returns the UPID.
 // Must be called without s.mu held.
 func (s *Server) startTask(c *call, spec taskSpec) string {
-	now := time.Now()
+	now, started := time.Now(), s.cfg.Clock()
 	s.mu.Lock()
 	s.taskSeq++
 	id := spec.id
@@ -65,7 +65,7 @@ func (s *Server) startTask(c *call, spec taskSpec) string {
 		vmid:    spec.vmid,
 		pid:     0x1000 + s.taskSeq*7,
 		pstart:  uint32(now.Sub(s.bootTime)/(10*time.Millisecond)) + 0x100000,
-		start:   now,
+		start:   started,
 		running: true,
 		cancel:  make(chan struct{}),
 		done:    make(chan struct{}),
@@ -75,7 +75,7 @@ func (s *Server) startTask(c *call, spec taskSpec) string {
 	if spec.vmid != 0 {
 		t.waiter = s.enqueueLock(spec.vmid)
 	}
-	t.upid = fmt.Sprintf("UPID:%s:%08X:%08X:%08X:%s:%s:%s:", s.cfg.Node, t.pid, t.pstart, now.Unix(), t.typ, t.id, t.user)
+	t.upid = fmt.Sprintf("UPID:%s:%08X:%08X:%08X:%s:%s:%s:", s.cfg.Node, t.pid, t.pstart, started.Unix(), t.typ, t.id, t.user)
 	s.tasks[t.upid] = t
 	s.pruneTasks()
 	s.tasksWG.Add(1)
@@ -208,7 +208,7 @@ func (s *Server) finishTaskExit(t *task, exit string) {
 		t.cleanup = nil
 	}
 	t.running = false
-	t.end = time.Now()
+	t.end = s.cfg.Clock()
 	t.exit = exit
 	select {
 	case <-t.done:
