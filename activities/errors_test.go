@@ -60,8 +60,9 @@ func TestFaultClasses(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, pvesim.Config{})
 			h.addVM(pvesim.Guest{VMID: 101, Name: "g", Status: "stopped", MemoryMiB: 512, Lock: tt.lock})
+			answered := pvesim.NewHook()
 			if tt.fault.Kind != "" {
-				tt.fault.Method, tt.fault.Path = "POST", startPath
+				tt.fault.Method, tt.fault.Path, tt.fault.Hook = "POST", startPath, answered
 				h.srv.Inject(tt.fault)
 			}
 			if tt.fault.Kind == pvesim.FaultDelay {
@@ -83,18 +84,20 @@ func TestFaultClasses(t *testing.T) {
 			} else {
 				wantErr(t, err, tt.errType, tt.retryable)
 			}
-			// A task started by a request whose answer was lost finishes on
-			// its own: give it a moment.
-			deadline := time.Now().Add(2 * time.Second)
-			for {
-				g, _ := h.guest(101)
-				if (g.Status == "running") == tt.running {
-					break
+			// The faulted request has been answered or dropped (a slow one
+			// once the client gave up), and a task it started, whose answer
+			// may have been lost, has finished.
+			if tt.fault.Kind != "" {
+				<-answered.Done()
+			}
+			for _, r := range h.srv.RequestsMatching("POST", startPath) {
+				if r.UPID != "" {
+					done, _ := h.srv.TaskDone(r.UPID)
+					<-done
 				}
-				if time.Now().After(deadline) {
-					t.Fatalf("guest status %q, want running=%v", g.Status, tt.running)
-				}
-				time.Sleep(10 * time.Millisecond)
+			}
+			if g, _ := h.guest(101); (g.Status == "running") != tt.running {
+				t.Fatalf("guest status %q, want running=%v", g.Status, tt.running)
 			}
 		})
 	}
