@@ -29,6 +29,17 @@ func startAsync(ctx context.Context, vm *proxmox.VirtualMachine) <-chan error {
 	return res
 }
 
+// awaitHit waits until the simulator has the request whose answer arrives
+// on res, failing the test when the call ends first.
+func awaitHit(t *testing.T, hook *pvesim.Hook, res <-chan error) {
+	t.Helper()
+	select {
+	case <-hook.Hit():
+	case err := <-res:
+		t.Fatalf("the call ended before the simulator had it: %v", err)
+	}
+}
+
 // A held request is not served until the hook is released, then served as
 // usual; Hit and Done mark both ends.
 func TestFaultHoldServesOnRelease(t *testing.T) {
@@ -39,7 +50,7 @@ func TestFaultHoldServesOnRelease(t *testing.T) {
 	srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu/*/status/start", Kind: pvesim.FaultHold, Hook: hook})
 
 	res := startAsync(context.Background(), vm)
-	<-hook.Hit()
+	awaitHit(t, hook, res)
 	if rows := allTasks(t, client); len(rows) != 0 {
 		t.Fatalf("tasks while the start is held: %v", rows)
 	}
@@ -86,7 +97,7 @@ func TestFaultHoldClientGoesAway(t *testing.T) {
 
 			ctx, cancel := context.WithCancel(context.Background())
 			res := startAsync(ctx, vm)
-			<-hook.Hit()
+			awaitHit(t, hook, res)
 			cancel()
 			if err := <-res; err == nil {
 				t.Fatal("the abandoned start reported success")
