@@ -3,7 +3,6 @@ package activities
 import (
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/felhom/felhom-agent/internal/pvesim"
 )
@@ -84,12 +83,12 @@ func TestCreateRefusesForeignVMID(t *testing.T) {
 // Proxmox refuses, and the pending ledger record is dropped.
 func TestCreateVMIDRace(t *testing.T) {
 	h := newHarness(t, pvesim.Config{})
-	h.srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu", Kind: pvesim.FaultDelay, Delay: 200 * time.Millisecond})
-	go func() { // once the create request is in, someone else takes the VMID
-		for len(h.srv.RequestsMatching("POST", "/nodes/*/qemu")) == 0 {
-			time.Sleep(time.Millisecond)
-		}
+	held := pvesim.NewHook()
+	h.srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu", Kind: pvesim.FaultHold, Hook: held})
+	go func() { // while the create request is held, someone else takes the VMID
+		<-held.Hit()
 		h.srv.AddVM(pvesim.Guest{VMID: 150, Name: "theirs", MemoryMiB: 512})
+		held.Release()
 	}()
 	_, err := run[CreateResult](h, h.act.CreateVM, CreateVMInput{VMID: 150, Name: "app", MemoryMiB: 512})
 	wantErr(t, err, ErrTypeVMIDTaken, false)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -380,8 +381,12 @@ func TestGuestWorkflowContinuesAsNewWithItsState(t *testing.T) {
 	a.waitPhase(t, 170, workflows.PhaseConverged)
 	for i := 0; i < 6; i++ {
 		spec.Cores = 1 + i%2
-		a.applySpec(t, spec)
-		time.Sleep(300 * time.Millisecond)
+		gen := a.applySpec(t, spec).Generation
+		// Each change is acted on before the next arrives, so the history
+		// grows by a whole pass each time.
+		a.waitStatus(t, 170, fmt.Sprintf("generation %d converged with %d cores", gen, spec.Cores), func(st workflows.GuestStatus) bool {
+			return st.Generation == gen && st.Phase == workflows.PhaseConverged && st.Observed != nil && st.Observed.Cores == spec.Cores
+		})
 	}
 	st := a.waitStatus(t, 170, "converged with 2 cores", func(st workflows.GuestStatus) bool {
 		return st.Phase == workflows.PhaseConverged && st.Observed != nil && st.Observed.Cores == 2

@@ -1,8 +1,9 @@
 // Package devserver runs a real Temporal server (go.temporal.io/server) inside
 // the current process, with SQLite persistence, for `felhom-agent dev` and for
 // the end-to-end tests. It is the same server a production cluster runs, cut
-// down to one process: every service on 127.0.0.1, one history shard, SQLite
-// in a file (or in memory), the namespace registered with an explicit
+// down to one process: every service on 127.0.0.1, static membership (the
+// services know each other's addresses; no gossip ring), one history shard,
+// SQLite in a file (or in memory), the namespace registered with an explicit
 // retention and the project's search attributes registered on every start.
 package devserver
 
@@ -28,7 +29,9 @@ import (
 	"go.temporal.io/server/common/cluster"
 	"go.temporal.io/server/common/config"
 	"go.temporal.io/server/common/dynamicconfig"
+	"go.temporal.io/server/common/membership/static"
 	sqliteplugin "go.temporal.io/server/common/persistence/sql/sqlplugin/sqlite"
+	"go.temporal.io/server/common/primitives"
 	sqliteschema "go.temporal.io/server/schema/sqlite"
 	"go.temporal.io/server/temporal"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -87,7 +90,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(7)
+	ports, err := freePorts(3)
 	if err != nil {
 		return nil, err
 	}
@@ -105,9 +108,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("devserver: create namespace %q in %s: %w", cfg.Namespace, describeDB(cfg.DBPath), err)
 	}
 
+	conf := serverConfig(sqlCfg, frontend, ports)
 	srv, err := temporal.NewServer(
-		temporal.WithConfig(serverConfig(sqlCfg, frontend, ports)),
+		temporal.WithConfig(conf),
 		temporal.ForServices(services(cfg.SystemWorkers)),
+		temporal.WithStaticHosts(staticHosts(conf)),
 		temporal.WithLogger(newServerLogger(cfg.Logger)),
 		temporal.WithDynamicConfigClient(dynamicconfig.StaticClient{
 			// Search attributes registered at start must be usable at once.
@@ -183,7 +188,7 @@ func (s *Server) prepareNamespace(ctx context.Context) error {
 }
 
 // waitReady dials the frontend until it describes the namespace: Start of
-// the server returns before every service has joined the membership ring.
+// the server returns before the frontend answers.
 func (s *Server) waitReady(ctx context.Context) (client.Client, *workflowservice.DescribeNamespaceResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
@@ -275,13 +280,10 @@ func sqliteConfig(path string) (*config.SQL, error) {
 func serverConfig(sqlCfg *config.SQL, frontend string, ports []int) *config.Config {
 	_, fport, _ := net.SplitHostPort(frontend)
 	frontendPort, _ := strconv.Atoi(fport)
-	service := func(grpcPort, membershipPort int) config.Service {
-		return config.Service{RPC: config.RPC{GRPCPort: grpcPort, MembershipPort: membershipPort, BindOnIP: "127.0.0.1"}}
+	service := func(grpcPort int) config.Service {
+		return config.Service{RPC: config.RPC{GRPCPort: grpcPort, BindOnIP: "127.0.0.1"}}
 	}
 	return &config.Config{
-		Global: config.Global{
-			Membership: config.Membership{MaxJoinDuration: 30 * time.Second, BroadcastAddress: "127.0.0.1"},
-		},
 		Persistence: config.Persistence{
 			DefaultStore:     sqliteplugin.PluginName,
 			VisibilityStore:  sqliteplugin.PluginName,
@@ -299,10 +301,10 @@ func serverConfig(sqlCfg *config.SQL, frontend string, ports []int) *config.Conf
 		},
 		DCRedirectionPolicy: config.DCRedirectionPolicy{Policy: "noop"},
 		Services: map[string]config.Service{
-			"frontend": service(frontendPort, ports[0]),
-			"history":  service(ports[1], ports[2]),
-			"matching": service(ports[3], ports[4]),
-			"worker":   service(ports[5], ports[6]),
+			"frontend": service(frontendPort),
+			"history":  service(ports[0]),
+			"matching": service(ports[1]),
+			"worker":   service(ports[2]),
 		},
 		Archival: config.Archival{
 			History:    config.HistoryArchival{State: "disabled"},
@@ -316,6 +318,23 @@ func serverConfig(sqlCfg *config.SQL, frontend string, ports []int) *config.Conf
 		},
 		PublicClient: config.PublicClient{HostPort: frontend},
 	}
+}
+
+// staticHosts is the membership of a server whose services all run in this
+// process: each knows the others' addresses from the configuration. A gossip
+// ring (ringpop) would instead find its peers through the membership table of
+// the database, which on a restart still lists the previous process's
+// services, on other ports, as alive for 20 seconds: joining them held the
+// restarted server's history and matching services back for longer than a
+// client's call timeout, and past the ring's 30 second join limit when the
+// machine was busy.
+func staticHosts(conf *config.Config) map[primitives.ServiceName]static.Hosts {
+	hosts := make(map[primitives.ServiceName]static.Hosts, len(conf.Services))
+	for name, svc := range conf.Services {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(svc.RPC.GRPCPort))
+		hosts[primitives.ServiceName(name)] = static.SingleLocalHost(addr)
+	}
+	return hosts
 }
 
 func services(systemWorkers bool) []string {

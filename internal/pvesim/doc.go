@@ -50,8 +50,11 @@
 //     empty body as pveproxy sends them), slow requests (before or after
 //     the side effect, for client timeouts either side of it), failing or
 //     "WARNINGS" task exit statuses, slow tasks, connections dropped before
-//     or after the side effect, config-lock timeouts, and raw reply bodies
-//     (malformed UPIDs, data null) for go-proxmox's panics.
+//     or after the side effect, config-lock timeouts, raw reply bodies
+//     (malformed UPIDs, data null) for go-proxmox's panics, and requests
+//     held before or after their side effect until the test releases them.
+//     A Hook on a fault says when it hit and when its request was answered,
+//     and TaskDone when a task stopped, so tests wait on events, not on time.
 //   - A record of every mutating request (Requests, RequestsMatching,
 //     ResetRequests) with its form values, answer status and task UPID.
 //

@@ -85,6 +85,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // test reading Requests after a call sees its outcome.
 func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, recIdx int) (int, FaultKind) {
 	var kind FaultKind
+	var hook *Hook
 	reply := func(status int, data any, aerr *apiError) (int, FaultKind) {
 		s.finishRecord(recIdx, status, c.upid, kind)
 		switch {
@@ -97,6 +98,7 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 		default:
 			writeJSON(w, data)
 		}
+		hook.doneNow()
 		return status, kind
 	}
 	if e := s.authenticate(c.r); e != nil {
@@ -109,8 +111,14 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 	}
 	f := s.takeFault(c.method, c.path, vmid)
 	if f != nil {
-		kind = f.Kind
+		kind, hook = f.Kind, f.Hook
+		if f.Kind != FaultHoldAfter {
+			hook.hitNow()
+		}
 		if f.Kind != FaultDelayAfter && !s.sleep(c.r.Context(), f.Delay) {
+			return reply(0, nil, nil)
+		}
+		if f.Kind == FaultHold && !s.hold(c.r.Context(), hook) {
 			return reply(0, nil, nil)
 		}
 		switch f.Kind {
@@ -131,6 +139,12 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 	}
 	if f != nil && f.Kind == FaultDelayAfter && !s.sleep(c.r.Context(), f.Delay) {
 		return reply(0, nil, nil)
+	}
+	if f != nil && f.Kind == FaultHoldAfter {
+		hook.hitNow()
+		if !s.hold(c.r.Context(), hook) {
+			return reply(0, nil, nil)
+		}
 	}
 	if f != nil && f.Kind == FaultRawReplyAfter {
 		return reply(http.StatusOK, rawBody(f.Message), nil)

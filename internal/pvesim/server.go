@@ -53,6 +53,10 @@ type Config struct {
 	LockTimeout time.Duration
 	// Logger receives one line per request (default: discard).
 	Logger *slog.Logger
+	// Clock is the node's clock for task start and end times (UPIDs, task
+	// status and list); default time.Now. A test sets it to place a task
+	// before or after a moment without waiting for the wall clock.
+	Clock func() time.Time
 	// StrictPVE answers exactly as pve also where the simulator is kinder
 	// by default (see "Kinder than pve" in the package doc): running tasks
 	// listed as "RUNNING", an unknown task a 400 "no such task", volume
@@ -105,6 +109,9 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if cfg.LockTimeout == 0 {
 		cfg.LockTimeout = 10 * time.Second
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
 	}
 	logger := cfg.Logger
 	if logger == nil {
@@ -223,6 +230,24 @@ func (s *Server) sleep(ctx context.Context, d time.Duration) bool {
 	defer t.Stop()
 	select {
 	case <-t.C:
+		return true
+	case <-s.closed:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// hold waits until h is released, returning false when the client went
+// away or the server closed first. A hold without a hook never ends before
+// that.
+func (s *Server) hold(ctx context.Context, h *Hook) bool {
+	var release <-chan struct{}
+	if h != nil {
+		release = h.release
+	}
+	select {
+	case <-release:
 		return true
 	case <-s.closed:
 		return false

@@ -25,6 +25,7 @@ type task struct {
 	log       []string
 	cancel    chan struct{}
 	cancelled bool
+	done      chan struct{} // closed when the task stops
 	cleanup   func()
 	waiter    *lockWaiter
 }
@@ -50,7 +51,7 @@ type taskSpec struct {
 // startTask creates a running task and its worker, and returns the UPID.
 // Must be called without s.mu held.
 func (s *Server) startTask(c *call, spec taskSpec) string {
-	now := time.Now()
+	now, started := time.Now(), s.cfg.Clock()
 	s.mu.Lock()
 	s.taskSeq++
 	id := spec.id
@@ -64,16 +65,17 @@ func (s *Server) startTask(c *call, spec taskSpec) string {
 		vmid:    spec.vmid,
 		pid:     0x1000 + s.taskSeq*7,
 		pstart:  uint32(now.Sub(s.bootTime)/(10*time.Millisecond)) + 0x100000,
-		start:   now,
+		start:   started,
 		running: true,
 		cancel:  make(chan struct{}),
+		done:    make(chan struct{}),
 		log:     append([]string(nil), spec.logStart...),
 		cleanup: spec.cleanup,
 	}
 	if spec.vmid != 0 {
 		t.waiter = s.enqueueLock(spec.vmid)
 	}
-	t.upid = fmt.Sprintf("UPID:%s:%08X:%08X:%08X:%s:%s:%s:", s.cfg.Node, t.pid, t.pstart, now.Unix(), t.typ, t.id, t.user)
+	t.upid = fmt.Sprintf("UPID:%s:%08X:%08X:%08X:%s:%s:%s:", s.cfg.Node, t.pid, t.pstart, started.Unix(), t.typ, t.id, t.user)
 	s.tasks[t.upid] = t
 	s.pruneTasks()
 	s.tasksWG.Add(1)
@@ -206,13 +208,30 @@ func (s *Server) finishTaskExit(t *task, exit string) {
 		t.cleanup = nil
 	}
 	t.running = false
-	t.end = time.Now()
+	t.end = s.cfg.Clock()
 	t.exit = exit
+	select {
+	case <-t.done:
+	default:
+		close(t.done)
+	}
 	if exit == "OK" || strings.HasPrefix(exit, "WARNINGS: ") {
 		t.log = append(t.log, "TASK "+exit)
 	} else {
 		t.log = append(t.log, "TASK ERROR: "+exit)
 	}
+}
+
+// TaskDone returns a channel that is closed when the task stops (at once
+// for one that already has), and false when the node does not know upid.
+func (s *Server) TaskDone(upid string) (<-chan struct{}, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tasks[upid]
+	if t == nil {
+		return nil, false
+	}
+	return t.done, true
 }
 
 // parseUPID checks a UPID's shape as pve's decode_upid does.
