@@ -3,8 +3,10 @@
 // their Proxmox activities.
 //
 //	felhom-agent run --config /etc/felhom-agent/agent.yaml   # production
-//	felhom-agent dev                                         # everything in one process
 //	felhom-agent signers repin --config FILE                 # pin the configured signer keys (host operator)
+//
+// It links no Temporal server, Web UI or SQLite: the all-in-one that does is
+// its own command, cmd/felhom-dev.
 package main
 
 import (
@@ -19,11 +21,11 @@ const usage = `felhom-agent keeps this Proxmox VE host's guests at the state the
 
 Usage:
   felhom-agent run --config FILE   run the host's worker against an existing Temporal cluster
-  felhom-agent dev [flags]         run Temporal, the Web UI, the worker and a Proxmox simulator in one process
   felhom-agent signers repin --config FILE
                                    pin the configured signer keys in place of the pinned ones (the host's operator)
 
-Run "felhom-agent COMMAND --help" for a command's flags.
+Run "felhom-agent COMMAND --help" for a command's flags. Temporal, the Web UI,
+the worker and a Proxmox simulator in one process: felhom-dev (go run ./cmd/felhom-dev).
 `
 
 func main() {
@@ -43,7 +45,7 @@ func runMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case "run":
 		err = cmdRun(args[1:], stdout, stderr)
 	case "dev":
-		err = cmdDev(args[1:], stdout, stderr)
+		err = usageError{errors.New(`"dev" is a command of its own: felhom-dev (go run ./cmd/felhom-dev); this binary is the per-host worker`)}
 	case "signers":
 		err = cmdSigners(args[1:], stdin, stdout, stderr)
 	case "help", "-h", "-help", "--help":

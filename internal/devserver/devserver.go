@@ -1,5 +1,5 @@
 // Package devserver runs a real Temporal server (go.temporal.io/server) inside
-// the current process, with SQLite persistence, for `felhom-agent dev` and for
+// the current process, with SQLite persistence, for `felhom-dev` and for
 // the end-to-end tests. It is the same server a production cluster runs, cut
 // down to one process: every service on 127.0.0.1, static membership (the
 // services know each other's addresses; no gossip ring), one history shard,

@@ -1,6 +1,6 @@
 // Package pvesim is an in-memory Proxmox VE node that speaks the
 // /api2/json REST API the way pveproxy does, for tests, benchmarks and
-// `felhom-agent dev`. It is driven with the real go-proxmox client.
+// `felhom-dev`. It is driven with the real go-proxmox client.
 //
 // What it simulates, on one node (default "pve1"):
 //

@@ -447,7 +447,7 @@ func (k Kind) typed(key, v string) any {
 	return v
 }
 
-// SeedDemo adds a few guests for `felhom-agent dev`: two VMs, a container,
+// SeedDemo adds a few guests for `felhom-dev`: two VMs, a container,
 // a protected database VM and a VM under a backup lock.
 func (s *Server) SeedDemo() error {
 	demo := []struct {

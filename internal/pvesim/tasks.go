@@ -87,7 +87,7 @@ func (s *Server) startTask(c *call, spec taskSpec) string {
 	return t.upid
 }
 
-// maxTasks bounds the task history of a long-running `felhom-agent dev`;
+// maxTasks bounds the task history of a long-running `felhom-dev`;
 // pve rotates its task index too.
 const maxTasks = 10000
 

@@ -26,7 +26,7 @@ import (
 	"github.com/felhom/felhom-agent/worker"
 )
 
-const devHelp = `Usage: felhom-agent dev [flags]
+const devHelp = `Usage: felhom-dev [flags]
 
 Runs the whole system in one process, with nothing else to install:
   - a real Temporal server (SQLite in DATA_DIR/temporal.db; data survives restarts),
@@ -254,7 +254,7 @@ func printDevBanner(w io.Writer, b devBanner) {
 		key = b.OperatorKey + "  (pinned as this host's operational signer)"
 	}
 	fmt.Fprintf(w, `
-felhom-agent dev is running.
+felhom-dev is running.
 
   Temporal Web UI   %s
   Temporal frontend %s  (namespace %s)

@@ -21,7 +21,7 @@ import (
 	"github.com/felhom/felhom-agent/workflows/desired"
 )
 
-// devProcess is `felhom-agent dev` running as its own process.
+// devProcess is felhom-dev running as its own process.
 type devProcess struct {
 	cmd      *exec.Cmd
 	ui       string
@@ -38,7 +38,7 @@ var (
 
 func startDev(t *testing.T, dataDir string) *devProcess {
 	t.Helper()
-	cmd := exec.Command("felhom-agent", "dev", "--data-dir", dataDir,
+	cmd := exec.Command("felhom-dev", "--data-dir", dataDir,
 		"--frontend-addr", "127.0.0.1:0", "--ui-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
 		"--pvesim-task-duration", "100ms")
 	stdout, err := cmd.StdoutPipe()
