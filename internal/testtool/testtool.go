@@ -92,3 +92,13 @@ func missingMessage(missing []string) string {
 	}
 	return msg
 }
+
+// NeedPostgres handles PostgreSQL's initdb and pg_ctl missing (err says
+// so): outside CI the test is skipped, under CI it fails.
+func NeedPostgres(t testing.TB, err error) {
+	t.Helper()
+	if InCI() {
+		t.Fatalf("%v; CI=%s, so this is a failure, not a skip", err, os.Getenv("CI"))
+	}
+	t.Skip(err)
+}
