@@ -3,6 +3,7 @@
 // their Proxmox activities.
 //
 //	felhom-agent run --config /etc/felhom-agent/agent.yaml   # production
+//	felhom-agent check --config /etc/felhom-agent/agent.yaml # what would stop it, named
 //	felhom-agent signers repin --config FILE                 # pin the configured signer keys (host operator)
 //
 // It links no Temporal server, Web UI or SQLite: the all-in-one that does is
@@ -21,6 +22,9 @@ const usage = `felhom-agent keeps this Proxmox VE host's guests at the state the
 
 Usage:
   felhom-agent run --config FILE   run the host's worker against an existing Temporal cluster
+  felhom-agent check --config FILE check the configuration, Temporal, Proxmox, the token's privileges
+                                   and the state files, naming each problem; changes nothing
+  felhom-agent --version           print the version
   felhom-agent signers repin --config FILE
                                    pin the configured signer keys in place of the pinned ones (the host's operator)
 
@@ -44,6 +48,11 @@ func runMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		err = cmdRun(args[1:], stdout, stderr)
+	case "check":
+		err = cmdCheck(args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		printVersion(stdout)
+		return 0
 	case "dev":
 		err = usageError{errors.New(`"dev" is a command of its own: felhom-dev (go run ./cmd/felhom-dev); this binary is the per-host worker`)}
 	case "signers":

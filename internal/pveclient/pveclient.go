@@ -292,3 +292,36 @@ func badRequestDetails(body []byte) string {
 	}
 	return strings.Join(parts, "; ")
 }
+
+// RequiredPrivileges are the privileges the agent's token needs: reading
+// guests, tasks and storage, power actions, creating, configuring,
+// restoring and destroying guests, and freeing their volumes.
+var RequiredPrivileges = []string{
+	"Datastore.AllocateSpace", "Datastore.Audit", "Sys.Audit",
+	"VM.Allocate", "VM.Audit", "VM.Backup", "VM.Config.CPU", "VM.Config.Disk", "VM.Config.HWType",
+	"VM.Config.Memory", "VM.Config.Network", "VM.Config.Options", "VM.PowerMgmt",
+}
+
+// MissingPrivileges asks the host which privileges the token has
+// (GET /access/permissions, on any path) and returns those of want it
+// lacks, sorted.
+func MissingPrivileges(ctx context.Context, c *proxmox.Client, want []string) ([]string, error) {
+	var perms map[string]map[string]int
+	if err := c.Get(ctx, "/access/permissions", &perms); err != nil {
+		return nil, describe("read the token's privileges", err)
+	}
+	have := map[string]bool{}
+	for _, privs := range perms {
+		for p := range privs {
+			have[p] = true
+		}
+	}
+	var missing []string
+	for _, p := range want {
+		if !have[p] {
+			missing = append(missing, p)
+		}
+	}
+	sort.Strings(missing)
+	return missing, nil
+}

@@ -251,6 +251,8 @@ func (s *Server) route(c *call) (any, *apiError) {
 	switch {
 	case n == 1 && seg[0] == "version" && get:
 		return s.versionInfo(), nil
+	case n == 2 && seg[0] == "access" && seg[1] == "permissions" && get:
+		return s.permissions(), nil
 	case seg[0] == "cluster":
 		return s.routeCluster(c)
 	case seg[0] == "nodes":

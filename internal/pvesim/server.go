@@ -63,6 +63,9 @@ type Config struct {
 	// DELETE without the web UI's guard, storage errors for missing volumes
 	// and "can't find file" for a missing restore archive.
 	StrictPVE bool
+	// Privileges are the token's privileges on /, as GET /access/permissions
+	// lists them (default: those of pve's Administrator role).
+	Privileges []string
 }
 
 // Server is a running simulated Proxmox VE node.
