@@ -1,5 +1,11 @@
 // Package temporalclient dials a Temporal frontend from address, namespace,
 // TLS and API key settings, the same way for the agent and for felhomctl.
+//
+// The address is one frontend (host:port), or every frontend of a cluster
+// of several server nodes: a DNS name that resolves to each of them
+// (dns:///temporal.internal:7233), or a comma-separated list of host:port.
+// The client then balances its calls round-robin over the frontends it can
+// reach, so losing a node loses none of the client's work.
 package temporalclient
 
 import (
@@ -8,16 +14,21 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 
 	"go.temporal.io/sdk/client"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 )
 
 // Config says how to reach a Temporal frontend. Errors name the agent's
 // config keys (temporal.tls.ca_file, ...), which is also what felhomctl's
 // flags set.
 type Config struct {
+	// Address is host:port, dns:///host:port, or host:port,host:port,...
 	Address   string
 	Namespace string
 	TLS       TLS
@@ -62,9 +73,48 @@ func Dial(ctx context.Context, cfg Config, log *slog.Logger, metrics client.Metr
 	return c, nil
 }
 
+// Frontends returns the host:port of each frontend the address names, with
+// an error that says which part is not host:port.
+func Frontends(address string) ([]string, error) {
+	if rest, ok := strings.CutPrefix(address, dnsScheme); ok {
+		if _, _, err := net.SplitHostPort(rest); err != nil {
+			return nil, fmt.Errorf("%q is not dns:///host:port", address)
+		}
+		return []string{rest}, nil
+	}
+	parts := strings.Split(address, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		if _, _, err := net.SplitHostPort(p); err != nil || p == "" {
+			return nil, fmt.Errorf("%q is not host:port (or host:port,host:port,... or dns:///host:port)", address)
+		}
+		parts[i] = p
+	}
+	return parts, nil
+}
+
+const dnsScheme = "dns:///"
+
 // options turns cfg into SDK client options, reading the files it names.
 func options(cfg Config) (client.Options, error) {
 	opts := client.Options{HostPort: cfg.Address, Namespace: cfg.Namespace}
+	if frontends, err := Frontends(cfg.Address); err == nil && len(frontends) > 1 {
+		// Several frontends: a resolver of this client's own lists them all,
+		// and the SDK's round-robin balancing skips the ones that are down.
+		r := manual.NewBuilderWithScheme("felhom-frontends")
+		addrs := make([]resolver.Address, len(frontends))
+		for i, f := range frontends {
+			addrs[i] = resolver.Address{Addr: f}
+		}
+		r.InitialState(resolver.State{Addresses: addrs})
+		opts.HostPort = r.Scheme() + ":///cluster"
+		opts.ConnectionOptions.DialOptions = append(opts.ConnectionOptions.DialOptions, grpc.WithResolvers(r))
+		if opts.ConnectionOptions.Authority == "" {
+			// TLS verifies the first frontend's name unless server_name says otherwise.
+			host, _, _ := net.SplitHostPort(frontends[0])
+			opts.ConnectionOptions.Authority = host
+		}
+	}
 	if cfg.TLS.Enabled() {
 		tlsCfg, err := clientTLS(cfg.TLS)
 		if err != nil {
