@@ -29,6 +29,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(runChildWorker())
 	}
+	if raw := os.Getenv(childServerEnv); raw != "" {
+		os.Exit(runChildServer(raw))
+	}
 	devservertest.Main(m)
 }
 
@@ -57,10 +60,21 @@ func startSim(t *testing.T, host string) *pvesim.Server {
 func agentConfig(t *testing.T, host string, sim *pvesim.Server, dir string, operational ...string) worker.Config {
 	t.Helper()
 	srv := devservertest.Start(t)
+	return hostConfig(t, host, sim, srv.FrontendAddr(), dir, operational...)
+}
+
+// clusterAgentConfig is agentConfig against the frontends of a cluster.
+func clusterAgentConfig(t *testing.T, host string, sim *pvesim.Server, frontends string, operational ...string) worker.Config {
+	t.Helper()
+	return hostConfig(t, host, sim, frontends, t.TempDir(), operational...)
+}
+
+func hostConfig(t *testing.T, host string, sim *pvesim.Server, frontends, dir string, operational ...string) worker.Config {
+	t.Helper()
 	cfg := worker.Defaults()
 	cfg.HostID = host
-	cfg.Temporal.Address = srv.FrontendAddr()
-	cfg.Temporal.Namespace = srv.Namespace()
+	cfg.Temporal.Address = frontends
+	cfg.Temporal.Namespace = "default"
 	cfg.Proxmox.URL = sim.URL()
 	cfg.Proxmox.Node = sim.Node()
 	cfg.Proxmox.TokenID = sim.TokenID()

@@ -97,6 +97,7 @@ type Server struct {
 	cfg          Config
 	server       temporal.Server
 	frontendAddr string
+	historyAddr  string
 }
 
 // Start starts the server and returns once its frontend answers, the
@@ -184,7 +185,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := srv.Start(); err != nil {
 		return nil, fmt.Errorf("devserver: start server: %w", err)
 	}
-	s := &Server{cfg: cfg, server: srv, frontendAddr: frontend}
+	s := &Server{cfg: cfg, server: srv, frontendAddr: frontend, historyAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))}
 	if err := s.prepareNamespace(ctx); err != nil {
 		_ = srv.Stop()
 		return nil, err
@@ -200,6 +201,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 
 // FrontendAddr is the host:port of the gRPC frontend.
 func (s *Server) FrontendAddr() string { return s.frontendAddr }
+
+// HistoryAddr is the host:port of the history service, as the server names
+// the owner of a history shard.
+func (s *Server) HistoryAddr() string { return s.historyAddr }
 
 // Namespace is the namespace the server registered at start.
 func (s *Server) Namespace() string { return s.cfg.Namespace }
