@@ -95,9 +95,7 @@ func (c *command) plan(args []string) error {
 		}
 	}
 	if c.json() {
-		return writeJSON(c.stdout, struct {
-			Guests []planGuest `json:"guests"`
-		}{out})
+		return writeList(c, "guests", out)
 	}
 	fmt.Fprintf(c.stdout, "\nPlan: %d of %d guests change, %d actions need a signature.\n", changes, len(out), signatures)
 	return nil

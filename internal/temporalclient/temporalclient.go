@@ -62,13 +62,23 @@ func Dial(ctx context.Context, cfg Config, log *slog.Logger, metrics client.Metr
 	}
 	opts.Logger = log
 	opts.MetricsHandler = metrics
+	return DialOptions(ctx, opts)
+}
+
+// DialOptions dials with SDK client options (HostPort may name several
+// frontends, as Config.Address does) and checks that the frontend answers.
+func DialOptions(ctx context.Context, opts client.Options) (client.Client, error) {
+	address := opts.HostPort
+	if err := balance(&opts); err != nil {
+		return nil, err
+	}
 	c, err := client.DialContext(ctx, opts)
 	if err != nil {
-		return nil, fmt.Errorf("temporal: connect to %s (namespace %s): %w", cfg.Address, cfg.Namespace, err)
+		return nil, fmt.Errorf("temporal: connect to %s (namespace %s): %w", address, opts.Namespace, err)
 	}
 	if _, err := c.CheckHealth(ctx, &client.CheckHealthRequest{}); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("temporal: %s is not healthy: %w", cfg.Address, err)
+		return nil, fmt.Errorf("temporal: %s is not healthy: %w", address, err)
 	}
 	return c, nil
 }
@@ -95,26 +105,36 @@ func Frontends(address string) ([]string, error) {
 
 const dnsScheme = "dns:///"
 
+// balance points opts at every frontend its HostPort lists, when it lists
+// more than one: a resolver of this client's own names them all, and the
+// SDK's round-robin balancing skips the ones that are down.
+func balance(opts *client.Options) error {
+	frontends, err := Frontends(opts.HostPort)
+	if err != nil {
+		return fmt.Errorf("temporal: address %w", err)
+	}
+	if len(frontends) < 2 {
+		return nil
+	}
+	r := manual.NewBuilderWithScheme("felhom-frontends")
+	addrs := make([]resolver.Address, len(frontends))
+	for i, f := range frontends {
+		addrs[i] = resolver.Address{Addr: f}
+	}
+	r.InitialState(resolver.State{Addresses: addrs})
+	opts.HostPort = r.Scheme() + ":///cluster"
+	opts.ConnectionOptions.DialOptions = append(opts.ConnectionOptions.DialOptions, grpc.WithResolvers(r))
+	if opts.ConnectionOptions.Authority == "" {
+		// TLS verifies the first frontend's name unless a server name says otherwise.
+		host, _, _ := net.SplitHostPort(frontends[0])
+		opts.ConnectionOptions.Authority = host
+	}
+	return nil
+}
+
 // options turns cfg into SDK client options, reading the files it names.
 func options(cfg Config) (client.Options, error) {
 	opts := client.Options{HostPort: cfg.Address, Namespace: cfg.Namespace}
-	if frontends, err := Frontends(cfg.Address); err == nil && len(frontends) > 1 {
-		// Several frontends: a resolver of this client's own lists them all,
-		// and the SDK's round-robin balancing skips the ones that are down.
-		r := manual.NewBuilderWithScheme("felhom-frontends")
-		addrs := make([]resolver.Address, len(frontends))
-		for i, f := range frontends {
-			addrs[i] = resolver.Address{Addr: f}
-		}
-		r.InitialState(resolver.State{Addresses: addrs})
-		opts.HostPort = r.Scheme() + ":///cluster"
-		opts.ConnectionOptions.DialOptions = append(opts.ConnectionOptions.DialOptions, grpc.WithResolvers(r))
-		if opts.ConnectionOptions.Authority == "" {
-			// TLS verifies the first frontend's name unless server_name says otherwise.
-			host, _, _ := net.SplitHostPort(frontends[0])
-			opts.ConnectionOptions.Authority = host
-		}
-	}
 	if cfg.TLS.Enabled() {
 		tlsCfg, err := clientTLS(cfg.TLS)
 		if err != nil {
