@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -54,6 +55,10 @@ type Proxmox struct {
 	PollInterval time.Duration
 	// Clock is the host's clock (time.Now when nil).
 	Clock func() time.Time
+	// OnTaskWait, when set, is told of every wait on a Proxmox task: the
+	// task type ("qmstart", ...), how it ended ("ok", "failed", "cancelled",
+	// "worker_stopping", "error") and how long this attempt waited.
+	OnTaskWait func(taskType, outcome string, waited time.Duration)
 }
 
 // Progress is the heartbeat detail of a mutating activity: the Proxmox task
@@ -185,10 +190,14 @@ func (a *Proxmox) launch(ctx context.Context, phase, method, path string, params
 // returns a *TaskError when it failed. It honours ctx: a cancelled or timed
 // out activity stops waiting at once (the task itself keeps running on the
 // host, and the next attempt resumes waiting on it).
-func (a *Proxmox) wait(ctx context.Context, phase, upid string) (TaskResult, error) {
+func (a *Proxmox) wait(ctx context.Context, phase, upid string) (res TaskResult, err error) {
 	info, err := parseUPID(upid)
 	if err != nil {
 		return TaskResult{}, err
+	}
+	if a.OnTaskWait != nil {
+		start := time.Now()
+		defer func() { a.OnTaskWait(info.Type, waitOutcome(ctx, err), time.Since(start)) }()
 	}
 	interval := a.PollInterval
 	if interval <= 0 {
@@ -225,6 +234,23 @@ func (a *Proxmox) wait(ctx context.Context, phase, upid string) (TaskResult, err
 		}
 		timer.Reset(interval)
 	}
+}
+
+// waitOutcome names how a wait ended, for OnTaskWait.
+func waitOutcome(ctx context.Context, err error) string {
+	var te *TaskError
+	var ae *temporal.ApplicationError
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.As(err, &te):
+		return "failed"
+	case ctx.Err() != nil:
+		return "cancelled"
+	case errors.As(err, &ae) && ae.Type() == ErrTypeWorkerStopping:
+		return "worker_stopping"
+	}
+	return "error"
 }
 
 // runTask launches a request and waits for its task.

@@ -157,7 +157,7 @@ func TestFileNonceStoreRefusesAfterFailedSync(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "nonces.log")
 	var armed atomic.Bool
-	s, err := openFileNonceStore(path, appendlogtest.FailingSync{Armed: &armed})
+	s, err := openFileNonceStore(path, appendlogtest.FailingSync{Armed: &armed}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

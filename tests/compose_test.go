@@ -33,8 +33,8 @@ import (
 	serverconfig "go.temporal.io/server/common/config"
 	"go.temporal.io/server/common/dynamicconfig"
 	dbschema "go.temporal.io/server/schema"
+	"go.yaml.in/yaml/v3"
 	"golang.org/x/crypto/ssh"
-	"gopkg.in/yaml.v3"
 
 	"github.com/felhom/felhom-agent/gate"
 	"github.com/felhom/felhom-agent/internal/pgcluster"

@@ -37,11 +37,12 @@ func TestMain(m *testing.M) {
 
 // agent is one host's worker, running in this process, with its simulator.
 type agent struct {
-	host   string
-	sim    *pvesim.Server
-	cfg    worker.Config
-	client client.Client
-	stop   func()
+	host    string
+	metrics string // the worker's /metrics URL, when metrics.address is not off
+	sim     *pvesim.Server
+	cfg     worker.Config
+	client  client.Client
+	stop    func()
 }
 
 // startSim starts a simulated Proxmox node named host.
@@ -108,8 +109,12 @@ func startAgentWith(t *testing.T, host string, sim *pvesim.Server, edit func(*wo
 	ready := make(chan struct{})
 	done := make(chan error, 1)
 	log := testLogger(t)
+	var metricsURL string
 	go func() {
-		done <- worker.Run(ctx, cfg, log, worker.RunOptions{ProxmoxRootCAs: sim.RootCAs(), Ready: func(worker.Info) { close(ready) }})
+		done <- worker.Run(ctx, cfg, log, worker.RunOptions{ProxmoxRootCAs: sim.RootCAs(), Ready: func(info worker.Info) {
+			metricsURL = info.MetricsURL
+			close(ready)
+		}})
 	}()
 	select {
 	case <-ready:
@@ -120,7 +125,7 @@ func startAgentWith(t *testing.T, host string, sim *pvesim.Server, edit func(*wo
 		cancel()
 		t.Fatal("worker did not start within 60s")
 	}
-	a := &agent{host: host, sim: sim, cfg: cfg, client: devservertest.Client(t)}
+	a := &agent{host: host, sim: sim, cfg: cfg, client: devservertest.Client(t), metrics: metricsURL}
 	var once sync.Once
 	a.stop = func() {
 		once.Do(func() {

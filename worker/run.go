@@ -62,7 +62,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) err
 	}
 	defer c.Close()
 
-	host, err := OpenHost(ctx, cfg, log, opts.ProxmoxRootCAs)
+	host, err := OpenHost(ctx, cfg, log, opts.ProxmoxRootCAs, metrics)
 	if err != nil {
 		return err
 	}
@@ -81,6 +81,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) err
 	if err := ensureHostWorkflow(ctx, c, cfg.HostID, cfg.DriftCheckInterval); err != nil {
 		return err
 	}
+	go watchGuests(ctx, c, cfg, metrics, log)
 	log.Info("worker polling", "task_queue", queue, "temporal", cfg.Temporal.Address, "namespace", cfg.Temporal.Namespace,
 		"proxmox", cfg.Proxmox.URL, "node", cfg.Proxmox.Node, "metrics", metrics.URL())
 	if opts.Ready != nil {
@@ -140,8 +141,12 @@ type Host struct {
 
 // OpenHost connects to Proxmox (failing early on a bad URL or token) and
 // opens the nonce store and the provenance ledger, which another process
-// must not hold.
-func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.CertPool) (*Host, error) {
+// must not hold. metrics (nil: none) hears about the gate's decisions, the
+// Proxmox requests and task waits, and the stores' fsyncs.
+func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.CertPool, metrics *Metrics) (*Host, error) {
+	if metrics == nil {
+		metrics, _ = StartMetrics("off", log)
+	}
 	if _, err := gate.ParseSigners(cfg.Signers.Operational, cfg.Signers.Recovery); err != nil {
 		return nil, fmt.Errorf("config: signers: %w", err)
 	}
@@ -149,7 +154,7 @@ func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.C
 		URL: cfg.Proxmox.URL, TokenID: cfg.Proxmox.TokenID,
 		TokenSecret: cfg.Proxmox.TokenSecret, TokenSecretFile: cfg.Proxmox.TokenSecretFile,
 		CAFile: cfg.Proxmox.CAFile, RootCAs: rootCAs, InsecureSkipVerify: cfg.Proxmox.Insecure,
-		Timeout: cfg.Proxmox.Timeout,
+		Timeout: cfg.Proxmox.Timeout, Observe: metrics.ProxmoxRequest,
 	})
 	if err != nil {
 		return nil, err
@@ -159,7 +164,7 @@ func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.C
 	if err := pveclient.Check(checkCtx, pve, cfg.Proxmox.Node); err != nil {
 		return nil, err
 	}
-	nonces, err := gate.OpenFileNonceStore(cfg.NonceStore)
+	nonces, err := gate.OpenFileNonceStoreObserved(cfg.NonceStore, metrics.StoreSync("nonce_store"))
 	if err != nil {
 		return nil, fmt.Errorf("nonce_store: %w", err)
 	}
@@ -170,7 +175,7 @@ func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.C
 	} else if dropped > 0 {
 		log.Info("nonce store compacted", "dropped_expired", dropped)
 	}
-	led, err := ledger.Open(cfg.ProvenanceLedger)
+	led, err := ledger.OpenObserved(cfg.ProvenanceLedger, metrics.StoreSync("provenance_ledger"))
 	if err != nil {
 		nonces.Close()
 		return nil, fmt.Errorf("provenance_ledger: %w", err)
@@ -181,7 +186,7 @@ func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.C
 		if err != nil {
 			return nil, err
 		}
-		return gate.New(v, gateLog), nil
+		return gate.New(v, gateLog, gate.WithObserver(metrics.GateDecision)), nil
 	}
 	pinned, err := activities.OpenPinnedSigners(cfg.PinnedSigners, cfg.Signers.Operational, cfg.Signers.Recovery, newGate, log)
 	if err != nil {
@@ -193,6 +198,7 @@ func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.C
 		ledger: led, nonces: nonces, signers: pinned,
 		proxmox: &activities.Proxmox{
 			Client: pve, Node: cfg.Proxmox.Node, HostID: cfg.HostID, Ledger: led, Gate: pinned, Log: log,
+			OnTaskWait: metrics.TaskWait,
 		},
 	}, nil
 }

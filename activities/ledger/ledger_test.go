@@ -150,7 +150,7 @@ func TestCorruptRecordIsRefused(t *testing.T) {
 func TestFailedSyncRefusesUntilReopened(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "prov.ledger")
 	var armed atomic.Bool
-	l, err := open(path, appendlogtest.FailingSync{Armed: &armed})
+	l, err := open(path, appendlogtest.FailingSync{Armed: &armed}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +193,7 @@ func TestFailedCompactionAtOpenKeepsTheLedger(t *testing.T) {
 	before, _ := os.ReadFile(path)
 	var armed atomic.Bool
 	armed.Store(true) // the compacted file's sync fails
-	l, err := open(path, appendlogtest.FailingSync{Armed: &armed})
+	l, err := open(path, appendlogtest.FailingSync{Armed: &armed}, nil)
 	if err != nil {
 		t.Fatalf("Open with a failing compaction: %v", err)
 	}

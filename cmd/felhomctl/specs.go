@@ -11,7 +11,7 @@ import (
 	"slices"
 	"strings"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/felhom/felhom-agent/workflows"
 	"github.com/felhom/felhom-agent/workflows/desired"

@@ -62,6 +62,9 @@ type Config struct {
 	InsecureSkipVerify bool
 	// Timeout bounds each HTTP request (DefaultTimeout when zero).
 	Timeout time.Duration
+	// Observe, when set, is told of every request: its method, the HTTP
+	// status (0 when no answer came) and how long it took.
+	Observe func(method string, status int, took time.Duration)
 }
 
 // ErrConfig wraps every configuration problem New reports.
@@ -110,7 +113,7 @@ func New(cfg Config) (*proxmox.Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tlsConf
 	hc := &http.Client{
-		Transport: &statusTransport{base: tr},
+		Transport: &statusTransport{base: tr, observe: cfg.Observe},
 		Timeout:   timeout,
 		// The API never redirects; following one would re-send the token.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -190,10 +193,21 @@ func (e *HTTPError) Is(target error) bool {
 	return target == proxmox.ErrNotAuthorized && (e.StatusCode == http.StatusUnauthorized || e.StatusCode == http.StatusForbidden)
 }
 
-type statusTransport struct{ base http.RoundTripper }
+type statusTransport struct {
+	base    http.RoundTripper
+	observe func(method string, status int, took time.Duration)
+}
 
 func (t *statusTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
 	res, err := t.base.RoundTrip(req)
+	if t.observe != nil {
+		status := 0
+		if err == nil {
+			status = res.StatusCode
+		}
+		t.observe(req.Method, status, time.Since(start))
+	}
 	if err != nil || (res.StatusCode >= 200 && res.StatusCode < 300) {
 		return res, err
 	}
