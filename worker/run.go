@@ -97,6 +97,7 @@ func Register(w sdkworker.Registry, acts *activities.Host) {
 	w.RegisterWorkflow(workflows.GuestReconcileWorkflow)
 	w.RegisterWorkflow(workflows.HostWorkflow)
 	w.RegisterWorkflow(workflows.SignedJobWorkflow)
+	w.RegisterWorkflow(workflows.ObserveGuestWorkflow)
 	w.RegisterActivity(acts)
 }
 

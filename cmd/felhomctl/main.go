@@ -26,6 +26,7 @@ const (
 	exitOK      = 0
 	exitFailure = 1 // the command ran and something was rejected or failed
 	exitUsage   = 2 // bad command line or invalid local input; nothing was sent
+	exitChanges = 3 // plan --detailed-exitcode: some guest would change
 )
 
 const usage = `felhomctl drives felhom-agent through Temporal: desired state, plans,
@@ -76,6 +77,7 @@ Exit codes:
   2  bad command line or invalid local input (a spec that does not validate,
      malformed params, no confirmation on stdin without --yes); nothing was
      sent
+  3  plan --detailed-exitcode only: the plan has changes (0: it has none)
 
 Run "felhomctl COMMAND --help" for a command's flags.
 `
@@ -131,6 +133,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitOK
 	case errors.Is(err, errReported):
 		return exitFailure
+	case errors.Is(err, errChanges):
+		return exitChanges
 	case errors.As(err, new(usageError)):
 		fmt.Fprintf(stderr, "felhomctl %s: %v\n", args[0], err)
 		return exitUsage

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -200,8 +201,16 @@ func yamlErrorText(err error) string {
 // specsFlag parses the flags of a command that reads desired state with
 // -f FILE|DIR, and loads and validates it.
 func (c *command) specsFlag(name, help string, args []string) ([]guestSpec, error) {
+	return c.specsFlagWith(name, help, args, nil)
+}
+
+// specsFlagWith is specsFlag with more flags, which more adds.
+func (c *command) specsFlagWith(name, help string, args []string, more func(*flag.FlagSet)) ([]guestSpec, error) {
 	fs := c.newFlagSet(name, help)
 	file := fs.String("f", "", "desired state `FILE` or directory (required)")
+	if more != nil {
+		more(fs)
+	}
 	if _, err := c.parseFlags(fs, args, 0); err != nil {
 		return nil, err
 	}
