@@ -3,6 +3,7 @@ package gate
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -43,6 +44,7 @@ func TestLimitsAtTheirBoundaries(t *testing.T) {
 		{"VMID with a colon", op(func(o *Op) { o.GuestID = "10:" }), false},
 		{"VMID with a slash", op(func(o *Op) { o.GuestID = "10/" }), false},
 		{"year 9999", op(func(o *Op) { o.ExpiresAt = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC) }), true},
+		{"year 1", op(func(o *Op) { o.NotBefore = time.Date(1, 1, 2, 0, 0, 0, 0, time.UTC) }), true},
 		{"expires a second after not_before", op(func(o *Op) { o.ExpiresAt = o.NotBefore.Add(time.Second) }), true},
 		{"expires at not_before", op(func(o *Op) { o.ExpiresAt = o.NotBefore }), false},
 		{"largest safe integer", op(func(o *Op) { o.Params = map[string]any{"n": int64(maxSafeInt)} }), true},
@@ -95,6 +97,20 @@ func TestParseLimitsAtTheirBoundaries(t *testing.T) {
 		}
 	}
 
+	// Depth is counted down again after each value: many siblings at one
+	// level are no deeper than one.
+	o := baseOp()
+	wide := map[string]any{}
+	for i := range 2 * maxDepth {
+		wide[fmt.Sprintf("k%03d", i)] = map[string]any{"list": []any{map[string]any{}}}
+	}
+	o.Params = wide
+	if blob, err := Canonicalize(o); err != nil {
+		t.Fatal(err)
+	} else if _, err := ParseOp(blob); err != nil {
+		t.Errorf("params with %d nested siblings: %v", len(wide), err)
+	}
+
 	sizeErr := func(err error) bool { return err != nil && strings.Contains(err.Error(), "larger than") }
 	pad := func(n int) []byte { return bytes.Repeat([]byte{' '}, n) }
 	if _, err := ParseOp(pad(MaxBlobLen)); sizeErr(err) || !errors.Is(err, ErrBlob) {
@@ -129,5 +145,18 @@ func TestArmorWrapsLikeSSHKeygen(t *testing.T) {
 				t.Errorf("%d bytes: line %q", tt.raw, l)
 			}
 		}
+	}
+}
+
+// TestKeysSortByUTF16 pins the order of keys around the end of the Basic
+// Multilingual Plane, where UTF-16 and code-point order disagree: U+10000
+// is a surrogate pair (0xD800 0xDC00) and sorts before U+E000.
+func TestKeysSortByUTF16(t *testing.T) {
+	got, err := CanonicalJSON(map[string]any{"\uE000": 1, "\U00010000": 2, "\uFFFF": 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "{\"\U00010000\":2,\"\uE000\":1,\"\uFFFF\":3}"; string(got) != want {
+		t.Fatalf("CanonicalJSON = %s, want %s", got, want)
 	}
 }
