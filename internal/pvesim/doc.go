@@ -38,7 +38,15 @@
 //     their call was accepted); other changes wait up to Config.LockTimeout
 //     and fail with "can't lock file '/var/lock/qemu-server/lock-101.conf' -
 //     got timeout". A config lock ("backup", "create"...) refuses changes
-//     with "VM is locked (backup)" / "CT is locked (backup)".
+//     with "VM is locked (backup)" / "CT is locked (backup)". As in pve,
+//     asynchronous calls fork first and wait for the flock, and check the
+//     config lock, inside their task, so these come back as failed tasks:
+//     QEMU start, stop, shutdown, reboot and destroy, and the QEMU config
+//     POST, which also checks lock and digest once before forking and
+//     again in the task ("checksum mismatch (file change by other user?)").
+//     A stop or shutdown of a VM that does not run ends OK before any lock
+//     check. Synchronous calls (config PUT) wait in the request and answer
+//     500.
 //   - pve's error shape: the message is the reason phrase of the status
 //     line ("HTTP/1.1 500 VM is locked (backup)"), written on the hijacked
 //     connection because net/http cannot set a reason phrase. A missing guest
@@ -105,7 +113,9 @@
 //   - Tasks are not processes: effects happen at the end of the task's
 //     duration; a shutdown of a guest that ignores ACPI fails (or, with
 //     forceStop, stops) at the end of the task duration, not after the
-//     requested timeout. DELETE of a task ends it with "interrupted by signal".
+//     requested timeout. DELETE of a task ends it with "interrupted by
+//     signal" ("received interrupt" with StrictPVE, as pve's worker dies in
+//     its signal handler).
 //   - A guest being created exists (config with lock "create") from the POST
 //     on, as pve's create_and_lock_config makes it; a failed create removes
 //     it and a failed restore only drops the lock, as in pve.

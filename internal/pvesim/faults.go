@@ -61,6 +61,12 @@ const (
 	// until the Hook is released: a client that dies meanwhile sent a call
 	// that took effect and never saw its answer.
 	FaultHoldAfter FaultKind = "hold_after"
+	// FaultHoldTask answers the call normally, and the task it starts,
+	// once it holds the guest's config lock and passed its checks, keeps
+	// running until the Hook is released; it then does its work. Hook.Hit
+	// says when the task is held: a test queues another call behind a
+	// running task, or changes the guest under it, at that exact point.
+	FaultHoldTask FaultKind = "hold_task"
 )
 
 // Hook lets a test see, and with FaultHold and FaultHoldAfter steer, the
@@ -127,8 +133,8 @@ type Fault struct {
 	// negative number means until ClearFaults.
 	Times int
 	// Hook, when not nil, reports when the fault hits (any kind) and
-	// releases the requests FaultHold and FaultHoldAfter hold; those two
-	// kinds need one.
+	// releases the requests FaultHold and FaultHoldAfter hold, and the
+	// task FaultHoldTask holds; those three kinds need one.
 	Hook *Hook
 }
 
@@ -136,7 +142,7 @@ type Fault struct {
 // never use them up.
 func (k FaultKind) taskLevel() bool {
 	switch k {
-	case FaultTaskError, FaultTaskWarnings, FaultSlowTask, FaultLockTimeout:
+	case FaultTaskError, FaultTaskWarnings, FaultSlowTask, FaultLockTimeout, FaultHoldTask:
 		return true
 	}
 	return false

@@ -112,7 +112,7 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 	f := s.takeFault(c.method, c.path, vmid)
 	if f != nil {
 		kind, hook = f.Kind, f.Hook
-		if f.Kind != FaultHoldAfter {
+		if f.Kind != FaultHoldAfter && f.Kind != FaultHoldTask {
 			hook.hitNow()
 		}
 		if f.Kind != FaultDelayAfter && !s.sleep(c.r.Context(), f.Delay) {
@@ -129,7 +129,7 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 			return reply(0, nil, nil)
 		case FaultRawReply:
 			return reply(http.StatusOK, rawBody(f.Message), nil)
-		case FaultTaskError, FaultTaskWarnings, FaultLockTimeout, FaultSlowTask:
+		case FaultTaskError, FaultTaskWarnings, FaultLockTimeout, FaultSlowTask, FaultHoldTask:
 			c.fault = f
 		}
 	}

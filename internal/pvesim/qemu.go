@@ -232,8 +232,9 @@ func requiredVMID(c *call) (int, *apiError) {
 }
 
 // qemuConfigUpdate is POST (async, returns a UPID) or PUT (sync, returns
-// null) /nodes/{node}/qemu/{vmid}/config. The digest and the lock are
-// checked at once, under the config lock, as pve's update_vm_api does.
+// null) /nodes/{node}/qemu/{vmid}/config. As pve's update_vm_api, the
+// digest and the lock are checked at once, and again under the config
+// lock: in the handler for PUT, in the task for POST.
 func (s *Server) qemuConfigUpdate(c *call, vmid int, sync bool) (any, *apiError) {
 	set, aerr := configParams(KindQEMU, c, qemuUpdateOnly)
 	if aerr != nil {
@@ -287,12 +288,23 @@ func (s *Server) qemuConfigUpdate(c *call, vmid int, sync bool) (any, *apiError)
 			return nil, nil
 		})
 	}
-	if _, aerr := s.withGuestLock(c, KindQEMU, vmid, check); aerr != nil {
+	// The asynchronous update checks once without the config lock, then
+	// forks; its worker waits for the lock (Config.LockTimeout) and checks
+	// again, so a lock or a digest that changed meanwhile fails the task.
+	s.mu.Lock()
+	_, aerr = check()
+	s.mu.Unlock()
+	if aerr != nil {
 		return nil, aerr
 	}
-	upid := s.startTask(c, taskSpec{typ: "qmconfig", vmid: vmid, kind: KindQEMU, run: func(t *task) (int, error) {
-		return 0, apply(t)
-	}})
+	upid := s.startTask(c, taskSpec{typ: "qmconfig", vmid: vmid, kind: KindQEMU,
+		check: func(t *task) error {
+			if _, aerr := check(); aerr != nil {
+				return fmt.Errorf("%s", aerr.Message)
+			}
+			return nil
+		},
+		run: func(t *task) (int, error) { return 0, apply(t) }})
 	return upid, nil
 }
 
@@ -384,8 +396,12 @@ func (s *Server) qemuAction(c *call, vmid int, action string) (any, *apiError) {
 			return 0, nil
 		}}
 	case "stop":
+		// vm_stop returns before its lock check when the VM does not run
 		spec = taskSpec{typ: "qmstop", check: func(t *task) error {
-			return lockOK(s.guests[vmid])
+			if g := s.guests[vmid]; g.running {
+				return lockOK(g)
+			}
+			return nil
 		}, run: func(t *task) (int, error) {
 			g := s.guests[vmid]
 			s.setRunning(g, false)
@@ -394,7 +410,10 @@ func (s *Server) qemuAction(c *call, vmid int, action string) (any, *apiError) {
 	case "shutdown":
 		forceStop := c.flag("forceStop")
 		spec = taskSpec{typ: "qmshutdown", check: func(t *task) error {
-			return lockOK(s.guests[vmid])
+			if g := s.guests[vmid]; g.running {
+				return lockOK(g)
+			}
+			return nil
 		}, run: func(t *task) (int, error) {
 			g := s.guests[vmid]
 			if !g.running {

@@ -36,6 +36,8 @@ func TestQEMUPowerActions(t *testing.T) {
 		{"reboot stopped refused at once", pvesim.Guest{Status: "stopped"}, "reboot", nil, "500 VM 101 not running", "", "stopped"},
 		{"start under backup lock", pvesim.Guest{Status: "stopped", Lock: "backup"}, "start", nil, "", "VM is locked (backup)", "stopped"},
 		{"stop under backup lock", pvesim.Guest{Status: "running", Lock: "backup"}, "stop", nil, "", "VM is locked (backup)", "running"},
+		{"stop of a stopped VM under backup lock", pvesim.Guest{Status: "stopped", Lock: "backup"}, "stop", nil, "", "OK", "stopped"},
+		{"shutdown of a stopped VM under backup lock", pvesim.Guest{Status: "stopped", Lock: "backup"}, "shutdown", nil, "", "OK", "stopped"},
 		{"stop with skiplock", pvesim.Guest{Status: "running", Lock: "backup"}, "stop", map[string]any{"skiplock": 1}, "", "OK", "stopped"},
 		{"start a template", pvesim.Guest{Config: map[string]string{"template": "1"}}, "start", nil, "", "you can't start a vm if it's a template", "stopped"},
 	}

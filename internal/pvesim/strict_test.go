@@ -32,6 +32,20 @@ func TestStrictPVE(t *testing.T) {
 			status, _ := rows[0]["status"].(string)
 			return status
 		}},
+		{"task stopped by DELETE", "interrupted by signal", "received interrupt", func(t *testing.T, srv *pvesim.Server, client *proxmox.Client) string {
+			mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101}))
+			hook := pvesim.NewHook()
+			srv.Inject(pvesim.Fault{Kind: pvesim.FaultHoldTask, Method: "POST", Hook: hook})
+			task, err := vmOf(t, client, 101).Start(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			<-hook.Hit()
+			if err := task.Stop(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			return finished(t, task)
+		}},
 		{"unknown task", "500 unable to open file '/var/log/pve/tasks/UPID:pve1:00001234:00ABCDEF:6560A1B2:qmstart:101:root@pam:' - No such file or directory",
 			`bad request: 400 Parameter verification failed. - {"upid":"no such task"}`,
 			func(t *testing.T, srv *pvesim.Server, client *proxmox.Client) string {

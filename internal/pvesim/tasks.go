@@ -149,15 +149,32 @@ func (s *Server) runTask(t *task, spec taskSpec, fault *Fault) {
 	if fault != nil && fault.Kind == FaultSlowTask {
 		duration = fault.TaskDuration
 	}
+	var held <-chan struct{}
+	if fault != nil && fault.Kind == FaultHoldTask {
+		fault.Hook.hitNow()
+		held = fault.Hook.release
+		duration = 0
+	}
 	timer := time.NewTimer(duration)
 	defer timer.Stop()
+	if held != nil {
+		select {
+		case <-held:
+		case <-s.closed:
+			s.finishTask(t, 0, s.interrupted())
+			return
+		case <-t.cancel:
+			s.finishTask(t, 0, s.interrupted())
+			return
+		}
+	}
 	select {
 	case <-timer.C:
 	case <-s.closed:
-		s.finishTask(t, 0, fmt.Errorf("interrupted by signal"))
+		s.finishTask(t, 0, s.interrupted())
 		return
 	case <-t.cancel:
-		s.finishTask(t, 0, fmt.Errorf("interrupted by signal"))
+		s.finishTask(t, 0, s.interrupted())
 		return
 	}
 
@@ -388,4 +405,14 @@ func (s *Server) taskList(c *call) []map[string]any {
 		out = append(out, row)
 	}
 	return out
+}
+
+// interrupted is the exit status of a task stopped by a signal (DELETE of
+// the task, the node shutting down): pve's worker dies in its SIGTERM
+// handler with "received interrupt".
+func (s *Server) interrupted() error {
+	if s.cfg.StrictPVE {
+		return fmt.Errorf("received interrupt")
+	}
+	return fmt.Errorf("interrupted by signal")
 }
