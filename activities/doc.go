@@ -42,6 +42,16 @@
 // A recorded UPID is heartbeat detail, a claim: it is resumed only if it
 // names this node's task of the step's own type for the step's guest.
 //
+// Proxmox checks a guest's config lock, and waits for its config flock,
+// inside the task: a step under a vzdump's "backup" lock, or queued behind
+// a long shutdown, comes back as a task that failed ("VM is locked
+// (backup)", "can't lock file ... got timeout"), and a task whose node went
+// down under it ends "unexpected status". Such a task did not do the step:
+// the error is retryable, and the retry does not resume it but reads the
+// guest's state and sends the request again if the state still asks for
+// it (under the same admission, for an approved act). The task-list
+// lookup never adopts such a task either.
+//
 // # The gate on the host
 //
 // Destructive executors take the operator's signed approval in their input
@@ -66,7 +76,8 @@
 // # Errors
 //
 // Errors are Temporal application errors with stable types (ErrType*):
-// locks, 5xx, 595/596 and network errors are retryable; bad parameters,
+// locks (in a request or in its task), lost tasks, 5xx, 595/596 and network
+// errors are retryable; bad parameters,
 // permission, protection, digest mismatch, a taken VMID and a missing guest
 // (for any step but destroy) are not. A panic inside go-proxmox is recovered
 // into a retryable ProxmoxMalformed error.

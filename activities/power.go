@@ -75,7 +75,9 @@ func (a *Proxmox) ShutdownGuest(ctx context.Context, in ShutdownGuestInput) (res
 	}
 	res, err = a.power(ctx, what, "shutdown", in.VMID, in.Kind, "stopped", map[string]any{"timeout": timeout})
 	var te *TaskError
-	if errors.As(err, &te) {
+	// A shutdown that failed on a lock, or was lost, did not time out: it
+	// is retried as it is.
+	if errors.As(err, &te) && !retryableTaskFailure(err) {
 		if !in.ForceStop {
 			return TaskResult{}, temporal.NewNonRetryableApplicationError(
 				fmt.Sprintf("%s: the guest did not shut down within %ds (%s) and force_stop is off", what, timeout, te.ExitStatus),
