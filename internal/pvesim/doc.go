@@ -77,6 +77,11 @@
 //     before the create (pve does not reserve ids either);
 //   - protected guests: Guest.Protection (destroy and restore are refused;
 //     shutdown is not, as in pve);
+//   - lost tasks: RebootNode, a node going down under its tasks: each reads
+//     "unexpected status" afterwards, a create leaves its guest locked
+//     "create" without its config (marker, name) and with its allocated
+//     disks, a destroy leaves a config locked "destroyed" after freeing the
+//     disks; FaultHoldTask holds a task where the reboot should hit it;
 //   - 596 while pvedaemon is busy: FaultHTTPError with Status 596;
 //   - a POST that took effect although the client saw an error:
 //     FaultDropAfter, or FaultDelayAfter with a client timeout; one that did
@@ -118,7 +123,10 @@
 //     its signal handler).
 //   - A guest being created exists (config with lock "create") from the POST
 //     on, as pve's create_and_lock_config makes it; a failed create removes
-//     it and a failed restore only drops the lock, as in pve.
+//     it and a failed restore only drops the lock, as in pve. The config is
+//     written whole at the end of the task; pve-container writes an LXC
+//     config once earlier (after detecting the OS), so a real container
+//     create lost late can carry its config without the lock.
 //   - Kinder than pve by default for now (callers must not rely on it;
 //     Config.StrictPVE turns all of it off): the
 //     volume DELETE refuses an image whose guest exists ("Cannot remove

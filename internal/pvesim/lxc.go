@@ -73,6 +73,11 @@ func (s *Server) lxcCreate(c *call) (any, *apiError) {
 	}
 	start := c.flag("start")
 	upid := s.startTask(c, taskSpec{typ: typ, vmid: vmid, kind: KindLXC,
+		lost: func(t *task) {
+			if !restore {
+				s.allocateOrphans(vmid, set)
+			}
+		},
 		cleanup: func() {
 			if g := s.guests[vmid]; g != nil && g.conf["lock"] == "create" {
 				if existed {
@@ -338,7 +343,7 @@ func (s *Server) lxcDestroy(c *call, vmid int) (any, *apiError) {
 		}
 		delete(s.guests, vmid)
 		return 0, nil
-	}})
+	}, lost: func(t *task) { s.destroyedRemnant(vmid, unreferenced) }})
 	return upid, nil
 }
 

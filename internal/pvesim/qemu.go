@@ -114,6 +114,11 @@ func (s *Server) qemuCreate(c *call) (any, *apiError) {
 				}
 			}
 		},
+		lost: func(t *task) {
+			if !restore {
+				s.allocateOrphans(vmid, set)
+			}
+		},
 		check: func(t *task) error {
 			g := s.guests[vmid]
 			if !restore || !existed {
@@ -502,6 +507,6 @@ func (s *Server) qemuDestroy(c *call, vmid int) (any, *apiError) {
 		}
 		delete(s.guests, vmid)
 		return 0, nil
-	}})
+	}, lost: func(t *task) { s.destroyedRemnant(vmid, unreferenced) }})
 	return upid, nil
 }

@@ -26,6 +26,7 @@ type task struct {
 	cancel    chan struct{}
 	cancelled bool
 	done      chan struct{} // closed when the task stops
+	lost      bool          // its node went down under it (RebootNode)
 	cleanup   func()
 	waiter    *lockWaiter
 }
@@ -44,8 +45,13 @@ type taskSpec struct {
 	// where pve checks locks and power state; an error ends the task.
 	check func(t *task) error
 	run   func(t *task) (warnings int, err error)
-	// cleanup runs with s.mu held when the task stops, however it stops.
+	// cleanup runs with s.mu held when the task stops, however it stops,
+	// unless its node went down under it (RebootNode).
 	cleanup func()
+	// lost leaves, with s.mu held, what the task's worker had done when
+	// the node went down under it after its checks passed: a create's
+	// allocated disks, a destroy's freed ones.
+	lost func(t *task)
 }
 
 // startTask creates a running task and its worker, and returns the UPID.
@@ -114,7 +120,7 @@ func (s *Server) runTask(t *task, spec taskSpec, fault *Fault) {
 	defer s.tasksWG.Done()
 	if spec.vmid != 0 {
 		if lerr := s.awaitLock(spec.vmid, spec.kind, t.waiter, fault, t.cancel); lerr != nil {
-			s.finishTask(t, 0, lerr)
+			s.stopTask(t, spec, false, lerr)
 			return
 		}
 		defer s.unlockGuest(spec.vmid)
@@ -161,20 +167,20 @@ func (s *Server) runTask(t *task, spec taskSpec, fault *Fault) {
 		select {
 		case <-held:
 		case <-s.closed:
-			s.finishTask(t, 0, s.interrupted())
+			s.stopTask(t, spec, true, s.interrupted())
 			return
 		case <-t.cancel:
-			s.finishTask(t, 0, s.interrupted())
+			s.stopTask(t, spec, true, s.interrupted())
 			return
 		}
 	}
 	select {
 	case <-timer.C:
 	case <-s.closed:
-		s.finishTask(t, 0, s.interrupted())
+		s.stopTask(t, spec, true, s.interrupted())
 		return
 	case <-t.cancel:
-		s.finishTask(t, 0, s.interrupted())
+		s.stopTask(t, spec, true, s.interrupted())
 		return
 	}
 
@@ -199,6 +205,31 @@ func (s *Server) runTask(t *task, spec taskSpec, fault *Fault) {
 	}
 	s.finishTaskLocked(t, warnings, err)
 }
+
+// stopTask ends a task that was cancelled, waiting for its lock or
+// running (working: its checks passed), with err; or, when its node went
+// down under it, as pve finds such a task: stopped, with no final status
+// line in its log, and whatever its worker had done left in place.
+func (s *Server) stopTask(t *task, spec taskSpec, working bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !t.lost {
+		s.finishTaskLocked(t, 0, err)
+		return
+	}
+	if working && spec.lost != nil {
+		spec.lost(t)
+	}
+	t.cleanup = nil
+	t.running = false
+	t.end = s.cfg.Clock()
+	t.exit = lostExitStatus
+	close(t.done)
+}
+
+// lostExitStatus is what pve's task status says of a task whose log ends
+// without "TASK OK" or "TASK ERROR: ..." (PVE::UPID::read_status).
+const lostExitStatus = "unexpected status"
 
 func (s *Server) finishTask(t *task, warnings int, err error) {
 	s.mu.Lock()
