@@ -90,6 +90,9 @@ func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput)
 	if !g.Exists {
 		return TaskResult{}, nil, notFound(what, in.VMID)
 	}
+	if err := a.lostTaskRemnant(ctx, what, g); err != nil {
+		return TaskResult{}, nil, err
+	}
 	if configApplied(g, in) {
 		return TaskResult{AlreadyDone: true}, nil, nil
 	}

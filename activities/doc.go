@@ -50,7 +50,11 @@
 // the error is retryable, and the retry does not resume it but reads the
 // guest's state and sends the request again if the state still asks for
 // it (under the same admission, for an approved act). The task-list
-// lookup never adopts such a task either.
+// lookup never adopts such a task either. A lost create or destroy leaves
+// its guest locked "create" or "destroyed", which no API token can clear:
+// every step refuses such a remnant before the gate (ProxmoxInterrupted,
+// not retryable) with the root commands that remove it, and a create keeps
+// its pending ledger record for the create after that clean-up (lost.go).
 //
 // # The gate on the host
 //

@@ -34,6 +34,7 @@ const (
 	ErrTypeMalformedUPID  = "ProxmoxMalformedUPID"  // a recorded UPID cannot be parsed
 	ErrTypeWorkerStopping = "WorkerStopping"        // retryable: the worker stopped while a task ran
 	ErrTypeVolumeInUse    = "ProxmoxVolumeInUse"    // the volume still belongs to an existing guest
+	ErrTypeInterrupted    = "ProxmoxInterrupted"    // a lost task left the guest locked "create" or "destroyed": only root can clear it
 
 	// Retryable: a later attempt may succeed.
 	ErrTypeLocked      = "ProxmoxLocked"      // guest lock held / lock timeout

@@ -111,6 +111,9 @@ func (a *Proxmox) power(ctx context.Context, what, action string, vmid int, kind
 	if !g.Exists {
 		return TaskResult{}, notFound(what, vmid)
 	}
+	if err := a.lostTaskRemnant(ctx, what, g); err != nil {
+		return TaskResult{}, err
+	}
 	if g.Status == skipIf {
 		return TaskResult{AlreadyDone: true}, a.handOverGuest(g, action)
 	}

@@ -54,6 +54,9 @@ type Proxmox struct {
 	PollInterval time.Duration
 	// Clock is the host's clock (time.Now when nil).
 	Clock func() time.Time
+	// CreateWait bounds a create's wait for a create task of its guest
+	// still under way (DefaultCreateWait when zero).
+	CreateWait time.Duration
 }
 
 // Progress is the heartbeat detail of a mutating activity: the Proxmox task
