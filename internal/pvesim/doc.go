@@ -75,8 +75,10 @@
 //     start again (QEMU fails in the task, LXC with an immediate 500);
 //   - VMID races on /cluster/nextid: AddVM/AddContainer the returned id
 //     before the create (pve does not reserve ids either);
-//   - protected guests: Guest.Protection (destroy and restore are refused;
-//     shutdown is not, as in pve);
+//   - protected guests: Guest.Protection (destroy and restore are refused,
+//     so is removing a VM's drive or unused volume, in the config task for
+//     a POST, and removing or setting a container's mount point; shutdown
+//     is not, as in pve);
 //   - lost tasks: RebootNode, a node going down under its tasks: each reads
 //     "unexpected status" afterwards, a create leaves its guest locked
 //     "create" without its config (marker, name) and with its allocated

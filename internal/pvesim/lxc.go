@@ -2,6 +2,8 @@ package pvesim
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -176,6 +178,9 @@ func (s *Server) lxcConfigUpdate(c *call, vmid int) (any, *apiError) {
 				return nil, errf("unable to delete required option '%s'", k)
 			}
 		}
+		if err := g.lxcDiskProtected(set, deletes); err != nil {
+			return nil, errf("%s", err.Error())
+		}
 		for k, v := range set {
 			if isDiskKey(KindLXC, k) {
 				spec, aerr := s.allocDisk(vmid, v)
@@ -345,6 +350,26 @@ func (s *Server) lxcDestroy(c *call, vmid int) (any, *apiError) {
 		return 0, nil
 	}, lost: func(t *task) { s.destroyedRemnant(vmid, unreferenced) }})
 	return upid, nil
+}
+
+// lxcDiskProtected is update_pct_config's check_protection: a protected
+// container's mount points and unused volumes are neither removed nor set,
+// a new one included.
+func (g *guest) lxcDiskProtected(set map[string]string, deletes []string) error {
+	if !g.protected() {
+		return nil
+	}
+	for _, k := range deletes {
+		if _, ok := g.conf[k]; ok && (strings.HasPrefix(k, "mp") || strings.HasPrefix(k, "unused")) {
+			return fmt.Errorf("can't remove CT %d drive '%s' - protection mode enabled", g.vmid, k)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(set)) {
+		if strings.HasPrefix(k, "mp") || k == "rootfs" {
+			return fmt.Errorf("can't update CT %d drive '%s' - protection mode enabled", g.vmid, k)
+		}
+	}
+	return nil
 }
 
 // lxcFastPlug are pve-container's $LXC_FASTPLUG_OPTIONS.

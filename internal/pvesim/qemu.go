@@ -318,6 +318,9 @@ func (s *Server) qemuConfigUpdate(c *call, vmid int, sync bool) (any, *apiError)
 // unusedN frees its volume, a "STORAGE:SIZE" disk allocates a volume.
 // s.mu held.
 func (s *Server) qemuApply(g *guest, set map[string]string, deletes []string, force bool, t *task) error {
+	if err := g.qemuDeleteProtected(deletes); err != nil {
+		return err
+	}
 	for k, v := range set {
 		if isDiskKey(KindQEMU, k) {
 			spec, aerr := s.allocDisk(g.vmid, v)
@@ -366,6 +369,27 @@ func (s *Server) qemuApply(g *guest, set map[string]string, deletes []string, fo
 			}
 		} else {
 			g.conf[g.nextUnused()] = volid
+		}
+	}
+	return nil
+}
+
+// qemuDeleteProtected is update_vm_api's check_protection for removed
+// drives: a protected VM keeps its disks and its unused volumes (replacing
+// a drive is not checked: the old volume becomes unusedN).
+func (g *guest) qemuDeleteProtected(deletes []string) error {
+	if !g.protected() {
+		return nil
+	}
+	for _, k := range deletes {
+		v, ok := g.conf[k]
+		switch {
+		case !ok || !isDiskKey(KindQEMU, k):
+		case strings.HasPrefix(k, "unused"):
+			volid, _, _ := diskVolume(v)
+			return fmt.Errorf("can't remove unused disk '%s' - protection mode enabled", volid)
+		default:
+			return fmt.Errorf("can't remove drive '%s' - protection mode enabled", k)
 		}
 	}
 	return nil
