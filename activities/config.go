@@ -102,6 +102,11 @@ func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput)
 		return TaskResult{}, nil, badInput(what, "%v", err)
 	}
 	action.HostID, action.GuestID = a.HostID, vmidString(in.VMID)
+	if g.Protection && diskOp[action.Op] {
+		// Proxmox refuses it; refused here, before the gate spends the
+		// approval.
+		return TaskResult{}, nil, protected(what, in.VMID)
+	}
 	ctx, at, err := a.authorize(ctx, what, action, g, in.Approval, "")
 	if err != nil {
 		return TaskResult{}, nil, err
@@ -149,6 +154,10 @@ func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput)
 	}
 	return res, at, nil
 }
+
+// diskOp are the gated ops of a config change that remove or shrink a
+// disk, which Proxmox refuses on a protected guest.
+var diskOp = map[string]bool{gate.OpDiskDetach: true, gate.OpVolumeWipe: true, gate.OpDiskShrink: true}
 
 var allocation = regexp.MustCompile(`^([^:,]+):(\d+(?:\.\d+)?)(,.*)?$`)
 

@@ -58,22 +58,24 @@
 //
 // # The gate on the host
 //
-// Destructive executors take the operator's signed approval in their input
-// and call the gate with the action exactly as they are about to perform it
-// (op, host, guest, params computed from the guest's real state) and the
-// provenance of the live guest instance (authorize.go states the contract).
-// A rejection is a non-retryable application error whose type is the gate's
-// code ("pending_signature", "binding_mismatch", "replay", ...). A guest with
+// Destructive executors take the operator's signed approval in their input and
+// call the gate with the action exactly as they are about to perform it (op,
+// host, guest, params computed from the guest's real state) and the provenance
+// of the live guest instance (authorize.go states the contract). A rejection is
+// a non-retryable application error whose type is the gate's code
+// ("pending_signature", "binding_mismatch", "replay", ...). A guest with
 // protection enabled is refused before the gate runs and before anything is
-// stopped. An approval authorises one act on one guest instance: its
-// admission is fsync'd in the ledger right after the gate spent its nonce,
+// stopped: its destroy, a restore over it, and a config change that detaches,
+// frees or shrinks one of its disks (Proxmox would refuse the change after the
+// approval was spent). An approval authorises one act on one guest instance:
+// its admission is fsync'd in the ledger right after the gate spent its nonce,
 // keyed by the signed bytes and bound to the action and the instance; it is
 // marked Started before the act's first mutating request and Done after. A
-// retry of that same act on that same instance is re-verified (everything
-// but the time window and the nonce) and proceeds; a completed act is
-// reported done and never run again. If the process dies between the gate
-// burning the nonce and the admission reaching the disk, the retry is
-// refused as a replay: fail-safe, the operator signs again.
+// retry of that same act on that same instance is re-verified (everything but
+// the time window and the nonce) and proceeds; a completed act is reported done
+// and never run again. If the process dies between the gate burning the nonce
+// and the admission reaching the disk, the retry is refused as a replay:
+// fail-safe, the operator signs again.
 //
 // SetConfig takes the planner's "name" for a container as its "hostname".
 //
