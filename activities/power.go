@@ -98,7 +98,10 @@ func (a *Proxmox) power(ctx context.Context, what, action string, vmid int, kind
 		return TaskResult{}, err
 	}
 	p, has := resumed(ctx)
-	if res, ok, err := a.resumeTask(ctx, p, has, action, vmid, taskType(kind, action)); ok {
+	if res, ok, err := a.resumeTask(ctx, p, has, action, vmid, powerTaskTypes(kind, action)...); ok {
+		if err == nil {
+			err = a.reached(ctx, what, action, kind, vmid, res.UPID, params)
+		}
 		if err == nil && action == "start" {
 			err = a.handOver(ctx, vmid, kind)
 		}
@@ -119,6 +122,9 @@ func (a *Proxmox) power(ctx context.Context, what, action string, vmid int, kind
 	}
 	res, err := a.runGuestTask(ctx, action, taskType(kind, action), vmid, action == "reboot",
 		"POST", a.guestPath(kind, vmid)+"/status/"+action, params)
+	if err == nil {
+		err = a.reached(ctx, what, action, kind, vmid, res.UPID, params)
+	}
 	if err == nil {
 		err = a.handOverGuest(g, action)
 	}

@@ -57,6 +57,9 @@ type Proxmox struct {
 	// CreateWait bounds a create's wait for a create task of its guest
 	// still under way (DefaultCreateWait when zero).
 	CreateWait time.Duration
+	// StateWait bounds a power step's wait, after its task ended, for the
+	// guest to reach the state it asked for (DefaultStateWait when zero).
+	StateWait time.Duration
 }
 
 // Progress is the heartbeat detail of a mutating activity: the Proxmox task
