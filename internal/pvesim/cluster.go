@@ -101,6 +101,9 @@ func (s *Server) clusterResources(c *call) (any, *apiError) {
 			if _, ok := row["template"]; !ok {
 				row["template"] = 0
 			}
+			if state, ok := s.ha[g.vmid]; ok {
+				row["hastate"] = state
+			}
 			out = append(out, row)
 		}
 	}

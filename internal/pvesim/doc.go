@@ -5,7 +5,10 @@
 // What it simulates, on one node (default "pve1"):
 //
 //   - API-token authentication ("Authorization: PVEAPIToken=USER@REALM!ID=SECRET");
-//     a missing or wrong token is a 401 ("No ticket", "invalid token value!").
+//     a missing or wrong token is a 401 ("No ticket", "invalid token value!";
+//     with StrictPVE "Authentication failed!", as pve-manager says since
+//     early 2026, after Config.AuthFailureDelay, 3s as pveproxy holds back
+//     every 401).
 //   - QEMU VMs and LXC containers: power state, config (memory in MiB, cores,
 //     name/hostname, tags, description, disks / rootfs, protection, lock,
 //     any other key verbatim), the config digest (SHA-1 of the config text)
@@ -114,13 +117,19 @@
 //
 // Known differences from a real node:
 //
-//   - One node, no cluster, HA, replication, pools, firewall, snapshots,
+//   - One node, no cluster, replication, pools, firewall, snapshots,
 //     clones, migration, cloud-init, agent, console, or ticket (cookie)
 //     login; unknown endpoints answer 501 "Method '...' not implemented".
+//     HA only as far as a guest's power goes (SetHA): a start, stop or
+//     shutdown of an HA resource is an "hastart"/"hastop" task that records
+//     the request and ends, and the guest changes after Config.HADelay (or
+//     at ApplyHA), out of band; /cluster/ha is not served.
 //   - Tasks are not processes: effects happen at the end of the task's
 //     duration; a shutdown of a guest that ignores ACPI fails (or, with
-//     forceStop, stops) at the end of the task duration, not after the
-//     requested timeout. DELETE of a task ends it with "interrupted by
+//     forceStop, stops, ending "WARNINGS: 1") at the end of the task
+//     duration, not after the requested timeout. With StrictPVE a QEMU
+//     reboot task ends with the VM stopped, and qmeventd's start (a qmstart
+//     task of root@pam) follows after Config.RebootRestartDelay. DELETE of a task ends it with "interrupted by
 //     signal" ("received interrupt" with StrictPVE, as pve's worker dies in
 //     its signal handler).
 //   - A guest being created exists (config with lock "create") from the POST
@@ -141,7 +150,10 @@
 //     says "RUNNING". A restore from a missing archive says "volume '...'
 //     does not exist" where pve says "can't find file '...'". The status or
 //     log of an unknown task is a 500 "unable to open file ..." where pve
-//     answers 400 with errors {"upid": "no such task"}.
+//     answers the status with a 400 {"upid": "no such task"} and the log
+//     with a 200 whose only line is "unable to open file - No such file or
+//     directory". A QEMU reboot restarts the VM within its task. A 401 comes
+//     at once.
 //   - The task list's source=active holds running tasks only; pve also keeps
 //     recently finished ones there until they are archived.
 //   - pve's permission checks are not simulated (the token may do

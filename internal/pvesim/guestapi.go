@@ -167,6 +167,9 @@ func (s *Server) guestListRow(g *guest) map[string]any {
 func (s *Server) guestStatus(g *guest) map[string]any {
 	row := s.guestListRow(g)
 	row["ha"] = map[string]any{"managed": 0}
+	if state, ok := s.ha[g.vmid]; ok {
+		row["ha"] = map[string]any{"managed": 1, "state": state}
+	}
 	if g.kind == KindQEMU {
 		row["qmpstatus"] = g.status()
 		if g.running {

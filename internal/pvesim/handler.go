@@ -102,6 +102,9 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 		return status, kind
 	}
 	if e := s.authenticate(c.r); e != nil {
+		if s.cfg.StrictPVE && !s.sleep(c.r.Context(), s.cfg.AuthFailureDelay) {
+			return reply(0, nil, nil)
+		}
 		return reply(e.Status, nil, e)
 	}
 	if perr != nil {

@@ -233,11 +233,18 @@ func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
 	s.mu.Lock()
 	running := s.guests[vmid].running
 	s.mu.Unlock()
+	s.mu.Lock()
+	g := s.guests[vmid]
+	ha := s.haManaged(vmid)
+	s.mu.Unlock()
 	var spec taskSpec
 	switch action {
 	case "start":
 		if running {
 			return nil, errf("CT %d already running", vmid)
+		}
+		if ha {
+			return s.startTask(c, s.haRequest(g, action)), nil
 		}
 		skiplock := c.flag("skiplock")
 		spec = taskSpec{typ: "vzstart", check: func(t *task) error {
@@ -257,6 +264,9 @@ func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
 		if !running {
 			return nil, errf("CT %d not running", vmid)
 		}
+		if ha {
+			return s.startTask(c, s.haRequest(g, action)), nil
+		}
 		skiplock := c.flag("skiplock")
 		spec = taskSpec{typ: "vzstop", check: func(t *task) error {
 			if skiplock {
@@ -271,6 +281,9 @@ func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
 	case "shutdown":
 		if !running {
 			return nil, errf("CT %d not running", vmid)
+		}
+		if ha {
+			return s.startTask(c, s.haRequest(g, action)), nil
 		}
 		forceStop := c.flag("forceStop")
 		timeout := c.param("timeout")
@@ -314,12 +327,16 @@ func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
 // checked at once and again in the task.
 func (s *Server) lxcDestroy(c *call, vmid int) (any, *apiError) {
 	force := c.flag("force")
+	purge := c.flag("purge")
 	early := func(g *guest) error {
 		if g == nil {
 			return fmt.Errorf("%s", s.missingConfig(KindLXC, vmid).Message)
 		}
 		if g.protected() {
 			return fmt.Errorf("can't remove CT %d - protection mode enabled", vmid)
+		}
+		if s.haManaged(vmid) && !purge {
+			return fmt.Errorf("unable to remove CT %d - used in HA resources and purge parameter not set.", vmid)
 		}
 		if err := g.checkLock(); err != nil {
 			return err
@@ -335,7 +352,6 @@ func (s *Server) lxcDestroy(c *call, vmid int) (any, *apiError) {
 	if err != nil {
 		return nil, errf("%s", err.Error())
 	}
-	purge := c.flag("purge")
 	unreferenced := c.flag("destroy-unreferenced-disks")
 	upid := s.startTask(c, taskSpec{typ: "vzdestroy", vmid: vmid, kind: KindLXC, check: func(t *task) error {
 		return early(s.guests[vmid])
@@ -347,6 +363,7 @@ func (s *Server) lxcDestroy(c *call, vmid int) (any, *apiError) {
 			t.log = append(t.log, fmt.Sprintf("purging CT %d from related configurations..", vmid))
 		}
 		delete(s.guests, vmid)
+		delete(s.ha, vmid)
 		return 0, nil
 	}, lost: func(t *task) { s.destroyedRemnant(vmid, unreferenced) }})
 	return upid, nil

@@ -1,6 +1,7 @@
 package pvesim
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -405,25 +406,17 @@ func (s *Server) qemuAction(c *call, vmid int, action string) (any, *apiError) {
 		}
 		return g.checkLock()
 	}
+	s.mu.Lock()
+	ha := s.haManaged(vmid) && (action == "start" || action == "stop" || action == "shutdown")
+	g := s.guests[vmid]
+	s.mu.Unlock()
+	if ha {
+		return s.startTask(c, s.haRequest(g, action)), nil
+	}
 	var spec taskSpec
 	switch action {
 	case "start":
-		spec = taskSpec{typ: "qmstart", check: func(t *task) error {
-			g := s.guests[vmid]
-			if g.conf["template"] == "1" {
-				return fmt.Errorf("you can't start a vm if it's a template")
-			}
-			if err := lockOK(g); err != nil {
-				return err
-			}
-			if g.running {
-				return fmt.Errorf("VM %d already running", vmid)
-			}
-			return nil
-		}, run: func(t *task) (int, error) {
-			s.setRunning(s.guests[vmid], true)
-			return 0, nil
-		}}
+		spec = s.qemuStart(vmid, skiplock)
 	case "stop":
 		// vm_stop returns before its lock check when the VM does not run
 		spec = taskSpec{typ: "qmstop", check: func(t *task) error {
@@ -452,7 +445,10 @@ func (s *Server) qemuAction(c *call, vmid int, action string) (any, *apiError) {
 				if !forceStop {
 					return 0, fmt.Errorf("VM quit/powerdown failed - got timeout")
 				}
+				// a warn() in the worker: the task ends "WARNINGS: 1"
 				t.log = append(t.log, "VM still running - terminating now with SIGTERM")
+				s.setRunning(g, false)
+				return 1, nil
 			}
 			s.setRunning(g, false)
 			return 0, nil
@@ -464,19 +460,26 @@ func (s *Server) qemuAction(c *call, vmid int, action string) (any, *apiError) {
 		if !running {
 			return nil, errf("VM %d not running", vmid)
 		}
+		// vm_reboot does nothing for a VM that stopped meanwhile; it stops
+		// the VM (checking the lock as any stop does) and leaves the start
+		// to qmeventd, after the task.
 		spec = taskSpec{typ: "qmreboot", check: func(t *task) error {
-			g := s.guests[vmid]
-			if err := lockOK(g); err != nil {
-				return err
-			}
-			if !g.running {
-				return fmt.Errorf("VM %d not running", vmid)
+			if g := s.guests[vmid]; g.running {
+				return lockOK(g)
 			}
 			return nil
 		}, run: func(t *task) (int, error) {
 			g := s.guests[vmid]
+			if !g.running {
+				return 0, nil
+			}
 			if g.ignoresShutdown {
 				return 0, fmt.Errorf("VM quit/powerdown failed - got timeout")
+			}
+			if s.cfg.StrictPVE {
+				s.setRunning(g, false)
+				s.restartAfterReboot(vmid)
+				return 0, nil
 			}
 			s.setRunning(g, false)
 			s.setRunning(g, true)
@@ -490,15 +493,40 @@ func (s *Server) qemuAction(c *call, vmid int, action string) (any, *apiError) {
 	return s.startTask(c, spec), nil
 }
 
+// qemuStart is vm_start's task: lock and "already running" are checked
+// inside it.
+func (s *Server) qemuStart(vmid int, skiplock bool) taskSpec {
+	return taskSpec{typ: "qmstart", vmid: vmid, kind: KindQEMU, check: func(t *task) error {
+		g := s.guests[vmid]
+		if g.conf["template"] == "1" {
+			return fmt.Errorf("you can't start a vm if it's a template")
+		}
+		if err := g.checkLock(); err != nil && !skiplock {
+			return err
+		}
+		if g.running {
+			return fmt.Errorf("VM %d already running", vmid)
+		}
+		return nil
+	}, run: func(t *task) (int, error) {
+		s.setRunning(s.guests[vmid], true)
+		return 0, nil
+	}}
+}
+
 // qemuDestroy is DELETE /nodes/{node}/qemu/{vmid}: protection and a running
 // VM are refused at once; the lock is checked in the task.
 func (s *Server) qemuDestroy(c *call, vmid int) (any, *apiError) {
+	purge := c.flag("purge")
 	early := func(g *guest) error {
 		if g == nil {
 			return fmt.Errorf("%s", s.missingConfig(KindQEMU, vmid).Message)
 		}
 		if g.protected() {
 			return fmt.Errorf("can't remove VM %d - protection mode enabled", vmid)
+		}
+		if s.haManaged(vmid) && !purge {
+			return fmt.Errorf("unable to remove VM %d - used in HA resources and purge parameter not set.", vmid)
 		}
 		if g.running {
 			return fmt.Errorf("VM %d is running - destroy failed", vmid)
@@ -512,7 +540,6 @@ func (s *Server) qemuDestroy(c *call, vmid int) (any, *apiError) {
 		return nil, errf("%s", err.Error())
 	}
 	skiplock := c.flag("skiplock")
-	purge := c.flag("purge")
 	unreferenced := c.flag("destroy-unreferenced-disks")
 	upid := s.startTask(c, taskSpec{typ: "qmdestroy", vmid: vmid, kind: KindQEMU, check: func(t *task) error {
 		g := s.guests[vmid]
@@ -530,7 +557,32 @@ func (s *Server) qemuDestroy(c *call, vmid int) (any, *apiError) {
 			t.log = append(t.log, fmt.Sprintf("purging VM %d from related configurations..", vmid))
 		}
 		delete(s.guests, vmid)
+		delete(s.ha, vmid)
 		return 0, nil
 	}, lost: func(t *task) { s.destroyedRemnant(vmid, unreferenced) }})
 	return upid, nil
+}
+
+// restartAfterReboot is qmeventd seeing the VM stop that a reboot asked
+// for: it runs `qm start`, a qmstart task of root@pam, at once when
+// Config.RebootRestartDelay is negative (then it exists when the reboot
+// task has stopped), else after that delay. s.mu held.
+func (s *Server) restartAfterReboot(vmid int) {
+	start := func() { s.startTaskLocked(&call{}, "root@pam", s.qemuStart(vmid, false)) }
+	if s.cfg.RebootRestartDelay < 0 {
+		start()
+		return
+	}
+	s.tasksWG.Add(1)
+	go func() {
+		defer s.tasksWG.Done()
+		if !s.sleep(context.Background(), s.cfg.RebootRestartDelay) {
+			return
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.guests[vmid] != nil {
+			start()
+		}
+	}()
 }

@@ -31,7 +31,7 @@ func TestQEMUPowerActions(t *testing.T) {
 		{"shutdown ignored times out", pvesim.Guest{Status: "running", IgnoresShutdown: true}, "shutdown",
 			map[string]any{"timeout": 5}, "", "VM quit/powerdown failed - got timeout", "running"},
 		{"shutdown ignored with forceStop", pvesim.Guest{Status: "running", IgnoresShutdown: true}, "shutdown",
-			map[string]any{"timeout": 5, "forceStop": true}, "", "OK", "stopped"},
+			map[string]any{"timeout": 5, "forceStop": true}, "", "WARNINGS: 1", "stopped"},
 		{"reboot running", pvesim.Guest{Status: "running"}, "reboot", nil, "", "OK", "running"},
 		{"reboot stopped refused at once", pvesim.Guest{Status: "stopped"}, "reboot", nil, "500 VM 101 not running", "", "stopped"},
 		{"start under backup lock", pvesim.Guest{Status: "stopped", Lock: "backup"}, "start", nil, "", "VM is locked (backup)", "stopped"},

@@ -57,6 +57,17 @@ type Config struct {
 	// status and list); default time.Now. A test sets it to place a task
 	// before or after a moment without waiting for the wall clock.
 	Clock func() time.Time
+	// RebootRestartDelay is how long qmeventd takes to start a VM again
+	// after its reboot task stopped it, with StrictPVE (default 1s; a
+	// negative value: at once after the task).
+	RebootRestartDelay time.Duration
+	// HADelay is how long the HA stack takes to act on a start or stop
+	// request of an HA-managed guest (default 5s; a negative value: at
+	// once, as the request's task ends).
+	HADelay time.Duration
+	// AuthFailureDelay is how long pveproxy holds back a 401, with
+	// StrictPVE (default 3s, as pve-http-server; a negative value: none).
+	AuthFailureDelay time.Duration
 	// StrictPVE answers exactly as pve also where the simulator is kinder
 	// by default (see "Kinder than pve" in the package doc): running tasks
 	// listed as "RUNNING", an unknown task a 400 "no such task", volume
@@ -85,6 +96,7 @@ type Server struct {
 	tasks    map[string]*task
 	taskSeq  uint32
 	volumes  map[string]*volume
+	ha       map[int]string // HA resources: requested state by VMID
 	requests []Request
 	faults   []*activeFault
 	bootTime time.Time
@@ -113,6 +125,15 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
+	if cfg.RebootRestartDelay == 0 {
+		cfg.RebootRestartDelay = time.Second
+	}
+	if cfg.HADelay == 0 {
+		cfg.HADelay = 5 * time.Second
+	}
+	if cfg.AuthFailureDelay == 0 {
+		cfg.AuthFailureDelay = 3 * time.Second
+	}
 	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -126,6 +147,7 @@ func Start(cfg Config) (*Server, error) {
 		flocks:   map[int]*flock{},
 		tasks:    map[string]*task{},
 		volumes:  map[string]*volume{},
+		ha:       map[int]string{},
 		bootTime: time.Now(),
 	}
 
