@@ -26,6 +26,14 @@
 // on that one instead of posting. A config change or volume wipe only waits
 // for such a task and then looks again, since it may be somebody else's.
 //
+// A power step is done when the guest's status says so: an HA-managed
+// guest's start, stop or shutdown is an "hastart"/"hastop" task that only
+// records the request with the HA stack, and a QEMU reboot task ends with
+// the VM down (qmeventd starts it after). After its task, a power step
+// polls the guest's status until it is as asked, for at most StateWait
+// (plus a shutdown's timeout); a recorded hastart/hastop task is resumed
+// like the step's own (settle.go).
+//
 // The SDK sends the first heartbeat of an attempt at once and batches later
 // ones; the UPID heartbeat of a second task in one attempt (destroy after its
 // stop, stop after a failed shutdown) can therefore lag, and a crash in that
