@@ -87,7 +87,9 @@
 //     "create" without its config (marker, name) and with its allocated
 //     disks, a destroy leaves a config locked "destroyed" after freeing the
 //     disks; FaultHoldTask holds a task where the reboot should hit it;
-//   - 596 while pvedaemon is busy: FaultHTTPError with Status 596;
+//   - 596 while pvedaemon is busy: FaultHTTPError with Status 596; a 596
+//     for a call pvedaemon went on to execute (pveproxy gives up after
+//     30 s): FaultHTTPErrorAfter;
 //   - a POST that took effect although the client saw an error:
 //     FaultDropAfter, or FaultDelayAfter with a client timeout; one that did
 //     not: FaultDropBefore, FaultDelay with a client timeout, or

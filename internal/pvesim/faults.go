@@ -16,6 +16,11 @@ const (
 	// phrase, without any side effect. 595/596 replies have an empty body,
 	// as pveproxy's own errors do.
 	FaultHTTPError FaultKind = "http_error"
+	// FaultHTTPErrorAfter serves the request (the guest changes, the task
+	// starts) and then answers Status (default 596) with Message, as
+	// pveproxy does when pvedaemon took longer than the proxy's 30 s to
+	// answer a call it went on to execute.
+	FaultHTTPErrorAfter FaultKind = "http_error_after"
 	// FaultDelay only delays the request by Delay; it is then served normally.
 	FaultDelay FaultKind = "delay"
 	// FaultDelayAfter serves the request at once and delays only the reply
@@ -229,7 +234,10 @@ func matchRequest(wantMethod, pattern, method, p string) bool {
 
 func (f *Fault) httpError() *apiError {
 	status := f.Status
-	if status == 0 {
+	switch {
+	case status == 0 && f.Kind == FaultHTTPErrorAfter:
+		status = 596
+	case status == 0:
 		status = http.StatusInternalServerError
 	}
 	msg := f.Message

@@ -152,6 +152,10 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 	if f != nil && f.Kind == FaultRawReplyAfter {
 		return reply(http.StatusOK, rawBody(f.Message), nil)
 	}
+	if f != nil && f.Kind == FaultHTTPErrorAfter {
+		e := f.httpError()
+		return reply(e.Status, nil, e)
+	}
 	if aerr != nil {
 		return reply(aerr.Status, nil, aerr)
 	}
