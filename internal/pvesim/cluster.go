@@ -91,6 +91,9 @@ func (s *Server) clusterResources(c *call) (any, *apiError) {
 	out := []map[string]any{}
 	if typ == "" || typ == "vm" {
 		for _, g := range s.sortedGuests() {
+			if !s.auditsGuest(g.vmid) {
+				continue // silently left out, as pve does
+			}
 			row := s.guestListRow(g)
 			row["id"] = fmt.Sprintf("%s/%d", g.kind, g.vmid)
 			row["type"] = string(g.kind)
@@ -116,6 +119,9 @@ func (s *Server) clusterResources(c *call) (any, *apiError) {
 	if typ == "" || typ == "storage" {
 		for i := range storages {
 			st := &storages[i]
+			if !s.allowed("/storage/"+st.name, "Datastore.Audit") {
+				continue
+			}
 			row := s.storageStatus(st)
 			out = append(out, map[string]any{"id": "storage/" + s.cfg.Node + "/" + st.name, "type": "storage",
 				"storage": st.name, "node": s.cfg.Node, "status": "available", "content": st.content,

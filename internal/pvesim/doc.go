@@ -158,8 +158,20 @@
 //     at once.
 //   - The task list's source=active holds running tasks only; pve also keeps
 //     recently finished ones there until they are archived.
-//   - pve's permission checks are not simulated (the token may do
-//     everything); use FaultHTTPError with Status 403 for a refusal.
+//   - Permissions are the API token's own ACL (Config.TokenACL,
+//     SetTokenACL; none: every privilege), as for a privilege-separated
+//     token, with pve's rule that the deepest applying entry wins. Checked:
+//     VM.Audit (guest reads; /cluster/resources and the guest lists leave
+//     out silently what the token cannot audit), VM.PowerMgmt, VM.Allocate
+//     (create, destroy), the VM.Config.* privilege of each config key,
+//     Datastore.AllocateSpace for a new disk's storage, Datastore.Audit and
+//     Datastore.Allocate for storage content, Sys.Audit on the node (node
+//     status, other users' tasks: without it the task list holds the
+//     token's own tasks only); a refusal is pve's 403 "Permission check
+//     failed (/vms/101, VM.Audit)", before the handler runs, whether the
+//     guest exists or not. GET /access/permissions answers the token's
+//     effective privileges. Users, groups, roles, pools and the user side
+//     of a privilege-separated token are not modelled.
 //   - An unknown node name is a 500 with pve-cluster's "no such cluster node
 //     'x'"; pveproxy's exact status for it was not verified.
 package pvesim

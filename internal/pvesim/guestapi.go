@@ -99,7 +99,7 @@ func (s *Server) guestList(kind Kind) []map[string]any {
 	defer s.mu.Unlock()
 	out := []map[string]any{}
 	for _, g := range s.sortedGuests() {
-		if g.kind == kind {
+		if g.kind == kind && s.auditsGuest(g.vmid) {
 			out = append(out, s.guestListRow(g))
 		}
 	}

@@ -112,6 +112,9 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 			Errors: map[string]string{"body": perr.Error()}}
 		return reply(e.Status, nil, e)
 	}
+	if e := s.checkPermission(c); e != nil {
+		return reply(e.Status, nil, e)
+	}
 	f := s.takeFault(c.method, c.path, vmid)
 	if f != nil {
 		kind, hook = f.Kind, f.Hook
@@ -260,6 +263,8 @@ func (s *Server) route(c *call) (any, *apiError) {
 		return s.versionInfo(), nil
 	case seg[0] == "cluster":
 		return s.routeCluster(c)
+	case n == 2 && seg[0] == "access" && seg[1] == "permissions" && get:
+		return s.permissionsReply(c), nil
 	case seg[0] == "nodes":
 		if n == 1 {
 			if get {

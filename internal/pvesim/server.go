@@ -68,6 +68,9 @@ type Config struct {
 	// AuthFailureDelay is how long pveproxy holds back a 401, with
 	// StrictPVE (default 3s, as pve-http-server; a negative value: none).
 	AuthFailureDelay time.Duration
+	// TokenACL are the API token's access control entries (SetTokenACL);
+	// nil gives it every privilege.
+	TokenACL []ACL
 	// StrictPVE answers exactly as pve also where the simulator is kinder
 	// by default (see "Kinder than pve" in the package doc): running tasks
 	// listed as "RUNNING", an unknown task a 400 "no such task", volume
@@ -97,6 +100,7 @@ type Server struct {
 	taskSeq  uint32
 	volumes  map[string]*volume
 	ha       map[int]string // HA resources: requested state by VMID
+	acl      []ACL          // the token's; nil: every privilege
 	requests []Request
 	faults   []*activeFault
 	bootTime time.Time
@@ -148,6 +152,7 @@ func Start(cfg Config) (*Server, error) {
 		tasks:    map[string]*task{},
 		volumes:  map[string]*volume{},
 		ha:       map[int]string{},
+		acl:      cfg.TokenACL,
 		bootTime: time.Now(),
 	}
 

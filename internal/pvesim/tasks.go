@@ -422,6 +422,9 @@ func (s *Server) taskList(c *call) []map[string]any {
 		if tf := c.param("typefilter"); tf != "" && tf != t.typ {
 			continue
 		}
+		if !s.seesTask(t) {
+			continue
+		}
 		// pve matches the user part (a token's user, without its name)
 		user, _, _ := strings.Cut(t.user, "!")
 		if uf := c.param("userfilter"); uf != "" && !strings.Contains(strings.ToLower(user), strings.ToLower(uf)) {
