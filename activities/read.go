@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"go.temporal.io/sdk/temporal"
 )
 
 // ReadGuestInput names one guest. Kind may be empty: it is then looked up.
@@ -110,7 +112,9 @@ func (a *Proxmox) readGuest(ctx context.Context, vmid int, kind string) (Guest, 
 }
 
 // lookupKind finds whether vmid is a qemu or lxc guest of this node with one
-// /cluster/resources call.
+// /cluster/resources call. That listing silently leaves out guests the API
+// token cannot audit, so a VMID it does not name is read directly (probeKind)
+// before it counts as absent.
 func (a *Proxmox) lookupKind(ctx context.Context, vmid int) (bool, string, error) {
 	list, err := a.clusterGuests(ctx)
 	if err != nil {
@@ -120,6 +124,32 @@ func (a *Proxmox) lookupKind(ctx context.Context, vmid int) (bool, string, error
 		if r.VMID == vmid {
 			return true, r.Kind, nil
 		}
+	}
+	return a.probeKind(ctx, vmid)
+}
+
+// probeKind reads vmid's status as a VM and as a container: absent only
+// when Proxmox says of both that the config does not exist. A refusal means
+// the token cannot see the guest, which is not its absence: the agent then
+// fails closed (ProxmoxPermission) instead of creating a guest over it or
+// taking its destroy as done.
+func (a *Proxmox) probeKind(ctx context.Context, vmid int) (bool, string, error) {
+	for _, kind := range []string{KindQEMU, KindLXC} {
+		var st *statusCurrent
+		err := a.Client.Get(ctx, a.guestPath(kind, vmid)+"/status/current", &st)
+		if err == nil {
+			return true, kind, nil
+		}
+		code, msg, ok := httpStatus(err)
+		switch {
+		case ok && code == 500 && isMissingGuest(msg):
+			continue
+		case ok && code == 403:
+			return false, "", temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+				"guest %d is not visible to the API token (%d %s): the agent cannot tell whether it exists, and acts on nothing it cannot see; grant the token VM.Audit on /vms (README.md, \"A least-privilege API token\")",
+				vmid, code, msg), ErrTypePermission, err)
+		}
+		return false, "", err
 	}
 	return false, "", nil
 }

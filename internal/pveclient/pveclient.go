@@ -1,6 +1,7 @@
 // Package pveclient builds the go-proxmox client the agent talks to its
 // Proxmox VE host with, from configuration: API URL, API token, TLS trust and
-// a request timeout, and checks at startup that the URL and token work.
+// a request timeout, and checks at startup that the URL and token work and
+// that the token holds every privilege the agent needs (RequiredPrivileges).
 //
 // The client it builds differs from go-proxmox's defaults in two deliberate
 // ways:
@@ -218,8 +219,9 @@ func (t *statusTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // Check contacts the host and fails with a clear message when the URL is
-// wrong, the certificate is not trusted, the token is rejected or node is not
-// a node of this host. Meant for startup.
+// wrong, the certificate is not trusted, the token is rejected or lacks a
+// privilege the agent needs (a *MissingPrivilegesError naming each), or node
+// is not a node of this host. Meant for startup.
 func Check(ctx context.Context, c *proxmox.Client, node string) error {
 	var v proxmox.Version
 	if err := c.Get(ctx, "/version", &v); err != nil {
@@ -230,6 +232,9 @@ func Check(ctx context.Context, c *proxmox.Client, node string) error {
 	}
 	if node == "" {
 		return nil
+	}
+	if err := CheckPrivileges(ctx, c, node); err != nil {
+		return err
 	}
 	var st map[string]any
 	if err := c.Get(ctx, "/nodes/"+url.PathEscape(node)+"/status", &st); err != nil {
