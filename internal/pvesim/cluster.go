@@ -94,14 +94,23 @@ func (s *Server) clusterResources(c *call) (any, *apiError) {
 			if !s.auditsGuest(g.vmid) {
 				continue // silently left out, as pve does
 			}
-			row := s.guestListRow(g)
+			row := s.statsRow(g)
+			for _, live := range []string{"lock", "tags"} {
+				delete(row, live)
+				if v := g.conf[live]; v != "" {
+					row[live] = v
+				}
+			}
+			row["vmid"] = g.vmid
 			row["id"] = fmt.Sprintf("%s/%d", g.kind, g.vmid)
 			row["type"] = string(g.kind)
 			row["node"] = s.cfg.Node
-			row["maxcpu"] = row["cpus"]
+			if cpus, ok := row["cpus"]; ok {
+				row["maxcpu"] = cpus
+			}
 			delete(row, "cpus")
 			delete(row, "pid")
-			if _, ok := row["template"]; !ok {
+			if _, ok := row["template"]; !ok && row["status"] != "unknown" {
 				row["template"] = 0
 			}
 			if state, ok := s.ha[g.vmid]; ok {

@@ -20,8 +20,16 @@
 //     applied at the next start or reboot. LXC likewise, with
 //     pve-container's fast-plug and hot-plug sets (memory, swap, cores,
 //     hostname, NICs, new mount points...).
-//   - Listings for one-call drift detection: /cluster/resources?type=vm,
-//     /nodes/{node}/qemu and /nodes/{node}/lxc, plus /cluster/nextid.
+//   - Listings: /cluster/resources?type=vm, /nodes/{node}/qemu and
+//     /nodes/{node}/lxc, plus /cluster/nextid. With StrictPVE the figures of
+//     /cluster/resources are pvestatd's: up to Config.StatsInterval (10s)
+//     old on Config.Clock, status "unknown" and nothing else for a guest
+//     the last cycle did not see, refreshed at RefreshStats; which guests
+//     exist, their lock, tags and HA state are live. The figures are shaped
+//     as vmstatus makes them: "VM <id>" / "CT<id>" for an unnamed guest,
+//     the memory the guest runs with (not a pending change), maxcpu
+//     sockets×cores capped at the node's 16 CPUs (vcpus when set; LXC:
+//     cores, else cpulimit, else the node's CPUs).
 //   - Create, restore over an existing guest (QEMU archive+force, LXC
 //     restore+force), start, stop, shutdown (forceStop, timeout), reboot,
 //     destroy (purge, destroy-unreferenced-disks), vzdump backups that hold

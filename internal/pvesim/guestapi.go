@@ -124,11 +124,15 @@ func (s *Server) guestListRow(g *guest) map[string]any {
 			cpus = v
 		}
 	}
+	var name, cpuCount any = g.conf[g.kind.nameKey()], cpus
+	if s.cfg.StrictPVE {
+		name, cpuCount = g.vmstatusName(), g.vmstatusCPUs()
+	}
 	row := map[string]any{
 		"vmid":      g.vmid,
-		"name":      g.conf[g.kind.nameKey()],
+		"name":      name,
 		"status":    g.status(),
-		"cpus":      cpus,
+		"cpus":      cpuCount,
 		"maxmem":    uint64(memMiB) << 20,
 		"mem":       uint64(0),
 		"maxdisk":   g.bootDiskSize(s),

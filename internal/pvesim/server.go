@@ -61,6 +61,10 @@ type Config struct {
 	// after its reboot task stopped it, with StrictPVE (default 1s; a
 	// negative value: at once after the task).
 	RebootRestartDelay time.Duration
+	// StatsInterval is pvestatd's cycle, with StrictPVE: how old the
+	// figures /cluster/resources lists may be (default 10s; a negative
+	// value: always current).
+	StatsInterval time.Duration
 	// HADelay is how long the HA stack takes to act on a start or stop
 	// request of an HA-managed guest (default 5s; a negative value: at
 	// once, as the request's task ends).
@@ -99,8 +103,10 @@ type Server struct {
 	tasks    map[string]*task
 	taskSeq  uint32
 	volumes  map[string]*volume
-	ha       map[int]string // HA resources: requested state by VMID
-	acl      []ACL          // the token's; nil: every privilege
+	ha       map[int]string         // HA resources: requested state by VMID
+	acl      []ACL                  // the token's; nil: every privilege
+	stats    map[int]map[string]any // pvestatd's last figures by VMID (StrictPVE)
+	statsAt  time.Time
 	requests []Request
 	faults   []*activeFault
 	bootTime time.Time
@@ -131,6 +137,9 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if cfg.RebootRestartDelay == 0 {
 		cfg.RebootRestartDelay = time.Second
+	}
+	if cfg.StatsInterval == 0 {
+		cfg.StatsInterval = defaultStatsInterval
 	}
 	if cfg.HADelay == 0 {
 		cfg.HADelay = 5 * time.Second
