@@ -245,10 +245,24 @@ func normalise(vmid int, kind string, raw map[string]any) Guest {
 	return g
 }
 
-// ListGuestsInput is empty; it exists so the activity's signature can grow.
-type ListGuestsInput struct{}
+// ListGuestsInput says how to list the node's guests.
+type ListGuestsInput struct {
+	// Confirm reads every listed guest (confirmedGuests) so that each
+	// summary says what the guest is now, as ReadGuest would; without it
+	// the summaries are the listing's own figures, as stale and as shaped
+	// as pvestatd makes them.
+	Confirm bool `json:"confirm,omitempty"`
+}
 
-// GuestSummary is one guest of the node as listed by /cluster/resources.
+// GuestSummary is one guest of the node. From the listing alone
+// (/cluster/resources) Status is pvestatd's, up to a cycle (about 10 s)
+// old and "unknown" for a guest it has not seen yet, Name is "VM <id>" or
+// "CT<id>" for an unnamed guest and empty when unknown, MemoryMiB is the
+// memory the guest runs with (a pending change is not in it), MaxCPU is
+// sockets×cores capped at the node's CPUs (LXC: cores, else cpulimit, else
+// the node's CPUs), and Cores is 0: the listing does not carry it. A
+// confirmed summary has Status, Name, MemoryMiB (pending value included)
+// and Cores from the guest itself.
 type GuestSummary struct {
 	VMID      int      `json:"vmid"`
 	Kind      string   `json:"kind"`
@@ -256,9 +270,11 @@ type GuestSummary struct {
 	Status    string   `json:"status,omitempty"`
 	MemoryMiB int      `json:"memory_mib,omitempty"`
 	Cores     int      `json:"cores,omitempty"`
+	MaxCPU    int      `json:"max_cpu,omitempty"`
 	Tags      []string `json:"tags,omitempty"`
 	Lock      string   `json:"lock,omitempty"`
 	Template  bool     `json:"template,omitempty"`
+	Confirmed bool     `json:"confirmed,omitempty"`
 }
 
 // ListGuestsResult lists every guest of the node, sorted by VMID.
@@ -266,12 +282,15 @@ type ListGuestsResult struct {
 	Guests []GuestSummary `json:"guests"`
 }
 
-// ListGuests lists all guests of the node with a single API call, for cheap
-// drift detection.
-func (a *Proxmox) ListGuests(ctx context.Context, _ ListGuestsInput) (res ListGuestsResult, err error) {
+// ListGuests lists all guests of the node: with a single API call, or with
+// Confirm one read of each guest besides (see GuestSummary).
+func (a *Proxmox) ListGuests(ctx context.Context, in ListGuestsInput) (res ListGuestsResult, err error) {
 	what := "list guests of node " + a.Node
 	defer recoverPanic(what, &err)
 	list, err := a.clusterGuests(ctx)
+	if err == nil && in.Confirm {
+		list, err = a.confirmedGuests(ctx, list)
+	}
 	if err != nil {
 		return ListGuestsResult{}, classify(what, err)
 	}
@@ -310,7 +329,7 @@ func (a *Proxmox) clusterGuests(ctx context.Context) ([]GuestSummary, error) {
 		tmpl, _ := r.Template.Int64()
 		out = append(out, GuestSummary{
 			VMID: int(vmid), Kind: r.Type, Name: r.Name, Status: r.Status,
-			MemoryMiB: int(maxmem >> 20), Cores: int(cpus), Tags: splitTags(r.Tags),
+			MemoryMiB: int(maxmem >> 20), MaxCPU: int(cpus), Tags: splitTags(r.Tags),
 			Lock: r.Lock, Template: tmpl == 1,
 		})
 	}
