@@ -163,7 +163,10 @@
 //     answers the status with a 400 {"upid": "no such task"} and the log
 //     with a 200 whose only line is "unable to open file - No such file or
 //     directory". A QEMU reboot restarts the VM within its task. A 401 comes
-//     at once.
+//     at once. Values are checked for their type only, where pve checks
+//     their formats too (pveschema: names, network devices, OS types, tags,
+//     booleans...), and a create writes memory, cores, sockets and ostype
+//     defaults (a container's cores) that pve leaves unset.
 //   - The task list's source=active holds running tasks only; pve also keeps
 //     recently finished ones there until they are archived.
 //   - Permissions are the API token's own ACL (Config.TokenACL,

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/felhom/felhom-agent/internal/pveschema"
 )
 
 // routeGuest serves /nodes/{node}/qemu/... and /nodes/{node}/lxc/...
@@ -110,6 +112,9 @@ func (s *Server) guestList(kind Kind) []map[string]any {
 // s.mu held.
 func (s *Server) guestListRow(g *guest) map[string]any {
 	memMiB := memoryMiB(g.conf["memory"])
+	if memMiB == 0 {
+		memMiB = 512 // the schema default, for QEMU and LXC alike
+	}
 	cores, _ := strconv.Atoi(g.conf["cores"])
 	if cores == 0 {
 		cores = 1
@@ -263,8 +268,9 @@ var (
 )
 
 // configParams splits a request's parameters into config values to set,
-// checking names and integer types as pve's schema does.
-func configParams(kind Kind, c *call, apiOnly map[string]bool) (map[string]string, *apiError) {
+// checking names and integer types as pve's schema does, and with
+// StrictPVE the values' formats (pveschema).
+func (s *Server) configParams(kind Kind, c *call, apiOnly map[string]bool) (map[string]string, *apiError) {
 	keyRE := qemuConfigKey
 	if kind == KindLXC {
 		keyRE = lxcConfigKey
@@ -278,6 +284,9 @@ func configParams(kind Kind, c *call, apiOnly map[string]bool) (map[string]strin
 			continue
 		case !keyRE.MatchString(k):
 			errs[k] = "property is not defined in schema and the schema does not allow additional properties"
+			continue
+		case s.cfg.StrictPVE && pveschema.Check(string(kind), k, v) != "":
+			errs[k] = pveschema.Check(string(kind), k, v)
 			continue
 		case kind.intKey(k) && !intParam.MatchString(v):
 			errs[k] = fmt.Sprintf("type check ('integer') failed - got '%s'", v)

@@ -15,7 +15,7 @@ func (s *Server) lxcCreate(c *call) (any, *apiError) {
 	if aerr != nil {
 		return nil, aerr
 	}
-	set, aerr := configParams(KindLXC, c, lxcCreateOnly)
+	set, aerr := s.configParams(KindLXC, c, lxcCreateOnly)
 	if aerr != nil {
 		return nil, aerr
 	}
@@ -127,8 +127,16 @@ func (s *Server) lxcCreate(c *call) (any, *apiError) {
 					}
 					conf["rootfs"] = spec
 				}
-				for k, def := range map[string]string{"memory": "512", "swap": "512", "cores": "1",
-					"ostype": "debian", "arch": "amd64", "hostname": fmt.Sprintf("CT%d", vmid), "unprivileged": "1"} {
+				// what pve-container writes: hostname, memory and swap
+				// defaults, the detected OS and arch, unprivileged unless
+				// asked otherwise (the API's default for a create since
+				// pve-container 6); no cores
+				defaults := map[string]string{"memory": "512", "swap": "512", "ostype": "debian", "arch": "amd64",
+					"hostname": fmt.Sprintf("CT%d", vmid), "unprivileged": "1"}
+				if !s.cfg.StrictPVE {
+					defaults["cores"] = "1"
+				}
+				for k, def := range defaults {
 					if _, ok := conf[k]; !ok {
 						conf[k] = def
 					}
@@ -148,7 +156,7 @@ func (s *Server) lxcCreate(c *call) (any, *apiError) {
 // task, data null. A running container takes what pve-container fast-plugs
 // or hot-plugs at once and keeps the rest pending until its next start.
 func (s *Server) lxcConfigUpdate(c *call, vmid int) (any, *apiError) {
-	set, aerr := configParams(KindLXC, c, lxcUpdateOnly)
+	set, aerr := s.configParams(KindLXC, c, lxcUpdateOnly)
 	if aerr != nil {
 		return nil, aerr
 	}

@@ -41,7 +41,7 @@ func (s *Server) qemuCreate(c *call) (any, *apiError) {
 	if aerr != nil {
 		return nil, aerr
 	}
-	set, aerr := configParams(KindQEMU, c, qemuCreateOnly)
+	set, aerr := s.configParams(KindQEMU, c, qemuCreateOnly)
 	if aerr != nil {
 		return nil, aerr
 	}
@@ -161,14 +161,7 @@ func (s *Server) qemuCreate(c *call) (any, *apiError) {
 					}
 					conf[k] = v
 				}
-				if _, ok := conf["memory"]; !ok {
-					conf["memory"] = "512"
-				}
-				for k, def := range map[string]string{"cores": "1", "sockets": "1", "ostype": "other"} {
-					if _, ok := conf[k]; !ok {
-						conf[k] = def
-					}
-				}
+				s.qemuCreateDefaults(conf)
 				conf["vmgenid"] = randomUUID()
 				conf["smbios1"] = "uuid=" + randomUUID()
 				g.conf = conf
@@ -242,7 +235,7 @@ func requiredVMID(c *call) (int, *apiError) {
 // digest and the lock are checked at once, and again under the config
 // lock: in the handler for PUT, in the task for POST.
 func (s *Server) qemuConfigUpdate(c *call, vmid int, sync bool) (any, *apiError) {
-	set, aerr := configParams(KindQEMU, c, qemuUpdateOnly)
+	set, aerr := s.configParams(KindQEMU, c, qemuUpdateOnly)
 	if aerr != nil {
 		return nil, aerr
 	}
@@ -585,4 +578,63 @@ func (s *Server) restartAfterReboot(vmid int) {
 			start()
 		}
 	}()
+}
+
+// qemuCreateDefaults adds what qemu-server writes into a new VM's config
+// besides its parameters: meta and, when the VM has boot devices, the
+// default boot order (vmgenid and smbios1 are the caller's). It writes no
+// memory, cores, sockets or ostype: those stay at their schema defaults
+// unset. Without StrictPVE it writes those four, as earlier versions of
+// the simulator did. s.mu held.
+func (s *Server) qemuCreateDefaults(conf map[string]string) {
+	if !s.cfg.StrictPVE {
+		for k, def := range map[string]string{"memory": "512", "cores": "1", "sockets": "1", "ostype": "other"} {
+			if _, ok := conf[k]; !ok {
+				conf[k] = def
+			}
+		}
+		return
+	}
+	conf["meta"] = fmt.Sprintf("creation-qemu=10.0.2,ctime=%d", s.cfg.Clock().Unix())
+	if _, ok := conf["boot"]; !ok {
+		if order := defaultBootOrder(conf); order != "" {
+			conf["boot"] = "order=" + order
+		}
+	}
+}
+
+// defaultBootOrder is get_default_bootdevices: the first disk, the first
+// CD-ROM, the first NIC.
+func defaultBootOrder(conf map[string]string) string {
+	var devs []string
+	for _, cdrom := range []bool{false, true} {
+		for _, k := range bootDriveNames() {
+			if v, ok := conf[k]; ok && strings.Contains(v, "media=cdrom") == cdrom {
+				devs = append(devs, k)
+				break
+			}
+		}
+	}
+	for i := 0; i < 32; i++ {
+		if k := fmt.Sprintf("net%d", i); conf[k] != "" {
+			devs = append(devs, k)
+			break
+		}
+	}
+	return strings.Join(devs, ";")
+}
+
+// bootDriveNames are qemu-server's drive names in the order it picks a
+// boot disk from.
+func bootDriveNames() []string {
+	var out []string
+	for _, b := range []struct {
+		bus string
+		n   int
+	}{{"ide", 4}, {"scsi", 31}, {"virtio", 16}, {"sata", 6}} {
+		for i := 0; i < b.n; i++ {
+			out = append(out, fmt.Sprintf("%s%d", b.bus, i))
+		}
+	}
+	return out
 }

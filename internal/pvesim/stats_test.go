@@ -68,9 +68,22 @@ func TestClusterResourcesShapes(t *testing.T) {
 	if _, err := vmOf(t, client, 104).Config(context.Background(), proxmox.VirtualMachineOption{Name: "memory", Value: "2048"}); err != nil {
 		t.Fatal(err)
 	}
+	for vmid, extra := range map[int]map[string]any{201: nil, 202: {"cpulimit": "1.5"}} {
+		params := map[string]any{"vmid": vmid, "ostemplate": "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst", "rootfs": "local-lvm:4"}
+		for k, v := range extra {
+			params[k] = v
+		}
+		task, err := postTask(t, client, "/nodes/pve1/lxc", params)
+		if err != nil {
+			t.Fatal(err)
+		}
+		finished(t, task)
+	}
 	srv.RefreshStats()
 	rows := resources(t, client)
 	for vmid, want := range map[int]map[string]any{
+		201: {"maxcpu": float64(16)},
+		202: {"maxcpu": 1.5},
 		101: {"name": "VM 101", "maxcpu": float64(8)},
 		102: {"maxcpu": float64(16)},
 		103: {"maxcpu": float64(3)},
