@@ -69,6 +69,9 @@ func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput)
 	if err != nil {
 		return TaskResult{}, nil, err
 	}
+	if err := checkValues(what, kind, in.Set); err != nil {
+		return TaskResult{}, nil, err
+	}
 	if name, ok := in.Set["name"]; ok && kind == KindLXC {
 		// A container's name is its hostname.
 		set := make(map[string]any, len(in.Set))

@@ -161,6 +161,9 @@ func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name 
 			return CreateResult{}, badInput(what, "%s: %q is not a new disk (STORAGE:SIZE_GIB): a create never attaches or imports an existing volume", k, configString(v))
 		}
 	}
+	if err := checkValues(what, kind, params); err != nil {
+		return CreateResult{}, err
+	}
 	out := func(r TaskResult) CreateResult { return CreateResult{TaskResult: r, VMID: vmid, Kind: kind} }
 
 	entry, recorded := a.Ledger.Entry(vmid)

@@ -16,6 +16,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/felhom/felhom-agent/internal/pveclient"
+	"github.com/felhom/felhom-agent/internal/pveschema"
 )
 
 // Application error types returned by the activities. Workflows branch on
@@ -213,6 +214,20 @@ func classify(what string, err error) error {
 // used (a null where data was due, a UPID that does not parse).
 func malformed(format string, args ...any) error {
 	return temporal.NewApplicationError("unusable answer from Proxmox: "+fmt.Sprintf(format, args...), ErrTypeMalformed)
+}
+
+// checkValues refuses, before anything is sent, config values Proxmox's
+// schema would refuse (pveschema), naming each key: a non-retryable
+// ProxmoxBadRequest.
+func checkValues(what, kind string, params map[string]any) error {
+	values := make(map[string]string, len(params))
+	for k, v := range params {
+		values[k] = configString(v)
+	}
+	if msgs := pveschema.CheckAll(kind, values); msgs != nil {
+		return badInput(what, "Proxmox would refuse %s", strings.ReplaceAll(strings.Join(pveschema.Problems(msgs), "; "), "\n", "; "))
+	}
+	return nil
 }
 
 // badInput is a non-retryable error about the activity's own input.

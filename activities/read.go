@@ -223,6 +223,9 @@ func normalise(vmid int, kind string, raw map[string]any) Guest {
 		g.Name = c["hostname"]
 	}
 	g.MemoryMiB = parseMemoryMiB(c["memory"])
+	if g.MemoryMiB == 0 {
+		g.MemoryMiB = 512 // the schema default of both kinds, which Proxmox does not write
+	}
 	g.Cores, _ = strconv.Atoi(c["cores"])
 	if g.Cores == 0 && kind == KindQEMU {
 		g.Cores = 1 // qemu's default

@@ -176,3 +176,21 @@ func TestListingConfirmedByReads(t *testing.T) {
 		t.Fatalf("the host workflow's listing =\n %+v\nwant the guests as they are\n %+v", got.Guests, want)
 	}
 }
+
+// Proxmox writes no memory into a VM created without one; it runs with the
+// schema's 512 MiB, and that is what the agent reads.
+func TestReadGuestMemoryDefault(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	upid, err := h.act.postTask(context.Background(), "POST", "/nodes/pve1/qemu", map[string]any{"vmid": 150, "name": "bare"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitTaskDone(t, h, upid)
+	g, err := run[Guest](h, h.act.ReadGuest, ReadGuestInput{VMID: 150})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, set := g.Config["memory"]; set || g.MemoryMiB != 512 || g.Cores != 1 {
+		t.Fatalf("memory %d (config %q), cores %d; want Proxmox's defaults 512 and 1 read for unset keys", g.MemoryMiB, g.Config["memory"], g.Cores)
+	}
+}
