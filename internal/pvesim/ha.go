@@ -33,6 +33,7 @@ func (s *Server) SetHA(vmid int, state string) error {
 	default:
 		return fmt.Errorf("pvesim: HA state %q is neither started nor stopped", state)
 	}
+	s.changed()
 	return nil
 }
 

@@ -76,6 +76,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		recIdx = s.record(Request{Method: r.Method, Path: rel, Form: cloneValues(params), Time: start, VMID: vmid})
 	}
 	status, faultKind := s.serve(w, c, vmid, perr, recIdx)
+	if mutating {
+		s.changed()
+	}
 	s.log.Debug("pvesim request", "method", r.Method, "path", rel, "status", status,
 		"fault", string(faultKind), "upid", c.upid, "elapsed", time.Since(start))
 }

@@ -75,6 +75,11 @@ type Config struct {
 	// TokenACL are the API token's access control entries (SetTokenACL);
 	// nil gives it every privilege.
 	TokenACL []ACL
+	// StateFile, when set, keeps the node's state across restarts: Start
+	// loads it from there if the file exists (Restored), and the state is
+	// written there after every change. Its API token secret is kept too,
+	// unless TokenSecret names another.
+	StateFile string
 	// StrictPVE answers exactly as pve also where the simulator is kinder
 	// by default (see "Kinder than pve" in the package doc): running tasks
 	// listed as "RUNNING", an unknown task a 400 "no such task", volume
@@ -107,6 +112,10 @@ type Server struct {
 	acl      []ACL                  // the token's; nil: every privilege
 	stats    map[int]map[string]any // pvestatd's last figures by VMID (StrictPVE)
 	statsAt  time.Time
+
+	restored  bool          // the state came from Config.StateFile
+	dirty     chan struct{} // the state changed since the last save
+	saverDone chan struct{}
 	requests []Request
 	faults   []*activeFault
 	bootTime time.Time
@@ -125,9 +134,6 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if !strings.Contains(cfg.TokenID, "!") || !strings.Contains(cfg.TokenID, "@") {
 		return nil, fmt.Errorf("pvesim: token id %q is not USER@REALM!TOKENNAME", cfg.TokenID)
-	}
-	if cfg.TokenSecret == "" {
-		cfg.TokenSecret = randomUUID()
 	}
 	if cfg.LockTimeout == 0 {
 		cfg.LockTimeout = 10 * time.Second
@@ -163,6 +169,15 @@ func Start(cfg Config) (*Server, error) {
 		ha:       map[int]string{},
 		acl:      cfg.TokenACL,
 		bootTime: time.Now(),
+	}
+	if cfg.StateFile != "" {
+		if err := s.loadState(); err != nil {
+			return nil, err
+		}
+		s.dirty, s.saverDone = make(chan struct{}, 1), make(chan struct{})
+	}
+	if s.cfg.TokenSecret == "" {
+		s.cfg.TokenSecret = randomUUID()
 	}
 
 	ln, err := net.Listen("tcp", cfg.Addr)
@@ -203,6 +218,10 @@ func Start(cfg Config) (*Server, error) {
 			s.log.Error("pvesim: serve", "err", err)
 		}
 	}()
+	if s.dirty != nil {
+		go s.saveLoop()
+		s.changed() // a new node's first state, and the token it will keep
+	}
 	return s, nil
 }
 
@@ -253,6 +272,12 @@ func (s *Server) Close() error {
 			err = s.srv.Close()
 		}
 		s.tasksWG.Wait()
+		if s.dirty != nil {
+			<-s.saverDone
+			if serr := s.saveState(); serr != nil && err == nil {
+				err = fmt.Errorf("pvesim: save state: %w", serr)
+			}
+		}
 	})
 	return err
 }

@@ -229,6 +229,7 @@ func (s *Server) stopTask(t *task, spec taskSpec, working bool, err error) {
 	t.running = false
 	t.end = s.cfg.Clock()
 	t.exit = lostExitStatus
+	s.changed()
 	close(t.done)
 }
 
@@ -256,6 +257,7 @@ func (s *Server) finishTaskLocked(t *task, warnings int, err error) {
 // finishTaskExit stops a task with an exit status and pve's last log line
 // ("TASK OK", "TASK WARNINGS: 2", "TASK ERROR: msg"). s.mu held.
 func (s *Server) finishTaskExit(t *task, exit string) {
+	defer s.changed()
 	if t.cleanup != nil {
 		t.cleanup()
 		t.cleanup = nil
