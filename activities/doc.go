@@ -93,7 +93,10 @@
 // locks (in a request or in its task), lost tasks, 5xx, 595/596 and network
 // errors are retryable; bad parameters,
 // permission, protection, digest mismatch, a taken VMID and a missing guest
-// (for any step but destroy) are not. A panic inside go-proxmox is recovered
+// (for any step but destroy) are not. A guest the API token cannot see is a
+// ProxmoxPermission error, never a missing guest: Proxmox leaves such a
+// guest out of its listings without a word, so a VMID the listing does not
+// name is read directly before it counts as absent (read.go, probeKind). A panic inside go-proxmox is recovered
 // into a retryable ProxmoxMalformed error.
 //
 // # Gated actions

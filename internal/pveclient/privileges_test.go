@@ -120,3 +120,21 @@ func TestREADMEGrantsTheRequiredPrivileges(t *testing.T) {
 		t.Fatalf("README grants the role on %v, want %v", got, slices.Compact(slices.Sorted(slices.Values(want))))
 	}
 }
+
+// Since early 2026 pve answers every token it cannot verify with 401
+// "Authentication failed!", three seconds late; the check says what to do.
+func TestCheckRejectedToken(t *testing.T) {
+	srv, err := pvesim.Start(pvesim.Config{Node: "pve1", StrictPVE: true, AuthFailureDelay: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c, err := New(Config{URL: srv.URL(), TokenID: srv.TokenID(), TokenSecret: "wrong", RootCAs: srv.RootCAs(), Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = Check(context.Background(), c, "pve1")
+	if want := "the API token was rejected (401 Authentication failed!): check the token id and secret"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Check error %v, want %q", err, want)
+	}
+}
