@@ -102,23 +102,23 @@ type Server struct {
 	closeOne sync.Once
 	tasksWG  sync.WaitGroup
 
-	mu       sync.Mutex
-	guests   map[int]*guest
-	flocks   map[int]*flock
-	tasks    map[string]*task
-	taskSeq  uint32
-	volumes  map[string]*volume
-	ha       map[int]string         // HA resources: requested state by VMID
-	acl      []ACL                  // the token's; nil: every privilege
-	stats    map[int]map[string]any // pvestatd's last figures by VMID (StrictPVE)
-	statsAt  time.Time
+	mu      sync.Mutex
+	guests  map[int]*guest
+	flocks  map[int]*flock
+	tasks   map[string]*task
+	taskSeq uint32
+	volumes map[string]*volume
+	ha      map[int]string         // HA resources: requested state by VMID
+	acl     []ACL                  // the token's; nil: every privilege
+	stats   map[int]map[string]any // pvestatd's last figures by VMID (StrictPVE)
+	statsAt time.Time
 
 	restored  bool          // the state came from Config.StateFile
 	dirty     chan struct{} // the state changed since the last save
 	saverDone chan struct{}
-	requests []Request
-	faults   []*activeFault
-	bootTime time.Time
+	requests  []Request
+	faults    []*activeFault
+	bootTime  time.Time
 }
 
 // Start starts a simulated node listening on cfg.Addr.
