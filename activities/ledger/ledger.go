@@ -281,11 +281,7 @@ func (l *Ledger) apply(r record) {
 		delete(l.entries, r.VMID)
 	case opAdmit:
 		if r.Admission != nil {
-			ad := *r.Admission
-			if ad.State == "" {
-				ad.State = Admitted
-			}
-			l.admissions[ad.Key] = ad
+			l.admissions[r.Admission.Key] = *r.Admission
 		}
 	case opStart:
 		if ad, ok := l.admissions[r.Key]; ok && ad.State == Admitted {

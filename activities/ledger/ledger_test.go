@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -37,8 +38,10 @@ func TestLifecycle(t *testing.T) {
 	if err := l.BeginCreate(Entry{VMID: 101, Kind: "qemu", Instance: "i-a", Scratch: true}); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.BeginCreate(Entry{VMID: 104, Kind: "qemu"}); err == nil {
-		t.Fatal("begin without an instance marker accepted")
+	for _, bad := range []Entry{{VMID: 104, Kind: "qemu"}, {VMID: 0, Kind: "qemu", Instance: "i"}, {VMID: 104, Instance: "i"}} {
+		if err := l.BeginCreate(bad); err == nil {
+			t.Fatalf("begin of %+v accepted: vmid, kind and instance are required", bad)
+		}
 	}
 	if created(l, 101) {
 		t.Fatal("pending create counts as created")
@@ -173,6 +176,37 @@ func TestFailedSyncRefusesUntilReopened(t *testing.T) {
 	}
 	if err := l.ConfirmCreate(101, "a", "", nil); err != nil {
 		t.Fatalf("after reopening: %v", err)
+	}
+}
+
+// A compaction at open that fails before it replaced the file leaves the
+// ledger usable, with everything it held.
+func TestFailedCompactionAtOpenKeepsTheLedger(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "prov.ledger")
+	l := openT(t, path)
+	for i := 0; i < 2*compactMinRecords; i++ {
+		if err := l.BeginCreate(Entry{VMID: 500, Kind: "qemu", Instance: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	before, _ := os.ReadFile(path)
+	var armed atomic.Bool
+	armed.Store(true) // the compacted file's sync fails
+	l, err := open(path, appendlogtest.FailingSync{Armed: &armed})
+	if err != nil {
+		t.Fatalf("Open with a failing compaction: %v", err)
+	}
+	defer l.Close()
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Fatal("the failed compaction changed the file")
+	}
+	armed.Store(false)
+	if e, ok := l.Entry(500); !ok || e.Instance != fmt.Sprint(2*compactMinRecords-1) {
+		t.Fatalf("entry after a failed compaction: %+v", e)
+	}
+	if err := l.Remove(500); err != nil {
+		t.Fatalf("append after a failed compaction: %v", err)
 	}
 }
 
