@@ -136,3 +136,45 @@ func TestCreateInputValidation(t *testing.T) {
 		t.Fatal("pending record left after Proxmox refused the parameters")
 	}
 }
+
+// TestValuesProxmoxWouldRefuseAreRefusedFirst: a value Proxmox's schema
+// refuses is refused before anything is sent or recorded, naming the key.
+func TestValuesProxmoxWouldRefuseAreRefusedFirst(t *testing.T) {
+	tests := []struct {
+		name   string
+		invoke func(h *harness) (any, any)
+		key    string
+	}{
+		{"vm name", func(h *harness) (any, any) {
+			return h.act.CreateVM, CreateVMInput{VMID: 150, Name: "bad_name", MemoryMiB: 512}
+		}, "name: invalid format - value does not look like a valid DNS name"},
+		{"vm network device", func(h *harness) (any, any) {
+			return h.act.CreateVM, CreateVMInput{VMID: 150, Name: "app", MemoryMiB: 512, Options: map[string]string{"net0": "garbage"}}
+		}, "net0: invalid format - format error; net0.model: value 'garbage'"},
+		{"container network device", func(h *harness) (any, any) {
+			return h.act.CreateContainer, CreateContainerInput{VMID: 150, Hostname: "app", MemoryMiB: 512, RootFS: "local-lvm:8",
+				OSTemplate: "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst", Options: map[string]string{"net0": "bridge=vmbr0"}}
+		}, "net0: invalid format - format error; net0.name: property is missing"},
+		{"config boolean", func(h *harness) (any, any) {
+			return h.act.SetConfig, SetConfigInput{VMID: 101, Set: map[string]any{"onboot": "yes"}}
+		}, "onboot: type check ('boolean') failed - got 'yes'"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, pvesim.Config{})
+			h.addVM(pvesim.Guest{VMID: 101, Name: "g", MemoryMiB: 512})
+			fn, in := tt.invoke(h)
+			_, err := run[TaskResult](h, fn, in)
+			wantErr(t, err, ErrTypeBadRequest, false)
+			if !strings.Contains(err.Error(), tt.key) {
+				t.Fatalf("error %q does not name %q", err, tt.key)
+			}
+			if len(h.srv.Requests()) != 0 {
+				t.Fatalf("sent %+v", h.srv.Requests())
+			}
+			if _, ok := h.ledger.Entry(150); ok {
+				t.Fatal("a refused create was recorded")
+			}
+		})
+	}
+}

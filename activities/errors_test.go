@@ -168,6 +168,9 @@ func TestClassifyPlainGoProxmoxErrors(t *testing.T) {
 		{errors.New("unexpected end of JSON input"), ErrTypeMalformed, true},
 		{&TaskError{UPID: "u", ExitStatus: "can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout"}, ErrTypeLocked, true},
 		{&TaskError{UPID: "u", ExitStatus: "VM quit/powerdown failed - got timeout"}, ErrTypeTaskFailed, false},
+		{&TaskError{UPID: "u", ExitStatus: "checksum mismatch (file change by other user?)"}, ErrTypeDigestMismatch, false},
+		{&TaskError{UPID: "u", ExitStatus: "unexpected status"}, ErrTypeTaskLost, true},
+		{&TaskError{UPID: "u", ExitStatus: "received interrupt"}, ErrTypeTaskFailed, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.err.Error(), func(t *testing.T) {

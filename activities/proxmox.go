@@ -55,6 +55,12 @@ type Proxmox struct {
 	PollInterval time.Duration
 	// Clock is the host's clock (time.Now when nil).
 	Clock func() time.Time
+	// CreateWait bounds a create's wait for a create task of its guest
+	// still under way (DefaultCreateWait when zero).
+	CreateWait time.Duration
+	// StateWait bounds a power step's wait, after its task ended, for the
+	// guest to reach the state it asked for (DefaultStateWait when zero).
+	StateWait time.Duration
 	// OnTaskWait, when set, is told of every wait on a Proxmox task: the
 	// task type ("qmstart", ...), how it ended ("ok", "failed", "cancelled",
 	// "worker_stopping", "error") and how long this attempt waited.
@@ -308,7 +314,10 @@ func (a *Proxmox) inFlight(ctx context.Context, vmid int, typ string, recent boo
 		if t.EndTime == "" && (t.Status == "" || strings.EqualFold(t.Status, "running")) {
 			return t.UPID, nil
 		}
-		if start, err := t.StartTime.Int64(); recent && err == nil && !activity.GetInfo(ctx).ScheduledTime.IsZero() && start >= since {
+		if start, err := t.StartTime.Int64(); recent && err == nil && !activity.GetInfo(ctx).ScheduledTime.IsZero() && start >= since &&
+			!retryableTaskFailure(&TaskError{ExitStatus: t.Status}) {
+			// A finished task that failed on a lock, or was lost, did
+			// nothing to adopt.
 			return t.UPID, nil
 		}
 	}
@@ -339,7 +348,10 @@ func (a *Proxmox) runGuestTask(ctx context.Context, phase, typ string, vmid int,
 // The recorded UPID is heartbeat detail, a claim the Temporal server hands
 // back: it is resumed only if it names a task of one of types, on this node,
 // for guest vmid (vmid 0: any id). Any other UPID is ignored, as if nothing
-// had been recorded, and the caller decides from Proxmox's state.
+// had been recorded, and the caller decides from Proxmox's state. So is a
+// recorded task that failed on a lock or was lost (retryableTaskFailure):
+// it did not do the step, and the caller sends it again if the guest's
+// state still asks for it.
 func (a *Proxmox) resumeTask(ctx context.Context, p Progress, hasProgress bool, phase string, vmid int, types ...string) (TaskResult, bool, error) {
 	if !hasProgress || p.Phase != phase {
 		return TaskResult{}, false, nil
@@ -359,6 +371,10 @@ func (a *Proxmox) resumeTask(ctx context.Context, p Progress, hasProgress bool, 
 	if err != nil {
 		if code, msg, ok := httpStatus(err); ok && (code == 404 || ((code == 400 || code == 500) && contains(msg, "no such task", "unable to open file", "does not exist"))) {
 			a.log().Warn("recorded task unknown to proxmox; deciding from the guest's state", "upid", p.UPID, "err", err)
+			return TaskResult{}, false, nil
+		}
+		if retryableTaskFailure(err) {
+			a.log().Warn("recorded task failed on a lock or was lost; deciding from the guest's state", "upid", p.UPID, "err", err)
 			return TaskResult{}, false, nil
 		}
 		return TaskResult{}, true, err

@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -209,6 +210,18 @@ func waitTaskDone(t *testing.T, h *harness, upid string) {
 	<-done
 }
 
+// waitRestarted waits for qmeventd's start of guest vmid after a reboot
+// task stopped it: the newest qmstart task of root@pam.
+func waitRestarted(t *testing.T, h *harness, vmid int) {
+	t.Helper()
+	var rows []taskListEntry
+	path := fmt.Sprintf("/nodes/pve1/tasks?source=all&typefilter=qmstart&userfilter=root@pam&vmid=%d&limit=1", vmid)
+	if err := h.act.Client.Get(context.Background(), path, &rows); err != nil || len(rows) != 1 {
+		t.Fatalf("qmeventd's start of %d: %v (%v)", vmid, rows, err)
+	}
+	waitTaskDone(t, h, rows[0].UPID)
+}
+
 func TestResumeEdgeCases(t *testing.T) {
 	h := newHarness(t, pvesim.Config{})
 	h.addVM(pvesim.Guest{VMID: 101, Name: "g", Status: "stopped", MemoryMiB: 512})
@@ -260,6 +273,7 @@ func TestRebootFoundInTaskList(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitTaskDone(t, h, upid)
+		waitRestarted(t, h, 101)
 		return upid
 	}
 

@@ -96,17 +96,10 @@ func checkProxmox(ctx context.Context, cfg Config, rootCAs *x509.CertPool) Check
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Proxmox.Timeout)
 	defer cancel()
+	// The API, the certificate, the token, the node and the token's
+	// privileges (pveclient.RequiredPrivileges), each failure named.
 	if err := pveclient.Check(ctx, pve, cfg.Proxmox.Node); err != nil {
-		r.Err = err
-		return r
-	}
-	missing, err := pveclient.MissingPrivileges(ctx, pve, pveclient.RequiredPrivileges)
-	if err != nil {
-		r.Err = err
-		return r
-	}
-	if len(missing) > 0 {
-		r.Err = fmt.Errorf("proxmox.token_id: token %s lacks the privileges %s: grant them on / (pveum acl modify)", cfg.Proxmox.TokenID, strings.Join(missing, ", "))
+		r.Err = fmt.Errorf("proxmox (token %s): %w", cfg.Proxmox.TokenID, err)
 		return r
 	}
 	r.Note = fmt.Sprintf("%s, node %s, token %s with the privileges it needs", cfg.Proxmox.URL, cfg.Proxmox.Node, cfg.Proxmox.TokenID)

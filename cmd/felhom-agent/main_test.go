@@ -66,7 +66,7 @@ func cmdPVESim(ts *testscript.TestScript, neg bool, args []string) {
 		if !ok {
 			ts.Fatalf("usage: pvesim [privileges=A,B,...]")
 		}
-		cfg.Privileges = strings.Split(privs, ",")
+		cfg.TokenACL = []pvesim.ACL{{Path: "/", Privileges: strings.Split(privs, ","), Propagate: true}}
 	}
 	sim, err := pvesim.Start(cfg)
 	ts.Check(err)

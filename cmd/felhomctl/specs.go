@@ -14,6 +14,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/felhom/felhom-agent/internal/pveschema"
 	"github.com/felhom/felhom-agent/workflows"
 	"github.com/felhom/felhom-agent/workflows/desired"
 )
@@ -84,6 +85,9 @@ func loadSpecs(path string) ([]guestSpec, error) {
 			continue
 		}
 		g.Normalised = norm
+		for _, p := range optionProblems(norm) {
+			problems = append(problems, fmt.Sprintf("%s: guest %s: %s", g.Source, guestName(g.Spec), p))
+		}
 		id := g.workflowID()
 		if first, dup := seen[id]; dup {
 			problems = append(problems, fmt.Sprintf("%s: guest %s: already given in %s", g.Source, guestName(g.Spec), first))
@@ -218,4 +222,17 @@ func (c *command) specsFlagWith(name, help string, args []string, more func(*fla
 		return nil, usageErrorf("-f FILE|DIR is required")
 	}
 	return loadSpecs(*file)
+}
+
+// optionProblems are the spec's options that Proxmox's schema would refuse
+// ("options.net0: invalid format - ..."), each naming the option.
+func optionProblems(s desired.Spec) []string {
+	if s.State == desired.Absent || len(s.Options) == 0 {
+		return nil
+	}
+	var out []string
+	for _, p := range pveschema.Problems(pveschema.CheckAll(string(s.Kind), s.Options)) {
+		out = append(out, "options."+strings.ReplaceAll(p, "\n", "; "))
+	}
+	return out
 }

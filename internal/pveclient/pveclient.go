@@ -1,6 +1,7 @@
 // Package pveclient builds the go-proxmox client the agent talks to its
 // Proxmox VE host with, from configuration: API URL, API token, TLS trust and
-// a request timeout, and checks at startup that the URL and token work.
+// a request timeout, and checks at startup that the URL and token work and
+// that the token holds every privilege the agent needs (RequiredPrivileges).
 //
 // The client it builds differs from go-proxmox's defaults in two deliberate
 // ways:
@@ -232,8 +233,9 @@ func (t *statusTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // Check contacts the host and fails with a clear message when the URL is
-// wrong, the certificate is not trusted, the token is rejected or node is not
-// a node of this host. Meant for startup.
+// wrong, the certificate is not trusted, the token is rejected or lacks a
+// privilege the agent needs (a *MissingPrivilegesError naming each), or node
+// is not a node of this host. Meant for startup.
 func Check(ctx context.Context, c *proxmox.Client, node string) error {
 	var v proxmox.Version
 	if err := c.Get(ctx, "/version", &v); err != nil {
@@ -244,6 +246,9 @@ func Check(ctx context.Context, c *proxmox.Client, node string) error {
 	}
 	if node == "" {
 		return nil
+	}
+	if err := CheckPrivileges(ctx, c, node); err != nil {
+		return err
 	}
 	var st map[string]any
 	if err := c.Get(ctx, "/nodes/"+url.PathEscape(node)+"/status", &st); err != nil {
@@ -305,37 +310,4 @@ func badRequestDetails(body []byte) string {
 		parts[i] = k + ": " + strings.TrimSpace(b.Errors[k])
 	}
 	return strings.Join(parts, "; ")
-}
-
-// RequiredPrivileges are the privileges the agent's token needs: reading
-// guests, tasks and storage, power actions, creating, configuring,
-// restoring and destroying guests, and freeing their volumes.
-var RequiredPrivileges = []string{
-	"Datastore.AllocateSpace", "Datastore.Audit", "Sys.Audit",
-	"VM.Allocate", "VM.Audit", "VM.Backup", "VM.Config.CPU", "VM.Config.Disk", "VM.Config.HWType",
-	"VM.Config.Memory", "VM.Config.Network", "VM.Config.Options", "VM.PowerMgmt",
-}
-
-// MissingPrivileges asks the host which privileges the token has
-// (GET /access/permissions, on any path) and returns those of want it
-// lacks, sorted.
-func MissingPrivileges(ctx context.Context, c *proxmox.Client, want []string) ([]string, error) {
-	var perms map[string]map[string]int
-	if err := c.Get(ctx, "/access/permissions", &perms); err != nil {
-		return nil, describe("read the token's privileges", err)
-	}
-	have := map[string]bool{}
-	for _, privs := range perms {
-		for p := range privs {
-			have[p] = true
-		}
-	}
-	var missing []string
-	for _, p := range want {
-		if !have[p] {
-			missing = append(missing, p)
-		}
-	}
-	sort.Strings(missing)
-	return missing, nil
 }

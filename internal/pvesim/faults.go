@@ -16,6 +16,11 @@ const (
 	// phrase, without any side effect. 595/596 replies have an empty body,
 	// as pveproxy's own errors do.
 	FaultHTTPError FaultKind = "http_error"
+	// FaultHTTPErrorAfter serves the request (the guest changes, the task
+	// starts) and then answers Status (default 596) with Message, as
+	// pveproxy does when pvedaemon took longer than the proxy's 30 s to
+	// answer a call it went on to execute.
+	FaultHTTPErrorAfter FaultKind = "http_error_after"
 	// FaultDelay only delays the request by Delay; it is then served normally.
 	FaultDelay FaultKind = "delay"
 	// FaultDelayAfter serves the request at once and delays only the reply
@@ -61,6 +66,12 @@ const (
 	// until the Hook is released: a client that dies meanwhile sent a call
 	// that took effect and never saw its answer.
 	FaultHoldAfter FaultKind = "hold_after"
+	// FaultHoldTask answers the call normally, and the task it starts,
+	// once it holds the guest's config lock and passed its checks, keeps
+	// running until the Hook is released; it then does its work. Hook.Hit
+	// says when the task is held: a test queues another call behind a
+	// running task, or changes the guest under it, at that exact point.
+	FaultHoldTask FaultKind = "hold_task"
 )
 
 // Hook lets a test see, and with FaultHold and FaultHoldAfter steer, the
@@ -127,8 +138,8 @@ type Fault struct {
 	// negative number means until ClearFaults.
 	Times int
 	// Hook, when not nil, reports when the fault hits (any kind) and
-	// releases the requests FaultHold and FaultHoldAfter hold; those two
-	// kinds need one.
+	// releases the requests FaultHold and FaultHoldAfter hold, and the
+	// task FaultHoldTask holds; those three kinds need one.
 	Hook *Hook
 }
 
@@ -136,7 +147,7 @@ type Fault struct {
 // never use them up.
 func (k FaultKind) taskLevel() bool {
 	switch k {
-	case FaultTaskError, FaultTaskWarnings, FaultSlowTask, FaultLockTimeout:
+	case FaultTaskError, FaultTaskWarnings, FaultSlowTask, FaultLockTimeout, FaultHoldTask:
 		return true
 	}
 	return false
@@ -223,7 +234,10 @@ func matchRequest(wantMethod, pattern, method, p string) bool {
 
 func (f *Fault) httpError() *apiError {
 	status := f.Status
-	if status == 0 {
+	switch {
+	case status == 0 && f.Kind == FaultHTTPErrorAfter:
+		status = 596
+	case status == 0:
 		status = http.StatusInternalServerError
 	}
 	msg := f.Message

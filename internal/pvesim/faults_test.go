@@ -38,6 +38,8 @@ func TestFaultsOnStart(t *testing.T) {
 			"", "WARNINGS: 3", true, 200},
 		{"drop before", pvesim.Fault{Path: startPath, Kind: pvesim.FaultDropBefore},
 			"EOF", "", false, 0},
+		{"596 after the side effect", pvesim.Fault{Path: startPath, Kind: pvesim.FaultHTTPErrorAfter},
+			"unexpected end of JSON input", "", true, 596},
 		{"drop after the side effect", pvesim.Fault{Path: startPath, Kind: pvesim.FaultDropAfter},
 			"EOF", "", true, 0},
 		{"lock timeout in the task", pvesim.Fault{Path: startPath, Kind: pvesim.FaultLockTimeout},

@@ -201,6 +201,7 @@ func (s *Server) addGuest(kind Kind, g Guest) error {
 		}
 	}
 	s.guests[g.VMID] = gs
+	s.changed()
 	return nil
 }
 
@@ -218,6 +219,7 @@ func (s *Server) SetLock(vmid int, lock string) error {
 	} else {
 		g.conf["lock"] = lock
 	}
+	s.changed()
 	return nil
 }
 
@@ -331,6 +333,7 @@ func (s *Server) setRunning(g *guest, running bool) {
 	if running == g.running {
 		return
 	}
+	defer s.changed()
 	g.running = running
 	if running {
 		g.startedAt = time.Now()
