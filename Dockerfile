@@ -3,7 +3,9 @@
 # felhom-agent, the worker daemon of one Proxmox VE host: docker-compose.yml
 # builds it, `docker build -t felhom-agent .` builds it alone.
 
-FROM golang:1.26 AS build
+# The exact Go release of go.mod's go line: with a floating tag, an older
+# cached image and GOTOOLCHAIN=local would refuse to build.
+FROM golang:1.26.8 AS build
 WORKDIR /src
 # Modules first, so that a source change reuses the download layer.
 COPY go.mod go.sum ./

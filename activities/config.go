@@ -69,6 +69,9 @@ func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput)
 	if err != nil {
 		return TaskResult{}, nil, err
 	}
+	if err := checkValues(what, kind, in.Set); err != nil {
+		return TaskResult{}, nil, err
+	}
 	if name, ok := in.Set["name"]; ok && kind == KindLXC {
 		// A container's name is its hostname.
 		set := make(map[string]any, len(in.Set))
@@ -90,6 +93,9 @@ func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput)
 	if !g.Exists {
 		return TaskResult{}, nil, notFound(what, in.VMID)
 	}
+	if err := a.lostTaskRemnant(ctx, what, g); err != nil {
+		return TaskResult{}, nil, err
+	}
 	if configApplied(g, in) {
 		return TaskResult{AlreadyDone: true}, nil, nil
 	}
@@ -99,6 +105,11 @@ func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput)
 		return TaskResult{}, nil, badInput(what, "%v", err)
 	}
 	action.HostID, action.GuestID = a.HostID, vmidString(in.VMID)
+	if g.Protection && diskOp[action.Op] {
+		// Proxmox refuses it; refused here, before the gate spends the
+		// approval.
+		return TaskResult{}, nil, protected(what, in.VMID)
+	}
 	ctx, at, err := a.authorize(ctx, what, action, g, in.Approval, "")
 	if err != nil {
 		return TaskResult{}, nil, err
@@ -146,6 +157,10 @@ func (a *Proxmox) setConfig(ctx context.Context, what string, in SetConfigInput)
 	}
 	return res, at, nil
 }
+
+// diskOp are the gated ops of a config change that remove or shrink a
+// disk, which Proxmox refuses on a protected guest.
+var diskOp = map[string]bool{gate.OpDiskDetach: true, gate.OpVolumeWipe: true, gate.OpDiskShrink: true}
 
 var allocation = regexp.MustCompile(`^([^:,]+):(\d+(?:\.\d+)?)(,.*)?$`)
 

@@ -179,27 +179,19 @@ func lastHeartbeat(t *testing.T, path string) (Progress, bool) {
 	return last, found
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // TestCrashAroundHeartbeat kills the activity's process after its request
-// reached Proxmox, once before the UPID heartbeat could be recorded and once
-// after, and checks that the retry neither sends the request again nor loses
-// the outcome (ledger included).
+// took effect on Proxmox: once before the process could see the answer (so
+// no UPID could be recorded), and once right after the UPID heartbeat,
+// before the first task-status poll. The simulator holds the request's reply,
+// or that first poll, until the process is dead, so the kill lands exactly
+// there. The retry neither sends the request again nor loses the outcome
+// (ledger included); after the second kill it resumes the recorded task.
 func TestCrashAroundHeartbeat(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns processes")
 	}
 	for _, opName := range []string{"start", "create", "config", "destroy"} {
-		for _, point := range []string{"before-heartbeat", "after-heartbeat"} {
+		for _, point := range []string{"before-heartbeat", "before-first-poll"} {
 			t.Run(opName+"/"+point, func(t *testing.T) {
 				op := crashOps()[opName]
 				h := newHarness(t, pvesim.Config{TaskDuration: 100 * time.Millisecond})
@@ -215,12 +207,13 @@ func TestCrashAroundHeartbeat(t *testing.T) {
 				if op.sign != nil {
 					spec.Approval = op.sign(h)
 				}
+				hook := pvesim.NewHook()
 				if point == "before-heartbeat" {
-					// Hold the request long enough to freeze the child while
-					// it waits for the answer.
-					h.srv.Inject(pvesim.Fault{Method: op.method, Path: op.path, Kind: pvesim.FaultDelay, Delay: time.Second})
+					// Served, the answer held: the process never sees the UPID.
+					h.srv.Inject(pvesim.Fault{Method: op.method, Path: op.path, Kind: pvesim.FaultHoldAfter, Hook: hook})
 				} else {
-					h.srv.Inject(pvesim.Fault{Method: op.method, Path: op.path, Kind: pvesim.FaultSlowTask, TaskDuration: time.Second})
+					// The first status poll held, unserved.
+					h.srv.Inject(pvesim.Fault{Method: "GET", Path: taskStatusPath, Kind: pvesim.FaultHold, Hook: hook})
 				}
 				raw, _ := json.Marshal(spec)
 				cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1", "-test.v")
@@ -230,33 +223,31 @@ func TestCrashAroundHeartbeat(t *testing.T) {
 				if err := cmd.Start(); err != nil {
 					t.Fatal(err)
 				}
-				sent := func() []pvesim.Request { return h.srv.RequestsMatching(op.method, op.path) }
-
-				if point == "before-heartbeat" {
-					waitFor(t, "the request to arrive", func() bool { return len(sent()) == 1 })
-					cmd.Process.Signal(syscall.SIGSTOP)
-					waitFor(t, "the request to take effect", func() bool { r := sent(); return r[0].Status != 0 })
-				} else {
-					waitFor(t, "the UPID heartbeat", func() bool { _, ok := lastHeartbeat(t, spec.Heartbeats); return ok })
+				exited := make(chan struct{})
+				go func() { cmd.Wait(); close(exited) }()
+				childLog := func() string { b, _ := os.ReadFile(filepath.Join(dir, "child.log")); return string(b) }
+				select {
+				case <-hook.Hit():
+				case <-exited:
+					t.Fatalf("the child ended before the simulator held its request:\n%s", childLog())
 				}
 				cmd.Process.Signal(syscall.SIGKILL)
-				cmd.Wait()
+				<-exited
 				out.Close()
+				<-hook.Done() // the simulator saw the connection go and completed its record
+				sent := func() []pvesim.Request { return h.srv.RequestsMatching(op.method, op.path) }
+				if r := sent(); len(r) != 1 || r[0].UPID == "" {
+					t.Fatalf("before the retry: requests %+v, want one that started a task", r)
+				}
 
 				progress, hasProgress := lastHeartbeat(t, spec.Heartbeats)
 				if point == "before-heartbeat" && hasProgress {
-					t.Fatalf("the child recorded %+v before it was killed; the test did not hit its window", progress)
+					t.Fatalf("the child recorded %+v without ever seeing the answer", progress)
 				}
-				if point == "after-heartbeat" {
-					if !hasProgress {
-						t.Fatal("no heartbeat recorded")
+				if point == "before-first-poll" {
+					if want := (Progress{Phase: opName, UPID: sent()[0].UPID}); !hasProgress || progress != want {
+						t.Fatalf("heartbeat when killed before the first poll: %+v (recorded: %v), want %+v", progress, hasProgress, want)
 					}
-					if g, ok := h.guest(101); opName == "start" && ok && g.Status == "running" {
-						t.Fatal("the task finished before the kill; the test did not hit its window")
-					}
-				}
-				if r := sent(); len(r) != 1 || r[0].UPID == "" {
-					t.Fatalf("before the retry: requests %+v, want one that started a task", r)
 				}
 
 				// The retry, in this process, on the same host files.
@@ -268,14 +259,16 @@ func TestCrashAroundHeartbeat(t *testing.T) {
 				fn, in := op.invoke(h.act, spec.Approval)
 				res, err := runIn[TaskResult](e, fn, in)
 				if err != nil {
-					log, _ := os.ReadFile(filepath.Join(dir, "child.log"))
-					t.Fatalf("retry: %v\nchild output:\n%s", err, log)
+					t.Fatalf("retry: %v\nchild output:\n%s", err, childLog())
 				}
 				if r := sent(); len(r) != 1 {
 					t.Fatalf("%s %s sent %d times: %+v", op.method, op.path, len(r), r)
 				}
 				if res.UPID != sent()[0].UPID && !res.AlreadyDone {
 					t.Errorf("retry result %+v is not the task the crashed attempt started (%s)", res, sent()[0].UPID)
+				}
+				if point == "before-first-poll" && !res.Resumed {
+					t.Errorf("retry result %+v, want the recorded task resumed", res)
 				}
 				op.check(t, h)
 			})

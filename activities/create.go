@@ -130,8 +130,13 @@ func (a *Proxmox) CreateContainer(ctx context.Context, in CreateContainerInput) 
 //     the same kind (a crashed attempt's) or a new one.
 //  2. a guest carrying the pending record's marker, of the asked kind and
 //     name: the crashed attempt created it. While Proxmox holds its "create"
-//     lock the task still runs: wait, then look again (guest gone = the
-//     create failed: POST again). Confirm.
+//     lock and a create task for it runs: wait (at most CreateWait), then
+//     look again (guest gone = the create failed: POST again). Confirm. A
+//     guest locked "create" that no task holds was left by a create its
+//     node lost, without the marker (pve writes it with the rest of the
+//     config at the end): ProxmoxInterrupted, naming the root commands that
+//     remove it; the pending record stays, and the create after that
+//     clean-up reuses its marker.
 //  3. any other guest: the VMID is taken (ProxmoxVMIDTaken); the ledger
 //     entry, if pending, is dropped, and nothing about the guest is claimed.
 //
@@ -155,6 +160,9 @@ func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name 
 		if isDiskKey(kind, k) && (strings.HasPrefix(k, "unused") || !newAllocation(configString(v))) {
 			return CreateResult{}, badInput(what, "%s: %q is not a new disk (STORAGE:SIZE_GIB): a create never attaches or imports an existing volume", k, configString(v))
 		}
+	}
+	if err := checkValues(what, kind, params); err != nil {
+		return CreateResult{}, err
 	}
 	out := func(r TaskResult) CreateResult { return CreateResult{TaskResult: r, VMID: vmid, Kind: kind} }
 
@@ -180,8 +188,10 @@ func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name 
 		return CreateResult{}, err
 	}
 	if g.Exists && pending && g.Kind == kind && g.Lock == "create" {
-		// A create under way shows its marker only once its task is done.
-		if g, err = a.waitCreateLock(ctx, vmid, kind); err != nil {
+		// A create under way shows its marker only once its task is done;
+		// one whose task was lost never will (see waitCreateLock). The
+		// pending record stays either way: the guest may be this create's.
+		if g, err = a.waitCreateLock(ctx, what, vmid, kind); err != nil {
 			return CreateResult{}, err
 		}
 	}
@@ -224,7 +234,7 @@ func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name 
 	post["description"] = markerLine + marker
 	res, err := a.runTask(ctx, "create", "POST", fmt.Sprintf("/nodes/%s/%s", url.PathEscape(a.Node), kind), post)
 	if err != nil {
-		return CreateResult{}, a.createFailed(what, vmid, marker, err)
+		return CreateResult{}, a.createFailed(ctx, what, vmid, kind, marker, err)
 	}
 	if g, err = a.readGuest(ctx, vmid, kind); err != nil {
 		return CreateResult{}, err
@@ -261,12 +271,20 @@ func (a *Proxmox) confirm(what string, g Guest, marker string) error {
 }
 
 // createFailed drops the pending record when the create certainly did not
-// happen (Proxmox refused it, or its task failed, which removes the guest);
-// after an ambiguous error (network, 5xx) it stays for the retry to resolve.
-func (a *Proxmox) createFailed(what string, vmid int, marker string, err error) error {
+// happen: Proxmox refused the request, or its task failed and Proxmox
+// removed the guest. A failed task whose guest is still there (a lost task
+// leaves it locked "create"), or an ambiguous error (network, 5xx, a 596
+// after the fact), keeps the record for the retry to resolve from the
+// guest's state.
+func (a *Proxmox) createFailed(ctx context.Context, what string, vmid int, kind, marker string, err error) error {
 	c := classify(what, err)
 	var te *TaskError
-	if errors.As(err, &te) || isNonRetryable(c) {
+	switch {
+	case errors.As(err, &te):
+		if g, rerr := a.readGuest(ctx, vmid, kind); rerr == nil && !g.Exists {
+			a.abort(vmid, marker)
+		}
+	case isNonRetryable(c):
 		a.abort(vmid, marker)
 	}
 	return c
@@ -290,18 +308,45 @@ func newAllocation(v string) bool {
 	return true
 }
 
-// waitCreateLock waits while the guest carries Proxmox's "create" lock (its
-// create task still runs) and returns the guest as it is then; Exists false
-// means the create failed and Proxmox removed it.
-func (a *Proxmox) waitCreateLock(ctx context.Context, vmid int, kind string) (Guest, error) {
+// DefaultCreateWait bounds how long a create waits for a create task of
+// its guest that is still under way (Proxmox.CreateWait).
+const DefaultCreateWait = time.Hour
+
+// waitCreateLock waits while the guest carries Proxmox's "create" lock and
+// a create task for it runs, for at most CreateWait, and returns the guest
+// as it is then; Exists false means the create failed and Proxmox removed
+// it. A guest locked "create" that no task holds was left by a create its
+// node lost: pve writes the config, marker included, only at the end of
+// the task, so nothing on the guest says whose it is and the API cannot
+// remove it (lostTaskRemnant); it is never taken for the agent's.
+func (a *Proxmox) waitCreateLock(ctx context.Context, what string, vmid int, kind string) (Guest, error) {
 	interval := a.PollInterval
 	if interval <= 0 {
 		interval = DefaultPollInterval
 	}
+	wait := a.CreateWait
+	if wait <= 0 {
+		wait = DefaultCreateWait
+	}
+	deadline := time.Now().Add(wait)
 	for {
 		g, err := a.readGuest(ctx, vmid, kind)
 		if err != nil || !g.Exists || g.Lock != "create" {
 			return g, err
+		}
+		upid, err := a.lockHolder(ctx, g)
+		if err != nil {
+			return Guest{}, err
+		}
+		if upid == "" {
+			if err := a.lostTaskRemnant(ctx, what, g); err != nil {
+				return Guest{}, err
+			}
+			continue // a task took the lock meanwhile, or the guest changed
+		}
+		if !time.Now().Before(deadline) {
+			return Guest{}, temporal.NewApplicationError(
+				fmt.Sprintf("%s: guest %d is still being created after %s: its create task %s still runs", what, vmid, wait, upid), ErrTypeLocked)
 		}
 		recordProgress(ctx, Progress{Phase: "create-lock"})
 		select {

@@ -3,7 +3,6 @@ package activities
 import (
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/felhom/felhom-agent/internal/pvesim"
 )
@@ -84,12 +83,12 @@ func TestCreateRefusesForeignVMID(t *testing.T) {
 // Proxmox refuses, and the pending ledger record is dropped.
 func TestCreateVMIDRace(t *testing.T) {
 	h := newHarness(t, pvesim.Config{})
-	h.srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu", Kind: pvesim.FaultDelay, Delay: 200 * time.Millisecond})
-	go func() { // once the create request is in, someone else takes the VMID
-		for len(h.srv.RequestsMatching("POST", "/nodes/*/qemu")) == 0 {
-			time.Sleep(time.Millisecond)
-		}
+	held := pvesim.NewHook()
+	h.srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu", Kind: pvesim.FaultHold, Hook: held})
+	go func() { // while the create request is held, someone else takes the VMID
+		<-held.Hit()
 		h.srv.AddVM(pvesim.Guest{VMID: 150, Name: "theirs", MemoryMiB: 512})
+		held.Release()
 	}()
 	_, err := run[CreateResult](h, h.act.CreateVM, CreateVMInput{VMID: 150, Name: "app", MemoryMiB: 512})
 	wantErr(t, err, ErrTypeVMIDTaken, false)
@@ -135,5 +134,47 @@ func TestCreateInputValidation(t *testing.T) {
 	}
 	if _, ok := h.ledger.Entry(150); ok {
 		t.Fatal("pending record left after Proxmox refused the parameters")
+	}
+}
+
+// TestValuesProxmoxWouldRefuseAreRefusedFirst: a value Proxmox's schema
+// refuses is refused before anything is sent or recorded, naming the key.
+func TestValuesProxmoxWouldRefuseAreRefusedFirst(t *testing.T) {
+	tests := []struct {
+		name   string
+		invoke func(h *harness) (any, any)
+		key    string
+	}{
+		{"vm name", func(h *harness) (any, any) {
+			return h.act.CreateVM, CreateVMInput{VMID: 150, Name: "bad_name", MemoryMiB: 512}
+		}, "name: invalid format - value does not look like a valid DNS name"},
+		{"vm network device", func(h *harness) (any, any) {
+			return h.act.CreateVM, CreateVMInput{VMID: 150, Name: "app", MemoryMiB: 512, Options: map[string]string{"net0": "garbage"}}
+		}, "net0: invalid format - format error; net0.model: value 'garbage'"},
+		{"container network device", func(h *harness) (any, any) {
+			return h.act.CreateContainer, CreateContainerInput{VMID: 150, Hostname: "app", MemoryMiB: 512, RootFS: "local-lvm:8",
+				OSTemplate: "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst", Options: map[string]string{"net0": "bridge=vmbr0"}}
+		}, "net0: invalid format - format error; net0.name: property is missing"},
+		{"config boolean", func(h *harness) (any, any) {
+			return h.act.SetConfig, SetConfigInput{VMID: 101, Set: map[string]any{"onboot": "yes"}}
+		}, "onboot: type check ('boolean') failed - got 'yes'"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, pvesim.Config{})
+			h.addVM(pvesim.Guest{VMID: 101, Name: "g", MemoryMiB: 512})
+			fn, in := tt.invoke(h)
+			_, err := run[TaskResult](h, fn, in)
+			wantErr(t, err, ErrTypeBadRequest, false)
+			if !strings.Contains(err.Error(), tt.key) {
+				t.Fatalf("error %q does not name %q", err, tt.key)
+			}
+			if len(h.srv.Requests()) != 0 {
+				t.Fatalf("sent %+v", h.srv.Requests())
+			}
+			if _, ok := h.ledger.Entry(150); ok {
+				t.Fatal("a refused create was recorded")
+			}
+		})
 	}
 }

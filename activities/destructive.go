@@ -92,6 +92,9 @@ func (a *Proxmox) destroy(ctx context.Context, what string, in DestroyGuestInput
 	if g.Protection {
 		return TaskResult{}, nil, protected(what, in.VMID)
 	}
+	if err := a.lostTaskRemnant(ctx, what, g); err != nil {
+		return TaskResult{}, nil, err
+	}
 	action := gate.Action{Op: gate.OpGuestDestroy, HostID: a.HostID, GuestID: vmidString(in.VMID), Params: map[string]any{"kind": g.Kind}}
 	ctx, at, err := a.authorize(ctx, what, action, g, in.Approval, "")
 	if err != nil {
@@ -165,6 +168,9 @@ func (a *Proxmox) restore(ctx context.Context, what string, in RestoreBackupInpu
 	}
 	if g.Protection {
 		return TaskResult{}, nil, protected(what, in.VMID)
+	}
+	if err := a.lostTaskRemnant(ctx, what, g); err != nil {
+		return TaskResult{}, nil, err
 	}
 	params := map[string]any{"archive": in.Archive}
 	if in.Storage != "" {

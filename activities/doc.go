@@ -35,14 +35,21 @@
 // on that one instead of posting. A config change or volume wipe only waits
 // for such a task and then looks again, since it may be somebody else's.
 //
+// A power step is done when the guest's status says so: an HA-managed
+// guest's start, stop or shutdown is an "hastart"/"hastop" task that only
+// records the request with the HA stack, and a QEMU reboot task ends with
+// the VM down (qmeventd starts it after). After its task, a power step
+// polls the guest's status until it is as asked, for at most StateWait
+// (plus a shutdown's timeout); a recorded hastart/hastop task is resumed
+// like the step's own (settle.go).
+//
 // Every attempt heartbeats as it starts, repeating the previous attempt's
-// Progress, and before each Proxmox request (HeartbeatInterceptor,
-// KeepAlive). The SDK sends the first heartbeat of an attempt at once and
-// batches later ones, so the UPID heartbeat reaches the server within the
-// worker's heartbeat throttle (two seconds, worker.HeartbeatThrottle); a
-// crash in that lag is covered by the state check and task-list lookup
-// above. Set the activity's HeartbeatTimeout to several PollIntervals, and
-// well above the Proxmox client's timeout.
+// Progress, and before Proxmox requests (HeartbeatInterceptor, KeepAlive,
+// heartbeat.go). A new Progress is sent at once (the worker turns the SDK's
+// heartbeat batching off, worker.HeartbeatThrottle), so the server holds a
+// task's UPID before the task is first polled; the same Progress again is
+// sent at most every KeepAliveEvery. Set the activity's HeartbeatTimeout
+// well above KeepAliveEvery and the Proxmox client's timeout.
 //
 // Creates keep the host's provenance ledger in step (see Proxmox.create for
 // the state-by-state reasoning): the create writes a random instance marker
@@ -54,33 +61,53 @@
 // A recorded UPID is heartbeat detail, a claim: it is resumed only if it
 // names this node's task of the step's own type for the step's guest.
 //
+// Proxmox checks a guest's config lock, and waits for its config flock,
+// inside the task: a step under a vzdump's "backup" lock, or queued behind
+// a long shutdown, comes back as a task that failed ("VM is locked
+// (backup)", "can't lock file ... got timeout"), and a task whose node went
+// down under it ends "unexpected status". Such a task did not do the step:
+// the error is retryable, and the retry does not resume it but reads the
+// guest's state and sends the request again if the state still asks for
+// it (under the same admission, for an approved act). The task-list
+// lookup never adopts such a task either. A lost create or destroy leaves
+// its guest locked "create" or "destroyed", which no API token can clear:
+// every step refuses such a remnant before the gate (ProxmoxInterrupted,
+// not retryable) with the root commands that remove it, and a create keeps
+// its pending ledger record for the create after that clean-up (lost.go).
+//
 // # The gate on the host
 //
-// Destructive executors take the operator's signed approval in their input
-// and call the gate with the action exactly as they are about to perform it
-// (op, host, guest, params computed from the guest's real state) and the
-// provenance of the live guest instance (authorize.go states the contract).
-// A rejection is a non-retryable application error whose type is the gate's
-// code ("pending_signature", "binding_mismatch", "replay", ...). A guest with
+// Destructive executors take the operator's signed approval in their input and
+// call the gate with the action exactly as they are about to perform it (op,
+// host, guest, params computed from the guest's real state) and the provenance
+// of the live guest instance (authorize.go states the contract). A rejection is
+// a non-retryable application error whose type is the gate's code
+// ("pending_signature", "binding_mismatch", "replay", ...). A guest with
 // protection enabled is refused before the gate runs and before anything is
-// stopped. An approval authorises one act on one guest instance: its
-// admission is fsync'd in the ledger right after the gate spent its nonce,
+// stopped: its destroy, a restore over it, and a config change that detaches,
+// frees or shrinks one of its disks (Proxmox would refuse the change after the
+// approval was spent). An approval authorises one act on one guest instance:
+// its admission is fsync'd in the ledger right after the gate spent its nonce,
 // keyed by the signed bytes and bound to the action and the instance; it is
 // marked Started before the act's first mutating request and Done after. A
-// retry of that same act on that same instance is re-verified (everything
-// but the time window and the nonce) and proceeds; a completed act is
-// reported done and never run again. If the process dies between the gate
-// burning the nonce and the admission reaching the disk, the retry is
-// refused as a replay: fail-safe, the operator signs again.
+// retry of that same act on that same instance is re-verified (everything but
+// the time window and the nonce) and proceeds; a completed act is reported done
+// and never run again. If the process dies between the gate burning the nonce
+// and the admission reaching the disk, the retry is refused as a replay:
+// fail-safe, the operator signs again.
 //
 // SetConfig takes the planner's "name" for a container as its "hostname".
 //
 // # Errors
 //
 // Errors are Temporal application errors with stable types (ErrType*):
-// locks, 5xx, 595/596 and network errors are retryable; bad parameters,
+// locks (in a request or in its task), lost tasks, 5xx, 595/596 and network
+// errors are retryable; bad parameters,
 // permission, protection, digest mismatch, a taken VMID and a missing guest
-// (for any step but destroy) are not. A panic inside go-proxmox is recovered
+// (for any step but destroy) are not. A guest the API token cannot see is a
+// ProxmoxPermission error, never a missing guest: Proxmox leaves such a
+// guest out of its listings without a word, so a VMID the listing does not
+// name is read directly before it counts as absent (read.go, probeKind). A panic inside go-proxmox is recovered
 // into a retryable ProxmoxMalformed error.
 //
 // # Gated actions

@@ -16,6 +16,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/felhom/felhom-agent/internal/pveclient"
+	"github.com/felhom/felhom-agent/internal/pveschema"
 )
 
 // Application error types returned by the activities. Workflows branch on
@@ -34,9 +35,11 @@ const (
 	ErrTypeMalformedUPID  = "ProxmoxMalformedUPID"  // a recorded UPID cannot be parsed
 	ErrTypeWorkerStopping = "WorkerStopping"        // retryable: the worker stopped while a task ran
 	ErrTypeVolumeInUse    = "ProxmoxVolumeInUse"    // the volume still belongs to an existing guest
+	ErrTypeInterrupted    = "ProxmoxInterrupted"    // a lost task left the guest locked "create" or "destroyed": only root can clear it
 
 	// Retryable: a later attempt may succeed.
 	ErrTypeLocked      = "ProxmoxLocked"      // guest lock held / lock timeout
+	ErrTypeTaskLost    = "ProxmoxTaskLost"    // the task ended without a status (the node went down under it)
 	ErrTypeUnavailable = "ProxmoxUnavailable" // 5xx, 595/596, network errors, timeouts
 	ErrTypeMalformed   = "ProxmoxMalformed"   // an answer go-proxmox or we could not parse
 )
@@ -95,6 +98,26 @@ func isLock(msg string) bool {
 	return contains(msg, "is locked", "can't lock file", "lock timeout", "trying to acquire lock")
 }
 
+func isDigestMismatch(msg string) bool {
+	return contains(msg, "checksum mismatch", "detected modified configuration")
+}
+
+// isLostTask reports an exit status pve gives a task whose log has no
+// final status line: its worker died with the node (a reboot, a crash), so
+// nothing says how far it got.
+func isLostTask(exit string) bool {
+	return exit == "unexpected status" || strings.HasPrefix(exit, "unable to get last line from task log")
+}
+
+// retryableTaskFailure reports a task that failed without deciding
+// anything: it found the guest locked or could not get its config lock,
+// or the node lost it. Such a task is nothing to resume; the next attempt
+// reads the guest's state and sends the request again if it still must.
+func retryableTaskFailure(err error) bool {
+	var te *TaskError
+	return errors.As(err, &te) && (isLock(te.ExitStatus) || isLostTask(te.ExitStatus))
+}
+
 func isAlreadyRunning(err error) bool {
 	return err != nil && contains(err.Error(), "already running")
 }
@@ -134,6 +157,10 @@ func classify(what string, err error) error {
 		switch {
 		case isLock(te.ExitStatus):
 			return retryable(ErrTypeLocked, msg)
+		case isLostTask(te.ExitStatus):
+			return retryable(ErrTypeTaskLost, msg+": the node lost the task; the next attempt decides from the guest's state")
+		case isDigestMismatch(te.ExitStatus):
+			return nonRetryable(ErrTypeDigestMismatch, msg+": the configuration changed since it was read: read it again")
 		case contains(te.ExitStatus, "protection mode enabled", "protected"):
 			return nonRetryable(ErrTypeProtected, msg)
 		case isMissingGuest(te.ExitStatus):
@@ -156,7 +183,7 @@ func classify(what string, err error) error {
 			return retryable(ErrTypeLocked, fmt.Sprintf("guest is locked (%s)", msg))
 		case code == 500 && contains(msg, "protection mode enabled", "is protected"):
 			return nonRetryable(ErrTypeProtected, fmt.Sprintf("refused: %s", msg))
-		case code == 500 && contains(msg, "checksum mismatch", "detected modified configuration", "digest"):
+		case code == 500 && (isDigestMismatch(msg) || contains(msg, "digest")):
 			return nonRetryable(ErrTypeDigestMismatch, fmt.Sprintf("the configuration changed since it was read (%s): read it again", msg))
 		case code == 500 && isMissingGuest(msg):
 			return nonRetryable(ErrTypeNotFound, fmt.Sprintf("does not exist (%s)", msg))
@@ -187,6 +214,20 @@ func classify(what string, err error) error {
 // used (a null where data was due, a UPID that does not parse).
 func malformed(format string, args ...any) error {
 	return temporal.NewApplicationError("unusable answer from Proxmox: "+fmt.Sprintf(format, args...), ErrTypeMalformed)
+}
+
+// checkValues refuses, before anything is sent, config values Proxmox's
+// schema would refuse (pveschema), naming each key: a non-retryable
+// ProxmoxBadRequest.
+func checkValues(what, kind string, params map[string]any) error {
+	values := make(map[string]string, len(params))
+	for k, v := range params {
+		values[k] = configString(v)
+	}
+	if msgs := pveschema.CheckAll(kind, values); msgs != nil {
+		return badInput(what, "Proxmox would refuse %s", strings.ReplaceAll(strings.Join(pveschema.Problems(msgs), "; "), "\n", "; "))
+	}
+	return nil
 }
 
 // badInput is a non-retryable error about the activity's own input.

@@ -84,17 +84,17 @@ func TestFaultClasses(t *testing.T) {
 				wantErr(t, err, tt.errType, tt.retryable)
 			}
 			// A task started by a request whose answer was lost finishes on
-			// its own: give it a moment.
-			deadline := time.Now().Add(2 * time.Second)
-			for {
-				g, _ := h.guest(101)
-				if (g.Status == "running") == tt.running {
-					break
+			// its own. The simulator records the task before it answers or
+			// drops the connection, so the activity's error means the record
+			// is there.
+			for _, r := range h.srv.RequestsMatching("POST", startPath) {
+				if r.UPID != "" {
+					done, _ := h.srv.TaskDone(r.UPID)
+					<-done
 				}
-				if time.Now().After(deadline) {
-					t.Fatalf("guest status %q, want running=%v", g.Status, tt.running)
-				}
-				time.Sleep(10 * time.Millisecond)
+			}
+			if g, _ := h.guest(101); (g.Status == "running") != tt.running {
+				t.Fatalf("guest status %q, want running=%v", g.Status, tt.running)
 			}
 		})
 	}
@@ -168,6 +168,9 @@ func TestClassifyPlainGoProxmoxErrors(t *testing.T) {
 		{errors.New("unexpected end of JSON input"), ErrTypeMalformed, true},
 		{&TaskError{UPID: "u", ExitStatus: "can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout"}, ErrTypeLocked, true},
 		{&TaskError{UPID: "u", ExitStatus: "VM quit/powerdown failed - got timeout"}, ErrTypeTaskFailed, false},
+		{&TaskError{UPID: "u", ExitStatus: "checksum mismatch (file change by other user?)"}, ErrTypeDigestMismatch, false},
+		{&TaskError{UPID: "u", ExitStatus: "unexpected status"}, ErrTypeTaskLost, true},
+		{&TaskError{UPID: "u", ExitStatus: "received interrupt"}, ErrTypeTaskFailed, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.err.Error(), func(t *testing.T) {

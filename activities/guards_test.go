@@ -168,3 +168,56 @@ func runRotate(h *harness, host *Host, ap *gate.Approval, params map[string]any)
 	_, err := runIn[workflows.ExecuteResult](e, host.RunSignedJob, in)
 	return err
 }
+
+// Proxmox refuses to remove a protected guest's disks; a signed detach or
+// free is refused before the gate, so the approval stays unspent.
+func TestProtectedDiskChangesRefusedBeforeTheGate(t *testing.T) {
+	tests := []struct {
+		name   string
+		ct     bool
+		delete string
+		op     string
+		params map[string]any
+	}{
+		{name: "qemu detach", delete: "scsi1", op: gate.OpDiskDetach, params: map[string]any{"disk": "scsi1"}},
+		{name: "qemu free unused", delete: "unused0", op: gate.OpVolumeWipe, params: map[string]any{"volume": "local-lvm:vm-101-disk-2"}},
+		{name: "lxc detach", ct: true, delete: "mp0", op: gate.OpDiskDetach, params: map[string]any{"disk": "mp0"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, pvesim.Config{})
+			g := pvesim.Guest{VMID: 101, Name: "customer", MemoryMiB: 512, Protection: true}
+			if tt.ct {
+				g.Disks = map[string]string{"rootfs": "local-lvm:subvol-101-disk-0,size=8G", "mp0": "local-lvm:subvol-101-disk-1,mp=/data,size=8G"}
+				h.addCT(g)
+			} else {
+				g.Disks = map[string]string{"scsi0": "local-lvm:vm-101-disk-0,size=8G", "scsi1": "local-lvm:vm-101-disk-1,size=8G",
+					"unused0": "local-lvm:vm-101-disk-2"}
+				h.addVM(g)
+			}
+			in := SetConfigInput{VMID: 101, Delete: []string{tt.delete}, Approval: h.approve(tt.op, "101", tt.params)}
+			_, err := run[TaskResult](h, h.act.SetConfig, in)
+			wantErr(t, err, ErrTypeProtected, false)
+			if len(h.srv.Requests()) != 0 {
+				t.Fatalf("a disk change of a protected guest sent %+v", h.srv.Requests())
+			}
+			if _, ok := h.ledger.Admission(approvalKey(in.Approval)); ok {
+				t.Fatal("the refused change was admitted: the gate ran before the protection check")
+			}
+			// Unspent: once protection is lifted, the same approval acts.
+			kind := "qemu"
+			if tt.ct {
+				kind = "lxc"
+			}
+			if err := h.act.Client.Put(context.Background(), "/nodes/pve1/"+kind+"/101/config", map[string]any{"protection": 0}, nil); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := run[TaskResult](h, h.act.SetConfig, in); err != nil {
+				t.Fatalf("with the unspent approval: %v", err)
+			}
+			if after, _ := h.guest(101); after.Disks[tt.delete] != "" {
+				t.Fatalf("%s still there", tt.delete)
+			}
+		})
+	}
+}

@@ -81,6 +81,11 @@ func newHarness(t testing.TB, cfg pvesim.Config) *harness {
 	if cfg.LockTimeout == 0 {
 		cfg.LockTimeout = 200 * time.Millisecond
 	}
+	if cfg.RebootRestartDelay == 0 {
+		// qmeventd's start is queued as the reboot task ends, so a test
+		// can wait for it (waitRestarted)
+		cfg.RebootRestartDelay = -1
+	}
 	srv, err := pvesim.Start(cfg)
 	if err != nil {
 		t.Fatal(err)

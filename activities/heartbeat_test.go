@@ -1,104 +1,92 @@
 package activities
 
 import (
-	"context"
-	"reflect"
-	"sync"
 	"testing"
 
-	"go.temporal.io/sdk/interceptor"
-	"go.temporal.io/sdk/testsuite"
-	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/converter"
+
+	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/internal/pvesim"
 )
 
-// sentHeartbeats replaces recordHeartbeat for the test and returns what is
-// sent: one entry per heartbeat, its details (nil for none).
-func sentHeartbeats(t *testing.T) func() []any {
-	var (
-		mu   sync.Mutex
-		sent []any
-	)
-	orig := recordHeartbeat
-	recordHeartbeat = func(ctx context.Context, details ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		var d any
-		if len(details) > 0 {
-			d = details[0]
-		}
-		sent = append(sent, d)
-	}
-	t.Cleanup(func() { recordHeartbeat = orig })
-	return func() []any {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]any(nil), sent...)
-	}
-}
+// taskStatusPath matches every task-status poll.
+const taskStatusPath = "/nodes/*/tasks/*/status"
 
-// Every attempt heartbeats as it starts with what the previous attempt
-// recorded, and every later heartbeat keeps the attempt's current Progress:
-// a heartbeat that only says "alive" never erases a recorded task.
-func TestAttemptHeartbeatsKeepTheRecordedProgress(t *testing.T) {
-	recorded := Progress{Phase: "start", UPID: "UPID:pve1:00001:00002:00003:qmstart:101:root@pam:"}
-	next := Progress{Phase: "destroy", UPID: "UPID:pve1:00004:00005:00006:qmdestroy:101:root@pam:"}
-	tests := []struct {
-		name     string
-		previous any   // heartbeat details of the previous attempt; nil for a first attempt
-		atStart  int   // heartbeats sent before the activity's code runs
-		want     []any // heartbeats: at start, KeepAlive, recordProgress(next), KeepAlive
-	}{
-		{"first attempt", nil, 1, []any{nil, nil, next, next}},
-		{"retry of a step that recorded a task", recorded, 1, []any{recorded, recorded, next, next}},
-		// Details this package cannot read are left to the server as they
-		// are until the attempt records its own.
-		{"details of another shape", []string{"not", "progress"}, 0, []any{next, next}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			sent := sentHeartbeats(t)
-			var suite testsuite.WorkflowTestSuite
-			env := suite.NewTestActivityEnvironment()
-			env.SetWorkerOptions(worker.Options{Interceptors: []interceptor.WorkerInterceptor{HeartbeatInterceptor()}})
-			if tt.previous != nil {
-				env.SetHeartbeatDetails(tt.previous)
+// TestUPIDHeartbeatPrecedesTheFirstPoll: right after Proxmox answered the
+// mutating request with a UPID, and before the first task-status poll, the
+// activity records that UPID as its heartbeat. The first poll fails here, so
+// no heartbeat of the task wait can stand in for it. The next attempt, handed
+// that heartbeat, resumes the task without a second request.
+func TestUPIDHeartbeatPrecedesTheFirstPoll(t *testing.T) {
+	for _, name := range []string{"start", "create", "config", "destroy"} {
+		t.Run(name, func(t *testing.T) {
+			op := crashOps()[name]
+			h := newHarness(t, pvesim.Config{})
+			op.setup(h)
+			var approval *gate.Approval
+			if op.sign != nil {
+				approval = op.sign(h)
 			}
-			var atStart int
-			step := func(ctx context.Context) error {
-				atStart = len(sent())
-				KeepAlive(ctx)
-				recordProgress(ctx, next)
-				KeepAlive(ctx)
-				return nil
+			firstPoll := pvesim.NewHook()
+			h.srv.Inject(pvesim.Fault{Method: "GET", Path: taskStatusPath, Kind: pvesim.FaultHTTPError,
+				Status: 500, Message: "unable to read task status", Hook: firstPoll})
+
+			type beat struct {
+				p           Progress
+				afterPolled bool
 			}
-			env.RegisterActivity(step)
-			if _, err := env.ExecuteActivity(step); err != nil {
-				t.Fatal(err)
+			var beats []beat
+			e := h.env()
+			e.SetOnActivityHeartbeatListener(func(_ *activity.Info, details converter.EncodedValues) {
+				var p Progress
+				if err := details.Get(&p); err != nil {
+					t.Errorf("heartbeat details: %v", err)
+					return
+				}
+				polled := false
+				select {
+				case <-firstPoll.Hit():
+					polled = true
+				default:
+				}
+				beats = append(beats, beat{p, polled})
+			})
+			fn, in := op.invoke(h.act, approval)
+			if _, err := runIn[TaskResult](e, fn, in); err == nil {
+				t.Fatal("the activity succeeded although its task's status could not be read")
 			}
-			if atStart != tt.atStart {
-				t.Errorf("%d heartbeats before the activity ran, want %d", atStart, tt.atStart)
+			sent := h.srv.RequestsMatching(op.method, op.path)
+			if len(sent) != 1 || sent[0].UPID == "" {
+				t.Fatalf("requests %+v, want one that started a task", sent)
 			}
-			if got := sent(); !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("heartbeats %v, want %v", got, tt.want)
+			select {
+			case <-firstPoll.Hit():
+			default:
+				t.Fatal("the task's status was never polled")
 			}
+			want := Progress{Phase: name, UPID: sent[0].UPID}
+			var recorded *Progress
+			for _, b := range beats {
+				if b.p == want && !b.afterPolled {
+					recorded = &b.p
+				}
+			}
+			if recorded == nil {
+				t.Fatalf("heartbeats %+v, want %+v recorded before the first status poll", beats, want)
+			}
+
+			res, err := runIn[TaskResult](h.resumeFrom(*recorded), fn, in)
+			if err != nil {
+				t.Fatalf("next attempt: %v", err)
+			}
+			if n := len(h.srv.RequestsMatching(op.method, op.path)); n != 1 {
+				t.Fatalf("%s %s sent %d times, want once", op.method, op.path, n)
+			}
+			if !res.Resumed || res.UPID != sent[0].UPID {
+				t.Fatalf("next attempt = %+v, want the task %s resumed", res, sent[0].UPID)
+			}
+			op.check(t, h)
 		})
-	}
-}
-
-// Without the interceptor (as in the activity tests), KeepAlive sends
-// nothing: it could not tell which details to keep.
-func TestKeepAliveOutsideAnInterceptedAttemptSendsNothing(t *testing.T) {
-	sent := sentHeartbeats(t)
-	var suite testsuite.WorkflowTestSuite
-	env := suite.NewTestActivityEnvironment()
-	env.SetHeartbeatDetails(Progress{Phase: "start", UPID: "UPID:pve1:1:2:3:qmstart:101:root@pam:"})
-	step := func(ctx context.Context) error { KeepAlive(ctx); return nil }
-	env.RegisterActivity(step)
-	if _, err := env.ExecuteActivity(step); err != nil {
-		t.Fatal(err)
-	}
-	KeepAlive(context.Background())
-	if got := sent(); len(got) != 0 {
-		t.Fatalf("heartbeats %v, want none", got)
 	}
 }

@@ -111,10 +111,12 @@ func (h *Host) create(ctx context.Context, vmid int, params map[string]any) (wor
 	return h.CreateGuest(ctx, in)
 }
 
-// ListGuests lists every guest of the node in one Proxmox call, and which
-// guest workflows of this host hold (see holdingGuests).
+// ListGuests lists every guest of the node, each confirmed with a read of
+// its own (the listing's figures lag and are shaped unlike the desired
+// state: see GuestSummary), and which guest workflows of this host hold
+// (see holdingGuests).
 func (h *Host) ListGuests(ctx context.Context) (workflows.ListGuestsResult, error) {
-	list, err := h.Proxmox.ListGuests(ctx, ListGuestsInput{})
+	list, err := h.Proxmox.ListGuests(ctx, ListGuestsInput{Confirm: true})
 	if err != nil {
 		return workflows.ListGuestsResult{}, err
 	}

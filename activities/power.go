@@ -75,7 +75,9 @@ func (a *Proxmox) ShutdownGuest(ctx context.Context, in ShutdownGuestInput) (res
 	}
 	res, err = a.power(ctx, what, "shutdown", in.VMID, in.Kind, "stopped", map[string]any{"timeout": timeout})
 	var te *TaskError
-	if errors.As(err, &te) {
+	// A shutdown that failed on a lock, or was lost, did not time out: it
+	// is retried as it is.
+	if errors.As(err, &te) && !retryableTaskFailure(err) {
 		if !in.ForceStop {
 			return TaskResult{}, temporal.NewNonRetryableApplicationError(
 				fmt.Sprintf("%s: the guest did not shut down within %ds (%s) and force_stop is off", what, timeout, te.ExitStatus),
@@ -96,7 +98,10 @@ func (a *Proxmox) power(ctx context.Context, what, action string, vmid int, kind
 		return TaskResult{}, err
 	}
 	p, has := resumed(ctx)
-	if res, ok, err := a.resumeTask(ctx, p, has, action, vmid, taskType(kind, action)); ok {
+	if res, ok, err := a.resumeTask(ctx, p, has, action, vmid, powerTaskTypes(kind, action)...); ok {
+		if err == nil {
+			err = a.reached(ctx, what, action, kind, vmid, res.UPID, params)
+		}
 		if err == nil && action == "start" {
 			err = a.handOver(ctx, vmid, kind)
 		}
@@ -109,11 +114,17 @@ func (a *Proxmox) power(ctx context.Context, what, action string, vmid int, kind
 	if !g.Exists {
 		return TaskResult{}, notFound(what, vmid)
 	}
+	if err := a.lostTaskRemnant(ctx, what, g); err != nil {
+		return TaskResult{}, err
+	}
 	if g.Status == skipIf {
 		return TaskResult{AlreadyDone: true}, a.handOverGuest(g, action)
 	}
 	res, err := a.runGuestTask(ctx, action, taskType(kind, action), vmid, action == "reboot",
 		"POST", a.guestPath(kind, vmid)+"/status/"+action, params)
+	if err == nil {
+		err = a.reached(ctx, what, action, kind, vmid, res.UPID, params)
+	}
 	if err == nil {
 		err = a.handOverGuest(g, action)
 	}

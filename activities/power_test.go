@@ -2,7 +2,6 @@ package activities
 
 import (
 	"testing"
-	"time"
 
 	"github.com/felhom/felhom-agent/internal/pvesim"
 )
@@ -94,12 +93,12 @@ func TestStartAlreadyRunningIsSuccess(t *testing.T) {
 			} else {
 				h.addVM(g)
 			}
-			h.srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/*/101/status/start", Kind: pvesim.FaultDelay, Delay: 300 * time.Millisecond})
-			go func() { // once the start request is in, someone else starts the guest
-				for len(h.srv.RequestsMatching("POST", "/nodes/*/*/101/status/start")) == 0 {
-					time.Sleep(time.Millisecond)
-				}
+			held := pvesim.NewHook()
+			h.srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/*/101/status/start", Kind: pvesim.FaultHold, Hook: held})
+			go func() { // while the start request is held, someone else starts the guest
+				<-held.Hit()
 				h.srv.SetStatus(101, "running")
+				held.Release()
 			}()
 			res, err := run[TaskResult](h, h.act.StartGuest, GuestInput{VMID: 101})
 			if err != nil || !res.AlreadyDone {

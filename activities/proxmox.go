@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -54,6 +55,16 @@ type Proxmox struct {
 	PollInterval time.Duration
 	// Clock is the host's clock (time.Now when nil).
 	Clock func() time.Time
+	// CreateWait bounds a create's wait for a create task of its guest
+	// still under way (DefaultCreateWait when zero).
+	CreateWait time.Duration
+	// StateWait bounds a power step's wait, after its task ended, for the
+	// guest to reach the state it asked for (DefaultStateWait when zero).
+	StateWait time.Duration
+	// OnTaskWait, when set, is told of every wait on a Proxmox task: the
+	// task type ("qmstart", ...), how it ended ("ok", "failed", "cancelled",
+	// "worker_stopping", "error") and how long this attempt waited.
+	OnTaskWait func(taskType, outcome string, waited time.Duration)
 }
 
 // Progress is the heartbeat detail of a mutating activity: the Proxmox task
@@ -185,10 +196,14 @@ func (a *Proxmox) launch(ctx context.Context, phase, method, path string, params
 // returns a *TaskError when it failed. It honours ctx: a cancelled or timed
 // out activity stops waiting at once (the task itself keeps running on the
 // host, and the next attempt resumes waiting on it).
-func (a *Proxmox) wait(ctx context.Context, phase, upid string) (TaskResult, error) {
+func (a *Proxmox) wait(ctx context.Context, phase, upid string) (res TaskResult, err error) {
 	info, err := parseUPID(upid)
 	if err != nil {
 		return TaskResult{}, err
+	}
+	if a.OnTaskWait != nil {
+		start := time.Now()
+		defer func() { a.OnTaskWait(info.Type, waitOutcome(ctx, err), time.Since(start)) }()
 	}
 	interval := a.PollInterval
 	if interval <= 0 {
@@ -225,6 +240,23 @@ func (a *Proxmox) wait(ctx context.Context, phase, upid string) (TaskResult, err
 		}
 		timer.Reset(interval)
 	}
+}
+
+// waitOutcome names how a wait ended, for OnTaskWait.
+func waitOutcome(ctx context.Context, err error) string {
+	var te *TaskError
+	var ae *temporal.ApplicationError
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.As(err, &te):
+		return "failed"
+	case ctx.Err() != nil:
+		return "cancelled"
+	case errors.As(err, &ae) && ae.Type() == ErrTypeWorkerStopping:
+		return "worker_stopping"
+	}
+	return "error"
 }
 
 // runTask launches a request and waits for its task.
@@ -282,7 +314,10 @@ func (a *Proxmox) inFlight(ctx context.Context, vmid int, typ string, recent boo
 		if t.EndTime == "" && (t.Status == "" || strings.EqualFold(t.Status, "running")) {
 			return t.UPID, nil
 		}
-		if start, err := t.StartTime.Int64(); recent && err == nil && !activity.GetInfo(ctx).ScheduledTime.IsZero() && start >= since {
+		if start, err := t.StartTime.Int64(); recent && err == nil && !activity.GetInfo(ctx).ScheduledTime.IsZero() && start >= since &&
+			!retryableTaskFailure(&TaskError{ExitStatus: t.Status}) {
+			// A finished task that failed on a lock, or was lost, did
+			// nothing to adopt.
 			return t.UPID, nil
 		}
 	}
@@ -313,7 +348,10 @@ func (a *Proxmox) runGuestTask(ctx context.Context, phase, typ string, vmid int,
 // The recorded UPID is heartbeat detail, a claim the Temporal server hands
 // back: it is resumed only if it names a task of one of types, on this node,
 // for guest vmid (vmid 0: any id). Any other UPID is ignored, as if nothing
-// had been recorded, and the caller decides from Proxmox's state.
+// had been recorded, and the caller decides from Proxmox's state. So is a
+// recorded task that failed on a lock or was lost (retryableTaskFailure):
+// it did not do the step, and the caller sends it again if the guest's
+// state still asks for it.
 func (a *Proxmox) resumeTask(ctx context.Context, p Progress, hasProgress bool, phase string, vmid int, types ...string) (TaskResult, bool, error) {
 	if !hasProgress || p.Phase != phase {
 		return TaskResult{}, false, nil
@@ -333,6 +371,10 @@ func (a *Proxmox) resumeTask(ctx context.Context, p Progress, hasProgress bool, 
 	if err != nil {
 		if code, msg, ok := httpStatus(err); ok && (code == 404 || ((code == 400 || code == 500) && contains(msg, "no such task", "unable to open file", "does not exist"))) {
 			a.log().Warn("recorded task unknown to proxmox; deciding from the guest's state", "upid", p.UPID, "err", err)
+			return TaskResult{}, false, nil
+		}
+		if retryableTaskFailure(err) {
+			a.log().Warn("recorded task failed on a lock or was lost; deciding from the guest's state", "upid", p.UPID, "err", err)
 			return TaskResult{}, false, nil
 		}
 		return TaskResult{}, true, err

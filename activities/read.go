@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"go.temporal.io/sdk/temporal"
 )
 
 // ReadGuestInput names one guest. Kind may be empty: it is then looked up.
@@ -110,7 +112,9 @@ func (a *Proxmox) readGuest(ctx context.Context, vmid int, kind string) (Guest, 
 }
 
 // lookupKind finds whether vmid is a qemu or lxc guest of this node with one
-// /cluster/resources call.
+// /cluster/resources call. That listing silently leaves out guests the API
+// token cannot audit, so a VMID it does not name is read directly (probeKind)
+// before it counts as absent.
 func (a *Proxmox) lookupKind(ctx context.Context, vmid int) (bool, string, error) {
 	list, err := a.clusterGuests(ctx)
 	if err != nil {
@@ -120,6 +124,32 @@ func (a *Proxmox) lookupKind(ctx context.Context, vmid int) (bool, string, error
 		if r.VMID == vmid {
 			return true, r.Kind, nil
 		}
+	}
+	return a.probeKind(ctx, vmid)
+}
+
+// probeKind reads vmid's status as a VM and as a container: absent only
+// when Proxmox says of both that the config does not exist. A refusal means
+// the token cannot see the guest, which is not its absence: the agent then
+// fails closed (ProxmoxPermission) instead of creating a guest over it or
+// taking its destroy as done.
+func (a *Proxmox) probeKind(ctx context.Context, vmid int) (bool, string, error) {
+	for _, kind := range []string{KindQEMU, KindLXC} {
+		var st *statusCurrent
+		err := a.Client.Get(ctx, a.guestPath(kind, vmid)+"/status/current", &st)
+		if err == nil {
+			return true, kind, nil
+		}
+		code, msg, ok := httpStatus(err)
+		switch {
+		case ok && code == 500 && isMissingGuest(msg):
+			continue
+		case ok && code == 403:
+			return false, "", temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+				"guest %d is not visible to the API token (%d %s): the agent cannot tell whether it exists, and acts on nothing it cannot see; grant the token VM.Audit on /vms (README.md, \"A least-privilege API token\")",
+				vmid, code, msg), ErrTypePermission, err)
+		}
+		return false, "", err
 	}
 	return false, "", nil
 }
@@ -193,6 +223,9 @@ func normalise(vmid int, kind string, raw map[string]any) Guest {
 		g.Name = c["hostname"]
 	}
 	g.MemoryMiB = parseMemoryMiB(c["memory"])
+	if g.MemoryMiB == 0 {
+		g.MemoryMiB = 512 // the schema default of both kinds, which Proxmox does not write
+	}
 	g.Cores, _ = strconv.Atoi(c["cores"])
 	if g.Cores == 0 && kind == KindQEMU {
 		g.Cores = 1 // qemu's default
@@ -215,10 +248,24 @@ func normalise(vmid int, kind string, raw map[string]any) Guest {
 	return g
 }
 
-// ListGuestsInput is empty; it exists so the activity's signature can grow.
-type ListGuestsInput struct{}
+// ListGuestsInput says how to list the node's guests.
+type ListGuestsInput struct {
+	// Confirm reads every listed guest (confirmedGuests) so that each
+	// summary says what the guest is now, as ReadGuest would; without it
+	// the summaries are the listing's own figures, as stale and as shaped
+	// as pvestatd makes them.
+	Confirm bool `json:"confirm,omitempty"`
+}
 
-// GuestSummary is one guest of the node as listed by /cluster/resources.
+// GuestSummary is one guest of the node. From the listing alone
+// (/cluster/resources) Status is pvestatd's, up to a cycle (about 10 s)
+// old and "unknown" for a guest it has not seen yet, Name is "VM <id>" or
+// "CT<id>" for an unnamed guest and empty when unknown, MemoryMiB is the
+// memory the guest runs with (a pending change is not in it), MaxCPU is
+// sockets×cores capped at the node's CPUs (LXC: cores, else cpulimit, else
+// the node's CPUs), and Cores is 0: the listing does not carry it. A
+// confirmed summary has Status, Name, MemoryMiB (pending value included)
+// and Cores from the guest itself.
 type GuestSummary struct {
 	VMID      int      `json:"vmid"`
 	Kind      string   `json:"kind"`
@@ -226,9 +273,11 @@ type GuestSummary struct {
 	Status    string   `json:"status,omitempty"`
 	MemoryMiB int      `json:"memory_mib,omitempty"`
 	Cores     int      `json:"cores,omitempty"`
+	MaxCPU    int      `json:"max_cpu,omitempty"`
 	Tags      []string `json:"tags,omitempty"`
 	Lock      string   `json:"lock,omitempty"`
 	Template  bool     `json:"template,omitempty"`
+	Confirmed bool     `json:"confirmed,omitempty"`
 }
 
 // ListGuestsResult lists every guest of the node, sorted by VMID.
@@ -236,12 +285,15 @@ type ListGuestsResult struct {
 	Guests []GuestSummary `json:"guests"`
 }
 
-// ListGuests lists all guests of the node with a single API call, for cheap
-// drift detection.
-func (a *Proxmox) ListGuests(ctx context.Context, _ ListGuestsInput) (res ListGuestsResult, err error) {
+// ListGuests lists all guests of the node: with a single API call, or with
+// Confirm one read of each guest besides (see GuestSummary).
+func (a *Proxmox) ListGuests(ctx context.Context, in ListGuestsInput) (res ListGuestsResult, err error) {
 	what := "list guests of node " + a.Node
 	defer recoverPanic(what, &err)
 	list, err := a.clusterGuests(ctx)
+	if err == nil && in.Confirm {
+		list, err = a.confirmedGuests(ctx, list)
+	}
 	if err != nil {
 		return ListGuestsResult{}, classify(what, err)
 	}
@@ -280,7 +332,7 @@ func (a *Proxmox) clusterGuests(ctx context.Context) ([]GuestSummary, error) {
 		tmpl, _ := r.Template.Int64()
 		out = append(out, GuestSummary{
 			VMID: int(vmid), Kind: r.Type, Name: r.Name, Status: r.Status,
-			MemoryMiB: int(maxmem >> 20), Cores: int(cpus), Tags: splitTags(r.Tags),
+			MemoryMiB: int(maxmem >> 20), MaxCPU: int(cpus), Tags: splitTags(r.Tags),
 			Lock: r.Lock, Template: tmpl == 1,
 		})
 	}

@@ -3,9 +3,12 @@ package activities
 import (
 	"context"
 	"reflect"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/felhom/felhom-agent/internal/pvesim"
+	"github.com/felhom/felhom-agent/workflows"
 )
 
 func TestReadGuest(t *testing.T) {
@@ -74,9 +77,9 @@ func TestListGuests(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []GuestSummary{
-		{VMID: 101, Kind: "qemu", Name: "a", Status: "stopped", MemoryMiB: 1024, Cores: 1},
-		{VMID: 102, Kind: "qemu", Name: "b", Status: "running", MemoryMiB: 4096, Cores: 4, Tags: []string{"x"}},
-		{VMID: 200, Kind: "lxc", Name: "c", Status: "stopped", MemoryMiB: 256, Cores: 1},
+		{VMID: 101, Kind: "qemu", Name: "a", Status: "stopped", MemoryMiB: 1024, MaxCPU: 1},
+		{VMID: 102, Kind: "qemu", Name: "b", Status: "running", MemoryMiB: 4096, MaxCPU: 4, Tags: []string{"x"}},
+		{VMID: 200, Kind: "lxc", Name: "c", Status: "stopped", MemoryMiB: 256, MaxCPU: 1},
 	}
 	if !reflect.DeepEqual(got.Guests, want) {
 		t.Fatalf("ListGuests =\n %+v\nwant\n %+v", got.Guests, want)
@@ -122,5 +125,72 @@ func BenchmarkReadGuest(b *testing.B) {
 		if _, err := act.ReadGuest(ctx, ReadGuestInput{VMID: 100, Kind: KindQEMU}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestListingConfirmedByReads: the node's listing lags a pvestatd cycle
+// behind and is shaped unlike a desired state; the host workflow's listing
+// reads each guest, so that it says what the guest is now.
+func TestListingConfirmedByReads(t *testing.T) {
+	var now atomic.Int64
+	now.Store(time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixNano())
+	h := newHarness(t, pvesim.Config{Clock: func() time.Time { return time.Unix(0, now.Load()) }})
+	h.addVM(pvesim.Guest{VMID: 101, Name: "web", Status: "running", MemoryMiB: 1024, Cores: 2, Config: map[string]string{"sockets": "2"}})
+	if _, err := run[ListGuestsResult](h, h.act.ListGuests, ListGuestsInput{}); err != nil {
+		t.Fatal(err)
+	}
+	// Within the same pvestatd cycle: a memory change that waits for the
+	// next start, a stop behind the agent's back, a new unnamed guest.
+	if _, err := run[TaskResult](h, h.act.SetConfig, SetConfigInput{VMID: 101, Set: map[string]any{"memory": 2048}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.srv.SetStatus(101, "stopped"); err != nil {
+		t.Fatal(err)
+	}
+	h.addVM(pvesim.Guest{VMID: 102, MemoryMiB: 512})
+
+	raw, err := run[ListGuestsResult](h, h.act.ListGuests, ListGuestsInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRaw := []GuestSummary{
+		{VMID: 101, Kind: "qemu", Name: "web", Status: "running", MemoryMiB: 1024, MaxCPU: 4},
+		{VMID: 102, Kind: "qemu", Status: "unknown"},
+	}
+	if !reflect.DeepEqual(raw.Guests, wantRaw) {
+		t.Fatalf("the listing =\n %+v\nwant what pvestatd last saw\n %+v", raw.Guests, wantRaw)
+	}
+	want := []workflows.GuestSummary{
+		{VMID: 101, Kind: "qemu", Name: "web", Status: "stopped", MemoryMiB: 2048, Cores: 2},
+		{VMID: 102, Kind: "qemu", Status: "stopped", MemoryMiB: 512, Cores: 1},
+	}
+	val, err := h.hostEnv().ExecuteActivity((&Host{Proxmox: h.act}).ListGuests)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got workflows.ListGuestsResult
+	if err := val.Get(&got); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got.Guests, want) {
+		t.Fatalf("the host workflow's listing =\n %+v\nwant the guests as they are\n %+v", got.Guests, want)
+	}
+}
+
+// Proxmox writes no memory into a VM created without one; it runs with the
+// schema's 512 MiB, and that is what the agent reads.
+func TestReadGuestMemoryDefault(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	upid, err := h.act.postTask(context.Background(), "POST", "/nodes/pve1/qemu", map[string]any{"vmid": 150, "name": "bare"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitTaskDone(t, h, upid)
+	g, err := run[Guest](h, h.act.ReadGuest, ReadGuestInput{VMID: 150})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, set := g.Config["memory"]; set || g.MemoryMiB != 512 || g.Cores != 1 {
+		t.Fatalf("memory %d (config %q), cores %d; want Proxmox's defaults 512 and 1 read for unset keys", g.MemoryMiB, g.Config["memory"], g.Cores)
 	}
 }

@@ -2,7 +2,9 @@ package activities
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -134,9 +136,10 @@ func TestResumeWaitsOnRecordedTask(t *testing.T) {
 // the outcome.
 func TestNoUPIDRecorded(t *testing.T) {
 	cfg := slowTasks
-	// A finished reboot is only found if it started in the second the
-	// (test environment's) retry was scheduled: keep it running instead.
-	cfg.TaskDurations = map[string]time.Duration{"qmreboot": 2 * time.Second}
+	// A finished reboot is found in the task list when it started after the
+	// retry was scheduled; the test environment schedules the retry only when
+	// it runs it, so the node's clock runs a minute ahead.
+	cfg.Clock = func() time.Time { return time.Now().Add(time.Minute) }
 	for _, tc := range resumeCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t, cfg)
@@ -200,18 +203,23 @@ func TestRetryAfterFinishedTaskWithoutUPID(t *testing.T) {
 
 func waitTaskDone(t *testing.T, h *harness, upid string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		var st *taskStatus
-		if err := h.act.Client.Get(context.Background(), "/nodes/pve1/tasks/"+upid+"/status", &st); err != nil {
-			t.Fatal(err)
-		}
-		if st != nil && st.Status == "stopped" {
-			return
-		}
-		time.Sleep(2 * time.Millisecond)
+	done, ok := h.srv.TaskDone(upid)
+	if !ok {
+		t.Fatalf("no task %s on the node", upid)
 	}
-	t.Fatalf("task %s did not finish", upid)
+	<-done
+}
+
+// waitRestarted waits for qmeventd's start of guest vmid after a reboot
+// task stopped it: the newest qmstart task of root@pam.
+func waitRestarted(t *testing.T, h *harness, vmid int) {
+	t.Helper()
+	var rows []taskListEntry
+	path := fmt.Sprintf("/nodes/pve1/tasks?source=all&typefilter=qmstart&userfilter=root@pam&vmid=%d&limit=1", vmid)
+	if err := h.act.Client.Get(context.Background(), path, &rows); err != nil || len(rows) != 1 {
+		t.Fatalf("qmeventd's start of %d: %v (%v)", vmid, rows, err)
+	}
+	waitTaskDone(t, h, rows[0].UPID)
 }
 
 func TestResumeEdgeCases(t *testing.T) {
@@ -252,31 +260,39 @@ func TestResumeEdgeCases(t *testing.T) {
 // TestRebootFoundInTaskList: a reboot cannot be told from the guest's state;
 // one started since the activity was scheduled is found in the task list.
 func TestRebootFoundInTaskList(t *testing.T) {
-	h := newHarness(t, pvesim.Config{TaskDuration: time.Millisecond})
+	// The node's clock places each lost reboot before or after the moment
+	// the activity is scheduled (the SDK's test environment schedules it
+	// when it runs it, after the reboot was posted).
+	var skew atomic.Int64
+	h := newHarness(t, pvesim.Config{TaskDuration: time.Millisecond,
+		Clock: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
 	h.addVM(pvesim.Guest{VMID: 101, Name: "g", Status: "running", MemoryMiB: 512})
-	// The SDK's test environment schedules an activity when it runs it, so
-	// the lost reboot and the retry have to share one second, the
-	// resolution of Proxmox's task start times.
-	for time.Now().Nanosecond() > 300e6 {
-		time.Sleep(5 * time.Millisecond)
-	}
-	upid, err := h.act.postTask(context.Background(), "POST", "/nodes/pve1/qemu/101/status/reboot", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitTaskDone(t, h, upid)
-	res, err := run[TaskResult](h, h.act.RebootGuest, GuestInput{VMID: 101})
-	if err != nil || res.UPID != upid {
-		t.Fatalf("RebootGuest = %+v, %v; want the earlier reboot %s adopted", res, err, upid)
-	}
-	if n := h.mutations("POST", "/nodes/*/qemu/101/status/reboot"); n != 1 {
-		t.Fatalf("%d reboots sent", n)
+	lostReboot := func() string {
+		upid, err := h.act.postTask(context.Background(), "POST", "/nodes/pve1/qemu/101/status/reboot", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitTaskDone(t, h, upid)
+		waitRestarted(t, h, 101)
+		return upid
 	}
 
 	// A reboot older than the activity is not taken for this one.
-	time.Sleep(1100 * time.Millisecond)
+	skew.Store(int64(-time.Hour))
+	old := lostReboot()
+	res, err := run[TaskResult](h, h.act.RebootGuest, GuestInput{VMID: 101})
+	if err != nil || res.UPID == old || res.UPID == "" {
+		t.Fatalf("RebootGuest = %+v, %v; want a new reboot, not %s", res, err, old)
+	}
+
+	// One started since the activity was scheduled is adopted.
+	skew.Store(int64(time.Minute))
+	upid := lostReboot()
 	res, err = run[TaskResult](h, h.act.RebootGuest, GuestInput{VMID: 101})
-	if err != nil || res.UPID == upid || res.UPID == "" {
-		t.Fatalf("RebootGuest = %+v, %v; want a new reboot", res, err)
+	if err != nil || res.UPID != upid {
+		t.Fatalf("RebootGuest = %+v, %v; want the earlier reboot %s adopted", res, err, upid)
+	}
+	if n := h.mutations("POST", "/nodes/*/qemu/101/status/reboot"); n != 3 {
+		t.Fatalf("%d reboots sent, want 3: the old lost one, the new one, the adopted one", n)
 	}
 }

@@ -43,4 +43,7 @@ func (g *Gate) audit(ctx context.Context, req Request, d Decision, err error) {
 		attrs = append(attrs, slog.String("error", err.Error()))
 	}
 	g.log.LogAttrs(ctx, level, "gate decision", attrs...)
+	if g.observe != nil {
+		g.observe(d)
+	}
 }

@@ -41,6 +41,17 @@ type Decision struct {
 type Gate struct {
 	verifier *Verifier
 	log      *slog.Logger
+	observe  func(Decision)
+}
+
+// Option changes a Gate at New.
+type Option func(*Gate)
+
+// WithObserver has observe told every decision the gate audits, after the
+// audit record is written (for metrics). Like the audit record, it is a
+// signal and never the guard: the decision is made before it is called.
+func WithObserver(observe func(Decision)) Option {
+	return func(g *Gate) { g.observe = observe }
 }
 
 func (g *Gate) now() time.Time {
@@ -53,11 +64,15 @@ func (g *Gate) now() time.Time {
 // New returns a gate that verifies approvals with v and writes an audit
 // record for every decision to logger (slog.Default() if nil). With a nil v
 // no signer is pinned, so every destructive action stays pending.
-func New(v *Verifier, logger *slog.Logger) *Gate {
+func New(v *Verifier, logger *slog.Logger, opts ...Option) *Gate {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Gate{verifier: v, log: logger}
+	g := &Gate{verifier: v, log: logger}
+	for _, o := range opts {
+		o(g)
+	}
+	return g
 }
 
 // Decide returns a Decision with Allowed set and a nil error when the action

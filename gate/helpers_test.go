@@ -10,15 +10,16 @@ import (
 	"testing"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/felhom/felhom-agent/internal/testtool"
 )
 
-const sshKeygen = "/usr/bin/ssh-keygen"
+// sshKeygen is looked up on PATH.
+const sshKeygen = "ssh-keygen"
 
 func needSSHKeygen(t testing.TB) {
 	t.Helper()
-	if _, err := os.Stat(sshKeygen); err != nil {
-		t.Skip("ssh-keygen not installed (apt-get install openssh-client)")
-	}
+	testtool.Need(t, sshKeygen)
 }
 
 // testKey is a key pair made by the real ssh-keygen.

@@ -62,12 +62,18 @@ func appendNonceRecord(b []byte, nonce string, expires int64) []byte {
 // replays it and locks it until Close. A second open of the same path, from
 // this or another process, fails with ErrNonceLogLocked.
 func OpenFileNonceStore(path string) (*FileNonceStore, error) {
-	return openFileNonceStore(path, nil)
+	return openFileNonceStore(path, nil, nil)
+}
+
+// OpenFileNonceStoreObserved is OpenFileNonceStore telling onSync how long
+// each record's fsync took.
+func OpenFileNonceStoreObserved(path string, onSync func(time.Duration)) (*FileNonceStore, error) {
+	return openFileNonceStore(path, nil, onSync)
 }
 
 // openFileNonceStore opens the store on fsys (the operating system if nil),
 // so tests can make its file operations fail.
-func openFileNonceStore(path string, fsys appendlog.FS) (*FileNonceStore, error) {
+func openFileNonceStore(path string, fsys appendlog.FS, onSync func(time.Duration)) (*FileNonceStore, error) {
 	// Sizing the map from the file spares a million-entry replay some
 	// twenty rehashes; felhom-sign's nonces are 32 bytes.
 	hint := 0
@@ -76,6 +82,7 @@ func openFileNonceStore(path string, fsys appendlog.FS) (*FileNonceStore, error)
 	}
 	s := &FileNonceStore{used: make(map[string]int64, hint)}
 	log, err := appendlog.Open(path, nonceMagic, appendlog.Options{
+		OnSync:    onSync,
 		RecordLen: nonceRecordLen,
 		MaxRecord: nonceRecordFixed + MaxNonceLen,
 		FS:        fsys,

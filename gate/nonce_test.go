@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/felhom/felhom-agent/internal/appendlog"
+	"github.com/felhom/felhom-agent/internal/appendlog/appendlogtest"
 )
 
 func TestNonceStores(t *testing.T) {
@@ -149,32 +149,6 @@ func flipByte(b []byte, i int) []byte {
 	return b
 }
 
-// failingSync fails every sync of the nonce log once armed.
-type failingSync struct {
-	appendlog.OS
-	armed *atomic.Bool
-}
-
-func (f failingSync) OpenFile(name string, flag int) (appendlog.File, error) {
-	file, err := f.OS.OpenFile(name, flag)
-	if err != nil {
-		return nil, err
-	}
-	return failingSyncFile{file, f.armed}, nil
-}
-
-type failingSyncFile struct {
-	appendlog.File
-	armed *atomic.Bool
-}
-
-func (f failingSyncFile) Sync() error {
-	if f.armed.Load() {
-		return syscall.EIO
-	}
-	return f.File.Sync()
-}
-
 // A Use whose record may not be on disk is refused, and so is every later
 // Use, replayed or fresh, until the store is reopened; after reopening, the
 // refused nonce may count as used (its record reached the page cache) but
@@ -183,7 +157,7 @@ func TestFileNonceStoreRefusesAfterFailedSync(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "nonces.log")
 	var armed atomic.Bool
-	s, err := openFileNonceStore(path, failingSync{armed: &armed})
+	s, err := openFileNonceStore(path, appendlogtest.FailingSync{Armed: &armed}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -243,6 +243,7 @@ func TestCheckValidity(t *testing.T) {
 	}{
 		{"one hour", at(-1), at(0), DefaultMaxValidity, false},
 		{"exactly the cap", at(-12), at(12), DefaultMaxValidity, false},
+		{"expires exactly the cap ahead", at(0), at(24), DefaultMaxValidity, false},
 		{"a second over the cap", at(-12), at(12).Add(time.Second), DefaultMaxValidity, true},
 		{"starts later, ends too far ahead", at(20), at(25), DefaultMaxValidity, true},
 		{"a week with a week's cap", at(-1), at(7*24 - 1), MaxValidityLimit, false},

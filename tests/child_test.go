@@ -143,14 +143,16 @@ func (c *childAgent) kill(t *testing.T) {
 	_ = c.cmd.Wait()
 }
 
-// terminate asks the worker to stop gracefully and returns its exit error.
-func (c *childAgent) terminate(t *testing.T) error {
+// signal sends sig to the worker.
+func (c *childAgent) signal(t *testing.T, sig syscall.Signal) {
 	t.Helper()
-	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := c.cmd.Process.Signal(sig); err != nil {
 		t.Fatalf("signal child worker: %v", err)
 	}
-	return c.cmd.Wait()
 }
+
+// wait waits for the worker to exit and returns its exit error.
+func (c *childAgent) wait() error { return c.cmd.Wait() }
 
 func tail(s string, n int) string {
 	if len(s) <= n {

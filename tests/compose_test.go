@@ -33,10 +33,11 @@ import (
 	serverconfig "go.temporal.io/server/common/config"
 	"go.temporal.io/server/common/dynamicconfig"
 	dbschema "go.temporal.io/server/schema"
+	"go.yaml.in/yaml/v3"
 	"golang.org/x/crypto/ssh"
-	"gopkg.in/yaml.v3"
 
 	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/internal/pgcluster"
 	"github.com/felhom/felhom-agent/internal/visibility"
 	"github.com/felhom/felhom-agent/worker"
 )
@@ -437,8 +438,10 @@ func TestComposeAgentBuildsFromTheDockerfile(t *testing.T) {
 	if len(froms) < 2 {
 		t.Fatalf("Dockerfile: %d stages, want a builder and a runtime stage", len(froms))
 	}
-	if !strings.HasPrefix(froms[0], "golang:1.26 ") {
-		t.Errorf("Dockerfile: builder stage is FROM %s, want golang:1.26", froms[0])
+	// The exact release of go.mod's go line: a floating tag lets a cached
+	// older image refuse the build under GOTOOLCHAIN=local.
+	if want := "golang:" + goModGoVersion(t) + " "; !strings.HasPrefix(froms[0], want) {
+		t.Errorf("Dockerfile: builder stage is FROM %s, want %s(go.mod's go line)", froms[0], want)
 	}
 	var goBuild string
 	for _, run := range d.args("RUN") {
@@ -546,6 +549,7 @@ type composeService struct {
 	Healthcheck     *composeHealth     `yaml:"healthcheck"`
 	Restart         string             `yaml:"restart"`
 	StopGracePeriod string             `yaml:"stop_grace_period"`
+	GroupAdd        []string           `yaml:"group_add"`
 }
 
 type composeBuild struct {
@@ -1180,6 +1184,20 @@ func serverFrontend(t *testing.T, f *composeFile) string {
 	return net.JoinHostPort(composeServer, port)
 }
 
+// goModGoVersion is go.mod's go line.
+func goModGoVersion(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot(t), "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^go\s+(\S+)$`).FindSubmatch(data)
+	if m == nil {
+		t.Fatal("go.mod: no go line")
+	}
+	return string(m[1])
+}
+
 // goModVersion is the version go.mod requires of module, without the "v".
 func goModVersion(t *testing.T, module string) string {
 	t.Helper()
@@ -1262,4 +1280,62 @@ func (d dockerfile) volumes() []string {
 func jsonEqual(got, want string) bool {
 	var g, w []string
 	return json.Unmarshal([]byte(got), &g) == nil && json.Unmarshal([]byte(want), &w) == nil && slices.Equal(g, w)
+}
+
+// The schema service runs exactly the steps the PostgreSQL tests run
+// (pgcluster.SchemaSteps), so what CI proves on PostgreSQL is what compose
+// does.
+func TestComposeSchemaStepsAreTheTestedOnes(t *testing.T) {
+	f := loadCompose(t, composeHostEnv(t))
+	svc := f.service(t, composeSchema)
+	var got [][]string
+	for _, line := range scriptLines(svc.Command) {
+		words := strings.Fields(line)
+		if len(words) > 0 && words[0] == "temporal-sql-tool" {
+			got = append(got, words[1:])
+		}
+	}
+	if !slices.EqualFunc(got, pgcluster.SchemaSteps, slices.Equal[[]string]) {
+		t.Errorf("service %s: temporal-sql-tool steps\n  %q\nwant the steps the PostgreSQL tests run (pgcluster.SchemaSteps)\n  %q", composeSchema, got, pgcluster.SchemaSteps)
+	}
+	if env := svc.Environment; env["SQL_PLUGIN"] != pgcluster.Plugin {
+		t.Errorf("service %s: SQL_PLUGIN %q, the tests use %q", composeSchema, env["SQL_PLUGIN"], pgcluster.Plugin)
+	}
+}
+
+// The history shard count is fixed at the first start for the life of the
+// database, so it is set explicitly, not left to the image's default.
+func TestComposeSetsTheHistoryShardCount(t *testing.T) {
+	f := loadCompose(t, composeHostEnv(t))
+	raw, ok := f.service(t, composeServer).Environment["NUM_HISTORY_SHARDS"]
+	if !ok {
+		t.Fatalf("service %s: NUM_HISTORY_SHARDS is not set; the image's default would be fixed for good", composeServer)
+	}
+	n, err := strconv.Atoi(raw)
+	if err != nil || n < 1 {
+		t.Fatalf("service %s: NUM_HISTORY_SHARDS %q is not a positive number", composeServer, raw)
+	}
+	if got := serverConfig(t, f).Persistence.NumHistoryShards; int(got) != n {
+		t.Errorf("service %s: the server renders %d history shards, NUM_HISTORY_SHARDS says %d", composeServer, got, n)
+	}
+}
+
+// The agent reads /etc/pve/pve-root-ca.pem, which Proxmox keeps root:www-data
+// mode 0640 (pmxcfs refuses a change), through the www-data group.
+func TestComposeAgentCanReadTheProxmoxCA(t *testing.T) {
+	f := loadCompose(t, composeHostEnv(t))
+	agent := f.service(t, composeAgent)
+	src := f.Configs["pve_root_ca"].File
+	if !strings.HasPrefix(src, "/etc/pve/") {
+		t.Fatalf("config pve_root_ca comes from %q, want /etc/pve/pve-root-ca.pem by default", src)
+	}
+	const wwwData = "33" // Debian's fixed gid of www-data, and so Proxmox VE's
+	if !slices.Contains(agent.GroupAdd, wwwData) {
+		t.Errorf("service %s: group_add %v lacks www-data (%s): the container's user cannot read %s (root:www-data 0640)", composeAgent, agent.GroupAdd, wwwData, src)
+	}
+	env := composeHostEnv(t)
+	env["PVE_WWW_DATA_GID"] = "1033"
+	if g := loadCompose(t, env).service(t, composeAgent).GroupAdd; !slices.Contains(g, "1033") {
+		t.Errorf("service %s: group_add %v does not follow PVE_WWW_DATA_GID", composeAgent, g)
+	}
 }

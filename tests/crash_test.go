@@ -2,20 +2,68 @@ package tests
 
 import (
 	"context"
-	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
 
+	"github.com/felhom/felhom-agent/activities"
 	"github.com/felhom/felhom-agent/internal/pvesim"
 	"github.com/felhom/felhom-agent/workflows"
 	"github.com/felhom/felhom-agent/workflows/desired"
 )
 
-// A worker killed while Proxmox runs the start task it POSTed: the next
-// worker process resumes waiting on the recorded task instead of POSTing
-// again, and the guest workflow converges.
+// taskStatusPolls matches every task-status poll of the simulator.
+const taskStatusPolls = "/nodes/*/tasks/*/status"
+
+// holdFirstPoll makes the simulator hold the first task-status poll until the
+// returned hook is released (or the poller dies): a worker stopped at Hit has
+// POSTed its request and not yet looked at the task.
+func holdFirstPoll(sim *pvesim.Server) *pvesim.Hook {
+	hook := pvesim.NewHook()
+	sim.Inject(pvesim.Fault{Method: "GET", Path: taskStatusPolls, Kind: pvesim.FaultHold, Hook: hook})
+	return hook
+}
+
+// waitHit waits for the hook's request to arrive, failing the test after a
+// minute so a worker that never gets there does not hang the run.
+func waitHit(t *testing.T, what string, hook *pvesim.Hook) {
+	t.Helper()
+	select {
+	case <-hook.Hit():
+	case <-time.After(60 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// recordedProgress is the heartbeat the Temporal server holds for the guest
+// workflow's pending step (StartGuest; ExecuteAction in runs before the
+// per-operation activities), as the next attempt will receive it.
+func recordedProgress(t *testing.T, c client.Client, workflowID string) (activities.Progress, bool) {
+	t.Helper()
+	desc, err := c.DescribeWorkflowExecution(context.Background(), workflowID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pa := range desc.GetPendingActivities() {
+		if name := pa.GetActivityType().GetName(); name != workflows.ActivityStartGuest && name != workflows.ActivityExecuteAction || pa.GetHeartbeatDetails() == nil {
+			continue
+		}
+		var p activities.Progress
+		if err := converter.GetDefaultDataConverter().FromPayloads(pa.GetHeartbeatDetails(), &p); err != nil {
+			t.Fatalf("heartbeat details of %s: %v", workflowID, err)
+		}
+		return p, true
+	}
+	return activities.Progress{}, false
+}
+
+// A worker killed right after Proxmox answered the start with a UPID, before
+// the worker polled that task: the Temporal server holds the UPID as the
+// activity's heartbeat, the next worker process resumes waiting on that task
+// instead of POSTing again, and the guest workflow converges.
 func TestWorkerKilledMidMutationResumesWithoutSecondPost(t *testing.T) {
 	host := uniqueHost("pve-crash1")
 	sim, err := pvesim.Start(pvesim.Config{StrictPVE: true, Node: host, TaskDuration: 4 * time.Second})
@@ -28,6 +76,7 @@ func TestWorkerKilledMidMutationResumesWithoutSecondPost(t *testing.T) {
 	}
 	cfg := agentConfig(t, host, sim, t.TempDir(), newOperatorKey(t, "ed25519").Pub)
 	env := childEnviron(cfg, simCAFile(t, sim))
+	firstPoll := holdFirstPoll(sim)
 
 	first := startChild(t, env, "worker-1.log")
 	c := clientFor(t)
@@ -39,18 +88,18 @@ func TestWorkerKilledMidMutationResumesWithoutSecondPost(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Kill the worker once the start task runs on the node.
-	deadline := time.Now().Add(30 * time.Second)
-	for countRequests(sim, "POST", "/qemu/101/status/start") == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("start was never POSTed")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	waitRecordedTask(t, c, workflows.GuestWorkflowID(host, 101))
+	waitHit(t, "the first status poll of the start task", firstPoll)
 	first.kill(t)
 	if g, _ := sim.Guest(101); g.Status == "running" {
 		t.Fatal("the start task finished before the worker was killed: the test proves nothing")
+	}
+	posts := sim.RequestsMatching("POST", "/nodes/*/qemu/101/status/start")
+	if len(posts) != 1 || posts[0].UPID == "" {
+		t.Fatalf("start requests before the kill: %+v, want one that started a task", posts)
+	}
+	want := activities.Progress{Phase: "start", UPID: posts[0].UPID}
+	if got, ok := recordedProgress(t, c, workflows.GuestWorkflowID(host, 101)); !ok || got != want {
+		t.Fatalf("heartbeat on the server after the kill: %+v (recorded: %v), want %+v", got, ok, want)
 	}
 
 	startChild(t, env, "worker-2.log")
@@ -87,6 +136,7 @@ func TestWorkerStoppedGracefullyMidMutationLosesNothing(t *testing.T) {
 	must(t, sim.AddVM(pvesim.Guest{VMID: 102, Name: "app", Status: "stopped", MemoryMiB: 1024, Cores: 1}))
 	cfg := agentConfig(t, host, sim, t.TempDir(), newOperatorKey(t, "ed25519").Pub)
 	env := childEnviron(cfg, simCAFile(t, sim))
+	firstPoll := holdFirstPoll(sim)
 
 	first := startChild(t, env, "worker-1.log")
 	c := clientFor(t)
@@ -95,11 +145,14 @@ func TestWorkerStoppedGracefullyMidMutationLosesNothing(t *testing.T) {
 		ID: workflows.GuestWorkflowID(host, 102), TaskQueue: workflows.TaskQueue(host),
 	}, workflows.GuestReconcileWorkflow, workflows.GuestInput{Host: host, VMID: 102, Desired: &spec})
 	must(t, err)
-	waitFor(t, "the start to be POSTed", func() bool { return countRequests(sim, "POST", "/qemu/102/status/start") > 0 })
-	waitRecordedTask(t, c, workflows.GuestWorkflowID(host, 102))
+	// The start is POSTed and its UPID recorded; the worker is told to stop
+	// while it waits on the task.
+	waitHit(t, "the first status poll of the start task", firstPoll)
 
 	stopped := time.Now()
-	if err := first.terminate(t); err != nil {
+	first.signal(t, syscall.SIGTERM)
+	firstPoll.Release()
+	if err := first.wait(); err != nil {
 		t.Fatalf("worker exited with %v after SIGTERM, want status 0", err)
 	}
 	if took := time.Since(stopped); took > cfg.ShutdownTimeout+10*time.Second {
@@ -118,24 +171,4 @@ func TestWorkerStoppedGracefullyMidMutationLosesNothing(t *testing.T) {
 	if g, _ := sim.Guest(102); g.Status != "running" {
 		t.Errorf("guest status = %s, want running", g.Status)
 	}
-}
-
-// waitRecordedTask waits until the server holds, as heartbeat details of
-// one of the workflow's running activities, the UPID of a Proxmox task.
-func waitRecordedTask(t *testing.T, c client.Client, workflowID string) {
-	t.Helper()
-	waitFor(t, "the UPID heartbeat to reach the server", func() bool {
-		desc, err := c.DescribeWorkflowExecution(context.Background(), workflowID, "")
-		if err != nil {
-			return false
-		}
-		for _, pa := range desc.GetPendingActivities() {
-			for _, p := range pa.GetHeartbeatDetails().GetPayloads() {
-				if strings.Contains(string(p.GetData()), `"upid":"UPID:`) {
-					return true
-				}
-			}
-		}
-		return false
-	})
 }

@@ -29,16 +29,20 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(runChildWorker())
 	}
+	if raw := os.Getenv(childServerEnv); raw != "" {
+		os.Exit(runChildServer(raw))
+	}
 	devservertest.Main(m)
 }
 
 // agent is one host's worker, running in this process, with its simulator.
 type agent struct {
-	host   string
-	sim    *pvesim.Server
-	cfg    worker.Config
-	client client.Client
-	stop   func()
+	host    string
+	metrics string // the worker's /metrics URL, when metrics.address is not off
+	sim     *pvesim.Server
+	cfg     worker.Config
+	client  client.Client
+	stop    func()
 }
 
 // startSim starts a simulated Proxmox node named host.
@@ -57,10 +61,21 @@ func startSim(t *testing.T, host string) *pvesim.Server {
 func agentConfig(t *testing.T, host string, sim *pvesim.Server, dir string, operational ...string) worker.Config {
 	t.Helper()
 	srv := devservertest.Start(t)
+	return hostConfig(t, host, sim, srv.FrontendAddr(), dir, operational...)
+}
+
+// clusterAgentConfig is agentConfig against the frontends of a cluster.
+func clusterAgentConfig(t *testing.T, host string, sim *pvesim.Server, frontends string, operational ...string) worker.Config {
+	t.Helper()
+	return hostConfig(t, host, sim, frontends, t.TempDir(), operational...)
+}
+
+func hostConfig(t *testing.T, host string, sim *pvesim.Server, frontends, dir string, operational ...string) worker.Config {
+	t.Helper()
 	cfg := worker.Defaults()
 	cfg.HostID = host
-	cfg.Temporal.Address = srv.FrontendAddr()
-	cfg.Temporal.Namespace = srv.Namespace()
+	cfg.Temporal.Address = frontends
+	cfg.Temporal.Namespace = "default"
 	cfg.Proxmox.URL = sim.URL()
 	cfg.Proxmox.Node = sim.Node()
 	cfg.Proxmox.TokenID = sim.TokenID()
@@ -94,8 +109,12 @@ func startAgentWith(t *testing.T, host string, sim *pvesim.Server, edit func(*wo
 	ready := make(chan struct{})
 	done := make(chan error, 1)
 	log := testLogger(t)
+	var metricsURL string
 	go func() {
-		done <- worker.Run(ctx, cfg, log, worker.RunOptions{ProxmoxRootCAs: sim.RootCAs(), Ready: func(worker.Info) { close(ready) }})
+		done <- worker.Run(ctx, cfg, log, worker.RunOptions{ProxmoxRootCAs: sim.RootCAs(), Ready: func(info worker.Info) {
+			metricsURL = info.MetricsURL
+			close(ready)
+		}})
 	}()
 	select {
 	case <-ready:
@@ -106,7 +125,7 @@ func startAgentWith(t *testing.T, host string, sim *pvesim.Server, edit func(*wo
 		cancel()
 		t.Fatal("worker did not start within 60s")
 	}
-	a := &agent{host: host, sim: sim, cfg: cfg, client: devservertest.Client(t)}
+	a := &agent{host: host, sim: sim, cfg: cfg, client: devservertest.Client(t), metrics: metricsURL}
 	var once sync.Once
 	a.stop = func() {
 		once.Do(func() {

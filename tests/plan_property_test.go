@@ -27,7 +27,7 @@ func TestApplyingAPlanThenPlanningAgainIsEmpty(t *testing.T) {
 	t.Cleanup(func() { sim.Close() })
 	var h *worker.Host
 	cfg := agentConfig(t, host, sim, t.TempDir(), newOperatorKey(t, "ed25519").Pub)
-	h, err = worker.OpenHost(context.Background(), cfg, testLogger(t), sim.RootCAs())
+	h, err = worker.OpenHost(context.Background(), cfg, testLogger(t), sim.RootCAs(), nil)
 	must(t, err)
 	defer h.Close()
 	acts := h.Activities(nil)

@@ -384,9 +384,11 @@ func TestGuestWorkflowContinuesAsNewWithItsState(t *testing.T) {
 	// cores.
 	for i := 0; i < 6; i++ {
 		spec.Cores = 1 + i%2
-		a.applySpec(t, spec)
-		a.waitStatus(t, 170, fmt.Sprintf("converged with %d cores", spec.Cores), func(st workflows.GuestStatus) bool {
-			return st.Phase == workflows.PhaseConverged && st.Observed != nil && st.Observed.Cores == spec.Cores
+		gen := a.applySpec(t, spec).Generation
+		// Each change is acted on before the next arrives, so the history
+		// grows by a whole pass each time.
+		a.waitStatus(t, 170, fmt.Sprintf("generation %d converged with %d cores", gen, spec.Cores), func(st workflows.GuestStatus) bool {
+			return st.Generation == gen && st.Phase == workflows.PhaseConverged && st.Observed != nil && st.Observed.Cores == spec.Cores
 		})
 	}
 	st := a.guestStatus(t, 170)

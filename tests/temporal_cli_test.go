@@ -8,6 +8,7 @@ import (
 
 	"github.com/felhom/felhom-agent/internal/devserver/devservertest"
 	"github.com/felhom/felhom-agent/internal/pvesim"
+	"github.com/felhom/felhom-agent/internal/testtool"
 	"github.com/felhom/felhom-agent/workflows"
 	"github.com/felhom/felhom-agent/workflows/desired"
 )
@@ -35,12 +36,9 @@ func readmeBlock(t *testing.T, marker string) string {
 // The approval path documented for operators with no project tool, run
 // line for line with the real temporal CLI, ssh-keygen and jq.
 func TestApproveWithTemporalCLIAndSSHKeygenAsDocumented(t *testing.T) {
-	for _, tool := range []string{"temporal", "jq", "ssh-keygen"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("SKIPPED: %s is not installed, so the README's approval commands were NOT checked "+
-				"(.ci/run installs it: go install github.com/temporalio/cli/cmd/temporal@v1.5.1, apt-get install jq)", tool)
-		}
-	}
+	// Without them the README's approval commands go unchecked; .ci/run
+	// installs them and sets CI=true, which makes a missing one a failure.
+	testtool.Need(t, "temporal", "jq", "ssh-keygen")
 	host := uniqueHost("pve-cli")
 	sim := startSim(t, host)
 	must(t, sim.AddVM(pvesim.Guest{VMID: 190, Name: "old", Status: "running", MemoryMiB: 512, Cores: 1,

@@ -14,9 +14,10 @@ import (
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/internal/temporalclient"
 	"github.com/felhom/felhom-agent/workflows"
 )
 
@@ -295,9 +296,9 @@ func (c *Config) Validate() error {
 		bad("host_id", "%q must be 1-63 lower-case letters, digits or '-', starting with a letter or digit", c.HostID)
 	}
 	tlsOn := clientConfig(c.Temporal).TLS.Enabled()
-	if host, _, err := net.SplitHostPort(c.Temporal.Address); err != nil {
-		bad("temporal.address", "%q is not host:port", c.Temporal.Address)
-	} else if !tlsOn && !c.Temporal.Insecure && !isLoopback(host) {
+	if frontends, err := temporalclient.Frontends(c.Temporal.Address); err != nil {
+		bad("temporal.address", "%v", err)
+	} else if !tlsOn && !c.Temporal.Insecure && !allLoopback(frontends) {
 		bad("temporal.address", "%q is not a loopback address and temporal.tls is not configured, so the worker would talk to Temporal in plaintext: "+
 			"configure temporal.tls (ca_file, or server_name to use the system's CAs), or set temporal.insecure: true to accept plaintext explicitly", c.Temporal.Address)
 	}
@@ -360,6 +361,16 @@ func (c *Config) Validate() error {
 		bad("max_concurrent_activities", "must be at least 1, got %d", c.MaxConcurrentActivities)
 	}
 	return errors.Join(errs...)
+}
+
+// allLoopback reports whether every host:port of frontends is loopback.
+func allLoopback(frontends []string) bool {
+	for _, f := range frontends {
+		if host, _, _ := net.SplitHostPort(f); !isLoopback(host) {
+			return false
+		}
+	}
+	return true
 }
 
 // isLoopback reports whether host (a name or an IP, from an address or a

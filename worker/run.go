@@ -62,7 +62,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) err
 	}
 	defer c.Close()
 
-	host, err := OpenHost(ctx, cfg, log, opts.ProxmoxRootCAs)
+	host, err := OpenHost(ctx, cfg, log, opts.ProxmoxRootCAs, metrics)
 	if err != nil {
 		return err
 	}
@@ -74,9 +74,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) err
 		WorkerStopTimeout:                  cfg.ShutdownTimeout,
 		MaxConcurrentActivityExecutionSize: cfg.MaxConcurrentActivities,
 		Interceptors:                       []interceptor.WorkerInterceptor{activities.HeartbeatInterceptor()},
-		// Every attempt heartbeats as it starts, so the heartbeat that
-		// records a Proxmox task's UPID is always a batched one: it reaches
-		// the server within this, not within most of the heartbeat timeout.
+		// Every attempt heartbeats as it starts; the heartbeat that records
+		// a Proxmox task's UPID must not wait in the SDK's batch behind it.
 		MaxHeartbeatThrottleInterval: HeartbeatThrottle,
 	})
 	Register(w, host.Activities(c))
@@ -87,6 +86,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) err
 	if err := ensureHostWorkflow(ctx, c, cfg.HostID, cfg.DriftCheckInterval); err != nil {
 		return err
 	}
+	go watchGuests(ctx, c, cfg, metrics, log)
 	log.Info("worker polling", "task_queue", queue, "temporal", cfg.Temporal.Address, "namespace", cfg.Temporal.Namespace,
 		"proxmox", cfg.Proxmox.URL, "node", cfg.Proxmox.Node, "metrics", metrics.URL())
 	if opts.Ready != nil {
@@ -98,15 +98,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) err
 }
 
 // HeartbeatThrottle is the longest a heartbeat waits in the SDK's batch
-// before it is sent: how long after a Proxmox request its UPID may still be
-// unknown to the server, should the worker die.
-const HeartbeatThrottle = 2 * time.Second
+// before it is sent. The activities decide how often they heartbeat (a new
+// Progress at once, a keep-alive at most every activities.KeepAliveEvery),
+// so the SDK's batching is kept out of the way: a task's UPID reaches the
+// server before the task is first polled.
+const HeartbeatThrottle = time.Millisecond
 
 // Register registers every workflow and activity of the agent on w.
 func Register(w sdkworker.Registry, acts *activities.Host) {
 	w.RegisterWorkflow(workflows.GuestReconcileWorkflow)
 	w.RegisterWorkflow(workflows.HostWorkflow)
 	w.RegisterWorkflow(workflows.SignedJobWorkflow)
+	w.RegisterWorkflow(workflows.ObserveGuestWorkflow)
 	w.RegisterActivity(acts)
 }
 
@@ -150,8 +153,12 @@ type Host struct {
 
 // OpenHost connects to Proxmox (failing early on a bad URL or token) and
 // opens the nonce store and the provenance ledger, which another process
-// must not hold.
-func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.CertPool) (*Host, error) {
+// must not hold. metrics (nil: none) hears about the gate's decisions, the
+// Proxmox requests and task waits, and the stores' fsyncs.
+func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.CertPool, metrics *Metrics) (*Host, error) {
+	if metrics == nil {
+		metrics, _ = StartMetrics("off", log)
+	}
 	if _, err := gate.ParseSigners(cfg.Signers.Operational, cfg.Signers.Recovery); err != nil {
 		return nil, fmt.Errorf("config: signers: %w", err)
 	}
@@ -160,6 +167,7 @@ func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.C
 		TokenSecret: cfg.Proxmox.TokenSecret, TokenSecretFile: cfg.Proxmox.TokenSecretFile,
 		CAFile: cfg.Proxmox.CAFile, RootCAs: rootCAs, InsecureSkipVerify: cfg.Proxmox.Insecure,
 		Timeout: cfg.Proxmox.Timeout, MaxConcurrent: cfg.Proxmox.MaxConcurrentRequests, KeepAlive: activities.KeepAlive,
+		Observe: metrics.ProxmoxRequest,
 	})
 	if err != nil {
 		return nil, err
@@ -169,7 +177,7 @@ func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.C
 	if err := pveclient.Check(checkCtx, pve, cfg.Proxmox.Node); err != nil {
 		return nil, err
 	}
-	nonces, err := gate.OpenFileNonceStore(cfg.NonceStore)
+	nonces, err := gate.OpenFileNonceStoreObserved(cfg.NonceStore, metrics.StoreSync("nonce_store"))
 	if err != nil {
 		return nil, fmt.Errorf("nonce_store: %w", err)
 	}
@@ -180,7 +188,7 @@ func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.C
 	} else if dropped > 0 {
 		log.Info("nonce store compacted", "dropped_expired", dropped)
 	}
-	led, err := ledger.Open(cfg.ProvenanceLedger)
+	led, err := ledger.OpenObserved(cfg.ProvenanceLedger, metrics.StoreSync("provenance_ledger"))
 	if err != nil {
 		nonces.Close()
 		return nil, fmt.Errorf("provenance_ledger: %w", err)
@@ -191,7 +199,7 @@ func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.C
 		if err != nil {
 			return nil, err
 		}
-		return gate.New(v, gateLog), nil
+		return gate.New(v, gateLog, gate.WithObserver(metrics.GateDecision)), nil
 	}
 	pinned, err := activities.OpenPinnedSigners(cfg.PinnedSigners, cfg.Signers.Operational, cfg.Signers.Recovery, newGate, log)
 	if err != nil {
@@ -203,6 +211,7 @@ func OpenHost(ctx context.Context, cfg Config, log *slog.Logger, rootCAs *x509.C
 		ledger: led, nonces: nonces, signers: pinned,
 		proxmox: &activities.Proxmox{
 			Client: pve, Node: cfg.Proxmox.Node, HostID: cfg.HostID, Ledger: led, Gate: pinned, Log: log,
+			OnTaskWait: metrics.TaskWait,
 		},
 	}, nil
 }

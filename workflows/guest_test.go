@@ -168,6 +168,49 @@ func newEnv(t *testing.T, h *fakeHost) *testsuite.TestWorkflowEnvironment {
 	return env
 }
 
+// steps registers a test's delayed callbacks and, after the run, checks that
+// every one of them ran and that the workflow ended as the test's last step
+// ended it: cancelled, not failed, panicked or returned early. A workflow
+// that stops before a step leaves that step's assertions unrun, so without
+// this such a test would pass.
+type steps struct {
+	t   *testing.T
+	env *testsuite.TestWorkflowEnvironment
+	ran []bool
+}
+
+func newSteps(t *testing.T, env *testsuite.TestWorkflowEnvironment) *steps {
+	return &steps{t: t, env: env}
+}
+
+// at runs fn after d of workflow time.
+func (s *steps) at(d time.Duration, fn func()) {
+	i := len(s.ran)
+	s.ran = append(s.ran, false)
+	s.env.RegisterDelayedCallback(func() {
+		s.ran[i] = true
+		fn()
+	}, d)
+}
+
+// run executes the workflow and checks that every step ran and that the
+// workflow was cancelled by the last one.
+func (s *steps) run(in GuestInput) {
+	s.t.Helper()
+	s.env.ExecuteWorkflow(GuestReconcileWorkflow, in)
+	for i, ran := range s.ran {
+		if !ran {
+			s.t.Errorf("step %d of %d never ran: the workflow ended before it", i+1, len(s.ran))
+		}
+	}
+	if !s.env.IsWorkflowCompleted() {
+		s.t.Fatal("the workflow did not complete")
+	}
+	if err := s.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		s.t.Fatalf("workflow error = %v, want the cancellation by the test's last step", err)
+	}
+}
+
 func spec(state desired.State) *desired.Spec {
 	return &desired.Spec{Host: "pve1", VMID: 101, Kind: desired.QEMU, Name: "web", State: state, Memory: "1GiB", Cores: 2}
 }
@@ -188,7 +231,8 @@ func queryStatus(t *testing.T, env *testsuite.TestWorkflowEnvironment) GuestStat
 func TestGuestWorkflowCreatesAndStarts(t *testing.T) {
 	h := &fakeHost{}
 	env := newEnv(t, h)
-	env.RegisterDelayedCallback(func() {
+	s := newSteps(t, env)
+	s.at(time.Minute, func() {
 		st := queryStatus(t, env)
 		if st.Phase != PhaseConverged {
 			t.Errorf("phase = %s, want %s (last error %q)", st.Phase, PhaseConverged, st.LastError)
@@ -197,8 +241,8 @@ func TestGuestWorkflowCreatesAndStarts(t *testing.T) {
 			t.Errorf("guest = %+v, want running with 1024 MiB", h.guest)
 		}
 		env.CancelWorkflow()
-	}, time.Minute)
-	env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Running)})
+	})
+	s.run(GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Running)})
 	if got, want := strings.Join(h.ops(), ","), "guest.create,guest.start"; got != want {
 		t.Errorf("executed %s, want %s", got, want)
 	}
@@ -207,6 +251,7 @@ func TestGuestWorkflowCreatesAndStarts(t *testing.T) {
 func TestGuestWorkflowHoldsDestroyForAMatchingSignature(t *testing.T) {
 	h := &fakeHost{guest: desired.Observed{Exists: true, Kind: desired.QEMU, Status: "running", Name: "web", MemoryMiB: 1024, Cores: 2}, acceptBlob: "good"}
 	env := newEnv(t, h)
+	s := newSteps(t, env)
 	var verdicts []ApprovalVerdict
 	approve := func(blob string) {
 		env.UpdateWorkflow(UpdateApprove, blob, &testsuite.TestUpdateCallback{
@@ -221,7 +266,7 @@ func TestGuestWorkflowHoldsDestroyForAMatchingSignature(t *testing.T) {
 			},
 		}, Approval{Blob: blob, Signature: "sig"})
 	}
-	env.RegisterDelayedCallback(func() {
+	s.at(time.Minute, func() {
 		st := queryStatus(t, env)
 		if st.Phase != PhasePending || st.Pending == nil || st.Pending.Action.Op != desired.OpDestroy {
 			t.Fatalf("status = %+v, want pending_signature on guest.destroy", st)
@@ -233,20 +278,20 @@ func TestGuestWorkflowHoldsDestroyForAMatchingSignature(t *testing.T) {
 			t.Errorf("executed %v before any approval", h.ops())
 		}
 		approve("wrong")
-	}, time.Minute)
-	env.RegisterDelayedCallback(func() {
-		if st := queryStatus(t, env); st.Phase != PhasePending || st.Pending.LastRejection != "binding_mismatch" {
-			t.Errorf("after a wrong approval: phase %s, last rejection %q", st.Phase, st.Pending.LastRejection)
+	})
+	s.at(2*time.Minute, func() {
+		if st := queryStatus(t, env); st.Phase != PhasePending || st.Pending == nil || st.Pending.LastRejection != "binding_mismatch" {
+			t.Fatalf("after a wrong approval: status %+v, want pending with last rejection binding_mismatch", st)
 		}
 		approve("good")
-	}, 2*time.Minute)
-	env.RegisterDelayedCallback(func() {
+	})
+	s.at(3*time.Minute, func() {
 		if st := queryStatus(t, env); st.Phase != PhaseConverged {
 			t.Errorf("phase after approval = %s, want converged", st.Phase)
 		}
 		env.CancelWorkflow()
-	}, 3*time.Minute)
-	env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Absent)})
+	})
+	s.run(GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Absent)})
 
 	if got := strings.Join(h.ops(), ","); got != "guest.destroy" {
 		t.Errorf("executed %q, want only guest.destroy", got)
@@ -259,20 +304,21 @@ func TestGuestWorkflowHoldsDestroyForAMatchingSignature(t *testing.T) {
 func TestGuestWorkflowDropsAWaitWhenTheDesiredStateChanges(t *testing.T) {
 	h := &fakeHost{guest: desired.Observed{Exists: true, Kind: desired.QEMU, Status: "running", Name: "web", MemoryMiB: 1024, Cores: 2}}
 	env := newEnv(t, h)
-	env.RegisterDelayedCallback(func() {
+	s := newSteps(t, env)
+	s.at(time.Minute, func() {
 		if st := queryStatus(t, env); st.Phase != PhasePending {
 			t.Fatalf("phase = %s, want pending", st.Phase)
 		}
 		env.SignalWorkflow(SignalSetDesired, *spec(desired.Running))
-	}, time.Minute)
-	env.RegisterDelayedCallback(func() {
+	})
+	s.at(2*time.Minute, func() {
 		st := queryStatus(t, env)
 		if st.Phase != PhaseConverged || st.Pending != nil || st.Generation != 2 {
 			t.Errorf("status = %+v, want converged at generation 2 with nothing pending", st)
 		}
 		env.CancelWorkflow()
-	}, 2*time.Minute)
-	env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Absent)})
+	})
+	s.run(GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Absent)})
 	if len(h.ops()) != 0 {
 		t.Errorf("executed %v, want nothing", h.ops())
 	}
@@ -281,11 +327,14 @@ func TestGuestWorkflowDropsAWaitWhenTheDesiredStateChanges(t *testing.T) {
 func TestGuestWorkflowRejectsABadSpecByUpdate(t *testing.T) {
 	h := &fakeHost{}
 	env := newEnv(t, h)
-	env.RegisterDelayedCallback(func() {
+	s := newSteps(t, env)
+	var rejected []string
+	s.at(time.Minute, func() {
 		bad := *spec(desired.Running)
 		bad.Memory = "lots"
 		env.UpdateWorkflow(UpdateSetDesired, "bad", &testsuite.TestUpdateCallback{
 			OnReject: func(err error) {
+				rejected = append(rejected, "bad")
 				if !strings.Contains(err.Error(), "memory") {
 					t.Errorf("rejection %q does not name the field", err)
 				}
@@ -296,18 +345,21 @@ func TestGuestWorkflowRejectsABadSpecByUpdate(t *testing.T) {
 		other := *spec(desired.Running)
 		other.VMID = 102
 		env.UpdateWorkflow(UpdateSetDesired, "other", &testsuite.TestUpdateCallback{
-			OnReject:   func(err error) {},
+			OnReject:   func(err error) { rejected = append(rejected, "other") },
 			OnAccept:   func() { t.Error("spec of another guest accepted") },
 			OnComplete: func(any, error) {},
 		}, other)
-	}, time.Minute)
-	env.RegisterDelayedCallback(func() {
+	})
+	s.at(2*time.Minute, func() {
 		if st := queryStatus(t, env); st.Desired != nil || st.Phase != PhaseWaiting {
 			t.Errorf("status = %+v, want still waiting for a desired state", st)
 		}
 		env.CancelWorkflow()
-	}, 2*time.Minute)
-	env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101})
+	})
+	s.run(GuestInput{Host: "pve1", VMID: 101})
+	if got := strings.Join(rejected, ","); got != "bad,other" {
+		t.Errorf("rejected updates: %q, want bad,other", got)
+	}
 	if len(h.ops()) != 0 {
 		t.Errorf("executed %v", h.ops())
 	}
@@ -318,13 +370,21 @@ func TestGuestWorkflowRejectsABadSpecByUpdate(t *testing.T) {
 func TestGuestWorkflowActsOnADesiredStateThatArrivedDuringAFailedPass(t *testing.T) {
 	h := &fakeHost{guest: desired.Observed{Exists: true, Kind: desired.QEMU, Status: "stopped", Name: "web", MemoryMiB: 1024, Cores: 2}, failOp: desired.OpStart}
 	env := newEnv(t, h)
-	h.onFail = func() { env.SignalWorkflow(SignalSetDesired, *spec(desired.Stopped)) }
-	env.RegisterDelayedCallback(func() {
+	s := newSteps(t, env)
+	failed := 0
+	h.onFail = func() {
+		failed++
+		env.SignalWorkflow(SignalSetDesired, *spec(desired.Stopped))
+	}
+	s.at(time.Minute, func() {
 		st := queryStatus(t, env)
 		if st.Generation != 2 || st.Phase != PhaseConverged {
 			t.Errorf("a minute after the failure: generation %d, phase %s; want the new desired state converged", st.Generation, st.Phase)
 		}
 		env.CancelWorkflow()
-	}, time.Minute)
-	env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Running)})
+	})
+	s.run(GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Running)})
+	if failed != 1 {
+		t.Errorf("the start failed %d times, want once", failed)
+	}
 }

@@ -201,17 +201,22 @@ type Ledger struct {
 // Open opens (creating it and its directory if needed) the ledger at path,
 // replays it and takes an exclusive lock that lasts until Close.
 func Open(path string) (*Ledger, error) {
-	return open(path, nil)
+	return open(path, nil, nil)
+}
+
+// OpenObserved is Open telling onSync how long each record's fsync took.
+func OpenObserved(path string, onSync func(time.Duration)) (*Ledger, error) {
+	return open(path, nil, onSync)
 }
 
 // open opens the ledger on fsys (the operating system if nil), so tests can
 // make its file operations fail.
-func open(path string, fsys appendlog.FS) (*Ledger, error) {
+func open(path string, fsys appendlog.FS, onSync func(time.Duration)) (*Ledger, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("ledger: create directory: %w", err)
 	}
 	l := &Ledger{entries: map[int]Entry{}, admissions: map[string]Admission{}, now: clock}
-	log, err := appendlog.Open(path, magic, appendlog.Options{FS: fsys}, func(rec []byte) error {
+	log, err := appendlog.Open(path, magic, appendlog.Options{FS: fsys, OnSync: onSync}, func(rec []byte) error {
 		var r record
 		if err := json.Unmarshal(rec, &r); err != nil {
 			return fmt.Errorf("%w: %v", ErrCorrupt, err)
@@ -281,11 +286,7 @@ func (l *Ledger) apply(r record) {
 		delete(l.entries, r.VMID)
 	case opAdmit:
 		if r.Admission != nil {
-			ad := *r.Admission
-			if ad.State == "" {
-				ad.State = Admitted
-			}
-			l.admissions[ad.Key] = ad
+			l.admissions[r.Admission.Key] = *r.Admission
 		}
 	case opStart:
 		if ad, ok := l.admissions[r.Key]; ok && ad.State == Admitted {

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -11,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/felhom/felhom-agent/internal/appendlog"
+	"github.com/felhom/felhom-agent/internal/appendlog/appendlogtest"
 )
 
 func openT(t *testing.T, path string) *Ledger {
@@ -37,8 +38,10 @@ func TestLifecycle(t *testing.T) {
 	if err := l.BeginCreate(Entry{VMID: 101, Kind: "qemu", Instance: "i-a", Scratch: true}); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.BeginCreate(Entry{VMID: 104, Kind: "qemu"}); err == nil {
-		t.Fatal("begin without an instance marker accepted")
+	for _, bad := range []Entry{{VMID: 104, Kind: "qemu"}, {VMID: 0, Kind: "qemu", Instance: "i"}, {VMID: 104, Instance: "i"}} {
+		if err := l.BeginCreate(bad); err == nil {
+			t.Fatalf("begin of %+v accepted: vmid, kind and instance are required", bad)
+		}
 	}
 	if created(l, 101) {
 		t.Fatal("pending create counts as created")
@@ -142,38 +145,12 @@ func TestCorruptRecordIsRefused(t *testing.T) {
 	}
 }
 
-// failingSync fails every sync of the ledger once armed.
-type failingSync struct {
-	appendlog.OS
-	armed *atomic.Bool
-}
-
-func (f failingSync) OpenFile(name string, flag int) (appendlog.File, error) {
-	file, err := f.OS.OpenFile(name, flag)
-	if err != nil {
-		return nil, err
-	}
-	return failingSyncFile{file, f.armed}, nil
-}
-
-type failingSyncFile struct {
-	appendlog.File
-	armed *atomic.Bool
-}
-
-func (f failingSyncFile) Sync() error {
-	if f.armed.Load() {
-		return syscall.EIO
-	}
-	return f.File.Sync()
-}
-
 // A record whose sync failed is not applied, and the ledger refuses every
 // later change until reopened; what was acknowledged stays.
 func TestFailedSyncRefusesUntilReopened(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "prov.ledger")
 	var armed atomic.Bool
-	l, err := open(path, failingSync{armed: &armed})
+	l, err := open(path, appendlogtest.FailingSync{Armed: &armed}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,6 +176,37 @@ func TestFailedSyncRefusesUntilReopened(t *testing.T) {
 	}
 	if err := l.ConfirmCreate(101, "a", "", nil); err != nil {
 		t.Fatalf("after reopening: %v", err)
+	}
+}
+
+// A compaction at open that fails before it replaced the file leaves the
+// ledger usable, with everything it held.
+func TestFailedCompactionAtOpenKeepsTheLedger(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "prov.ledger")
+	l := openT(t, path)
+	for i := 0; i < 2*compactMinRecords; i++ {
+		if err := l.BeginCreate(Entry{VMID: 500, Kind: "qemu", Instance: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	before, _ := os.ReadFile(path)
+	var armed atomic.Bool
+	armed.Store(true) // the compacted file's sync fails
+	l, err := open(path, appendlogtest.FailingSync{Armed: &armed}, nil)
+	if err != nil {
+		t.Fatalf("Open with a failing compaction: %v", err)
+	}
+	defer l.Close()
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Fatal("the failed compaction changed the file")
+	}
+	armed.Store(false)
+	if e, ok := l.Entry(500); !ok || e.Instance != fmt.Sprint(2*compactMinRecords-1) {
+		t.Fatalf("entry after a failed compaction: %+v", e)
+	}
+	if err := l.Remove(500); err != nil {
+		t.Fatalf("append after a failed compaction: %v", err)
 	}
 }
 

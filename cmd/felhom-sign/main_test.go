@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"os"
 	"testing"
-	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/felhom/felhom-agent/internal/sshkeys/sshkeystest"
+	"github.com/felhom/felhom-agent/internal/testtool"
 )
 
 func TestMain(m *testing.M) {
@@ -17,29 +19,25 @@ func TestMain(m *testing.M) {
 // TestScripts runs testdata/*.txtar against the real felhom-sign binary,
 // ssh-keygen, ssh-agent and ssh-add.
 func TestScripts(t *testing.T) {
-	if _, err := os.Stat("/usr/bin/ssh-keygen"); err != nil {
-		t.Skip("ssh-keygen not installed (apt-get install openssh-client)")
-	}
+	testtool.Need(t, "ssh-keygen")
 	testscript.Run(t, testscript.Params{
-		Dir: "testdata",
+		Dir:       "testdata",
+		Condition: testtool.Condition,
 		Setup: func(e *testscript.Env) error {
 			e.Setenv("HOME", e.WorkDir)
 			e.Setenv("SSH_AUTH_SOCK", "")
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			// wait-file PATH: wait up to 10s for PATH to exist (a daemon's socket).
-			"wait-file": func(ts *testscript.TestScript, neg bool, args []string) {
-				if len(args) != 1 {
-					ts.Fatalf("usage: wait-file PATH")
+			// ssh-agent SOCK: run a real ssh-agent on SOCK until the script
+			// ends, once it listens.
+			"ssh-agent": func(ts *testscript.TestScript, neg bool, args []string) {
+				if neg || len(args) != 1 {
+					ts.Fatalf("usage: ssh-agent SOCK")
 				}
-				path := ts.MkAbs(args[0])
-				for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-					if _, err := os.Stat(path); err == nil {
-						return
-					}
-				}
-				ts.Fatalf("%s did not appear", path)
+				stop, err := sshkeystest.Run(ts.MkAbs(args[0]))
+				ts.Check(err)
+				ts.Defer(stop)
 			},
 			// chomp FILE: drop the final newline a txtar section always has,
 			// to make an exact golden blob.

@@ -77,11 +77,11 @@ func (c *command) approve(args []string) error {
 	if len(pos) != 1 {
 		return usageErrorf("WORKFLOW_ID is required, e.g. guest/pve1/101 (see felhomctl pending)")
 	}
-	id := pos[0]
-	host, vmid, err := parseGuestWorkflowID(id)
+	host, vmid, err := parseGuestWorkflowID(pos[0])
 	if err != nil {
 		return err
 	}
+	id := workflows.GuestWorkflowID(host, vmid)
 	if err := sf.check(); err != nil {
 		return err
 	}
@@ -155,10 +155,10 @@ func (c *command) approve(args []string) error {
 // parseGuestWorkflowID reads guest/HOST/VMID, the only kind of workflow
 // that waits for an approval.
 func parseGuestWorkflowID(id string) (string, int, error) {
-	rest, ok := strings.CutPrefix(id, "guest/")
-	h, v, ok2 := strings.Cut(rest, "/")
+	// HOST/VMID, as status takes it, names the same workflow.
+	h, v, ok := strings.Cut(strings.TrimPrefix(id, "guest/"), "/")
 	vmid, err := strconv.Atoi(v)
-	if !ok || !ok2 || h == "" || err != nil || vmid < 100 || strconv.Itoa(vmid) != v {
+	if !ok || h == "" || strings.Contains(v, "/") || err != nil || vmid < 100 || strconv.Itoa(vmid) != v {
 		return "", 0, usageErrorf("WORKFLOW_ID %q is not guest/HOST/VMID: only a guest workflow waits for an approval (see felhomctl pending)", id)
 	}
 	return h, vmid, nil

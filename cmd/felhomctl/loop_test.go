@@ -120,6 +120,10 @@ state: absent
 	})
 
 	t.Run("plan", func(t *testing.T) {
+		// 105 exists on the host and no desired state ever named it.
+		if err := sim.AddVM(pvesim.Guest{VMID: 105, Name: "unmanaged", Status: "running", MemoryMiB: 512, Cores: 1}); err != nil {
+			t.Fatal(err)
+		}
 		more := writeFile(t, dir, "more.yaml", `
 host: ctl1
 vmid: 101
@@ -137,6 +141,10 @@ host: ctl1
 vmid: 104
 kind: qemu
 state: running
+---
+host: ctl1
+vmid: 105
+state: absent
 `)
 		stdout, stderr, code := ctl(t, "plan", "-f", more)
 		if code != exitOK {
@@ -147,9 +155,12 @@ state: running
 			`  - guest.config {"memory":2048}: configuration differs` + "\n",
 			`  - guest.shutdown {"force_stop":true,"timeout_seconds":120}: desired state is stopped` + "\n",
 			`  - guest.destroy {"kind":"qemu"}: desired state is absent  [destructive: needs signature]`,
-			"guest/ctl1/104 (no workflow yet; planned against a guest not observed yet)",
+			"guest/ctl1/104 (no workflow yet; observed: does not exist)",
 			`  - guest.create {"cores":1,"kind":"qemu","memory":512}: guest does not exist`,
-			"Plan: 3 of 3 guests change, 1 actions need a signature.",
+			// Read on the host before any apply: the destroy apply would
+			// hold for a signature, not "no changes".
+			"guest/ctl1/105 (no workflow yet; observed: running)",
+			"Plan: 4 of 4 guests change, 2 actions need a signature.",
 		} {
 			if !strings.Contains(stdout, want) {
 				t.Errorf("plan output lacks %q:\n%s", want, stdout)
@@ -159,21 +170,37 @@ state: running
 		var out struct {
 			Guests []planGuest `json:"guests"`
 		}
-		if err := json.Unmarshal([]byte(stdout), &out); err != nil || len(out.Guests) != 3 {
+		if err := json.Unmarshal([]byte(stdout), &out); err != nil || len(out.Guests) != 4 {
 			t.Fatalf("plan --output json: %v\n%s", err, stdout)
 		}
 		if a := out.Guests[1].Actions; len(a) != 1 || a[0].Op != "guest.destroy" || !a[0].NeedsSignature {
 			t.Errorf("json plan of 102 = %+v, want one guest.destroy that needs a signature", a)
 		}
-		if out.Guests[2].WorkflowExists || out.Guests[2].Observed != nil {
-			t.Errorf("json plan of 104 = %+v, want no workflow and nothing observed", out.Guests[2])
+		if out.Guests[2].WorkflowExists || out.Guests[2].Observed == nil || out.Guests[2].Observed.Exists {
+			t.Errorf("json plan of 104 = %+v, want no workflow and observed not to exist", out.Guests[2])
+		}
+		if a := out.Guests[3].Actions; out.Guests[3].WorkflowExists || len(a) != 1 || a[0].Op != "guest.destroy" || !a[0].NeedsSignature {
+			t.Errorf("json plan of 105 = %+v, want no workflow and one guest.destroy that needs a signature", out.Guests[3])
+		}
+		// --detailed-exitcode: 3 when something would change, 0 when not.
+		if _, _, code := ctl(t, "plan", "-f", more, "--detailed-exitcode"); code != exitChanges {
+			t.Errorf("plan --detailed-exitcode with changes: exit %d, want %d", code, exitChanges)
+		}
+		same := writeFile(t, dir, "same.yaml", "{host: ctl1, vmid: 101, kind: qemu, name: web, state: running, memory: 1GiB, cores: 2}\n")
+		if stdout, stderr, code := ctl(t, "plan", "-f", same, "--detailed-exitcode"); code != exitOK || !strings.Contains(stdout, "no changes") {
+			t.Errorf("plan --detailed-exitcode without changes: exit %d, want 0\n%s%s", code, stdout, stderr)
 		}
 		// Nothing changed: 101 still runs with 1024 MiB, 104 has no workflow.
 		if g, _ := sim.Guest(101); g.Status != "running" || g.MemoryMiB != 1024 {
 			t.Errorf("plan changed guest 101: %+v", g)
 		}
-		if _, _, code := ctl(t, "status", "ctl1/104"); code != exitFailure {
-			t.Errorf("plan started a workflow for 104")
+		for _, ref := range []string{"ctl1/104", "ctl1/105"} {
+			if _, _, code := ctl(t, "status", ref); code != exitFailure {
+				t.Errorf("plan started a guest workflow for %s", ref)
+			}
+		}
+		if _, ok := sim.Guest(105); !ok {
+			t.Error("plan destroyed guest 105")
 		}
 	})
 

@@ -26,6 +26,7 @@ const (
 	exitOK      = 0
 	exitFailure = 1 // the command ran and something was rejected or failed
 	exitUsage   = 2 // bad command line or invalid local input; nothing was sent
+	exitChanges = 3 // plan --detailed-exitcode: some guest would change
 )
 
 const usage = `felhomctl drives felhom-agent through Temporal: desired state, plans,
@@ -41,17 +42,32 @@ Commands:
   approve WORKFLOW_ID        check and show the action a guest workflow waits for; sign and send it once confirmed
   job submit --op OP ...     sign and run a one-shot destructive job (restore, wipe, destroy)
   status HOST/VMID           a guest's desired and observed state, phase and last actions
+                             (HOST/VMID and guest/HOST/VMID name the same guest everywhere)
 
-Connection flags (accepted before or after the command, as in the temporal CLI):
-  --address HOST:PORT        Temporal frontend (env TEMPORAL_ADDRESS, default 127.0.0.1:7233)
-  --namespace NAME           Temporal namespace (env TEMPORAL_NAMESPACE, default "default")
-  --tls                      use TLS with the system's CAs (env TEMPORAL_TLS)
-  --tls-ca-path FILE         CA certificate to trust (env TEMPORAL_TLS_CA_PATH)
-  --tls-cert-path FILE       client certificate for mTLS (env TEMPORAL_TLS_CERT_PATH)
-  --tls-key-path FILE        client key for mTLS (env TEMPORAL_TLS_KEY_PATH)
-  --tls-server-name NAME     server name to verify (env TEMPORAL_TLS_SERVER_NAME)
+Connection flags (accepted before or after the command), as in the temporal CLI.
+Settings load as the temporal CLI loads them: the config file's profile, then
+TEMPORAL_* variables, then these flags; a profile that works for temporal works
+here.
+  --address HOST:PORT        Temporal frontend, or several: HOST:PORT,HOST:PORT (env TEMPORAL_ADDRESS,
+                             default 127.0.0.1:7233)
+  -n, --namespace NAME       Temporal namespace (env TEMPORAL_NAMESPACE, default "default")
+  --profile NAME             profile of the config file (env TEMPORAL_PROFILE, default "default")
+  --config-file FILE         TOML config file (env TEMPORAL_CONFIG_FILE, default the temporal CLI's:
+                             ~/.config/temporalio/temporal.toml)
+  --disable-config-file      read no config file
+  --disable-config-env       read no TEMPORAL_* client settings from the environment
   --api-key KEY              bearer API key (env TEMPORAL_API_KEY)
-  --output text|json         text for people (default), json for scripts
+  --grpc-meta KEY=VALUE      gRPC header for every request, repeatable (env TEMPORAL_GRPC_META_KEY)
+  --tls                      use TLS with the system's CAs (env TEMPORAL_TLS)
+  --tls-ca-path FILE         server CA certificate (env TEMPORAL_TLS_SERVER_CA_CERT_PATH, or TEMPORAL_TLS_CA)
+  --tls-cert-path FILE       client certificate for mTLS (env TEMPORAL_TLS_CLIENT_CERT_PATH, or TEMPORAL_TLS_CERT)
+  --tls-key-path FILE        client key for mTLS (env TEMPORAL_TLS_CLIENT_KEY_PATH, or TEMPORAL_TLS_KEY)
+  --tls-server-name NAME     server name to verify (env TEMPORAL_TLS_SERVER_NAME)
+  --tls-disable-host-verification
+                             do not verify the server's name (env TEMPORAL_TLS_DISABLE_HOST_VERIFICATION)
+  --client-authority NAME    :authority header (env TEMPORAL_CLIENT_AUTHORITY)
+  -o, --output text|json|jsonl
+                             text for people (default), json for scripts, jsonl one object a line
 
 Exit codes:
   0  success: everything was accepted, done or listed
@@ -61,6 +77,7 @@ Exit codes:
   2  bad command line or invalid local input (a spec that does not validate,
      malformed params, no confirmation on stdin without --yes); nothing was
      sent
+  3  plan --detailed-exitcode only: the plan has changes (0: it has none)
 
 Run "felhomctl COMMAND --help" for a command's flags.
 `
@@ -116,6 +133,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitOK
 	case errors.Is(err, errReported):
 		return exitFailure
+	case errors.Is(err, errChanges):
+		return exitChanges
 	case errors.As(err, new(usageError)):
 		fmt.Fprintf(stderr, "felhomctl %s: %v\n", args[0], err)
 		return exitUsage
@@ -187,6 +206,9 @@ func (c *command) parseFlags(fs *flag.FlagSet, args []string, maxArgs int) ([]st
 	}
 	if err := c.globals.check(); err != nil {
 		return nil, err
+	}
+	if _, ok := c.stdout.(jsonLines); !ok && c.output == "jsonl" {
+		c.stdout = jsonLines{c.stdout}
 	}
 	return pos, nil
 }

@@ -63,9 +63,7 @@ func (c *command) pending(args []string) error {
 		return err
 	}
 	if c.json() {
-		return writeJSON(c.stdout, struct {
-			Pending []pendingItem `json:"pending"`
-		}{items})
+		return writeList(c, "pending", items)
 	}
 	if len(items) == 0 {
 		fmt.Fprintln(c.stdout, "No action is waiting for a signature.")
@@ -95,7 +93,7 @@ func pendingQuery(host string) string {
 
 func (c *command) listPending(ctx context.Context, tc client.Client, host string) ([]pendingItem, error) {
 	var ids []string
-	req := &workflowservice.ListWorkflowExecutionsRequest{Namespace: c.namespace, Query: pendingQuery(host), PageSize: 100}
+	req := &workflowservice.ListWorkflowExecutionsRequest{Namespace: c.clientOptions.Namespace, Query: pendingQuery(host), PageSize: 100}
 	for {
 		resp, err := tc.ListWorkflow(ctx, req)
 		if err != nil {

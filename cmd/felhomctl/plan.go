@@ -1,12 +1,20 @@
 package main
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"strconv"
 	"time"
 
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+
 	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/workflows"
 	"github.com/felhom/felhom-agent/workflows/desired"
 )
 
@@ -18,9 +26,16 @@ that applying it would run, in order. A destructive action is marked
 "needs signature": the workflow will hold it until an operator approves it
 (felhomctl approve). Nothing is sent and nothing changes.
 
-A guest whose workflow does not exist yet (or has not read its guest yet) is
-planned against "not observed yet", that is as if the guest did not exist:
-applying then starts the workflow, which reads the real guest first.
+A guest whose workflow does not exist yet is read on its host first (a
+short read-only workflow on the host's task queue, as the guest workflow
+reads it), so the plan is made against the real guest: a guest that exists
+and is asked to be absent plans a destroy that needs a signature. This
+needs the host's felhom-agent running, as apply does. A workflow that has
+not read its guest yet is planned against "not observed yet".
+
+--detailed-exitcode exits 3 when some guest would change (0 when none), so
+a script can tell "changes present" from an error (1) and a bad command
+line (2).
 
 The plan labels with the gate's classifier without the host's provenance
 ledger, so it is conservative: a destroy the host would find benign (a guest
@@ -47,8 +62,15 @@ type planGuest struct {
 	Notes          []string          `json:"notes,omitempty"`
 }
 
+// errChanges is plan's answer under --detailed-exitcode when some guest
+// would change: exit 3.
+var errChanges = errors.New("changes present")
+
 func (c *command) plan(args []string) error {
-	specs, err := c.specsFlag("plan", planHelp, args)
+	var detailed bool
+	specs, err := c.specsFlagWith("plan", planHelp, args, func(fs *flag.FlagSet) {
+		fs.BoolVar(&detailed, "detailed-exitcode", false, "exit 3 when some guest would change, 0 when none")
+	})
 	if err != nil {
 		return err
 	}
@@ -67,6 +89,11 @@ func (c *command) plan(args []string) error {
 		st, err := c.queryStatus(ctx, tc, pg.WorkflowID)
 		switch {
 		case errors.Is(err, errNoWorkflow):
+			obs, err := c.observe(ctx, tc, g.Spec.Host, g.Spec.VMID)
+			if err != nil {
+				return err
+			}
+			pg.Observed = &obs.Guest
 		case err != nil:
 			return err
 		default:
@@ -95,17 +122,46 @@ func (c *command) plan(args []string) error {
 		}
 	}
 	if c.json() {
-		return writeJSON(c.stdout, struct {
-			Guests []planGuest `json:"guests"`
-		}{out})
+		return writeList(c, "guests", out)
 	}
 	fmt.Fprintf(c.stdout, "\nPlan: %d of %d guests change, %d actions need a signature.\n", changes, len(out), signatures)
+	if detailed && changes > 0 {
+		return errChanges
+	}
 	return nil
+}
+
+// observe reads a guest that has no workflow yet on its host, through
+// ObserveGuestWorkflow on the host's task queue, waiting --query-timeout
+// for the host's worker.
+func (c *command) observe(ctx context.Context, tc client.Client, host string, vmid int) (workflows.Observation, error) {
+	octx, cancel := context.WithTimeout(ctx, c.queryTimeout)
+	defer cancel()
+	id := workflows.ObserveWorkflowID(host, vmid, newNonce())
+	run, err := tc.ExecuteWorkflow(octx, client.StartWorkflowOptions{
+		ID: id, TaskQueue: workflows.TaskQueue(host), WorkflowExecutionTimeout: c.queryTimeout,
+	}, workflows.ObserveGuestWorkflow, workflows.ObserveInput{VMID: vmid})
+	if err != nil {
+		return workflows.Observation{}, fmt.Errorf("read guest %s/%d on its host: %w", host, vmid, err)
+	}
+	var obs workflows.Observation
+	if err := run.Get(octx, &obs); err != nil {
+		if octx.Err() != nil && ctx.Err() == nil || errors.As(err, new(*temporal.TimeoutError)) {
+			return obs, fmt.Errorf("read guest %s/%d: no worker answered within %s on task queue %s: is felhom-agent running for host %s? (%w)",
+				host, vmid, c.queryTimeout, workflows.TaskQueue(host), host, err)
+		}
+		return obs, fmt.Errorf("read guest %s/%d on its host: %w", host, vmid, err)
+	}
+	return obs, nil
 }
 
 func (c *command) printPlanGuest(pg planGuest) {
 	state := "not observed yet"
 	switch {
+	case !pg.WorkflowExists && pg.Observed != nil && !pg.Observed.Exists:
+		state = "no workflow yet; observed: does not exist"
+	case !pg.WorkflowExists && pg.Observed != nil:
+		state = "no workflow yet; observed: " + pg.Observed.Status
 	case !pg.WorkflowExists:
 		state = "no workflow yet; planned against a guest not observed yet"
 	case pg.Observed != nil && !pg.Observed.Exists:
@@ -148,4 +204,11 @@ func paramsText(params map[string]any) string {
 		return fmt.Sprint(params)
 	}
 	return string(b)
+}
+
+// newNonce is a random id that keeps one read of a guest apart from others.
+func newNonce() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }

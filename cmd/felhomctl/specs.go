@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -11,8 +12,9 @@ import (
 	"slices"
 	"strings"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
+	"github.com/felhom/felhom-agent/internal/pveschema"
 	"github.com/felhom/felhom-agent/workflows"
 	"github.com/felhom/felhom-agent/workflows/desired"
 )
@@ -83,6 +85,9 @@ func loadSpecs(path string) ([]guestSpec, error) {
 			continue
 		}
 		g.Normalised = norm
+		for _, p := range optionProblems(norm) {
+			problems = append(problems, fmt.Sprintf("%s: guest %s: %s", g.Source, guestName(g.Spec), p))
+		}
 		id := g.workflowID()
 		if first, dup := seen[id]; dup {
 			problems = append(problems, fmt.Sprintf("%s: guest %s: already given in %s", g.Source, guestName(g.Spec), first))
@@ -200,8 +205,16 @@ func yamlErrorText(err error) string {
 // specsFlag parses the flags of a command that reads desired state with
 // -f FILE|DIR, and loads and validates it.
 func (c *command) specsFlag(name, help string, args []string) ([]guestSpec, error) {
+	return c.specsFlagWith(name, help, args, nil)
+}
+
+// specsFlagWith is specsFlag with more flags, which more adds.
+func (c *command) specsFlagWith(name, help string, args []string, more func(*flag.FlagSet)) ([]guestSpec, error) {
 	fs := c.newFlagSet(name, help)
 	file := fs.String("f", "", "desired state `FILE` or directory (required)")
+	if more != nil {
+		more(fs)
+	}
 	if _, err := c.parseFlags(fs, args, 0); err != nil {
 		return nil, err
 	}
@@ -209,4 +222,17 @@ func (c *command) specsFlag(name, help string, args []string) ([]guestSpec, erro
 		return nil, usageErrorf("-f FILE|DIR is required")
 	}
 	return loadSpecs(*file)
+}
+
+// optionProblems are the spec's options that Proxmox's schema would refuse
+// ("options.net0: invalid format - ..."), each naming the option.
+func optionProblems(s desired.Spec) []string {
+	if s.State == desired.Absent || len(s.Options) == 0 {
+		return nil
+	}
+	var out []string
+	for _, p := range pveschema.Problems(pveschema.CheckAll(string(s.Kind), s.Options)) {
+		out = append(out, "options."+strings.ReplaceAll(p, "\n", "; "))
+	}
+	return out
 }

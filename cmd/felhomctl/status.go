@@ -65,9 +65,10 @@ func (c *command) status(args []string) error {
 	return nil
 }
 
-// parseGuestRef reads "HOST/VMID", or "VMID" with --host.
+// parseGuestRef reads "HOST/VMID" or the workflow ID "guest/HOST/VMID", or
+// "VMID" with --host.
 func parseGuestRef(ref, host string) (string, int, error) {
-	h, v, ok := strings.Cut(ref, "/")
+	h, v, ok := strings.Cut(strings.TrimPrefix(ref, "guest/"), "/")
 	switch {
 	case ok && host != "" && host != h:
 		return "", 0, usageErrorf("%q names host %s, --host says %s", ref, h, host)

@@ -95,6 +95,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 )
 
 var (
@@ -137,6 +138,9 @@ type Options struct {
 	MaxRecord int
 	// FS performs the file operations; nil means the operating system.
 	FS FS
+	// OnSync, when set, is told how long each append's fsync took (also a
+	// failed one): the latency every durable record waits for.
+	OnSync func(time.Duration)
 }
 
 // Log is an open append-only log. It is safe for concurrent use.
@@ -153,6 +157,7 @@ type Log struct {
 	records int   // frames in the file
 	err     error // ErrPoisoned or ErrClosed once set
 	scratch []byte
+	onSync  func(time.Duration)
 }
 
 // Open opens the log at path, creating it if needed, checks its magic,
@@ -167,7 +172,7 @@ func Open(path, magic string, opts Options, replay func(rec []byte) error) (*Log
 	if opts.MaxRecord < 0 || opts.MaxRecord > maxMaxRecord {
 		return nil, fmt.Errorf("appendlog: MaxRecord %d is outside 0..%d", opts.MaxRecord, maxMaxRecord)
 	}
-	l := &Log{path: path, magic: magic, fsys: opts.FS, fr: newFraming(opts)}
+	l := &Log{path: path, magic: magic, fsys: opts.FS, fr: newFraming(opts), onSync: opts.OnSync}
 	if l.fsys == nil {
 		l.fsys = OS{}
 	}
@@ -302,7 +307,12 @@ func (l *Log) Append(rec []byte) error {
 		l.err = fmt.Errorf("%w: %s: append: %v", ErrPoisoned, l.path, err)
 		return fmt.Errorf("%w: %s: append: %w", ErrPoisoned, l.path, err)
 	}
-	if err := l.f.Sync(); err != nil {
+	synced := time.Now()
+	err = l.f.Sync()
+	if l.onSync != nil {
+		l.onSync(time.Since(synced))
+	}
+	if err != nil {
 		// The kernel may have dropped the dirty pages and will not report
 		// the error again: a retried sync could succeed without the data.
 		l.err = fmt.Errorf("%w: %s: sync: %v", ErrPoisoned, l.path, err)

@@ -5,7 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"syscall"
+
+	"github.com/felhom/felhom-agent/internal/filelock"
 )
 
 // File is the part of an open file the log uses.
@@ -73,18 +74,12 @@ func (OS) SyncDir(dir string) error {
 }
 
 func (OS) Lock(name string) (io.Closer, error) {
-	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
+	c, err := filelock.TryLock(name)
+	if errors.Is(err, filelock.ErrLocked) {
+		return nil, fmt.Errorf("%w: %s", ErrLocked, name)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("appendlog: lock: %w", err)
+		return nil, fmt.Errorf("appendlog: %w", err)
 	}
-	// flock locks belong to the open file description, so a second Open in
-	// this same process is refused just like one from another process.
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%w: %s", ErrLocked, name)
-		}
-		return nil, fmt.Errorf("appendlog: lock %s: %w", name, err)
-	}
-	return f, nil
+	return c, nil
 }

@@ -1,9 +1,17 @@
 // Package devserver runs a real Temporal server (go.temporal.io/server) inside
-// the current process, with SQLite persistence, for `felhom-agent dev` and for
-// the end-to-end tests. It is the same server a production cluster runs, cut
-// down to one process: every service on 127.0.0.1, one history shard, SQLite
-// in a file (or in memory), the namespace registered with an explicit
-// retention and the project's search attributes registered on every start.
+// the current process, for `felhom-dev` and for the end-to-end tests. It is
+// the same server a production cluster runs, every service on 127.0.0.1, the
+// namespace registered with an explicit retention and the project's search
+// attributes registered on every start.
+//
+// By default it is cut down to one process: static membership (the services
+// know each other's addresses; no gossip ring), one history shard, SQLite in
+// a file (or in memory). With Config.Postgres it keeps its state in
+// PostgreSQL, as a production cluster does; with Config.Gossip as well,
+// several processes sharing that database form one cluster, each a full node
+// (frontend, history, matching), finding each other through the database's
+// membership table (ringpop), and a node that dies hands its history shards
+// and task queues to the others.
 package devserver
 
 import (
@@ -28,10 +36,16 @@ import (
 	"go.temporal.io/server/common/cluster"
 	"go.temporal.io/server/common/config"
 	"go.temporal.io/server/common/dynamicconfig"
+	"go.temporal.io/server/common/membership/static"
 	sqliteplugin "go.temporal.io/server/common/persistence/sql/sqlplugin/sqlite"
+	// The postgres12 plugin, registered as the server binary and temporal-sql-tool register it.
+	_ "go.temporal.io/server/common/persistence/sql/sqlplugin/postgresql"
+	"go.temporal.io/server/common/primitives"
 	sqliteschema "go.temporal.io/server/schema/sqlite"
 	"go.temporal.io/server/temporal"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/felhom/felhom-agent/internal/freeport"
 )
 
 const clusterName = "active"
@@ -57,6 +71,25 @@ type Config struct {
 	SystemWorkers bool
 	// Logger receives the server's own logs. Nil discards them.
 	Logger *slog.Logger
+
+	// Postgres, when set, keeps all state in PostgreSQL instead of SQLite
+	// (DBPath is then ignored): Temporal's two databases, created and
+	// migrated beforehand (package pgcluster, or docker-compose.yml's
+	// temporal-schema service). Every port is then below 32768: the schema
+	// stores membership ports as SMALLINT.
+	Postgres *Postgres
+	// HistoryShards is the number of history shards, fixed for the life of
+	// the database. Zero means 1 on SQLite and 4 on PostgreSQL.
+	HistoryShards int32
+	// Gossip makes this process one node of a cluster whose members find
+	// each other through the database (ringpop): every node of a cluster
+	// sets it, on the same Postgres, with the same HistoryShards.
+	Gossip bool
+}
+
+// Postgres names Temporal's two databases on PostgreSQL.
+type Postgres struct {
+	Default, Visibility *config.SQL
 }
 
 // Server is a running embedded Temporal server.
@@ -64,6 +97,7 @@ type Server struct {
 	cfg          Config
 	server       temporal.Server
 	frontendAddr string
+	historyAddr  string
 }
 
 // Start starts the server and returns once its frontend answers, the
@@ -83,30 +117,53 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 
-	frontend, err := reserveFrontend(cfg.FrontendAddr)
+	if cfg.Gossip && cfg.Postgres == nil {
+		return nil, errors.New("devserver: Gossip needs Postgres: the members of a cluster share one database")
+	}
+	if cfg.HistoryShards == 0 {
+		cfg.HistoryShards = 1
+		if cfg.Postgres != nil {
+			cfg.HistoryShards = 4
+		}
+	}
+	frontend, err := reserveFrontend(cfg.FrontendAddr, cfg.Postgres != nil)
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(7)
+	// history, matching, worker; on PostgreSQL also the membership port of
+	// each of the four services, all below 32768.
+	var ports []int
+	if cfg.Postgres != nil {
+		ports, err = freeport.Below(freeport.SmallintMax, 7)
+	} else {
+		ports, err = freeport.Any(3)
+	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("devserver: %w", err)
 	}
 
-	sqlCfg, err := sqliteConfig(cfg.DBPath)
-	if err != nil {
-		return nil, err
-	}
-	nsCfg, err := sqliteschema.NewNamespaceConfig(clusterName, cfg.Namespace, false, nil)
-	if err != nil {
-		return nil, fmt.Errorf("devserver: namespace %q: %w", cfg.Namespace, err)
-	}
-	nsCfg.Detail.Config.Retention = durationpb.New(cfg.Retention)
-	if err := sqliteschema.CreateNamespaces(sqlCfg, nsCfg); err != nil {
-		return nil, fmt.Errorf("devserver: create namespace %q in %s: %w", cfg.Namespace, describeDB(cfg.DBPath), err)
+	var stores persistence
+	if cfg.Postgres != nil {
+		stores = persistence{plugin: "postgres", main: cfg.Postgres.Default, visibility: cfg.Postgres.Visibility}
+	} else {
+		sqlCfg, err := sqliteConfig(cfg.DBPath)
+		if err != nil {
+			return nil, err
+		}
+		nsCfg, err := sqliteschema.NewNamespaceConfig(clusterName, cfg.Namespace, false, nil)
+		if err != nil {
+			return nil, fmt.Errorf("devserver: namespace %q: %w", cfg.Namespace, err)
+		}
+		nsCfg.Detail.Config.Retention = durationpb.New(cfg.Retention)
+		if err := sqliteschema.CreateNamespaces(sqlCfg, nsCfg); err != nil {
+			return nil, fmt.Errorf("devserver: create namespace %q in %s: %w", cfg.Namespace, describeDB(cfg.DBPath), err)
+		}
+		stores = persistence{plugin: sqliteplugin.PluginName, main: sqlCfg, visibility: sqlCfg}
 	}
 
-	srv, err := temporal.NewServer(
-		temporal.WithConfig(serverConfig(sqlCfg, frontend, ports)),
+	conf := serverConfig(stores, cfg.HistoryShards, frontend, ports, cfg.Gossip)
+	opts := []temporal.ServerOption{
+		temporal.WithConfig(conf),
 		temporal.ForServices(services(cfg.SystemWorkers)),
 		temporal.WithLogger(newServerLogger(cfg.Logger)),
 		temporal.WithDynamicConfigClient(dynamicconfig.StaticClient{
@@ -117,25 +174,37 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			dynamicconfig.MatchingNumTaskqueueReadPartitions.Key():  []dynamicconfig.ConstrainedValue{{Value: 1}},
 			dynamicconfig.MatchingNumTaskqueueWritePartitions.Key(): []dynamicconfig.ConstrainedValue{{Value: 1}},
 		}),
-	)
+	}
+	if !cfg.Gossip {
+		opts = append(opts, temporal.WithStaticHosts(staticHosts(conf)))
+	}
+	srv, err := temporal.NewServer(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("devserver: build server: %w", err)
 	}
 	if err := srv.Start(); err != nil {
 		return nil, fmt.Errorf("devserver: start server: %w", err)
 	}
-	s := &Server{cfg: cfg, server: srv, frontendAddr: frontend}
+	s := &Server{cfg: cfg, server: srv, frontendAddr: frontend, historyAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))}
 	if err := s.prepareNamespace(ctx); err != nil {
 		_ = srv.Stop()
 		return nil, err
 	}
+	db := describeDB(cfg.DBPath)
+	if cfg.Postgres != nil {
+		db = "postgresql://" + cfg.Postgres.Default.ConnectAddr + "/" + cfg.Postgres.Default.DatabaseName
+	}
 	cfg.Logger.Info("embedded Temporal server started",
-		"frontend", frontend, "namespace", cfg.Namespace, "db", describeDB(cfg.DBPath))
+		"frontend", frontend, "namespace", cfg.Namespace, "db", db, "history_shards", cfg.HistoryShards, "gossip", cfg.Gossip)
 	return s, nil
 }
 
 // FrontendAddr is the host:port of the gRPC frontend.
 func (s *Server) FrontendAddr() string { return s.frontendAddr }
+
+// HistoryAddr is the host:port of the history service, as the server names
+// the owner of a history shard.
+func (s *Server) HistoryAddr() string { return s.historyAddr }
 
 // Namespace is the namespace the server registered at start.
 func (s *Server) Namespace() string { return s.cfg.Namespace }
@@ -162,6 +231,8 @@ func (s *Server) Stop() error {
 // older value) and the search attributes (registered through the operator API
 // so that an existing database gains new ones too).
 func (s *Server) prepareNamespace(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
 	c, ns, err := s.waitReady(ctx)
 	if err != nil {
 		return err
@@ -183,7 +254,7 @@ func (s *Server) prepareNamespace(ctx context.Context) error {
 }
 
 // waitReady dials the frontend until it describes the namespace: Start of
-// the server returns before every service has joined the membership ring.
+// the server returns before the frontend answers.
 func (s *Server) waitReady(ctx context.Context) (client.Client, *workflowservice.DescribeNamespaceResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
@@ -194,6 +265,13 @@ func (s *Server) waitReady(ctx context.Context) (client.Client, *workflowservice
 			ns, err := c.WorkflowService().DescribeNamespace(ctx, &workflowservice.DescribeNamespaceRequest{Namespace: s.cfg.Namespace})
 			if err == nil {
 				return c, ns, nil
+			}
+			var nf *serviceerror.NamespaceNotFound
+			if errors.As(err, &nf) && s.cfg.Postgres != nil {
+				// SQLite gets the namespace written before the start; on
+				// PostgreSQL it is registered through the API, once, by
+				// whichever node gets there first.
+				err = s.registerNamespace(ctx, c)
 			}
 			c.Close()
 			lastErr = err
@@ -208,6 +286,18 @@ func (s *Server) waitReady(ctx context.Context) (client.Client, *workflowservice
 	}
 }
 
+func (s *Server) registerNamespace(ctx context.Context, c client.Client) error {
+	_, err := c.WorkflowService().RegisterNamespace(ctx, &workflowservice.RegisterNamespaceRequest{
+		Namespace:                        s.cfg.Namespace,
+		WorkflowExecutionRetentionPeriod: durationpb.New(s.cfg.Retention),
+	})
+	var exists *serviceerror.NamespaceAlreadyExists
+	if err != nil && !errors.As(err, &exists) {
+		return fmt.Errorf("register namespace %q: %w", s.cfg.Namespace, err)
+	}
+	return nil
+}
+
 // registerSearchAttributes adds the attributes the namespace lacks and fails
 // when one exists with another type: silently keeping a wrongly typed
 // attribute would break every query that uses it.
@@ -215,7 +305,7 @@ func registerSearchAttributes(ctx context.Context, op operatorservice.OperatorSe
 	if len(want) == 0 {
 		return nil
 	}
-	have, err := op.ListSearchAttributes(ctx, &operatorservice.ListSearchAttributesRequest{Namespace: namespace})
+	have, err := listSearchAttributes(ctx, op, namespace)
 	if err != nil {
 		return fmt.Errorf("devserver: list search attributes: %w", err)
 	}
@@ -241,6 +331,25 @@ func registerSearchAttributes(ctx context.Context, op operatorservice.OperatorSe
 		return fmt.Errorf("devserver: add search attributes: %w", err)
 	}
 	return nil
+}
+
+// listSearchAttributes lists the namespace's search attributes. A namespace
+// registered a moment ago may still be unknown to the frontend's namespace
+// cache, which remembers a lookup that found nothing for a short while; that
+// answer is asked again until ctx ends.
+func listSearchAttributes(ctx context.Context, op operatorservice.OperatorServiceClient, namespace string) (*operatorservice.ListSearchAttributesResponse, error) {
+	for {
+		have, err := op.ListSearchAttributes(ctx, &operatorservice.ListSearchAttributesRequest{Namespace: namespace})
+		var nf *serviceerror.NamespaceNotFound
+		if !errors.As(err, &nf) {
+			return have, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (waiting for the new namespace: %w)", err, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // sqliteConfig returns the persistence settings for a file or, with an empty
@@ -272,21 +381,32 @@ func sqliteConfig(path string) (*config.SQL, error) {
 	return cfg, nil
 }
 
-func serverConfig(sqlCfg *config.SQL, frontend string, ports []int) *config.Config {
+// persistence is where the server keeps its state: one SQL store for
+// everything on SQLite, a main and a visibility database on PostgreSQL.
+type persistence struct {
+	plugin           string
+	main, visibility *config.SQL
+}
+
+func serverConfig(stores persistence, shards int32, frontend string, ports []int, gossip bool) *config.Config {
 	_, fport, _ := net.SplitHostPort(frontend)
 	frontendPort, _ := strconv.Atoi(fport)
 	service := func(grpcPort, membershipPort int) config.Service {
 		return config.Service{RPC: config.RPC{GRPCPort: grpcPort, MembershipPort: membershipPort, BindOnIP: "127.0.0.1"}}
 	}
-	return &config.Config{
-		Global: config.Global{
-			Membership: config.Membership{MaxJoinDuration: 30 * time.Second, BroadcastAddress: "127.0.0.1"},
-		},
+	membership := func(i int) int {
+		if len(ports) > 3 {
+			return ports[3+i]
+		}
+		return 0
+	}
+	dataStores := map[string]config.DataStore{"default": {SQL: stores.main}, "visibility": {SQL: stores.visibility}}
+	conf := &config.Config{
 		Persistence: config.Persistence{
-			DefaultStore:     sqliteplugin.PluginName,
-			VisibilityStore:  sqliteplugin.PluginName,
-			NumHistoryShards: 1,
-			DataStores:       map[string]config.DataStore{sqliteplugin.PluginName: {SQL: sqlCfg}},
+			DefaultStore:     "default",
+			VisibilityStore:  "visibility",
+			NumHistoryShards: shards,
+			DataStores:       dataStores,
 		},
 		ClusterMetadata: &cluster.Config{
 			EnableGlobalNamespace:    false,
@@ -299,10 +419,10 @@ func serverConfig(sqlCfg *config.SQL, frontend string, ports []int) *config.Conf
 		},
 		DCRedirectionPolicy: config.DCRedirectionPolicy{Policy: "noop"},
 		Services: map[string]config.Service{
-			"frontend": service(frontendPort, ports[0]),
-			"history":  service(ports[1], ports[2]),
-			"matching": service(ports[3], ports[4]),
-			"worker":   service(ports[5], ports[6]),
+			"frontend": service(frontendPort, membership(0)),
+			"history":  service(ports[0], membership(1)),
+			"matching": service(ports[1], membership(2)),
+			"worker":   service(ports[2], membership(3)),
 		},
 		Archival: config.Archival{
 			History:    config.HistoryArchival{State: "disabled"},
@@ -316,6 +436,27 @@ func serverConfig(sqlCfg *config.SQL, frontend string, ports []int) *config.Conf
 		},
 		PublicClient: config.PublicClient{HostPort: frontend},
 	}
+	if gossip {
+		conf.Global.Membership = config.Membership{MaxJoinDuration: 30 * time.Second, BroadcastAddress: "127.0.0.1"}
+	}
+	return conf
+}
+
+// staticHosts is the membership of a server whose services all run in this
+// process: each knows the others' addresses from the configuration. A gossip
+// ring (ringpop) would instead find its peers through the membership table of
+// the database, which on a restart still lists the previous process's
+// services, on other ports, as alive for 20 seconds: joining them held the
+// restarted server's history and matching services back for longer than a
+// client's call timeout, and past the ring's 30 second join limit when the
+// machine was busy.
+func staticHosts(conf *config.Config) map[primitives.ServiceName]static.Hosts {
+	hosts := make(map[primitives.ServiceName]static.Hosts, len(conf.Services))
+	for name, svc := range conf.Services {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(svc.RPC.GRPCPort))
+		hosts[primitives.ServiceName(name)] = static.SingleLocalHost(addr)
+	}
+	return hosts
 }
 
 func services(systemWorkers bool) []string {
@@ -327,39 +468,29 @@ func services(systemWorkers bool) []string {
 
 // reserveFrontend checks that addr can be bound and returns it with the port
 // filled in. A taken port is reported here, naming the address, rather than
-// deep inside the server's start-up.
-func reserveFrontend(addr string) (string, error) {
+// deep inside the server's start-up. On PostgreSQL the port must be below
+// 32768 (see package freeport).
+func reserveFrontend(addr string, postgres bool) (string, error) {
 	if addr == "" {
 		addr = "127.0.0.1:0"
+		if postgres {
+			ports, err := freeport.Below(freeport.SmallintMax, 1)
+			if err != nil {
+				return "", fmt.Errorf("devserver: frontend: %w", err)
+			}
+			addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+		}
 	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", fmt.Errorf("devserver: frontend address %s is not available: %w", addr, err)
 	}
 	defer l.Close()
-	return l.Addr().String(), nil
-}
-
-// freePorts returns n ports on 127.0.0.1 that were free a moment ago. The
-// internal services need fixed ports in their configuration; asking the
-// kernel for them keeps parallel servers on a shared machine apart.
-func freePorts(n int) ([]int, error) {
-	ports := make([]int, 0, n)
-	listeners := make([]net.Listener, 0, n)
-	defer func() {
-		for _, l := range listeners {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("devserver: reserve a port: %w", err)
-		}
-		listeners = append(listeners, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	bound := l.Addr().(*net.TCPAddr)
+	if postgres && bound.Port > freeport.SmallintMax {
+		return "", fmt.Errorf("devserver: frontend address %s: port %d is above %d, which Temporal's PostgreSQL schema cannot record as a cluster member", addr, bound.Port, freeport.SmallintMax)
 	}
-	return ports, nil
+	return bound.String(), nil
 }
 
 func describeDB(path string) string {

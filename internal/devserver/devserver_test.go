@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/felhom/felhom-agent/internal/devserver"
 	"github.com/felhom/felhom-agent/internal/devserver/devservertest"
+	"github.com/felhom/felhom-agent/internal/freeport"
 	"github.com/felhom/felhom-agent/internal/visibility"
 )
 
@@ -182,12 +184,11 @@ func TestStopReleasesPortAndGoroutines(t *testing.T) {
 }
 
 // upstreamLeaks are goroutines that go.temporal.io/server v1.32.1 starts and
-// never stops, whoever embeds it: package-level metric tickers, ringpop's
-// timers and the callback serializers of the gRPC clients its services build.
+// never stops, whoever embeds it: the callback serializers of the gRPC clients
+// its services build and the connection openers of database handles it does
+// not close.
 // Everything else that outlives Stop is ours and fails the test.
 var upstreamLeaks = []string{
-	"created by github.com/temporalio/ringpop-go.(*Ringpop).startTimers",
-	"created by github.com/rcrowley/go-metrics.NewMeter",
 	"created by google.golang.org/grpc/internal/grpcsync.NewCallbackSerializer",
 	"created by database/sql.OpenDB",
 }
@@ -209,4 +210,78 @@ func leakedGoroutines() []string {
 		}
 	}
 	return leaked
+}
+
+// On PostgreSQL, as a production cluster keeps it: the namespace is
+// registered through the API with its retention and the search attributes,
+// every port is one the schema can record (below 32768), and a workflow
+// survives a restart of the server on the same database.
+func TestPostgresServerKeepsDataAcrossARestart(t *testing.T) {
+	pg := devservertest.StartPostgres(t)
+	t.Cleanup(func() { _ = pg.Stop() })
+	cfg := devservertest.Config()
+	cfg.Postgres = devservertest.PostgresOf(pg)
+	cfg.Retention = 96 * time.Hour
+
+	first := startServer(t, cfg)
+	_, port, _ := net.SplitHostPort(first.FrontendAddr())
+	if p, _ := strconv.Atoi(port); p > freeport.SmallintMax {
+		t.Errorf("frontend %s: port above %d", first.FrontendAddr(), freeport.SmallintMax)
+	}
+	c := dial(t, first)
+	run, err := c.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{ID: "survivor", TaskQueue: "nobody-polls"}, "SomeWorkflow")
+	if err != nil {
+		t.Fatalf("ExecuteWorkflow: %v", err)
+	}
+	ns, err := c.WorkflowService().DescribeNamespace(context.Background(), &workflowservice.DescribeNamespaceRequest{Namespace: "default"})
+	if err != nil {
+		t.Fatalf("DescribeNamespace: %v", err)
+	}
+	if got := ns.GetConfig().GetWorkflowExecutionRetentionTtl().AsDuration(); got != 96*time.Hour {
+		t.Errorf("retention = %s, want 96h", got)
+	}
+	got := customAttributes(t, c, "default")
+	for name, typ := range visibility.SearchAttributes() {
+		if got[name] != typ {
+			t.Errorf("search attribute %s = %s, want %s", name, got[name], typ)
+		}
+	}
+	c.Close()
+	if err := first.Stop(); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+
+	second := startServer(t, cfg)
+	defer second.Stop()
+	c = dial(t, second)
+	defer c.Close()
+	desc, err := c.DescribeWorkflowExecution(context.Background(), "survivor", "")
+	if err != nil {
+		t.Fatalf("workflow started before the restart is gone: %v", err)
+	}
+	if desc.GetWorkflowExecutionInfo().GetExecution().GetRunId() != run.GetRunID() {
+		t.Errorf("run id after restart = %s, want %s", desc.GetWorkflowExecutionInfo().GetExecution().GetRunId(), run.GetRunID())
+	}
+}
+
+// A frontend above 32767 on PostgreSQL is refused before anything starts:
+// the membership table could not record it.
+func TestPostgresRefusesAFrontendPortAboveSmallint(t *testing.T) {
+	var l net.Listener
+	for {
+		var err error
+		if l, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if l.Addr().(*net.TCPAddr).Port > freeport.SmallintMax {
+			break
+		}
+		l.Close()
+	}
+	addr := l.Addr().String()
+	l.Close()
+	_, err := devserver.Start(context.Background(), devserver.Config{FrontendAddr: addr, Postgres: &devserver.Postgres{}})
+	if err == nil || !strings.Contains(err.Error(), "above 32767") {
+		t.Fatalf("Start on PostgreSQL with frontend %s: %v, want a refusal naming the port limit", addr, err)
+	}
 }

@@ -34,11 +34,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
+
+	"github.com/felhom/felhom-agent/internal/filelock"
 
 	"golang.org/x/crypto/ssh"
 
@@ -235,34 +237,29 @@ func Resolve(path string, configured Keys) (Decision, error) {
 }
 
 // Lock is an exclusive lock on a pinned-signers file (flock on PATH.lock),
-// held by the agent while it runs and by a repin while it writes.
-type Lock struct{ f *os.File }
+// held by the running agent and by repin.
+type Lock struct{ c io.Closer }
 
 // TryLock takes the lock of the file at path, or fails at once with an
 // error wrapping ErrLocked.
 func TryLock(path string) (*Lock, error) {
-	lockPath := path + ".lock"
-	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+	c, err := filelock.TryLock(path + ".lock")
+	if errors.Is(err, filelock.ErrLocked) {
+		return nil, fmt.Errorf("%w: %s.lock is held (is felhom-agent running on this host?)", ErrLocked, path)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("pinned signers lock: %w", err)
+		return nil, fmt.Errorf("pinned signers: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%w: %s is held (is felhom-agent running on this host?)", ErrLocked, lockPath)
-		}
-		return nil, fmt.Errorf("pinned signers lock %s: %w", lockPath, err)
-	}
-	return &Lock{f: f}, nil
+	return &Lock{c: c}, nil
 }
 
 // Unlock releases the lock.
 func (l *Lock) Unlock() error {
-	if l == nil || l.f == nil {
+	if l == nil || l.c == nil {
 		return nil
 	}
-	err := l.f.Close()
-	l.f = nil
+	err := l.c.Close()
+	l.c = nil
 	return err
 }
 

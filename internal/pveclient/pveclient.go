@@ -1,6 +1,7 @@
 // Package pveclient builds the go-proxmox client the agent talks to its
 // Proxmox VE host with, from configuration: API URL, API token, TLS trust and
-// a request timeout, and checks at startup that the URL and token work.
+// a request timeout, and checks at startup that the URL and token work and
+// that the token holds every privilege the agent needs (RequiredPrivileges).
 //
 // The client it builds differs from go-proxmox's defaults in two deliberate
 // ways:
@@ -74,6 +75,10 @@ type Config struct {
 	// KeepAlive, when set, is called with a request's context just before the
 	// request is sent and every KeepAliveInterval while it waits for a slot.
 	KeepAlive func(ctx context.Context)
+	// Observe, when set, is told of every request: its method, the HTTP
+	// status (0 when no answer came) and how long it took, from the moment
+	// it was sent (the wait for a slot is not counted).
+	Observe func(method string, status int, took time.Duration)
 }
 
 // KeepAliveInterval is how often KeepAlive is called for a request waiting
@@ -128,7 +133,7 @@ func New(cfg Config) (*proxmox.Client, error) {
 	hc := &http.Client{
 		// The timeout is the limiter's, not http.Client's: a request waiting
 		// for a slot has not started yet.
-		Transport: newLimitTransport(&statusTransport{base: tr}, cfg.MaxConcurrent, timeout, cfg.KeepAlive),
+		Transport: newLimitTransport(&statusTransport{base: tr, observe: cfg.Observe}, cfg.MaxConcurrent, timeout, cfg.KeepAlive),
 		// The API never redirects; following one would re-send the token.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
@@ -207,10 +212,21 @@ func (e *HTTPError) Is(target error) bool {
 	return target == proxmox.ErrNotAuthorized && (e.StatusCode == http.StatusUnauthorized || e.StatusCode == http.StatusForbidden)
 }
 
-type statusTransport struct{ base http.RoundTripper }
+type statusTransport struct {
+	base    http.RoundTripper
+	observe func(method string, status int, took time.Duration)
+}
 
 func (t *statusTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
 	res, err := t.base.RoundTrip(req)
+	if t.observe != nil {
+		status := 0
+		if err == nil {
+			status = res.StatusCode
+		}
+		t.observe(req.Method, status, time.Since(start))
+	}
 	if err != nil || (res.StatusCode >= 200 && res.StatusCode < 300) {
 		return res, err
 	}
@@ -235,8 +251,9 @@ func (t *statusTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // Check contacts the host and fails with a clear message when the URL is
-// wrong, the certificate is not trusted, the token is rejected or node is not
-// a node of this host. Meant for startup.
+// wrong, the certificate is not trusted, the token is rejected or lacks a
+// privilege the agent needs (a *MissingPrivilegesError naming each), or node
+// is not a node of this host. Meant for startup.
 func Check(ctx context.Context, c *proxmox.Client, node string) error {
 	var v proxmox.Version
 	if err := c.Get(ctx, "/version", &v); err != nil {
@@ -247,6 +264,9 @@ func Check(ctx context.Context, c *proxmox.Client, node string) error {
 	}
 	if node == "" {
 		return nil
+	}
+	if err := CheckPrivileges(ctx, c, node); err != nil {
+		return err
 	}
 	var st map[string]any
 	if err := c.Get(ctx, "/nodes/"+url.PathEscape(node)+"/status", &st); err != nil {

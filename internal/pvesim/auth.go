@@ -25,14 +25,26 @@ func (s *Server) authenticate(r *http.Request) *apiError {
 	}
 	id, secret, ok := strings.Cut(strings.TrimSpace(rest), "=")
 	if !ok || !strings.Contains(id, "!") {
-		return &apiError{Status: http.StatusUnauthorized, Message: "invalid token value!"}
+		return s.tokenRejected()
 	}
 	idOK := subtle.ConstantTimeCompare([]byte(id), []byte(s.cfg.TokenID)) == 1
 	secretOK := subtle.ConstantTimeCompare([]byte(secret), []byte(s.cfg.TokenSecret)) == 1
 	if !idOK || !secretOK {
-		return &apiError{Status: http.StatusUnauthorized, Message: "invalid token value!"}
+		return s.tokenRejected()
 	}
 	return nil
+}
+
+// tokenRejected is the 401 for a token that does not verify: pve-manager
+// answers every such failure "Authentication failed!" since early 2026
+// (the reason goes to its log); older versions passed verify_token's
+// "invalid token value!" on.
+func (s *Server) tokenRejected() *apiError {
+	msg := "invalid token value!"
+	if s.cfg.StrictPVE {
+		msg = "Authentication failed!"
+	}
+	return &apiError{Status: http.StatusUnauthorized, Message: msg}
 }
 
 // tokenUser is the user part of a UPID for work done with the token, e.g.

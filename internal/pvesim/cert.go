@@ -39,7 +39,7 @@ func selfSignedCert(addr net.Addr) (tls.Certificate, *x509.CertPool, error) {
 	if tcp, ok := addr.(*net.TCPAddr); ok && !tcp.IP.IsUnspecified() && !tcp.IP.IsLoopback() {
 		tmpl.IPAddresses = append(tmpl.IPAddresses, tcp.IP)
 	}
-	// `felhom-agent dev` may listen on every interface; name the host too.
+	// `felhom-dev` may listen on every interface; name the host too.
 	if host, err := os.Hostname(); err == nil && host != "" && host != "localhost" {
 		tmpl.DNSNames = append(tmpl.DNSNames, host)
 	}

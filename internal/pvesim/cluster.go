@@ -91,15 +91,30 @@ func (s *Server) clusterResources(c *call) (any, *apiError) {
 	out := []map[string]any{}
 	if typ == "" || typ == "vm" {
 		for _, g := range s.sortedGuests() {
-			row := s.guestListRow(g)
+			if !s.auditsGuest(g.vmid) {
+				continue // silently left out, as pve does
+			}
+			row := s.statsRow(g)
+			for _, live := range []string{"lock", "tags"} {
+				delete(row, live)
+				if v := g.conf[live]; v != "" {
+					row[live] = v
+				}
+			}
+			row["vmid"] = g.vmid
 			row["id"] = fmt.Sprintf("%s/%d", g.kind, g.vmid)
 			row["type"] = string(g.kind)
 			row["node"] = s.cfg.Node
-			row["maxcpu"] = row["cpus"]
+			if cpus, ok := row["cpus"]; ok {
+				row["maxcpu"] = cpus
+			}
 			delete(row, "cpus")
 			delete(row, "pid")
-			if _, ok := row["template"]; !ok {
+			if _, ok := row["template"]; !ok && row["status"] != "unknown" {
 				row["template"] = 0
+			}
+			if state, ok := s.ha[g.vmid]; ok {
+				row["hastate"] = state
 			}
 			out = append(out, row)
 		}
@@ -113,6 +128,9 @@ func (s *Server) clusterResources(c *call) (any, *apiError) {
 	if typ == "" || typ == "storage" {
 		for i := range storages {
 			st := &storages[i]
+			if !s.allowed("/storage/"+st.name, "Datastore.Audit") {
+				continue
+			}
 			row := s.storageStatus(st)
 			out = append(out, map[string]any{"id": "storage/" + s.cfg.Node + "/" + st.name, "type": "storage",
 				"storage": st.name, "node": s.cfg.Node, "status": "available", "content": st.content,

@@ -1,11 +1,14 @@
 // Package pvesim is an in-memory Proxmox VE node that speaks the
 // /api2/json REST API the way pveproxy does, for tests, benchmarks and
-// `felhom-agent dev`. It is driven with the real go-proxmox client.
+// `felhom-dev`. It is driven with the real go-proxmox client.
 //
 // What it simulates, on one node (default "pve1"):
 //
 //   - API-token authentication ("Authorization: PVEAPIToken=USER@REALM!ID=SECRET");
-//     a missing or wrong token is a 401 ("No ticket", "invalid token value!").
+//     a missing or wrong token is a 401 ("No ticket", "invalid token value!";
+//     with StrictPVE "Authentication failed!", as pve-manager says since
+//     early 2026, after Config.AuthFailureDelay, 3s as pveproxy holds back
+//     every 401).
 //   - QEMU VMs and LXC containers: power state, config (memory in MiB, cores,
 //     name/hostname, tags, description, disks / rootfs, protection, lock,
 //     any other key verbatim), the config digest (SHA-1 of the config text)
@@ -17,8 +20,16 @@
 //     applied at the next start or reboot. LXC likewise, with
 //     pve-container's fast-plug and hot-plug sets (memory, swap, cores,
 //     hostname, NICs, new mount points...).
-//   - Listings for one-call drift detection: /cluster/resources?type=vm,
-//     /nodes/{node}/qemu and /nodes/{node}/lxc, plus /cluster/nextid.
+//   - Listings: /cluster/resources?type=vm, /nodes/{node}/qemu and
+//     /nodes/{node}/lxc, plus /cluster/nextid. With StrictPVE the figures of
+//     /cluster/resources are pvestatd's: up to Config.StatsInterval (10s)
+//     old on Config.Clock, status "unknown" and nothing else for a guest
+//     the last cycle did not see, refreshed at RefreshStats; which guests
+//     exist, their lock, tags and HA state are live. The figures are shaped
+//     as vmstatus makes them: "VM <id>" / "CT<id>" for an unnamed guest,
+//     the memory the guest runs with (not a pending change), maxcpu
+//     sockets×cores capped at the node's 16 CPUs (vcpus when set; LXC:
+//     cores, else cpulimit, else the node's CPUs).
 //   - Create, restore over an existing guest (QEMU archive+force, LXC
 //     restore+force), start, stop, shutdown (forceStop, timeout), reboot,
 //     destroy (purge, destroy-unreferenced-disks), vzdump backups that hold
@@ -38,7 +49,15 @@
 //     their call was accepted); other changes wait up to Config.LockTimeout
 //     and fail with "can't lock file '/var/lock/qemu-server/lock-101.conf' -
 //     got timeout". A config lock ("backup", "create"...) refuses changes
-//     with "VM is locked (backup)" / "CT is locked (backup)".
+//     with "VM is locked (backup)" / "CT is locked (backup)". As in pve,
+//     asynchronous calls fork first and wait for the flock, and check the
+//     config lock, inside their task, so these come back as failed tasks:
+//     QEMU start, stop, shutdown, reboot and destroy, and the QEMU config
+//     POST, which also checks lock and digest once before forking and
+//     again in the task ("checksum mismatch (file change by other user?)").
+//     A stop or shutdown of a VM that does not run ends OK before any lock
+//     check. Synchronous calls (config PUT) wait in the request and answer
+//     500.
 //   - pve's error shape: the message is the reason phrase of the status
 //     line ("HTTP/1.1 500 VM is locked (backup)"), written on the hijacked
 //     connection because net/http cannot set a reason phrase. A missing guest
@@ -50,8 +69,11 @@
 //     empty body as pveproxy sends them), slow requests (before or after
 //     the side effect, for client timeouts either side of it), failing or
 //     "WARNINGS" task exit statuses, slow tasks, connections dropped before
-//     or after the side effect, config-lock timeouts, and raw reply bodies
-//     (malformed UPIDs, data null) for go-proxmox's panics.
+//     or after the side effect, config-lock timeouts, raw reply bodies
+//     (malformed UPIDs, data null) for go-proxmox's panics, and requests
+//     held before or after their side effect until the test releases them.
+//     A Hook on a fault says when it hit and when its request was answered,
+//     and TaskDone when a task stopped, so tests wait on events, not on time.
 //   - A record of every mutating request (Requests, RequestsMatching,
 //     ResetRequests) with its form values, answer status and task UPID.
 //
@@ -64,9 +86,18 @@
 //     start again (QEMU fails in the task, LXC with an immediate 500);
 //   - VMID races on /cluster/nextid: AddVM/AddContainer the returned id
 //     before the create (pve does not reserve ids either);
-//   - protected guests: Guest.Protection (destroy and restore are refused;
-//     shutdown is not, as in pve);
-//   - 596 while pvedaemon is busy: FaultHTTPError with Status 596;
+//   - protected guests: Guest.Protection (destroy and restore are refused,
+//     so is removing a VM's drive or unused volume, in the config task for
+//     a POST, and removing or setting a container's mount point; shutdown
+//     is not, as in pve);
+//   - lost tasks: RebootNode, a node going down under its tasks: each reads
+//     "unexpected status" afterwards, a create leaves its guest locked
+//     "create" without its config (marker, name) and with its allocated
+//     disks, a destroy leaves a config locked "destroyed" after freeing the
+//     disks; FaultHoldTask holds a task where the reboot should hit it;
+//   - 596 while pvedaemon is busy: FaultHTTPError with Status 596; a 596
+//     for a call pvedaemon went on to execute (pveproxy gives up after
+//     30 s): FaultHTTPErrorAfter;
 //   - a POST that took effect although the client saw an error:
 //     FaultDropAfter, or FaultDelayAfter with a client timeout; one that did
 //     not: FaultDropBefore, FaultDelay with a client timeout, or
@@ -96,16 +127,27 @@
 //
 // Known differences from a real node:
 //
-//   - One node, no cluster, HA, replication, pools, firewall, snapshots,
+//   - One node, no cluster, replication, pools, firewall, snapshots,
 //     clones, migration, cloud-init, agent, console, or ticket (cookie)
 //     login; unknown endpoints answer 501 "Method '...' not implemented".
+//     HA only as far as a guest's power goes (SetHA): a start, stop or
+//     shutdown of an HA resource is an "hastart"/"hastop" task that records
+//     the request and ends, and the guest changes after Config.HADelay (or
+//     at ApplyHA), out of band; /cluster/ha is not served.
 //   - Tasks are not processes: effects happen at the end of the task's
 //     duration; a shutdown of a guest that ignores ACPI fails (or, with
-//     forceStop, stops) at the end of the task duration, not after the
-//     requested timeout. DELETE of a task ends it with "interrupted by signal".
+//     forceStop, stops, ending "WARNINGS: 1") at the end of the task
+//     duration, not after the requested timeout. With StrictPVE a QEMU
+//     reboot task ends with the VM stopped, and qmeventd's start (a qmstart
+//     task of root@pam) follows after Config.RebootRestartDelay. DELETE of a task ends it with "interrupted by
+//     signal" ("received interrupt" with StrictPVE, as pve's worker dies in
+//     its signal handler).
 //   - A guest being created exists (config with lock "create") from the POST
 //     on, as pve's create_and_lock_config makes it; a failed create removes
-//     it and a failed restore only drops the lock, as in pve.
+//     it and a failed restore only drops the lock, as in pve. The config is
+//     written whole at the end of the task; pve-container writes an LXC
+//     config once earlier (after detecting the OS), so a real container
+//     create lost late can carry its config without the lock.
 //   - Kinder than pve by default for now (callers must not rely on it;
 //     Config.StrictPVE turns all of it off): the
 //     volume DELETE refuses an image whose guest exists ("Cannot remove
@@ -118,11 +160,29 @@
 //     says "RUNNING". A restore from a missing archive says "volume '...'
 //     does not exist" where pve says "can't find file '...'". The status or
 //     log of an unknown task is a 500 "unable to open file ..." where pve
-//     answers 400 with errors {"upid": "no such task"}.
+//     answers the status with a 400 {"upid": "no such task"} and the log
+//     with a 200 whose only line is "unable to open file - No such file or
+//     directory". A QEMU reboot restarts the VM within its task. A 401 comes
+//     at once. Values are checked for their type only, where pve checks
+//     their formats too (pveschema: names, network devices, OS types, tags,
+//     booleans...), and a create writes memory, cores, sockets and ostype
+//     defaults (a container's cores) that pve leaves unset.
 //   - The task list's source=active holds running tasks only; pve also keeps
 //     recently finished ones there until they are archived.
-//   - pve's permission checks are not simulated (the token may do
-//     everything); use FaultHTTPError with Status 403 for a refusal.
+//   - Permissions are the API token's own ACL (Config.TokenACL,
+//     SetTokenACL; none: every privilege), as for a privilege-separated
+//     token, with pve's rule that the deepest applying entry wins. Checked:
+//     VM.Audit (guest reads; /cluster/resources and the guest lists leave
+//     out silently what the token cannot audit), VM.PowerMgmt, VM.Allocate
+//     (create, destroy), the VM.Config.* privilege of each config key,
+//     Datastore.AllocateSpace for a new disk's storage, Datastore.Audit and
+//     Datastore.Allocate for storage content, Sys.Audit on the node (node
+//     status, other users' tasks: without it the task list holds the
+//     token's own tasks only); a refusal is pve's 403 "Permission check
+//     failed (/vms/101, VM.Audit)", before the handler runs, whether the
+//     guest exists or not. GET /access/permissions answers the token's
+//     effective privileges. Users, groups, roles, pools and the user side
+//     of a privilege-separated token are not modelled.
 //   - An unknown node name is a 500 with pve-cluster's "no such cluster node
 //     'x'"; pveproxy's exact status for it was not verified.
 package pvesim

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"path"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -15,6 +16,11 @@ const (
 	// phrase, without any side effect. 595/596 replies have an empty body,
 	// as pveproxy's own errors do.
 	FaultHTTPError FaultKind = "http_error"
+	// FaultHTTPErrorAfter serves the request (the guest changes, the task
+	// starts) and then answers Status (default 596) with Message, as
+	// pveproxy does when pvedaemon took longer than the proxy's 30 s to
+	// answer a call it went on to execute.
+	FaultHTTPErrorAfter FaultKind = "http_error_after"
 	// FaultDelay only delays the request by Delay; it is then served normally.
 	FaultDelay FaultKind = "delay"
 	// FaultDelayAfter serves the request at once and delays only the reply
@@ -50,7 +56,59 @@ const (
 	// at once with pve's "can't lock file ... - got timeout": a 500 for
 	// synchronous calls, a failed task for asynchronous ones.
 	FaultLockTimeout FaultKind = "lock_timeout"
+	// FaultHold holds the request before serving it until the fault's Hook
+	// is released; it is then served normally. A client that goes away
+	// meanwhile (or the server closing) drops it unserved. Hook.Hit says
+	// when the request is held, so a test acts at that exact point: a
+	// client killed while its first task-status poll is held, say.
+	FaultHold FaultKind = "hold"
+	// FaultHoldAfter serves the request at once and holds only the reply
+	// until the Hook is released: a client that dies meanwhile sent a call
+	// that took effect and never saw its answer.
+	FaultHoldAfter FaultKind = "hold_after"
+	// FaultHoldTask answers the call normally, and the task it starts,
+	// once it holds the guest's config lock and passed its checks, keeps
+	// running until the Hook is released; it then does its work. Hook.Hit
+	// says when the task is held: a test queues another call behind a
+	// running task, or changes the guest under it, at that exact point.
+	FaultHoldTask FaultKind = "hold_task"
 )
+
+// Hook lets a test see, and with FaultHold and FaultHoldAfter steer, the
+// requests a fault hits. Make one with NewHook and set it in Fault.Hook.
+type Hook struct {
+	hit, done, release         chan struct{}
+	hitOnce, doneOnce, relOnce sync.Once
+}
+
+// NewHook returns a hook that has not been hit and is not released.
+func NewHook() *Hook {
+	return &Hook{hit: make(chan struct{}), done: make(chan struct{}), release: make(chan struct{})}
+}
+
+// Hit is closed when the first request the fault hits has reached the
+// point where the fault acts: for FaultHold it is held unserved, for
+// FaultHoldAfter it has been served and its reply is held.
+func (h *Hook) Hit() <-chan struct{} { return h.hit }
+
+// Done is closed when that first request has been answered or dropped,
+// its record (Requests) complete.
+func (h *Hook) Done() <-chan struct{} { return h.done }
+
+// Release lets every held request go on, now and later.
+func (h *Hook) Release() { h.relOnce.Do(func() { close(h.release) }) }
+
+func (h *Hook) hitNow() {
+	if h != nil {
+		h.hitOnce.Do(func() { close(h.hit) })
+	}
+}
+
+func (h *Hook) doneNow() {
+	if h != nil {
+		h.doneOnce.Do(func() { close(h.done) })
+	}
+}
 
 // Fault describes a failure to inject. The empty Method, Path and VMID match
 // anything.
@@ -79,13 +137,17 @@ type Fault struct {
 	// Times is how many matching requests the fault hits: 0 means once, a
 	// negative number means until ClearFaults.
 	Times int
+	// Hook, when not nil, reports when the fault hits (any kind) and
+	// releases the requests FaultHold and FaultHoldAfter hold, and the
+	// task FaultHoldTask holds; those three kinds need one.
+	Hook *Hook
 }
 
 // taskLevel kinds act on the task or the config lock of a call, so reads
 // never use them up.
 func (k FaultKind) taskLevel() bool {
 	switch k {
-	case FaultTaskError, FaultTaskWarnings, FaultSlowTask, FaultLockTimeout:
+	case FaultTaskError, FaultTaskWarnings, FaultSlowTask, FaultLockTimeout, FaultHoldTask:
 		return true
 	}
 	return false
@@ -172,7 +234,10 @@ func matchRequest(wantMethod, pattern, method, p string) bool {
 
 func (f *Fault) httpError() *apiError {
 	status := f.Status
-	if status == 0 {
+	switch {
+	case status == 0 && f.Kind == FaultHTTPErrorAfter:
+		status = 596
+	case status == 0:
 		status = http.StatusInternalServerError
 	}
 	msg := f.Message

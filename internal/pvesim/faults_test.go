@@ -38,6 +38,8 @@ func TestFaultsOnStart(t *testing.T) {
 			"", "WARNINGS: 3", true, 200},
 		{"drop before", pvesim.Fault{Path: startPath, Kind: pvesim.FaultDropBefore},
 			"EOF", "", false, 0},
+		{"596 after the side effect", pvesim.Fault{Path: startPath, Kind: pvesim.FaultHTTPErrorAfter},
+			"unexpected end of JSON input", "", true, 596},
 		{"drop after the side effect", pvesim.Fault{Path: startPath, Kind: pvesim.FaultDropAfter},
 			"EOF", "", true, 0},
 		{"lock timeout in the task", pvesim.Fault{Path: startPath, Kind: pvesim.FaultLockTimeout},
@@ -80,13 +82,9 @@ func TestFaultsOnStart(t *testing.T) {
 				} else if last != want {
 					t.Errorf("last log line %q, want %q", last, want)
 				}
-			} else {
+			} else if reqs := srv.RequestsMatching("POST", "/nodes/pve1/qemu/101/status/start"); len(reqs) == 1 && reqs[0].UPID != "" {
 				// a dropped start may still be running its task
-				eventually(t, "tasks to settle", func() bool {
-					var rows []map[string]any
-					_ = client.Get(context.Background(), "/nodes/pve1/tasks?source=active", &rows)
-					return len(rows) == 0
-				})
+				waitTaskDone(t, srv, reqs[0].UPID)
 			}
 			if g, _ := srv.Guest(101); (g.Status == "running") != tt.wantRunning {
 				t.Fatalf("status %q, want running=%v", g.Status, tt.wantRunning)
@@ -210,7 +208,14 @@ func TestSlowTasks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond)
+	// A task of the normal duration, started after the slow ones, stops
+	// while they still run.
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 103}))
+	normal, err := vmOf(t, client, 103).Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitTaskDone(t, srv, string(normal.UPID))
 	for _, task := range []*proxmox.Task{shutdown, start} {
 		if err := task.Ping(ctx); err != nil || task.IsCompleted {
 			t.Fatalf("%s completed=%v err=%v, want still running", task.Type, task.IsCompleted, err)
@@ -273,10 +278,17 @@ func TestRawReplyFault(t *testing.T) {
 			t.Fatal(err)
 		}
 		if wantRunning {
-			eventually(t, "the start to take effect", func() bool { g, _ := srv.Guest(101); return g.Status == "running" })
+			reqs := srv.Requests()
+			if len(reqs) != 1 || reqs[0].UPID == "" {
+				t.Fatalf("%s: records %+v, want the start's task", kind, reqs)
+			}
+			waitTaskDone(t, srv, reqs[0].UPID)
+			if g, _ := srv.Guest(101); g.Status != "running" {
+				t.Fatalf("%s: status %q after the start's task", kind, g.Status)
+			}
 			continue
 		}
-		time.Sleep(50 * time.Millisecond)
+		// A served call has its task in the list before the reply is sent.
 		var active []map[string]any
 		if err := client.Get(context.Background(), "/nodes/pve1/tasks?source=all", &active); err != nil {
 			t.Fatal(err)
@@ -287,10 +299,11 @@ func TestRawReplyFault(t *testing.T) {
 	}
 }
 
-// A client that gives up while the reply is delayed saw an error for a call
-// that took effect (FaultDelayAfter); one that gives up during FaultDelay
-// did not cause anything.
-func TestClientTimeoutBeforeAndAfterTheSideEffect(t *testing.T) {
+// A client that gives up while the simulator delays the reply saw an error
+// for a call that took effect (FaultDelayAfter); one that gives up during
+// FaultDelay did not cause anything. The client gives up as soon as the
+// simulator has its request.
+func TestClientGivingUpBeforeAndAfterTheSideEffect(t *testing.T) {
 	tests := []struct {
 		kind        pvesim.FaultKind
 		wantRunning bool
@@ -300,22 +313,32 @@ func TestClientTimeoutBeforeAndAfterTheSideEffect(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(string(tt.kind), func(t *testing.T) {
-			srv, _ := newSim(t, pvesim.Config{})
+			srv, client := newSim(t, pvesim.Config{})
 			mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101}))
-			hc := srv.HTTPClient()
-			hc.Timeout = 100 * time.Millisecond
-			impatient := proxmox.NewClient(srv.URL(), proxmox.WithHTTPClient(hc), proxmox.WithAPIToken(srv.TokenID(), srv.TokenSecret()))
-			srv.Inject(pvesim.Fault{Method: "POST", Kind: tt.kind, Delay: 2 * time.Second})
-			vm := &proxmox.VirtualMachine{}
-			vm.New(impatient, "pve1", 101)
-			if _, err := vm.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "Client.Timeout") {
-				t.Fatalf("error %v, want a client timeout", err)
+			vm := vmOf(t, client, 101)
+			hook := pvesim.NewHook()
+			srv.Inject(pvesim.Fault{Method: "POST", Kind: tt.kind, Delay: time.Minute, Hook: hook})
+			ctx, cancel := context.WithCancel(context.Background())
+			res := startAsync(ctx, vm)
+			awaitHit(t, hook, res)
+			cancel()
+			if err := <-res; err == nil {
+				t.Fatal("the abandoned start reported success")
 			}
+			// The simulator gives up the delay when the client goes, long
+			// before the minute is over.
+			<-hook.Done()
 			if tt.wantRunning {
-				eventually(t, "the start to take effect", func() bool { g, _ := srv.Guest(101); return g.Status == "running" })
+				reqs := srv.Requests()
+				if len(reqs) != 1 || reqs[0].UPID == "" {
+					t.Fatalf("records %+v, want the start's task", reqs)
+				}
+				waitTaskDone(t, srv, reqs[0].UPID)
+				if g, _ := srv.Guest(101); g.Status != "running" {
+					t.Fatalf("status %q, want the start's effect", g.Status)
+				}
 				return
 			}
-			time.Sleep(50 * time.Millisecond)
 			if g, _ := srv.Guest(101); g.Status != "stopped" {
 				t.Fatalf("status %q: the abandoned request took effect", g.Status)
 			}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/felhom/felhom-agent/internal/pveschema"
 )
 
 // routeGuest serves /nodes/{node}/qemu/... and /nodes/{node}/lxc/...
@@ -99,7 +101,7 @@ func (s *Server) guestList(kind Kind) []map[string]any {
 	defer s.mu.Unlock()
 	out := []map[string]any{}
 	for _, g := range s.sortedGuests() {
-		if g.kind == kind {
+		if g.kind == kind && s.auditsGuest(g.vmid) {
 			out = append(out, s.guestListRow(g))
 		}
 	}
@@ -110,6 +112,9 @@ func (s *Server) guestList(kind Kind) []map[string]any {
 // s.mu held.
 func (s *Server) guestListRow(g *guest) map[string]any {
 	memMiB := memoryMiB(g.conf["memory"])
+	if memMiB == 0 {
+		memMiB = 512 // the schema default, for QEMU and LXC alike
+	}
 	cores, _ := strconv.Atoi(g.conf["cores"])
 	if cores == 0 {
 		cores = 1
@@ -124,11 +129,15 @@ func (s *Server) guestListRow(g *guest) map[string]any {
 			cpus = v
 		}
 	}
+	var name, cpuCount any = g.conf[g.kind.nameKey()], cpus
+	if s.cfg.StrictPVE {
+		name, cpuCount = g.vmstatusName(), g.vmstatusCPUs()
+	}
 	row := map[string]any{
 		"vmid":      g.vmid,
-		"name":      g.conf[g.kind.nameKey()],
+		"name":      name,
 		"status":    g.status(),
-		"cpus":      cpus,
+		"cpus":      cpuCount,
 		"maxmem":    uint64(memMiB) << 20,
 		"mem":       uint64(0),
 		"maxdisk":   g.bootDiskSize(s),
@@ -167,6 +176,9 @@ func (s *Server) guestListRow(g *guest) map[string]any {
 func (s *Server) guestStatus(g *guest) map[string]any {
 	row := s.guestListRow(g)
 	row["ha"] = map[string]any{"managed": 0}
+	if state, ok := s.ha[g.vmid]; ok {
+		row["ha"] = map[string]any{"managed": 1, "state": state}
+	}
 	if g.kind == KindQEMU {
 		row["qmpstatus"] = g.status()
 		if g.running {
@@ -256,8 +268,9 @@ var (
 )
 
 // configParams splits a request's parameters into config values to set,
-// checking names and integer types as pve's schema does.
-func configParams(kind Kind, c *call, apiOnly map[string]bool) (map[string]string, *apiError) {
+// checking names and integer types as pve's schema does, and with
+// StrictPVE the values' formats (pveschema).
+func (s *Server) configParams(kind Kind, c *call, apiOnly map[string]bool) (map[string]string, *apiError) {
 	keyRE := qemuConfigKey
 	if kind == KindLXC {
 		keyRE = lxcConfigKey
@@ -271,6 +284,9 @@ func configParams(kind Kind, c *call, apiOnly map[string]bool) (map[string]strin
 			continue
 		case !keyRE.MatchString(k):
 			errs[k] = "property is not defined in schema and the schema does not allow additional properties"
+			continue
+		case s.cfg.StrictPVE && pveschema.Check(string(kind), k, v) != "":
+			errs[k] = pveschema.Check(string(kind), k, v)
 			continue
 		case kind.intKey(k) && !intParam.MatchString(v):
 			errs[k] = fmt.Sprintf("type check ('integer') failed - got '%s'", v)

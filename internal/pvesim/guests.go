@@ -201,6 +201,7 @@ func (s *Server) addGuest(kind Kind, g Guest) error {
 		}
 	}
 	s.guests[g.VMID] = gs
+	s.changed()
 	return nil
 }
 
@@ -218,6 +219,7 @@ func (s *Server) SetLock(vmid int, lock string) error {
 	} else {
 		g.conf["lock"] = lock
 	}
+	s.changed()
 	return nil
 }
 
@@ -331,6 +333,7 @@ func (s *Server) setRunning(g *guest, running bool) {
 	if running == g.running {
 		return
 	}
+	defer s.changed()
 	g.running = running
 	if running {
 		g.startedAt = time.Now()
@@ -447,7 +450,7 @@ func (k Kind) typed(key, v string) any {
 	return v
 }
 
-// SeedDemo adds a few guests for `felhom-agent dev`: two VMs, a container,
+// SeedDemo adds a few guests for `felhom-dev`: two VMs, a container,
 // a protected database VM and a VM under a backup lock.
 func (s *Server) SeedDemo() error {
 	demo := []struct {

@@ -76,6 +76,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		recIdx = s.record(Request{Method: r.Method, Path: rel, Form: cloneValues(params), Time: start, VMID: vmid})
 	}
 	status, faultKind := s.serve(w, c, vmid, perr, recIdx)
+	if mutating {
+		s.changed()
+	}
 	s.log.Debug("pvesim request", "method", r.Method, "path", rel, "status", status,
 		"fault", string(faultKind), "upid", c.upid, "elapsed", time.Since(start))
 }
@@ -85,6 +88,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // test reading Requests after a call sees its outcome.
 func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, recIdx int) (int, FaultKind) {
 	var kind FaultKind
+	var hook *Hook
 	reply := func(status int, data any, aerr *apiError) (int, FaultKind) {
 		s.finishRecord(recIdx, status, c.upid, kind)
 		switch {
@@ -97,9 +101,13 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 		default:
 			writeJSON(w, data)
 		}
+		hook.doneNow()
 		return status, kind
 	}
 	if e := s.authenticate(c.r); e != nil {
+		if s.cfg.StrictPVE && !s.sleep(c.r.Context(), s.cfg.AuthFailureDelay) {
+			return reply(0, nil, nil)
+		}
 		return reply(e.Status, nil, e)
 	}
 	if perr != nil {
@@ -107,10 +115,19 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 			Errors: map[string]string{"body": perr.Error()}}
 		return reply(e.Status, nil, e)
 	}
+	if e := s.checkPermission(c); e != nil {
+		return reply(e.Status, nil, e)
+	}
 	f := s.takeFault(c.method, c.path, vmid)
 	if f != nil {
-		kind = f.Kind
+		kind, hook = f.Kind, f.Hook
+		if f.Kind != FaultHoldAfter && f.Kind != FaultHoldTask {
+			hook.hitNow()
+		}
 		if f.Kind != FaultDelayAfter && !s.sleep(c.r.Context(), f.Delay) {
+			return reply(0, nil, nil)
+		}
+		if f.Kind == FaultHold && !s.hold(c.r.Context(), hook) {
 			return reply(0, nil, nil)
 		}
 		switch f.Kind {
@@ -121,7 +138,7 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 			return reply(0, nil, nil)
 		case FaultRawReply:
 			return reply(http.StatusOK, rawBody(f.Message), nil)
-		case FaultTaskError, FaultTaskWarnings, FaultLockTimeout, FaultSlowTask:
+		case FaultTaskError, FaultTaskWarnings, FaultLockTimeout, FaultSlowTask, FaultHoldTask:
 			c.fault = f
 		}
 	}
@@ -132,8 +149,18 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 	if f != nil && f.Kind == FaultDelayAfter && !s.sleep(c.r.Context(), f.Delay) {
 		return reply(0, nil, nil)
 	}
+	if f != nil && f.Kind == FaultHoldAfter {
+		hook.hitNow()
+		if !s.hold(c.r.Context(), hook) {
+			return reply(0, nil, nil)
+		}
+	}
 	if f != nil && f.Kind == FaultRawReplyAfter {
 		return reply(http.StatusOK, rawBody(f.Message), nil)
+	}
+	if f != nil && f.Kind == FaultHTTPErrorAfter {
+		e := f.httpError()
+		return reply(e.Status, nil, e)
 	}
 	if aerr != nil {
 		return reply(aerr.Status, nil, aerr)
@@ -239,6 +266,8 @@ func (s *Server) route(c *call) (any, *apiError) {
 		return s.versionInfo(), nil
 	case seg[0] == "cluster":
 		return s.routeCluster(c)
+	case n == 2 && seg[0] == "access" && seg[1] == "permissions" && get:
+		return s.permissionsReply(c), nil
 	case seg[0] == "nodes":
 		if n == 1 {
 			if get {

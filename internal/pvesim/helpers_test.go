@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	proxmox "github.com/luthermonson/go-proxmox"
 
@@ -123,15 +122,14 @@ func errText(err error) string {
 	return err.Error()
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
+// waitTaskDone waits until the simulator's task upid has stopped.
+func waitTaskDone(t *testing.T, srv *pvesim.Server, upid string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
+	done, ok := srv.TaskDone(upid)
+	if !ok {
+		t.Fatalf("no task %s", upid)
 	}
+	<-done
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }

@@ -77,12 +77,12 @@ func (s *Server) awaitLock(vmid int, kind Kind, w *lockWaiter, fault *Fault, can
 			s.mu.Lock()
 			fl.leave(w)
 			s.mu.Unlock()
-			return fmt.Errorf("interrupted by signal")
+			return s.interrupted()
 		case <-cancel:
 			s.mu.Lock()
 			fl.leave(w)
 			s.mu.Unlock()
-			return fmt.Errorf("interrupted by signal")
+			return s.interrupted()
 		}
 	}
 }

@@ -187,3 +187,66 @@ func TestTaskQueuedBehindADestroy(t *testing.T) {
 		t.Fatalf("start after destroy: %q (upids %s then %s)", exit, destroy.UPID, start.UPID)
 	}
 }
+
+// qemu-server's asynchronous config update checks the lock and the digest
+// once before it forks and again in its worker, under the config lock: what
+// changed in between fails the task, not the request.
+func TestQEMUConfigPOSTChecksAgainInItsTask(t *testing.T) {
+	tests := []struct {
+		name string
+		// meanwhile runs while the first task holds the config lock, after
+		// the second update was accepted.
+		meanwhile  func(t *testing.T, srv *pvesim.Server)
+		withDigest bool
+		lockWait   time.Duration
+		// timesOut: the second task gives up waiting for the lock while the
+		// first still holds it.
+		timesOut bool
+		wantExit string
+	}{
+		{name: "a lock set meanwhile", meanwhile: func(t *testing.T, srv *pvesim.Server) { mustAdd(t, srv.SetLock(101, "backup")) },
+			lockWait: 5 * time.Second, wantExit: "VM is locked (backup)"},
+		{name: "the config changed meanwhile", withDigest: true,
+			lockWait: 5 * time.Second, wantExit: "checksum mismatch (file change by other user?)"},
+		{name: "the lock not free in time", lockWait: 20 * time.Millisecond, timesOut: true,
+			wantExit: "can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, client := newSim(t, pvesim.Config{LockTimeout: tt.lockWait})
+			mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Cores: 2, MemoryMiB: 512}))
+			vm := vmOf(t, client, 101)
+			hook := pvesim.NewHook()
+			srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu/101/config", Kind: pvesim.FaultHoldTask, Hook: hook})
+			first, err := postTask(t, client, "/nodes/pve1/qemu/101/config", map[string]any{"memory": "1024"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			<-hook.Hit()
+			params := map[string]any{"cores": 4}
+			if tt.withDigest {
+				params["digest"] = vm.VirtualMachineConfig.Digest
+			}
+			second, err := postTask(t, client, "/nodes/pve1/qemu/101/config", params)
+			if err != nil {
+				t.Fatalf("the update is accepted and checked again in its task, got %v", err)
+			}
+			if tt.meanwhile != nil {
+				tt.meanwhile(t, srv)
+			}
+			if tt.timesOut {
+				waitTaskDone(t, srv, string(second.UPID))
+			}
+			hook.Release()
+			if exit := finished(t, first); exit != "OK" {
+				t.Fatalf("first update %q", exit)
+			}
+			if exit := finished(t, second); exit != tt.wantExit {
+				t.Fatalf("second update %q, want %q", exit, tt.wantExit)
+			}
+			if g, _ := srv.Guest(101); g.Cores != 2 {
+				t.Fatalf("cores %d after a failed update", g.Cores)
+			}
+		})
+	}
+}

@@ -2,6 +2,8 @@ package pvesim
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -13,7 +15,7 @@ func (s *Server) lxcCreate(c *call) (any, *apiError) {
 	if aerr != nil {
 		return nil, aerr
 	}
-	set, aerr := configParams(KindLXC, c, lxcCreateOnly)
+	set, aerr := s.configParams(KindLXC, c, lxcCreateOnly)
 	if aerr != nil {
 		return nil, aerr
 	}
@@ -73,6 +75,11 @@ func (s *Server) lxcCreate(c *call) (any, *apiError) {
 	}
 	start := c.flag("start")
 	upid := s.startTask(c, taskSpec{typ: typ, vmid: vmid, kind: KindLXC,
+		lost: func(t *task) {
+			if !restore {
+				s.allocateOrphans(vmid, set)
+			}
+		},
 		cleanup: func() {
 			if g := s.guests[vmid]; g != nil && g.conf["lock"] == "create" {
 				if existed {
@@ -120,8 +127,16 @@ func (s *Server) lxcCreate(c *call) (any, *apiError) {
 					}
 					conf["rootfs"] = spec
 				}
-				for k, def := range map[string]string{"memory": "512", "swap": "512", "cores": "1",
-					"ostype": "debian", "arch": "amd64", "hostname": fmt.Sprintf("CT%d", vmid), "unprivileged": "1"} {
+				// what pve-container writes: hostname, memory and swap
+				// defaults, the detected OS and arch, unprivileged unless
+				// asked otherwise (the API's default for a create since
+				// pve-container 6); no cores
+				defaults := map[string]string{"memory": "512", "swap": "512", "ostype": "debian", "arch": "amd64",
+					"hostname": fmt.Sprintf("CT%d", vmid), "unprivileged": "1"}
+				if !s.cfg.StrictPVE {
+					defaults["cores"] = "1"
+				}
+				for k, def := range defaults {
 					if _, ok := conf[k]; !ok {
 						conf[k] = def
 					}
@@ -141,7 +156,7 @@ func (s *Server) lxcCreate(c *call) (any, *apiError) {
 // task, data null. A running container takes what pve-container fast-plugs
 // or hot-plugs at once and keeps the rest pending until its next start.
 func (s *Server) lxcConfigUpdate(c *call, vmid int) (any, *apiError) {
-	set, aerr := configParams(KindLXC, c, lxcUpdateOnly)
+	set, aerr := s.configParams(KindLXC, c, lxcUpdateOnly)
 	if aerr != nil {
 		return nil, aerr
 	}
@@ -170,6 +185,9 @@ func (s *Server) lxcConfigUpdate(c *call, vmid int) (any, *apiError) {
 			if k == "rootfs" {
 				return nil, errf("unable to delete required option '%s'", k)
 			}
+		}
+		if err := g.lxcDiskProtected(set, deletes); err != nil {
+			return nil, errf("%s", err.Error())
 		}
 		for k, v := range set {
 			if isDiskKey(KindLXC, k) {
@@ -223,11 +241,18 @@ func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
 	s.mu.Lock()
 	running := s.guests[vmid].running
 	s.mu.Unlock()
+	s.mu.Lock()
+	g := s.guests[vmid]
+	ha := s.haManaged(vmid)
+	s.mu.Unlock()
 	var spec taskSpec
 	switch action {
 	case "start":
 		if running {
 			return nil, errf("CT %d already running", vmid)
+		}
+		if ha {
+			return s.startTask(c, s.haRequest(g, action)), nil
 		}
 		skiplock := c.flag("skiplock")
 		spec = taskSpec{typ: "vzstart", check: func(t *task) error {
@@ -247,6 +272,9 @@ func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
 		if !running {
 			return nil, errf("CT %d not running", vmid)
 		}
+		if ha {
+			return s.startTask(c, s.haRequest(g, action)), nil
+		}
 		skiplock := c.flag("skiplock")
 		spec = taskSpec{typ: "vzstop", check: func(t *task) error {
 			if skiplock {
@@ -261,6 +289,9 @@ func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
 	case "shutdown":
 		if !running {
 			return nil, errf("CT %d not running", vmid)
+		}
+		if ha {
+			return s.startTask(c, s.haRequest(g, action)), nil
 		}
 		forceStop := c.flag("forceStop")
 		timeout := c.param("timeout")
@@ -304,12 +335,16 @@ func (s *Server) lxcAction(c *call, vmid int, action string) (any, *apiError) {
 // checked at once and again in the task.
 func (s *Server) lxcDestroy(c *call, vmid int) (any, *apiError) {
 	force := c.flag("force")
+	purge := c.flag("purge")
 	early := func(g *guest) error {
 		if g == nil {
 			return fmt.Errorf("%s", s.missingConfig(KindLXC, vmid).Message)
 		}
 		if g.protected() {
 			return fmt.Errorf("can't remove CT %d - protection mode enabled", vmid)
+		}
+		if s.haManaged(vmid) && !purge {
+			return fmt.Errorf("unable to remove CT %d - used in HA resources and purge parameter not set.", vmid)
 		}
 		if err := g.checkLock(); err != nil {
 			return err
@@ -325,7 +360,6 @@ func (s *Server) lxcDestroy(c *call, vmid int) (any, *apiError) {
 	if err != nil {
 		return nil, errf("%s", err.Error())
 	}
-	purge := c.flag("purge")
 	unreferenced := c.flag("destroy-unreferenced-disks")
 	upid := s.startTask(c, taskSpec{typ: "vzdestroy", vmid: vmid, kind: KindLXC, check: func(t *task) error {
 		return early(s.guests[vmid])
@@ -337,9 +371,30 @@ func (s *Server) lxcDestroy(c *call, vmid int) (any, *apiError) {
 			t.log = append(t.log, fmt.Sprintf("purging CT %d from related configurations..", vmid))
 		}
 		delete(s.guests, vmid)
+		delete(s.ha, vmid)
 		return 0, nil
-	}})
+	}, lost: func(t *task) { s.destroyedRemnant(vmid, unreferenced) }})
 	return upid, nil
+}
+
+// lxcDiskProtected is update_pct_config's check_protection: a protected
+// container's mount points and unused volumes are neither removed nor set,
+// a new one included.
+func (g *guest) lxcDiskProtected(set map[string]string, deletes []string) error {
+	if !g.protected() {
+		return nil
+	}
+	for _, k := range deletes {
+		if _, ok := g.conf[k]; ok && (strings.HasPrefix(k, "mp") || strings.HasPrefix(k, "unused")) {
+			return fmt.Errorf("can't remove CT %d drive '%s' - protection mode enabled", g.vmid, k)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(set)) {
+		if strings.HasPrefix(k, "mp") || k == "rootfs" {
+			return fmt.Errorf("can't update CT %d drive '%s' - protection mode enabled", g.vmid, k)
+		}
+	}
+	return nil
 }
 
 // lxcFastPlug are pve-container's $LXC_FASTPLUG_OPTIONS.

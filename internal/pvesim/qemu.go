@@ -1,6 +1,7 @@
 package pvesim
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -40,7 +41,7 @@ func (s *Server) qemuCreate(c *call) (any, *apiError) {
 	if aerr != nil {
 		return nil, aerr
 	}
-	set, aerr := configParams(KindQEMU, c, qemuCreateOnly)
+	set, aerr := s.configParams(KindQEMU, c, qemuCreateOnly)
 	if aerr != nil {
 		return nil, aerr
 	}
@@ -114,6 +115,11 @@ func (s *Server) qemuCreate(c *call) (any, *apiError) {
 				}
 			}
 		},
+		lost: func(t *task) {
+			if !restore {
+				s.allocateOrphans(vmid, set)
+			}
+		},
 		check: func(t *task) error {
 			g := s.guests[vmid]
 			if !restore || !existed {
@@ -155,14 +161,7 @@ func (s *Server) qemuCreate(c *call) (any, *apiError) {
 					}
 					conf[k] = v
 				}
-				if _, ok := conf["memory"]; !ok {
-					conf["memory"] = "512"
-				}
-				for k, def := range map[string]string{"cores": "1", "sockets": "1", "ostype": "other"} {
-					if _, ok := conf[k]; !ok {
-						conf[k] = def
-					}
-				}
+				s.qemuCreateDefaults(conf)
 				conf["vmgenid"] = randomUUID()
 				conf["smbios1"] = "uuid=" + randomUUID()
 				g.conf = conf
@@ -232,10 +231,11 @@ func requiredVMID(c *call) (int, *apiError) {
 }
 
 // qemuConfigUpdate is POST (async, returns a UPID) or PUT (sync, returns
-// null) /nodes/{node}/qemu/{vmid}/config. The digest and the lock are
-// checked at once, under the config lock, as pve's update_vm_api does.
+// null) /nodes/{node}/qemu/{vmid}/config. As pve's update_vm_api, the
+// digest and the lock are checked at once, and again under the config
+// lock: in the handler for PUT, in the task for POST.
 func (s *Server) qemuConfigUpdate(c *call, vmid int, sync bool) (any, *apiError) {
-	set, aerr := configParams(KindQEMU, c, qemuUpdateOnly)
+	set, aerr := s.configParams(KindQEMU, c, qemuUpdateOnly)
 	if aerr != nil {
 		return nil, aerr
 	}
@@ -287,12 +287,23 @@ func (s *Server) qemuConfigUpdate(c *call, vmid int, sync bool) (any, *apiError)
 			return nil, nil
 		})
 	}
-	if _, aerr := s.withGuestLock(c, KindQEMU, vmid, check); aerr != nil {
+	// The asynchronous update checks once without the config lock, then
+	// forks; its worker waits for the lock (Config.LockTimeout) and checks
+	// again, so a lock or a digest that changed meanwhile fails the task.
+	s.mu.Lock()
+	_, aerr = check()
+	s.mu.Unlock()
+	if aerr != nil {
 		return nil, aerr
 	}
-	upid := s.startTask(c, taskSpec{typ: "qmconfig", vmid: vmid, kind: KindQEMU, run: func(t *task) (int, error) {
-		return 0, apply(t)
-	}})
+	upid := s.startTask(c, taskSpec{typ: "qmconfig", vmid: vmid, kind: KindQEMU,
+		check: func(t *task) error {
+			if _, aerr := check(); aerr != nil {
+				return fmt.Errorf("%s", aerr.Message)
+			}
+			return nil
+		},
+		run: func(t *task) (int, error) { return 0, apply(t) }})
 	return upid, nil
 }
 
@@ -301,6 +312,9 @@ func (s *Server) qemuConfigUpdate(c *call, vmid int, sync bool) (any, *apiError)
 // unusedN frees its volume, a "STORAGE:SIZE" disk allocates a volume.
 // s.mu held.
 func (s *Server) qemuApply(g *guest, set map[string]string, deletes []string, force bool, t *task) error {
+	if err := g.qemuDeleteProtected(deletes); err != nil {
+		return err
+	}
 	for k, v := range set {
 		if isDiskKey(KindQEMU, k) {
 			spec, aerr := s.allocDisk(g.vmid, v)
@@ -354,6 +368,27 @@ func (s *Server) qemuApply(g *guest, set map[string]string, deletes []string, fo
 	return nil
 }
 
+// qemuDeleteProtected is update_vm_api's check_protection for removed
+// drives: a protected VM keeps its disks and its unused volumes (replacing
+// a drive is not checked: the old volume becomes unusedN).
+func (g *guest) qemuDeleteProtected(deletes []string) error {
+	if !g.protected() {
+		return nil
+	}
+	for _, k := range deletes {
+		v, ok := g.conf[k]
+		switch {
+		case !ok || !isDiskKey(KindQEMU, k):
+		case strings.HasPrefix(k, "unused"):
+			volid, _, _ := diskVolume(v)
+			return fmt.Errorf("can't remove unused disk '%s' - protection mode enabled", volid)
+		default:
+			return fmt.Errorf("can't remove drive '%s' - protection mode enabled", k)
+		}
+	}
+	return nil
+}
+
 // qemuAction is POST /nodes/{node}/qemu/{vmid}/status/{action}. As in pve,
 // the lock and "already running" are checked inside the task.
 func (s *Server) qemuAction(c *call, vmid int, action string) (any, *apiError) {
@@ -364,28 +399,24 @@ func (s *Server) qemuAction(c *call, vmid int, action string) (any, *apiError) {
 		}
 		return g.checkLock()
 	}
+	s.mu.Lock()
+	ha := s.haManaged(vmid) && (action == "start" || action == "stop" || action == "shutdown")
+	g := s.guests[vmid]
+	s.mu.Unlock()
+	if ha {
+		return s.startTask(c, s.haRequest(g, action)), nil
+	}
 	var spec taskSpec
 	switch action {
 	case "start":
-		spec = taskSpec{typ: "qmstart", check: func(t *task) error {
-			g := s.guests[vmid]
-			if g.conf["template"] == "1" {
-				return fmt.Errorf("you can't start a vm if it's a template")
-			}
-			if err := lockOK(g); err != nil {
-				return err
-			}
-			if g.running {
-				return fmt.Errorf("VM %d already running", vmid)
+		spec = s.qemuStart(vmid, skiplock)
+	case "stop":
+		// vm_stop returns before its lock check when the VM does not run
+		spec = taskSpec{typ: "qmstop", check: func(t *task) error {
+			if g := s.guests[vmid]; g.running {
+				return lockOK(g)
 			}
 			return nil
-		}, run: func(t *task) (int, error) {
-			s.setRunning(s.guests[vmid], true)
-			return 0, nil
-		}}
-	case "stop":
-		spec = taskSpec{typ: "qmstop", check: func(t *task) error {
-			return lockOK(s.guests[vmid])
 		}, run: func(t *task) (int, error) {
 			g := s.guests[vmid]
 			s.setRunning(g, false)
@@ -394,7 +425,10 @@ func (s *Server) qemuAction(c *call, vmid int, action string) (any, *apiError) {
 	case "shutdown":
 		forceStop := c.flag("forceStop")
 		spec = taskSpec{typ: "qmshutdown", check: func(t *task) error {
-			return lockOK(s.guests[vmid])
+			if g := s.guests[vmid]; g.running {
+				return lockOK(g)
+			}
+			return nil
 		}, run: func(t *task) (int, error) {
 			g := s.guests[vmid]
 			if !g.running {
@@ -404,7 +438,10 @@ func (s *Server) qemuAction(c *call, vmid int, action string) (any, *apiError) {
 				if !forceStop {
 					return 0, fmt.Errorf("VM quit/powerdown failed - got timeout")
 				}
+				// a warn() in the worker: the task ends "WARNINGS: 1"
 				t.log = append(t.log, "VM still running - terminating now with SIGTERM")
+				s.setRunning(g, false)
+				return 1, nil
 			}
 			s.setRunning(g, false)
 			return 0, nil
@@ -416,19 +453,26 @@ func (s *Server) qemuAction(c *call, vmid int, action string) (any, *apiError) {
 		if !running {
 			return nil, errf("VM %d not running", vmid)
 		}
+		// vm_reboot does nothing for a VM that stopped meanwhile; it stops
+		// the VM (checking the lock as any stop does) and leaves the start
+		// to qmeventd, after the task.
 		spec = taskSpec{typ: "qmreboot", check: func(t *task) error {
-			g := s.guests[vmid]
-			if err := lockOK(g); err != nil {
-				return err
-			}
-			if !g.running {
-				return fmt.Errorf("VM %d not running", vmid)
+			if g := s.guests[vmid]; g.running {
+				return lockOK(g)
 			}
 			return nil
 		}, run: func(t *task) (int, error) {
 			g := s.guests[vmid]
+			if !g.running {
+				return 0, nil
+			}
 			if g.ignoresShutdown {
 				return 0, fmt.Errorf("VM quit/powerdown failed - got timeout")
+			}
+			if s.cfg.StrictPVE {
+				s.setRunning(g, false)
+				s.restartAfterReboot(vmid)
+				return 0, nil
 			}
 			s.setRunning(g, false)
 			s.setRunning(g, true)
@@ -442,15 +486,40 @@ func (s *Server) qemuAction(c *call, vmid int, action string) (any, *apiError) {
 	return s.startTask(c, spec), nil
 }
 
+// qemuStart is vm_start's task: lock and "already running" are checked
+// inside it.
+func (s *Server) qemuStart(vmid int, skiplock bool) taskSpec {
+	return taskSpec{typ: "qmstart", vmid: vmid, kind: KindQEMU, check: func(t *task) error {
+		g := s.guests[vmid]
+		if g.conf["template"] == "1" {
+			return fmt.Errorf("you can't start a vm if it's a template")
+		}
+		if err := g.checkLock(); err != nil && !skiplock {
+			return err
+		}
+		if g.running {
+			return fmt.Errorf("VM %d already running", vmid)
+		}
+		return nil
+	}, run: func(t *task) (int, error) {
+		s.setRunning(s.guests[vmid], true)
+		return 0, nil
+	}}
+}
+
 // qemuDestroy is DELETE /nodes/{node}/qemu/{vmid}: protection and a running
 // VM are refused at once; the lock is checked in the task.
 func (s *Server) qemuDestroy(c *call, vmid int) (any, *apiError) {
+	purge := c.flag("purge")
 	early := func(g *guest) error {
 		if g == nil {
 			return fmt.Errorf("%s", s.missingConfig(KindQEMU, vmid).Message)
 		}
 		if g.protected() {
 			return fmt.Errorf("can't remove VM %d - protection mode enabled", vmid)
+		}
+		if s.haManaged(vmid) && !purge {
+			return fmt.Errorf("unable to remove VM %d - used in HA resources and purge parameter not set.", vmid)
 		}
 		if g.running {
 			return fmt.Errorf("VM %d is running - destroy failed", vmid)
@@ -464,7 +533,6 @@ func (s *Server) qemuDestroy(c *call, vmid int) (any, *apiError) {
 		return nil, errf("%s", err.Error())
 	}
 	skiplock := c.flag("skiplock")
-	purge := c.flag("purge")
 	unreferenced := c.flag("destroy-unreferenced-disks")
 	upid := s.startTask(c, taskSpec{typ: "qmdestroy", vmid: vmid, kind: KindQEMU, check: func(t *task) error {
 		g := s.guests[vmid]
@@ -482,7 +550,91 @@ func (s *Server) qemuDestroy(c *call, vmid int) (any, *apiError) {
 			t.log = append(t.log, fmt.Sprintf("purging VM %d from related configurations..", vmid))
 		}
 		delete(s.guests, vmid)
+		delete(s.ha, vmid)
 		return 0, nil
-	}})
+	}, lost: func(t *task) { s.destroyedRemnant(vmid, unreferenced) }})
 	return upid, nil
+}
+
+// restartAfterReboot is qmeventd seeing the VM stop that a reboot asked
+// for: it runs `qm start`, a qmstart task of root@pam, at once when
+// Config.RebootRestartDelay is negative (then it exists when the reboot
+// task has stopped), else after that delay. s.mu held.
+func (s *Server) restartAfterReboot(vmid int) {
+	start := func() { s.startTaskLocked(&call{}, "root@pam", s.qemuStart(vmid, false)) }
+	if s.cfg.RebootRestartDelay < 0 {
+		start()
+		return
+	}
+	s.tasksWG.Add(1)
+	go func() {
+		defer s.tasksWG.Done()
+		if !s.sleep(context.Background(), s.cfg.RebootRestartDelay) {
+			return
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.guests[vmid] != nil {
+			start()
+		}
+	}()
+}
+
+// qemuCreateDefaults adds what qemu-server writes into a new VM's config
+// besides its parameters: meta and, when the VM has boot devices, the
+// default boot order (vmgenid and smbios1 are the caller's). It writes no
+// memory, cores, sockets or ostype: those stay at their schema defaults
+// unset. Without StrictPVE it writes those four, as earlier versions of
+// the simulator did. s.mu held.
+func (s *Server) qemuCreateDefaults(conf map[string]string) {
+	if !s.cfg.StrictPVE {
+		for k, def := range map[string]string{"memory": "512", "cores": "1", "sockets": "1", "ostype": "other"} {
+			if _, ok := conf[k]; !ok {
+				conf[k] = def
+			}
+		}
+		return
+	}
+	conf["meta"] = fmt.Sprintf("creation-qemu=10.0.2,ctime=%d", s.cfg.Clock().Unix())
+	if _, ok := conf["boot"]; !ok {
+		if order := defaultBootOrder(conf); order != "" {
+			conf["boot"] = "order=" + order
+		}
+	}
+}
+
+// defaultBootOrder is get_default_bootdevices: the first disk, the first
+// CD-ROM, the first NIC.
+func defaultBootOrder(conf map[string]string) string {
+	var devs []string
+	for _, cdrom := range []bool{false, true} {
+		for _, k := range bootDriveNames() {
+			if v, ok := conf[k]; ok && strings.Contains(v, "media=cdrom") == cdrom {
+				devs = append(devs, k)
+				break
+			}
+		}
+	}
+	for i := 0; i < 32; i++ {
+		if k := fmt.Sprintf("net%d", i); conf[k] != "" {
+			devs = append(devs, k)
+			break
+		}
+	}
+	return strings.Join(devs, ";")
+}
+
+// bootDriveNames are qemu-server's drive names in the order it picks a
+// boot disk from.
+func bootDriveNames() []string {
+	var out []string
+	for _, b := range []struct {
+		bus string
+		n   int
+	}{{"ide", 4}, {"scsi", 31}, {"virtio", 16}, {"sata", 6}} {
+		for i := 0; i < b.n; i++ {
+			out = append(out, fmt.Sprintf("%s%d", b.bus, i))
+		}
+	}
+	return out
 }

@@ -53,6 +53,33 @@ type Config struct {
 	LockTimeout time.Duration
 	// Logger receives one line per request (default: discard).
 	Logger *slog.Logger
+	// Clock is the node's clock for task start and end times (UPIDs, task
+	// status and list); default time.Now. A test sets it to place a task
+	// before or after a moment without waiting for the wall clock.
+	Clock func() time.Time
+	// RebootRestartDelay is how long qmeventd takes to start a VM again
+	// after its reboot task stopped it, with StrictPVE (default 1s; a
+	// negative value: at once after the task).
+	RebootRestartDelay time.Duration
+	// StatsInterval is pvestatd's cycle, with StrictPVE: how old the
+	// figures /cluster/resources lists may be (default 10s; a negative
+	// value: always current).
+	StatsInterval time.Duration
+	// HADelay is how long the HA stack takes to act on a start or stop
+	// request of an HA-managed guest (default 5s; a negative value: at
+	// once, as the request's task ends).
+	HADelay time.Duration
+	// AuthFailureDelay is how long pveproxy holds back a 401, with
+	// StrictPVE (default 3s, as pve-http-server; a negative value: none).
+	AuthFailureDelay time.Duration
+	// TokenACL are the API token's access control entries (SetTokenACL);
+	// nil gives it every privilege.
+	TokenACL []ACL
+	// StateFile, when set, keeps the node's state across restarts: Start
+	// loads it from there if the file exists (Restored), and the state is
+	// written there after every change. Its API token secret is kept too,
+	// unless TokenSecret names another.
+	StateFile string
 	// StrictPVE answers exactly as pve also where the simulator is kinder
 	// by default (see "Kinder than pve" in the package doc): running tasks
 	// listed as "RUNNING", an unknown task a 400 "no such task", volume
@@ -75,15 +102,23 @@ type Server struct {
 	closeOne sync.Once
 	tasksWG  sync.WaitGroup
 
-	mu       sync.Mutex
-	guests   map[int]*guest
-	flocks   map[int]*flock
-	tasks    map[string]*task
-	taskSeq  uint32
-	volumes  map[string]*volume
-	requests []Request
-	faults   []*activeFault
-	bootTime time.Time
+	mu      sync.Mutex
+	guests  map[int]*guest
+	flocks  map[int]*flock
+	tasks   map[string]*task
+	taskSeq uint32
+	volumes map[string]*volume
+	ha      map[int]string         // HA resources: requested state by VMID
+	acl     []ACL                  // the token's; nil: every privilege
+	stats   map[int]map[string]any // pvestatd's last figures by VMID (StrictPVE)
+	statsAt time.Time
+
+	restored  bool          // the state came from Config.StateFile
+	dirty     chan struct{} // the state changed since the last save
+	saverDone chan struct{}
+	requests  []Request
+	faults    []*activeFault
+	bootTime  time.Time
 }
 
 // Start starts a simulated node listening on cfg.Addr.
@@ -100,11 +135,23 @@ func Start(cfg Config) (*Server, error) {
 	if !strings.Contains(cfg.TokenID, "!") || !strings.Contains(cfg.TokenID, "@") {
 		return nil, fmt.Errorf("pvesim: token id %q is not USER@REALM!TOKENNAME", cfg.TokenID)
 	}
-	if cfg.TokenSecret == "" {
-		cfg.TokenSecret = randomUUID()
-	}
 	if cfg.LockTimeout == 0 {
 		cfg.LockTimeout = 10 * time.Second
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.RebootRestartDelay == 0 {
+		cfg.RebootRestartDelay = time.Second
+	}
+	if cfg.StatsInterval == 0 {
+		cfg.StatsInterval = defaultStatsInterval
+	}
+	if cfg.HADelay == 0 {
+		cfg.HADelay = 5 * time.Second
+	}
+	if cfg.AuthFailureDelay == 0 {
+		cfg.AuthFailureDelay = 3 * time.Second
 	}
 	logger := cfg.Logger
 	if logger == nil {
@@ -119,7 +166,18 @@ func Start(cfg Config) (*Server, error) {
 		flocks:   map[int]*flock{},
 		tasks:    map[string]*task{},
 		volumes:  map[string]*volume{},
+		ha:       map[int]string{},
+		acl:      cfg.TokenACL,
 		bootTime: time.Now(),
+	}
+	if cfg.StateFile != "" {
+		if err := s.loadState(); err != nil {
+			return nil, err
+		}
+		s.dirty, s.saverDone = make(chan struct{}, 1), make(chan struct{})
+	}
+	if s.cfg.TokenSecret == "" {
+		s.cfg.TokenSecret = randomUUID()
 	}
 
 	ln, err := net.Listen("tcp", cfg.Addr)
@@ -160,6 +218,10 @@ func Start(cfg Config) (*Server, error) {
 			s.log.Error("pvesim: serve", "err", err)
 		}
 	}()
+	if s.dirty != nil {
+		go s.saveLoop()
+		s.changed() // a new node's first state, and the token it will keep
+	}
 	return s, nil
 }
 
@@ -210,6 +272,12 @@ func (s *Server) Close() error {
 			err = s.srv.Close()
 		}
 		s.tasksWG.Wait()
+		if s.dirty != nil {
+			<-s.saverDone
+			if serr := s.saveState(); serr != nil && err == nil {
+				err = fmt.Errorf("pvesim: save state: %w", serr)
+			}
+		}
 	})
 	return err
 }
@@ -223,6 +291,24 @@ func (s *Server) sleep(ctx context.Context, d time.Duration) bool {
 	defer t.Stop()
 	select {
 	case <-t.C:
+		return true
+	case <-s.closed:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// hold waits until h is released, returning false when the client went
+// away or the server closed first. A hold without a hook never ends before
+// that.
+func (s *Server) hold(ctx context.Context, h *Hook) bool {
+	var release <-chan struct{}
+	if h != nil {
+		release = h.release
+	}
+	select {
+	case <-release:
 		return true
 	case <-s.closed:
 		return false

@@ -181,6 +181,7 @@ func (s *Server) AddBackup(kind Kind, g Guest) (string, error) {
 		return "", err
 	}
 	snap.conf = tmp.guests[g.VMID].conf
+	defer s.changed()
 	return s.storeBackup(snap, time.Now()), nil
 }
 
@@ -374,6 +375,7 @@ func (s *Server) AddVolume(volid string, size uint64) error {
 		return fmt.Errorf("pvesim: volume %q exists", volid)
 	}
 	s.registerVolume(fmt.Sprintf("%s,size=%dK", volid, size>>10), 0)
+	s.changed()
 	return nil
 }
 

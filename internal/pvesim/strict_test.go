@@ -2,6 +2,7 @@ package pvesim_test
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"testing"
 	"time"
@@ -32,6 +33,30 @@ func TestStrictPVE(t *testing.T) {
 			status, _ := rows[0]["status"].(string)
 			return status
 		}},
+		{"task stopped by DELETE", "interrupted by signal", "received interrupt", func(t *testing.T, srv *pvesim.Server, client *proxmox.Client) string {
+			mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101}))
+			hook := pvesim.NewHook()
+			srv.Inject(pvesim.Fault{Kind: pvesim.FaultHoldTask, Method: "POST", Hook: hook})
+			task, err := vmOf(t, client, 101).Start(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			<-hook.Hit()
+			if err := task.Stop(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			return finished(t, task)
+		}},
+		{"log of an unknown task", "500 unable to open file '/var/log/pve/tasks/UPID:pve1:00001234:00ABCDEF:6560A1B2:qmstart:101:root@pam:' - No such file or directory",
+			`[{"n":1,"t":"unable to open file - No such file or directory"}]`,
+			func(t *testing.T, srv *pvesim.Server, client *proxmox.Client) string {
+				var lines []map[string]any
+				if err := client.Get(context.Background(), "/nodes/pve1/tasks/UPID:pve1:00001234:00ABCDEF:6560A1B2:qmstart:101:root@pam:/log", &lines); err != nil {
+					return err.Error()
+				}
+				b, _ := json.Marshal(lines)
+				return string(b)
+			}},
 		{"unknown task", "500 unable to open file '/var/log/pve/tasks/UPID:pve1:00001234:00ABCDEF:6560A1B2:qmstart:101:root@pam:' - No such file or directory",
 			`bad request: 400 Parameter verification failed. - {"upid":"no such task"}`,
 			func(t *testing.T, srv *pvesim.Server, client *proxmox.Client) string {
@@ -108,4 +133,75 @@ func deleteVolume(t *testing.T, srv *pvesim.Server, client *proxmox.Client, stor
 		return exit + ", volume kept"
 	}
 	return exit + ", volume gone"
+}
+
+// qmreboot's task ends once the VM is down; qmeventd starts it again after
+// the task, with a qmstart task of root@pam, which applies pending changes.
+func TestQEMURebootLeavesTheStartToQmeventd(t *testing.T) {
+	tests := []struct {
+		name        string
+		delay       time.Duration
+		wantRestart bool
+	}{
+		{"read right after the task", time.Hour, false},
+		{"qmeventd's start", -1, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, client := newSim(t, pvesim.Config{StrictPVE: true, RebootRestartDelay: tt.delay})
+			mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Status: "running", Cores: 1}))
+			ctx := context.Background()
+			vm := vmOf(t, client, 101)
+			if _, err := vm.Config(ctx, proxmox.VirtualMachineOption{Name: "sockets", Value: 2}); err != nil {
+				t.Fatal(err)
+			}
+			task, err := vmOf(t, client, 101).Reboot(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if exit := finished(t, task); exit != "OK" {
+				t.Fatalf("reboot %q", exit)
+			}
+			if g, _ := srv.Guest(101); g.Status != "stopped" && !tt.wantRestart {
+				t.Fatalf("status %q right after the reboot task, want stopped", g.Status)
+			}
+			if !tt.wantRestart {
+				return
+			}
+			var rows []map[string]any
+			if err := client.Get(ctx, "/nodes/pve1/tasks?source=all&typefilter=qmstart&vmid=101", &rows); err != nil || len(rows) != 1 {
+				t.Fatalf("qmstart tasks %v (%v), want qmeventd's", rows, err)
+			}
+			if rows[0]["user"] != "root@pam" {
+				t.Fatalf("restart task of %v, want root@pam", rows[0]["user"])
+			}
+			waitTaskDone(t, srv, rows[0]["upid"].(string))
+			if g, _ := srv.Guest(101); g.Status != "running" || g.Config["sockets"] != "2" || len(g.Pending) != 0 {
+				t.Fatalf("after qmeventd's start: %+v, want running with the pending change applied", g)
+			}
+		})
+	}
+}
+
+// pveproxy answers a failed authentication after 3 seconds (here
+// AuthFailureDelay), since early 2026 always as "Authentication failed!".
+func TestStrictAuthenticationFailure(t *testing.T) {
+	const delay = 150 * time.Millisecond
+	srv, _ := newSim(t, pvesim.Config{StrictPVE: true, AuthFailureDelay: delay})
+	tests := []struct{ name, auth, want string }{
+		{"wrong secret", "PVEAPIToken=" + srv.TokenID() + "=nope", "401 Authentication failed!"},
+		{"no credentials", "-", "401 No ticket"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			got := raw(t, srv, "GET", "/version", nil, tt.auth)
+			if got.Status != tt.want {
+				t.Fatalf("status line %q, want %q", got.Status, tt.want)
+			}
+			if elapsed := time.Since(start); elapsed < delay {
+				t.Fatalf("answered after %s, want no sooner than %s", elapsed, delay)
+			}
+		})
+	}
 }

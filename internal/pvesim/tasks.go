@@ -25,6 +25,8 @@ type task struct {
 	log       []string
 	cancel    chan struct{}
 	cancelled bool
+	done      chan struct{} // closed when the task stops
+	lost      bool          // its node went down under it (RebootNode)
 	cleanup   func()
 	waiter    *lockWaiter
 }
@@ -43,15 +45,26 @@ type taskSpec struct {
 	// where pve checks locks and power state; an error ends the task.
 	check func(t *task) error
 	run   func(t *task) (warnings int, err error)
-	// cleanup runs with s.mu held when the task stops, however it stops.
+	// cleanup runs with s.mu held when the task stops, however it stops,
+	// unless its node went down under it (RebootNode).
 	cleanup func()
+	// lost leaves, with s.mu held, what the task's worker had done when
+	// the node went down under it after its checks passed: a create's
+	// allocated disks, a destroy's freed ones.
+	lost func(t *task)
 }
 
-// startTask creates a running task and its worker, and returns the UPID.
-// Must be called without s.mu held.
+// startTask creates a running task of the API token and its worker, and
+// returns the UPID. Must be called without s.mu held.
 func (s *Server) startTask(c *call, spec taskSpec) string {
-	now := time.Now()
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.startTaskLocked(c, s.tokenUser(), spec)
+}
+
+// startTaskLocked is startTask for a task of user, with s.mu held.
+func (s *Server) startTaskLocked(c *call, user string, spec taskSpec) string {
+	now, started := time.Now(), s.cfg.Clock()
 	s.taskSeq++
 	id := spec.id
 	if id == "" && spec.vmid != 0 {
@@ -60,24 +73,24 @@ func (s *Server) startTask(c *call, spec taskSpec) string {
 	t := &task{
 		typ:     spec.typ,
 		id:      id,
-		user:    s.tokenUser(),
+		user:    user,
 		vmid:    spec.vmid,
 		pid:     0x1000 + s.taskSeq*7,
 		pstart:  uint32(now.Sub(s.bootTime)/(10*time.Millisecond)) + 0x100000,
-		start:   now,
+		start:   started,
 		running: true,
 		cancel:  make(chan struct{}),
+		done:    make(chan struct{}),
 		log:     append([]string(nil), spec.logStart...),
 		cleanup: spec.cleanup,
 	}
 	if spec.vmid != 0 {
 		t.waiter = s.enqueueLock(spec.vmid)
 	}
-	t.upid = fmt.Sprintf("UPID:%s:%08X:%08X:%08X:%s:%s:%s:", s.cfg.Node, t.pid, t.pstart, now.Unix(), t.typ, t.id, t.user)
+	t.upid = fmt.Sprintf("UPID:%s:%08X:%08X:%08X:%s:%s:%s:", s.cfg.Node, t.pid, t.pstart, started.Unix(), t.typ, t.id, t.user)
 	s.tasks[t.upid] = t
 	s.pruneTasks()
 	s.tasksWG.Add(1)
-	s.mu.Unlock()
 
 	fault := c.fault
 	c.upid = t.upid
@@ -85,7 +98,7 @@ func (s *Server) startTask(c *call, spec taskSpec) string {
 	return t.upid
 }
 
-// maxTasks bounds the task history of a long-running `felhom-agent dev`;
+// maxTasks bounds the task history of a long-running `felhom-dev`;
 // pve rotates its task index too.
 const maxTasks = 10000
 
@@ -112,7 +125,7 @@ func (s *Server) runTask(t *task, spec taskSpec, fault *Fault) {
 	defer s.tasksWG.Done()
 	if spec.vmid != 0 {
 		if lerr := s.awaitLock(spec.vmid, spec.kind, t.waiter, fault, t.cancel); lerr != nil {
-			s.finishTask(t, 0, lerr)
+			s.stopTask(t, spec, false, lerr)
 			return
 		}
 		defer s.unlockGuest(spec.vmid)
@@ -147,15 +160,32 @@ func (s *Server) runTask(t *task, spec taskSpec, fault *Fault) {
 	if fault != nil && fault.Kind == FaultSlowTask {
 		duration = fault.TaskDuration
 	}
+	var held <-chan struct{}
+	if fault != nil && fault.Kind == FaultHoldTask {
+		fault.Hook.hitNow()
+		held = fault.Hook.release
+		duration = 0
+	}
 	timer := time.NewTimer(duration)
 	defer timer.Stop()
+	if held != nil {
+		select {
+		case <-held:
+		case <-s.closed:
+			s.stopTask(t, spec, true, s.interrupted())
+			return
+		case <-t.cancel:
+			s.stopTask(t, spec, true, s.interrupted())
+			return
+		}
+	}
 	select {
 	case <-timer.C:
 	case <-s.closed:
-		s.finishTask(t, 0, fmt.Errorf("interrupted by signal"))
+		s.stopTask(t, spec, true, s.interrupted())
 		return
 	case <-t.cancel:
-		s.finishTask(t, 0, fmt.Errorf("interrupted by signal"))
+		s.stopTask(t, spec, true, s.interrupted())
 		return
 	}
 
@@ -181,6 +211,32 @@ func (s *Server) runTask(t *task, spec taskSpec, fault *Fault) {
 	s.finishTaskLocked(t, warnings, err)
 }
 
+// stopTask ends a task that was cancelled, waiting for its lock or
+// running (working: its checks passed), with err; or, when its node went
+// down under it, as pve finds such a task: stopped, with no final status
+// line in its log, and whatever its worker had done left in place.
+func (s *Server) stopTask(t *task, spec taskSpec, working bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !t.lost {
+		s.finishTaskLocked(t, 0, err)
+		return
+	}
+	if working && spec.lost != nil {
+		spec.lost(t)
+	}
+	t.cleanup = nil
+	t.running = false
+	t.end = s.cfg.Clock()
+	t.exit = lostExitStatus
+	s.changed()
+	close(t.done)
+}
+
+// lostExitStatus is what pve's task status says of a task whose log ends
+// without "TASK OK" or "TASK ERROR: ..." (PVE::UPID::read_status).
+const lostExitStatus = "unexpected status"
+
 func (s *Server) finishTask(t *task, warnings int, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -201,18 +257,36 @@ func (s *Server) finishTaskLocked(t *task, warnings int, err error) {
 // finishTaskExit stops a task with an exit status and pve's last log line
 // ("TASK OK", "TASK WARNINGS: 2", "TASK ERROR: msg"). s.mu held.
 func (s *Server) finishTaskExit(t *task, exit string) {
+	defer s.changed()
 	if t.cleanup != nil {
 		t.cleanup()
 		t.cleanup = nil
 	}
 	t.running = false
-	t.end = time.Now()
+	t.end = s.cfg.Clock()
 	t.exit = exit
+	select {
+	case <-t.done:
+	default:
+		close(t.done)
+	}
 	if exit == "OK" || strings.HasPrefix(exit, "WARNINGS: ") {
 		t.log = append(t.log, "TASK "+exit)
 	} else {
 		t.log = append(t.log, "TASK ERROR: "+exit)
 	}
+}
+
+// TaskDone returns a channel that is closed when the task stops (at once
+// for one that already has), and false when the node does not know upid.
+func (s *Server) TaskDone(upid string) (<-chan struct{}, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tasks[upid]
+	if t == nil {
+		return nil, false
+	}
+	return t.done, true
 }
 
 // parseUPID checks a UPID's shape as pve's decode_upid does.
@@ -248,6 +322,11 @@ func (s *Server) routeTasks(c *call) (any, *apiError) {
 	s.mu.Lock()
 	t := s.tasks[upid]
 	s.mu.Unlock()
+	if t == nil && s.cfg.StrictPVE && n == 5 && seg[4] == "log" && c.method == http.MethodGet {
+		// the log endpoint does not check that the file exists: dump_logfile
+		// answers its open error as the log's only line
+		return []map[string]any{{"n": 1, "t": "unable to open file - No such file or directory"}}, nil
+	}
 	if t == nil {
 		if s.cfg.StrictPVE {
 			return nil, paramErr("upid", "no such task")
@@ -313,7 +392,7 @@ func (s *Server) taskStatus(t *task) map[string]any {
 }
 
 // taskList answers GET /nodes/{node}/tasks with pve's filters vmid,
-// typefilter, source (active|archive|all), start and limit.
+// typefilter, userfilter, source (active|archive|all), start and limit.
 func (s *Server) taskList(c *call) []map[string]any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -345,6 +424,14 @@ func (s *Server) taskList(c *call) []map[string]any {
 		if tf := c.param("typefilter"); tf != "" && tf != t.typ {
 			continue
 		}
+		if !s.seesTask(t) {
+			continue
+		}
+		// pve matches the user part (a token's user, without its name)
+		user, _, _ := strings.Cut(t.user, "!")
+		if uf := c.param("userfilter"); uf != "" && !strings.Contains(strings.ToLower(user), strings.ToLower(uf)) {
+			continue
+		}
 		if source == "active" && !t.running || source == "archive" && t.running {
 			continue
 		}
@@ -369,4 +456,14 @@ func (s *Server) taskList(c *call) []map[string]any {
 		out = append(out, row)
 	}
 	return out
+}
+
+// interrupted is the exit status of a task stopped by a signal (DELETE of
+// the task, the node shutting down): pve's worker dies in its SIGTERM
+// handler with "received interrupt".
+func (s *Server) interrupted() error {
+	if s.cfg.StrictPVE {
+		return fmt.Errorf("received interrupt")
+	}
+	return fmt.Errorf("interrupted by signal")
 }

@@ -3,6 +3,7 @@ package pvesim_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -133,5 +134,30 @@ func TestTaskStatusErrors(t *testing.T) {
 				t.Fatalf("status %q, want %q", got.Status, tt.want)
 			}
 		})
+	}
+}
+
+// Config.Clock dates tasks: the UPID, the status and the list carry its time.
+func TestTaskTimesFollowTheNodeClock(t *testing.T) {
+	at := time.Date(2031, 5, 6, 7, 8, 9, 0, time.UTC)
+	srv, client := newSim(t, pvesim.Config{TaskDuration: time.Millisecond, Clock: func() time.Time { return at }})
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101}))
+	task, err := vmOf(t, client, 101).Start(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitTask(t, task)
+	if want := fmt.Sprintf(":%08X:qmstart:", at.Unix()); !strings.Contains(string(task.UPID), want) {
+		t.Errorf("UPID %s does not carry the node's start time %s", task.UPID, want)
+	}
+	if task.StartTime.Unix() != at.Unix() || task.EndTime.Unix() != at.Unix() {
+		t.Errorf("status start %v end %v, want %v", task.StartTime, task.EndTime, at)
+	}
+	var rows []map[string]any
+	if err := client.Get(context.Background(), "/nodes/pve1/tasks", &rows); err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 1 || rows[0]["starttime"] != float64(at.Unix()) || rows[0]["endtime"] != float64(at.Unix()) {
+		t.Errorf("task list %v, want start and end at %d", rows, at.Unix())
 	}
 }

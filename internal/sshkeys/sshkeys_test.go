@@ -13,14 +13,11 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/felhom/felhom-agent/internal/sshkeys/sshkeystest"
+	"github.com/felhom/felhom-agent/internal/testtool"
 )
 
 func TestLoad(t *testing.T) {
-	for _, tool := range []string{"ssh-keygen", "ssh-agent", "ssh-add"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (apt-get install openssh-client)", tool)
-		}
-	}
+	testtool.Need(t, "ssh-keygen", "ssh-agent", "ssh-add")
 	dir := t.TempDir()
 	path := func(name string) string { return filepath.Join(dir, name) }
 	plain := keygen(t, path("plain"), "ed25519", "plain@test")
@@ -132,11 +129,7 @@ func TestLoad(t *testing.T) {
 // TestCloseReleasesAgent checks that Close ends the agent connection: a
 // signer used after Close fails instead of leaking the connection.
 func TestCloseReleasesAgent(t *testing.T) {
-	for _, tool := range []string{"ssh-keygen", "ssh-agent", "ssh-add"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (apt-get install openssh-client)", tool)
-		}
-	}
+	testtool.Need(t, "ssh-keygen", "ssh-agent", "ssh-add")
 	dir := t.TempDir()
 	keygen(t, filepath.Join(dir, "ops"), "ed25519", "ops@test")
 	t.Setenv(AuthSockEnv, sshkeystest.StartAgent(t, filepath.Join(dir, "ops")))

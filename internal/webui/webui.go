@@ -1,6 +1,6 @@
 // Package webui serves the Temporal Web UI (github.com/temporalio/ui-server)
 // inside the agent's process, pointed at a Temporal frontend, so that
-// `felhom-agent dev` needs nothing else installed to be operated.
+// `felhom-dev` needs nothing else installed to be operated.
 package webui
 
 import (

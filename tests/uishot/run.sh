@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Headless-Chromium check of the Temporal Web UI served by `felhom-agent dev`:
+# Headless-Chromium check of the Temporal Web UI served by `felhom-dev`:
 # a destroy waits for a signature, and the UI's saved-view query lists it.
 # Not part of CI (it installs Chromium); run it by hand:
 #
@@ -14,10 +14,10 @@ work=$(mktemp -d)
 trap 'kill "$dev_pid" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
-go build -o "$work/felhom-agent" ./cmd/felhom-agent
+go build -o "$work/felhom-dev" ./cmd/felhom-dev
 go build -o "$work/felhomctl" ./cmd/felhomctl
 
-"$work/felhom-agent" dev --data-dir "$work/dev" --frontend-addr 127.0.0.1:0 --ui-addr 127.0.0.1:0 \
+"$work/felhom-dev" --data-dir "$work/dev" --frontend-addr 127.0.0.1:0 --ui-addr 127.0.0.1:0 \
   --metrics-addr off --pvesim-task-duration 200ms > "$work/banner" 2> "$work/dev.log" &
 dev_pid=$!
 for _ in $(seq 60); do grep -q 'Temporal frontend' "$work/banner" && break; sleep 1; done

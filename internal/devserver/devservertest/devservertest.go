@@ -1,9 +1,16 @@
 // Package devservertest starts one embedded Temporal server per test package,
 // on a free port, with the project's search attributes registered.
+//
+// The server keeps its state in SQLite in memory, or, with
+// FELHOM_TEST_TEMPORAL_DB=postgresql in the environment, in a PostgreSQL
+// cluster of its own (package pgcluster), set up with the schema steps of
+// docker-compose.yml: the production path. Outside CI a missing PostgreSQL
+// skips the tests that need the server; under CI=true it fails them.
 package devservertest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,13 +21,19 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"github.com/felhom/felhom-agent/internal/devserver"
+	"github.com/felhom/felhom-agent/internal/pgcluster"
+	"github.com/felhom/felhom-agent/internal/testtool"
 	"github.com/felhom/felhom-agent/internal/visibility"
 )
 
+// DBEnv selects the server's database: "sqlite" (the default) or "postgresql".
+const DBEnv = "FELHOM_TEST_TEMPORAL_DB"
+
 var (
-	mu     sync.Mutex
-	shared *devserver.Server
-	inMain bool
+	mu       sync.Mutex
+	shared   *devserver.Server
+	sharedPG *pgcluster.Cluster
+	inMain   bool
 )
 
 // Main runs a package's tests with a shared server started lazily by Start
@@ -39,6 +52,12 @@ func Main(m *testing.M) {
 		}
 		shared = nil
 	}
+	if sharedPG != nil {
+		if err := sharedPG.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "devservertest:", err)
+		}
+		sharedPG = nil
+	}
 	mu.Unlock()
 	os.Exit(code)
 }
@@ -53,8 +72,21 @@ func Start(t testing.TB) *devserver.Server {
 	if shared != nil {
 		return shared
 	}
-	s, err := devserver.Start(context.Background(), Config())
+	cfg := Config()
+	var pg *pgcluster.Cluster
+	switch db := os.Getenv(DBEnv); db {
+	case "", "sqlite":
+	case "postgresql":
+		pg = StartPostgres(t)
+		cfg.Postgres = PostgresOf(pg)
+	default:
+		t.Fatalf("%s=%q: want sqlite or postgresql", DBEnv, db)
+	}
+	s, err := devserver.Start(context.Background(), cfg)
 	if err != nil {
+		if pg != nil {
+			_ = pg.Stop()
+		}
 		t.Fatalf("start embedded Temporal server: %v", err)
 	}
 	if !inMain {
@@ -62,11 +94,43 @@ func Start(t testing.TB) *devserver.Server {
 			mu.Lock()
 			defer mu.Unlock()
 			_ = s.Stop()
-			shared = nil
+			if pg != nil {
+				_ = pg.Stop()
+			}
+			shared, sharedPG = nil, nil
 		})
 	}
-	shared = s
+	shared, sharedPG = s, pg
 	return s
+}
+
+// OnPostgres reports whether the shared server runs on PostgreSQL.
+func OnPostgres() bool { return os.Getenv(DBEnv) == "postgresql" }
+
+// StartPostgres starts a PostgreSQL cluster with Temporal's databases set up
+// by the schema steps of docker-compose.yml. The caller stops it. A missing
+// PostgreSQL skips t, or fails it under CI.
+func StartPostgres(t testing.TB) *pgcluster.Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pg, err := pgcluster.Start(ctx)
+	if errors.Is(err, pgcluster.ErrNotInstalled) {
+		testtool.NeedPostgres(t, err)
+	}
+	if err != nil {
+		t.Fatalf("start PostgreSQL: %v", err)
+	}
+	if err := pg.SetupTemporal(ctx); err != nil {
+		_ = pg.Stop()
+		t.Fatalf("set up Temporal's databases: %v", err)
+	}
+	return pg
+}
+
+// PostgresOf is the server's persistence on pg's two Temporal databases.
+func PostgresOf(pg *pgcluster.Cluster) *devserver.Postgres {
+	return &devserver.Postgres{Default: pg.SQL(pgcluster.DB), Visibility: pg.SQL(pgcluster.VisibilityDB)}
 }
 
 // Client returns a client of the shared server, closed when t ends.

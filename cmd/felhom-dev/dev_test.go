@@ -7,7 +7,9 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -21,24 +23,28 @@ import (
 	"github.com/felhom/felhom-agent/workflows/desired"
 )
 
-// devProcess is `felhom-agent dev` running as its own process.
+// devProcess is felhom-dev running as its own process.
 type devProcess struct {
 	cmd      *exec.Cmd
 	ui       string
 	frontend string
 	metrics  string
+	proxmox  string // the Proxmox API line of the banner
 	stderr   *strings.Builder
+	started  time.Time // when the process was started
+	ready    time.Time // when its banner was complete
 }
 
 var (
 	bannerUI       = regexp.MustCompile(`Temporal Web UI\s+(http://\S+)`)
 	bannerFrontend = regexp.MustCompile(`Temporal frontend\s+(\S+)`)
 	bannerMetrics  = regexp.MustCompile(`Worker metrics\s+(http://\S+)`)
+	bannerProxmox  = regexp.MustCompile(`Proxmox API\s+(.+)$`)
 )
 
 func startDev(t *testing.T, dataDir string) *devProcess {
 	t.Helper()
-	cmd := exec.Command("felhom-agent", "dev", "--data-dir", dataDir,
+	cmd := exec.Command("felhom-dev", "--data-dir", dataDir,
 		"--frontend-addr", "127.0.0.1:0", "--ui-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
 		"--pvesim-task-duration", "100ms")
 	stdout, err := cmd.StdoutPipe()
@@ -47,6 +53,7 @@ func startDev(t *testing.T, dataDir string) *devProcess {
 	}
 	p := &devProcess{cmd: cmd, stderr: &strings.Builder{}}
 	cmd.Stderr = p.stderr
+	p.started = time.Now()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -67,8 +74,14 @@ func startDev(t *testing.T, dataDir string) *devProcess {
 			if m := bannerMetrics.FindStringSubmatch(line); m != nil {
 				p.metrics = m[1]
 			}
+			if m := bannerProxmox.FindStringSubmatch(line); m != nil {
+				p.proxmox = m[1]
+			}
 			if m := bannerFrontend.FindStringSubmatch(line); m != nil {
 				p.frontend = m[1]
+			}
+			if strings.HasPrefix(strings.TrimSpace(line), "Host-local stores") {
+				p.ready = time.Now()
 				close(found)
 			}
 		}
@@ -184,4 +197,87 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// TestDevRestartAfterSIGKILL: dev killed with SIGKILL (no shutdown at all)
+// starts again on the same data directory at once, on the same simulated
+// node: same address, the guests as the killed run left them. The time
+// from the restart to the first answered request is reported; the bound
+// asserted is generous, the figure is what to read.
+func TestDevRestartAfterSIGKILL(t *testing.T) {
+	dataDir := t.TempDir()
+	dev := startDev(t, dataDir)
+	first := dev.proxmox
+	c, err := client.Dial(client.Options{HostPort: dev.frontend})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Start the stopped demo VM 101, and wait until it converged.
+	spec := desired.Spec{Host: "dev", VMID: 101, Kind: desired.QEMU, State: desired.Running, Name: "worker", Memory: "4GiB", Cores: 4, Tags: []string{"demo"}}
+	id := workflows.GuestWorkflowID("dev", 101)
+	if _, err := c.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{ID: id, TaskQueue: workflows.TaskQueue("dev")},
+		workflows.GuestReconcileWorkflow, workflows.GuestInput{Host: "dev", VMID: 101, Desired: &spec}); err != nil {
+		t.Fatal(err)
+	}
+	converged := `WorkflowId = "` + id + `" AND ` + visibility.Phase + ` = "` + workflows.PhaseConverged + `"`
+	waitFor(t, "guest 101 to converge", func() bool { return len(dev.uiWorkflows(t, converged)) == 1 })
+	c.Close()
+	if !simGuestStatus(t, dataDir, 101) {
+		t.Fatal("guest 101 is not running in the simulator's state")
+	}
+
+	if err := dev.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = dev.cmd.Wait()
+
+	dev = startDev(t, dataDir)
+	c, err = client.Dial(client.Options{HostPort: dev.frontend})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.DescribeWorkflowExecution(context.Background(), id, ""); err != nil {
+		t.Fatalf("first request after the restart: %v", err)
+	}
+	served := time.Since(dev.started)
+	t.Logf("dev restarted after SIGKILL: banner after %s, first request answered after %s", dev.ready.Sub(dev.started).Round(time.Millisecond), served.Round(time.Millisecond))
+	if served > 30*time.Second {
+		t.Errorf("the restart after SIGKILL took %s to answer a request", served)
+	}
+	addr := func(line string) string { return strings.Fields(line)[0] }
+	if addr(dev.proxmox) != addr(first) || !strings.Contains(dev.proxmox, "5 guests restored") {
+		t.Errorf("Proxmox API after the restart %q, want the same node as %q with its 5 guests restored", dev.proxmox, first)
+	}
+	if !simGuestStatus(t, dataDir, 101) {
+		t.Error("guest 101 is not running after the restart")
+	}
+	waitFor(t, "guest 101 to stay converged", func() bool { return len(dev.uiWorkflows(t, converged)) == 1 })
+	dev.stop(t)
+}
+
+// simGuestStatus reads from the simulator's state file whether guest vmid
+// runs.
+func simGuestStatus(t *testing.T, dataDir string, vmid int) bool {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dataDir, simStateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Guests []struct {
+			VMID    int  `json:"vmid"`
+			Running bool `json:"running"`
+		} `json:"guests"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range st.Guests {
+		if g.VMID == vmid {
+			return g.Running
+		}
+	}
+	t.Fatalf("no guest %d in the simulator's state", vmid)
+	return false
 }

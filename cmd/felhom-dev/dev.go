@@ -20,18 +20,19 @@ import (
 
 	"github.com/felhom/felhom-agent/internal/devserver"
 	"github.com/felhom/felhom-agent/internal/pinnedsigners"
-	"github.com/felhom/felhom-agent/internal/pvesim"
 	"github.com/felhom/felhom-agent/internal/visibility"
 	"github.com/felhom/felhom-agent/internal/webui"
 	"github.com/felhom/felhom-agent/worker"
 )
 
-const devHelp = `Usage: felhom-agent dev [flags]
+const devHelp = `Usage: felhom-dev [flags]
 
 Runs the whole system in one process, with nothing else to install:
   - a real Temporal server (SQLite in DATA_DIR/temporal.db; data survives restarts),
   - the Temporal Web UI,
-  - a Proxmox VE API simulator seeded with demo guests (unless --config sets proxmox.url),
+  - a Proxmox VE API simulator (unless --config sets proxmox.url): seeded with demo
+    guests on the first run, its guests, volumes and token kept in DATA_DIR/pvesim.json
+    and its address in DATA_DIR/pvesim-addr, so that a restart finds the same node,
   - this host's worker, with an operator signing key made for you in DATA_DIR.
 
 Every address must be free; a taken one fails at start with its name. Use
@@ -61,7 +62,7 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&f.frontendAddr, "frontend-addr", "127.0.0.1:7233", "Temporal frontend gRPC `address`")
 	fs.StringVar(&f.uiAddr, "ui-addr", "127.0.0.1:8233", "Temporal Web UI `address`, or \"off\"")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:9464", "worker Prometheus metrics `address`, or \"off\"")
-	fs.StringVar(&f.pveAddr, "pvesim-addr", "127.0.0.1:0", "Proxmox simulator `address`")
+	fs.StringVar(&f.pveAddr, "pvesim-addr", "", "Proxmox simulator `address` (default: the last run's, kept in DATA_DIR, else a free port on 127.0.0.1)")
 	fs.DurationVar(&f.taskDuration, "pvesim-task-duration", 2*time.Second, "how long each simulated Proxmox task runs")
 	fs.StringVar(&f.hostID, "host-id", "dev", "this host's `id`")
 	fs.StringVar(&f.configPath, "config", "", "optional agent configuration `file`: a proxmox.url there drives a real Proxmox instead of the simulator")
@@ -132,20 +133,17 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 	var opts worker.RunOptions
 	proxmoxWhere := cfg.Proxmox.URL
 	if cfg.Proxmox.URL == "" {
-		sim, err := pvesim.Start(pvesim.Config{StrictPVE: true, Node: cfg.HostID, Addr: f.pveAddr, TaskDuration: f.taskDuration, Logger: log.With("component", "pvesim")})
+		sim, where, err := startDevSimulator(f, cfg.HostID, log.With("component", "pvesim"))
 		if err != nil {
-			return fmt.Errorf("%w (choose another with --pvesim-addr)", err)
+			return err
 		}
 		defer sim.Close()
-		if err := sim.SeedDemo(); err != nil {
-			return fmt.Errorf("seed the simulator: %w", err)
-		}
 		cfg.Proxmox.URL = sim.URL()
 		cfg.Proxmox.Node = sim.Node()
 		cfg.Proxmox.TokenID = sim.TokenID()
 		cfg.Proxmox.TokenSecret = sim.TokenSecret()
 		opts.ProxmoxRootCAs = sim.RootCAs()
-		proxmoxWhere = sim.URL() + " (simulator, seeded with demo guests)"
+		proxmoxWhere = where
 	}
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
@@ -254,7 +252,7 @@ func printDevBanner(w io.Writer, b devBanner) {
 		key = b.OperatorKey + "  (pinned as this host's operational signer)"
 	}
 	fmt.Fprintf(w, `
-felhom-agent dev is running.
+felhom-dev is running.
 
   Temporal Web UI   %s
   Temporal frontend %s  (namespace %s)

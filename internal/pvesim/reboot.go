@@ -1,0 +1,72 @@
+package pvesim
+
+import "time"
+
+// RebootNode simulates the node going down and coming back, as a power cut
+// or a kernel update would: every task's worker dies with it, so each task
+// that was running (or waiting for a guest's config lock) reads afterwards
+// as stopped with exit status "unexpected status", and what it had done
+// stays: a create leaves its guest with only the lock "create" and the
+// disks it had allocated, a destroy leaves a config holding only the lock
+// "destroyed" after it freed the disks. Guests stop; those with onboot=1
+// start again, as pve-guests does at boot. Config locks stay, since they
+// are in the config files.
+//
+// It returns when every task has stopped.
+func (s *Server) RebootNode() {
+	s.mu.Lock()
+	var stopped []chan struct{}
+	for _, t := range s.tasks {
+		if t.running && !t.cancelled {
+			t.lost, t.cancelled = true, true
+			close(t.cancel)
+			stopped = append(stopped, t.done)
+		}
+	}
+	s.mu.Unlock()
+	for _, done := range stopped {
+		<-done
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.bootTime = time.Now()
+	for _, g := range s.guests {
+		s.setRunning(g, false)
+	}
+	for _, g := range s.sortedGuests() {
+		if g.conf["onboot"] == "1" && g.conf["lock"] == "" && g.conf["template"] != "1" {
+			s.setRunning(g, true)
+		}
+	}
+}
+
+// allocateOrphans allocates the new disks of a create whose worker died
+// before it wrote the config: the volumes exist, no config names them, and
+// the guest's config holds only the lock "create" (pve writes the whole
+// config, marker and name included, in one go at the end). s.mu held.
+func (s *Server) allocateOrphans(vmid int, set map[string]string) {
+	g := s.guests[vmid]
+	if g == nil {
+		return
+	}
+	for k, v := range set {
+		if isDiskKey(g.kind, k) {
+			if _, aerr := s.allocDisk(vmid, v); aerr != nil {
+				return
+			}
+		}
+	}
+}
+
+// destroyedRemnant is what a destroy whose worker died after freeing the
+// disks leaves: destroy_vm's replacement config, only the lock "destroyed".
+// s.mu held.
+func (s *Server) destroyedRemnant(vmid int, unreferenced bool) {
+	g := s.guests[vmid]
+	if g == nil {
+		return
+	}
+	s.freeGuestVolumes(g, unreferenced, nil)
+	g.conf = map[string]string{"lock": "destroyed"}
+	g.pending, g.pendingDelete = nil, nil
+}
