@@ -87,7 +87,10 @@ func TestHostWorkflowTakesAChangedIntervalWithoutARestart(t *testing.T) {
 	a.stop()
 
 	a = startAgentWith(t, host, sim, func(c *worker.Config) { c.DriftCheckInterval = time.Second }, newOperatorKey(t, "ed25519").Pub)
-	waitFor(t, "the new interval", func() bool { return a.hostStatus(t).Interval == time.Second })
+	waitFor(t, "the new interval", func() bool {
+		hs, err := a.tryHostStatus()
+		return err == nil && hs.Interval == time.Second
+	})
 	waitHostPasses(t, a, 2)
 	desc, err = a.client.DescribeWorkflowExecution(context.Background(), workflows.HostWorkflowID(host), "")
 	must(t, err)

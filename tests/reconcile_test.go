@@ -483,9 +483,19 @@ func jobRejection(err error) string {
 // hostStatus queries the host workflow.
 func (a *agent) hostStatus(t *testing.T) workflows.HostStatus {
 	t.Helper()
-	v, err := a.client.QueryWorkflow(context.Background(), workflows.HostWorkflowID(a.host), "", workflows.QueryHostStatus)
+	hs, err := a.tryHostStatus()
 	must(t, err)
-	var hs workflows.HostStatus
-	must(t, v.Get(&hs))
 	return hs
+}
+
+// tryHostStatus queries the host workflow. Right after a worker restart a
+// query can time out while the server still offers the workflow to the
+// stopped worker's sticky queue; waits use this and query again.
+func (a *agent) tryHostStatus() (workflows.HostStatus, error) {
+	var hs workflows.HostStatus
+	v, err := a.client.QueryWorkflow(context.Background(), workflows.HostWorkflowID(a.host), "", workflows.QueryHostStatus)
+	if err != nil {
+		return hs, err
+	}
+	return hs, v.Get(&hs)
 }
