@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/felhom/felhom-agent/internal/cmdline"
 	"io"
 	"log/slog"
 	"os"
@@ -31,15 +32,15 @@ configuration itself is invalid (then nothing is contacted).
 `
 
 func cmdCheck(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("check", checkHelp, stderr)
+	fs := cmdline.NewFlagSet("check", checkHelp, stderr)
 	configPath := fs.String("config", os.Getenv("FELHOM_CONFIG"), "YAML configuration `file` (env FELHOM_CONFIG)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cmdline.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	cfg, err := worker.LoadConfig(*configPath, os.Environ())
 	if err != nil {
 		fmt.Fprintf(stdout, "FAIL config\n")
-		return usageError{err}
+		return cmdline.UsageError{Err: err}
 	}
 	fmt.Fprintf(stdout, "ok   config     %s\n", *configPath)
 	// The SDK's own logging is noise here; errors come back as values.

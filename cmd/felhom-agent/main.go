@@ -12,8 +12,8 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
+	"github.com/felhom/felhom-agent/internal/cmdline"
 	"io"
 	"os"
 )
@@ -36,13 +36,12 @@ func main() {
 	os.Exit(runMain(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-// exitUsage is the exit code for a command line or configuration that cannot work.
-const exitUsage = 2
+// cmdline.ExitUsage is the exit code for a command line or configuration that cannot work.
 
 func runMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return exitUsage
+		return cmdline.ExitUsage
 	}
 	var err error
 	switch args[0] {
@@ -54,7 +53,7 @@ func runMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		printVersion(stdout)
 		return 0
 	case "dev":
-		err = usageError{errors.New(`"dev" is a command of its own: felhom-dev (go run ./cmd/felhom-dev); this binary is the per-host worker`)}
+		err = cmdline.UsageError{Err: errors.New(`"dev" is a command of its own: felhom-dev (go run ./cmd/felhom-dev); this binary is the per-host worker`)}
 	case "signers":
 		err = cmdSigners(args[1:], stdin, stdout, stderr)
 	case "help", "-h", "-help", "--help":
@@ -62,50 +61,7 @@ func runMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 0
 	default:
 		fmt.Fprintf(stderr, "felhom-agent: unknown command %q\n\n%s", args[0], usage)
-		return exitUsage
+		return cmdline.ExitUsage
 	}
-	switch {
-	case err == nil:
-		return 0
-	case errors.Is(err, flag.ErrHelp):
-		return 0
-	case errors.As(err, new(usageError)):
-		fmt.Fprintln(stderr, "felhom-agent:", err)
-		return exitUsage
-	default:
-		fmt.Fprintln(stderr, "felhom-agent:", err)
-		return 1
-	}
-}
-
-// usageError marks an error in the command line or the configuration, as
-// opposed to one met while running.
-type usageError struct{ err error }
-
-func (e usageError) Error() string { return e.err.Error() }
-func (e usageError) Unwrap() error { return e.err }
-
-func newFlagSet(name, help string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), help)
-		fmt.Fprintln(fs.Output(), "\nFlags:")
-		fs.PrintDefaults()
-	}
-	return fs
-}
-
-// parseFlags parses args and refuses positional arguments.
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
-	}
-	return nil
+	return cmdline.Exit("felhom-agent", err, stderr)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"github.com/felhom/felhom-agent/internal/cmdline"
 	"io"
 	"os"
 	"os/signal"
@@ -32,25 +33,25 @@ shutdown_timeout to heartbeat and stop, and Temporal resumes them later.
 `
 
 func cmdRun(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("run", runHelp, stderr)
+	fs := cmdline.NewFlagSet("run", runHelp, stderr)
 	configPath := fs.String("config", os.Getenv("FELHOM_CONFIG"), "YAML configuration `file` (env FELHOM_CONFIG)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cmdline.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	cfg, err := worker.LoadConfig(*configPath, os.Environ())
 	if err != nil {
-		return usageError{err}
+		return cmdline.UsageError{Err: err}
 	}
 	log, err := worker.NewLogger(cfg.Log, stderr)
 	if err != nil {
-		return usageError{err}
+		return cmdline.UsageError{Err: err}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	err = worker.Run(ctx, cfg, log, worker.RunOptions{})
 	if errors.As(err, new(*pinnedsigners.DivergedError)) {
 		// The configuration disagrees with the host: the operator decides.
-		return usageError{err}
+		return cmdline.UsageError{Err: err}
 	}
 	return err
 }

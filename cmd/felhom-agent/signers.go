@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/felhom/felhom-agent/internal/cmdline"
 	"io"
 	"os"
 	"slices"
@@ -46,29 +47,29 @@ func cmdSigners(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 			fmt.Fprint(stderr, signersHelp)
 			return flag.ErrHelp
 		}
-		return usageError{fmt.Errorf("want \"signers repin\"\n\n%s", signersHelp)}
+		return cmdline.UsageError{Err: fmt.Errorf("want \"signers repin\"\n\n%s", signersHelp)}
 	}
-	fs := newFlagSet("signers repin", signersHelp, stderr)
+	fs := cmdline.NewFlagSet("signers repin", signersHelp, stderr)
 	configPath := fs.String("config", os.Getenv("FELHOM_CONFIG"), "YAML configuration `file` (env FELHOM_CONFIG)")
 	yes := fs.Bool("yes", false, "pin without asking for confirmation on stdin")
-	if err := parseFlags(fs, args[1:]); err != nil {
+	if err := cmdline.ParseFlags(fs, args[1:]); err != nil {
 		return err
 	}
 	if *configPath == "" {
-		return usageError{errors.New("signers repin: --config FILE is required: the configuration whose keys are to be pinned")}
+		return cmdline.UsageError{Err: errors.New("signers repin: --config FILE is required: the configuration whose keys are to be pinned")}
 	}
 	cfg, err := worker.LoadConfigUnvalidated(*configPath, os.Environ())
 	if err != nil {
-		return usageError{err}
+		return cmdline.UsageError{Err: err}
 	}
 	path := cfg.PinnedSigners
 	if path == "" {
-		return usageError{errors.New("config: pinned_signers: must name the file of the host's pinned signer keys")}
+		return cmdline.UsageError{Err: errors.New("config: pinned_signers: must name the file of the host's pinned signer keys")}
 	}
 	configured := pinnedsigners.Keys{Operational: cfg.Signers.Operational, Recovery: cfg.Signers.Recovery}
 	conf, err := pinnedsigners.Fingerprints(configured)
 	if err != nil {
-		return usageError{fmt.Errorf("config: signers: %w", err)}
+		return cmdline.UsageError{Err: fmt.Errorf("config: signers: %w", err)}
 	}
 
 	lock, err := pinnedsigners.TryLock(path)
@@ -165,7 +166,7 @@ func confirm(r io.Reader, w io.Writer, prompt string) error {
 	line, err := bufio.NewReader(r).ReadString('\n')
 	if err != nil && (!errors.Is(err, io.EOF) || line == "") {
 		fmt.Fprintln(w)
-		return usageError{errors.New("no confirmation on stdin (it ended before a line was read): answer \"yes\" at the prompt, or give --yes; nothing was changed")}
+		return cmdline.UsageError{Err: errors.New("no confirmation on stdin (it ended before a line was read): answer \"yes\" at the prompt, or give --yes; nothing was changed")}
 	}
 	if answer := strings.TrimSpace(line); answer != "yes" {
 		return fmt.Errorf("answered %q: nothing was changed", answer)

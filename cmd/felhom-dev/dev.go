@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/felhom/felhom-agent/internal/cmdline"
 	"io"
 	"os"
 	"os/signal"
@@ -56,7 +57,7 @@ type devFlags struct {
 }
 
 func cmdDev(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("dev", devHelp, stderr)
+	fs := cmdline.NewFlagSet("dev", devHelp, stderr)
 	var f devFlags
 	fs.StringVar(&f.dataDir, "data-dir", ".felhom-dev", "`directory` for the Temporal database, the host-local stores and the dev operator key")
 	fs.StringVar(&f.frontendAddr, "frontend-addr", "127.0.0.1:7233", "Temporal frontend gRPC `address`")
@@ -67,12 +68,12 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&f.hostID, "host-id", "dev", "this host's `id`")
 	fs.StringVar(&f.configPath, "config", "", "optional agent configuration `file`: a proxmox.url there drives a real Proxmox instead of the simulator")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cmdline.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	log, err := worker.NewLogger(worker.LogConfig{Level: f.logLevel, Format: "text"}, stderr)
 	if err != nil {
-		return usageError{fmt.Errorf("--log-level: %w", err)}
+		return cmdline.UsageError{Err: fmt.Errorf("--log-level: %w", err)}
 	}
 	// The server's own info lines are about its internals; keep its warnings
 	// unless everything was asked for.
@@ -83,7 +84,7 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 	serverLog, _ := worker.NewLogger(worker.LogConfig{Level: serverLevel, Format: "text"}, stderr)
 	cfg, operatorKey, err := devConfig(f)
 	if err != nil {
-		return usageError{err}
+		return cmdline.UsageError{Err: err}
 	}
 	simulated := cfg.Proxmox.URL == ""
 	if !simulated {
@@ -93,11 +94,11 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 		check := cfg
 		check.Temporal = worker.TemporalConfig{Address: f.frontendAddr, Namespace: "default"}
 		if err := check.Validate(); err != nil {
-			return usageError{err}
+			return cmdline.UsageError{Err: err}
 		}
 		if err := worker.CheckSigners(check); err != nil {
 			if errors.As(err, new(*pinnedsigners.DivergedError)) {
-				return usageError{err}
+				return cmdline.UsageError{Err: err}
 			}
 			return err
 		}
@@ -146,7 +147,7 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 		proxmoxWhere = where
 	}
 	if err := cfg.Validate(); err != nil {
-		return usageError{err}
+		return cmdline.UsageError{Err: err}
 	}
 
 	opts.Ready = func(info worker.Info) {
