@@ -1,12 +1,33 @@
 package workflows
 
+// fifo holds requests that handlers queued for the workflow's loop, oldest
+// first; each handler keeps its request and waits until the loop answered it.
+type fifo[T any] struct {
+	reqs []*T
+}
+
+// push queues req and returns it, to wait on.
+func (q *fifo[T]) push(req *T) *T {
+	q.reqs = append(q.reqs, req)
+	return req
+}
+
+// pop takes the oldest request off the queue; the caller answers it.
+func (q *fifo[T]) pop() *T {
+	req := q.reqs[0]
+	q.reqs = q.reqs[1:]
+	return req
+}
+
+func (q *fifo[T]) len() int { return len(q.reqs) }
+
 // approvalQueue holds the approvals that arrived for the pending action,
 // oldest first. Each is answered exactly once: with the host's verdict when
 // it was tried, or as superseded when the wait ended without trying it. An
 // approval sent by Update has a caller waiting for that answer; one sent by
 // Signal has none.
 type approvalQueue struct {
-	reqs []*approvalRequest
+	fifo[approvalRequest]
 }
 
 type approvalRequest struct {
@@ -14,22 +35,6 @@ type approvalRequest struct {
 	verdict  ApprovalVerdict
 	answered bool
 }
-
-// push queues an approval and returns its request, to wait on.
-func (q *approvalQueue) push(a Approval) *approvalRequest {
-	req := &approvalRequest{approval: a}
-	q.reqs = append(q.reqs, req)
-	return req
-}
-
-// pop takes the oldest approval off the queue; the caller answers it.
-func (q *approvalQueue) pop() *approvalRequest {
-	req := q.reqs[0]
-	q.reqs = q.reqs[1:]
-	return req
-}
-
-func (q *approvalQueue) len() int { return len(q.reqs) }
 
 // answerAll answers every queued approval with v and empties the queue.
 func (q *approvalQueue) answerAll(v ApprovalVerdict) {

@@ -458,7 +458,7 @@ func (g *guest) registerHandlers(ctx workflow.Context) error {
 	}
 	err = workflow.SetUpdateHandlerWithOptions(ctx, UpdateApprove,
 		func(ctx workflow.Context, a Approval) (ApprovalVerdict, error) {
-			req := g.approvals.push(a)
+			req := g.approvals.push(&approvalRequest{approval: a})
 			if err := workflow.Await(ctx, func() bool { return req.answered }); err != nil {
 				return ApprovalVerdict{}, err
 			}
@@ -519,7 +519,7 @@ func (g *guest) takeSignals(ctx workflow.Context) {
 			workflow.GetLogger(ctx).Warn("approval received while no action is pending: dropped")
 			continue
 		}
-		g.approvals.push(a)
+		g.approvals.push(&approvalRequest{approval: a})
 	}
 	for {
 		var reason string

@@ -33,9 +33,7 @@ func GuestOfJob(in SignedJobInput) (int, bool) {
 
 // jobQueue holds the signed jobs handed to a guest workflow, oldest first;
 // each caller waits for its job's outcome.
-type jobQueue struct {
-	jobs []*jobRequest
-}
+type jobQueue = fifo[jobRequest]
 
 type jobRequest struct {
 	in     SignedJobInput
@@ -43,20 +41,6 @@ type jobRequest struct {
 	err    error
 	done   bool
 }
-
-func (q *jobQueue) push(in SignedJobInput) *jobRequest {
-	req := &jobRequest{in: in}
-	q.jobs = append(q.jobs, req)
-	return req
-}
-
-func (q *jobQueue) pop() *jobRequest {
-	req := q.jobs[0]
-	q.jobs = q.jobs[1:]
-	return req
-}
-
-func (q *jobQueue) len() int { return len(q.jobs) }
 
 // checkJob refuses a job that is not for this guest workflow to run.
 func checkJob(in GuestInput, job SignedJobInput) error {
@@ -81,7 +65,7 @@ func (g *guest) registerJobHandler(ctx workflow.Context) error {
 			if err := checkJob(g.in, job); err != nil {
 				return ExecuteResult{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidJob, nil)
 			}
-			req := g.jobs.push(job)
+			req := g.jobs.push(&jobRequest{in: job})
 			if err := workflow.Await(ctx, func() bool { return req.done }); err != nil {
 				return ExecuteResult{}, err
 			}
