@@ -1,20 +1,18 @@
 package worker
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
+	"maps"
 	"net"
 	"net/url"
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	"go.yaml.in/yaml/v3"
 
 	"github.com/felhom/felhom-agent/gate"
 	"github.com/felhom/felhom-agent/internal/temporalclient"
@@ -146,41 +144,91 @@ const (
 )
 
 // LoadConfig reads path (if not empty) over the defaults, applies the
-// environment and validates the result.
+// environment and validates the result. It reports every problem at once,
+// each a *FieldError naming the setting (the file's line and YAML path, or
+// the environment variable) and the reason: unknown keys and variables,
+// values of the wrong type, and whatever Validate finds in the rest.
 func LoadConfig(path string, environ []string) (Config, error) {
 	cfg, err := LoadConfigUnvalidated(path, environ)
-	if err != nil {
-		return Config{}, err
-	}
-	if err := cfg.Validate(); err != nil {
-		return Config{}, err
+	if errs := joinUnreported(err, cfg.Validate()); errs != nil {
+		return Config{}, errs
 	}
 	return cfg, nil
 }
 
 // LoadConfigUnvalidated is LoadConfig for a caller that fills in more
-// fields before it calls Validate itself.
+// fields before it calls Validate itself. Beside an error it returns the
+// settings it could read, so that the caller can report its own checks in
+// the same run (JoinProblems); only an unreadable file returns nothing.
 func LoadConfigUnvalidated(path string, environ []string) (Config, error) {
 	cfg := Defaults()
+	var errs []error
 	if path != "" {
-		data, err := os.ReadFile(path)
+		f, err := os.Open(path)
 		if err != nil {
 			return Config{}, fmt.Errorf("config: %w", err)
 		}
-		dec := yaml.NewDecoder(bytes.NewReader(data))
-		dec.KnownFields(true)
-		// An empty file is an empty document, not an error.
-		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-			return Config{}, fmt.Errorf("config %s: %w", path, err)
+		data, err := readConfigFile(f, path)
+		f.Close()
+		if err != nil {
+			return Config{}, err
+		}
+		if err := DecodeYAML(data, path, &cfg); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if err := cfg.ApplyEnv(environ); err != nil {
-		return Config{}, err
+		errs = append(errs, err)
 	}
 	if cfg.Proxmox.Node == "" {
 		cfg.Proxmox.Node = cfg.HostID
 	}
-	return cfg, nil
+	return cfg, errors.Join(errs...)
+}
+
+// JoinProblems joins the problems of loading (LoadConfigUnvalidated) and of
+// validating one configuration, leaving out what validation says of a
+// setting whose value could not be read: that one is already reported, and
+// the default left in its place is not the user's.
+func JoinProblems(load, validate error) error { return joinUnreported(load, validate) }
+
+func joinUnreported(load, validate error) error {
+	if load == nil {
+		return validate
+	}
+	unread := map[string]bool{}
+	for _, e := range flattenErrors(load) {
+		if fe, ok := e.(*FieldError); ok && fe.path != "" {
+			unread[fe.path] = true
+		}
+		// A file that is not YAML leaves everything at its default.
+		if _, ok := e.(*FieldError); !ok {
+			return load
+		}
+	}
+	errs := []error{load}
+	for _, e := range flattenErrors(validate) {
+		if fe, ok := e.(*FieldError); ok && unread[fe.path] {
+			continue
+		}
+		errs = append(errs, e)
+	}
+	return errors.Join(errs...)
+}
+
+// flattenErrors undoes errors.Join.
+func flattenErrors(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flattenErrors(e)...)
+		}
+		return out
+	}
+	return []error{err}
 }
 
 // EnvPrefix starts every environment override.
@@ -215,16 +263,46 @@ func (c *Config) ApplyEnv(environ []string) error {
 		}
 		delete(env, key)
 		if err := setField(f, v); err != nil {
-			errs = append(errs, fmt.Errorf("config: %s: %w", key, err))
+			errs = append(errs, &FieldError{Field: key, Reason: err.Error(), path: envPath(key)})
 		}
 	})
-	for k := range env {
+	unknown := slices.Sorted(maps.Keys(env))
+	for _, k := range unknown {
 		if k == "FELHOM_CONFIG" {
 			continue
 		}
-		errs = append(errs, fmt.Errorf("config: %s is not a known setting (see felhom-agent run --help)", k))
+		errs = append(errs, &FieldError{Field: k, Reason: "not a known setting (see felhom-agent run --help)"})
 	}
 	return errors.Join(errs...)
+}
+
+// envPath is the YAML path of the setting the known variable key sets.
+func envPath(key string) string {
+	var path string
+	walkPaths(reflect.TypeFor[Config](), EnvPrefix, "", func(k, p string) {
+		if k == key {
+			path = p
+		}
+	})
+	return path
+}
+
+func walkPaths(t reflect.Type, prefix, path string, fn func(key, path string)) {
+	for i := range t.NumField() {
+		tag := t.Field(i).Tag.Get("yaml")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		key, sub := prefix+strings.ToUpper(tag), tag
+		if path != "" {
+			sub = path + "." + tag
+		}
+		if ft := t.Field(i).Type; ft.Kind() == reflect.Struct && ft != reflect.TypeFor[time.Duration]() {
+			walkPaths(ft, key+"_", sub, fn)
+			continue
+		}
+		fn(key, sub)
+	}
 }
 
 func walkFields(v reflect.Value, prefix string, fn func(key string, f reflect.Value)) {
@@ -290,7 +368,7 @@ var (
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("config: %s: %s", field, fmt.Sprintf(format, args...)))
+		errs = append(errs, &FieldError{Field: field, Reason: fmt.Sprintf(format, args...), path: field})
 	}
 	if !hostIDPattern.MatchString(c.HostID) {
 		bad("host_id", "%q must be 1-63 lower-case letters, digits or '-', starting with a letter or digit", c.HostID)
@@ -388,7 +466,7 @@ func isLoopback(host string) bool {
 func (c *Config) validateProxmox() []error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("config: %s: %s", field, fmt.Sprintf(format, args...)))
+		errs = append(errs, &FieldError{Field: field, Reason: fmt.Sprintf(format, args...), path: field})
 	}
 	p := c.Proxmox
 	if p.URL == "" {

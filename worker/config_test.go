@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -91,8 +92,8 @@ func TestLoadConfigRejects(t *testing.T) {
 		env     []string
 		wantErr string
 	}{
-		{"unknown yaml field", validYAML + "colour: blue\n", nil, "field colour not found"},
-		{"unknown env key", validYAML, []string{"FELHOM_TEMPORAL_ADRESS=x:1"}, "FELHOM_TEMPORAL_ADRESS is not a known setting"},
+		{"unknown yaml field", validYAML + "colour: blue\n", nil, "agent.yaml:17: colour: not a known setting"},
+		{"unknown env key", validYAML, []string{"FELHOM_TEMPORAL_ADRESS=x:1"}, "FELHOM_TEMPORAL_ADRESS: not a known setting"},
 		{"missing host id", strings.Replace(validYAML, "host_id: pve1", "", 1), nil, "host_id"},
 		{"upper-case host id", validYAML, []string{"FELHOM_HOST_ID=PVE1"}, `host_id: "PVE1" must be`},
 		{"address without port", validYAML, []string{"FELHOM_TEMPORAL_ADDRESS=temporal"}, `temporal.address: "temporal" is not host:port (or host:port,host:port,... or dns:///host:port)`},
@@ -195,6 +196,119 @@ func TestMaxValidityUpToSevenDays(t *testing.T) {
 		if want, _ := time.ParseDuration(v); cfg.Signers.MaxValidity != want {
 			t.Errorf("max_validity = %s, want %s", cfg.Signers.MaxValidity, want)
 		}
+	}
+}
+
+// Every problem of a configuration is reported in one run, whatever its
+// sort: a value of the wrong type or an unknown key in the file, a bad or
+// unknown variable in the environment, and what Validate finds in the
+// rest. A setting whose value could not be read is reported once, not
+// again by Validate for the default left in its place.
+func TestLoadConfigReportsEveryKindOfProblemAtOnce(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		env  []string
+		want []string // each problem, in order, as printed
+	}{
+		{
+			name: "three mistakes of three sorts",
+			yaml: validYAML + "max_concurrent_activities: many\ncolour: blue\n",
+			env:  []string{"FELHOM_HOST_ID=PVE 1"},
+			want: []string{
+				`config: agent.yaml:17: max_concurrent_activities: "many" is not a whole number`,
+				`config: agent.yaml:18: colour: not a known setting (see felhom-agent run --help)`,
+				`config: host_id: "PVE 1" must be 1-63 lower-case letters`,
+			},
+		},
+		{
+			name: "several type errors, nested keys and the environment",
+			yaml: strings.NewReplacer("  namespace: fleet", "  namespace: [a, b]\n  adress: x", "  token_secret: s3cret", "  token_secret: s3cret\n  timeout: 5").Replace(validYAML) +
+				"signers:\n  max_validity: forever\n",
+			env: []string{"FELHOM_PROXMOX_INSECURE_SKIP_VERIFY=maybe", "FELHOM_LOG_LEVL=debug", "FELHOM_SHUTDOWN_TIMEOUT=-1s"},
+			want: []string{
+				`config: agent.yaml:5: temporal.namespace: must be a single value, not a list`,
+				`config: agent.yaml:6: temporal.adress: not a known setting`,
+				`config: agent.yaml:13: proxmox.timeout: "5" is not a duration with a unit (30s, 5m, 1h30m)`,
+				`config: agent.yaml:19: signers: given twice (first on line 14): keep one`,
+				`config: FELHOM_PROXMOX_INSECURE_SKIP_VERIFY: "maybe" is not a boolean`,
+				`config: FELHOM_LOG_LEVL: not a known setting`,
+				`config: shutdown_timeout: must be positive, got -1s`,
+			},
+		},
+		{
+			name: "a section of the wrong shape",
+			yaml: validYAML + "log: debug\nmetrics:\n  address: [1]\n",
+			want: []string{
+				`config: agent.yaml:17: log: must be a mapping of settings, not "debug"`,
+				`config: agent.yaml:19: metrics.address: must be a single value, not a list`,
+			},
+		},
+		{
+			name: "a file that is not YAML is one problem, the environment's are still told",
+			yaml: "host_id: [pve1\n",
+			env:  []string{"FELHOM_NOPE=1"},
+			want: []string{"not valid YAML", "config: FELHOM_NOPE: not a known setting"},
+		},
+		{
+			name: "two documents",
+			yaml: validYAML + "---\nhost_id: pve2\n",
+			want: []string{"holds more than one YAML document"},
+		},
+		{
+			name: "only the validation",
+			env:  []string{"FELHOM_TEMPORAL_ADDRESS=nope"},
+			want: []string{"config: host_id:", "config: temporal.address:", "config: proxmox.url:"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := ""
+			if tt.yaml != "" {
+				path = filepath.Join(t.TempDir(), "agent.yaml")
+				if err := os.WriteFile(path, []byte(tt.yaml), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := LoadConfig(path, tt.env)
+			if err == nil {
+				t.Fatal("LoadConfig accepted it")
+			}
+			msg := err.Error()
+			if path != "" {
+				msg = strings.ReplaceAll(msg, path, "agent.yaml")
+			}
+			lines := strings.Split(msg, "\n")
+			if len(lines) != len(tt.want) {
+				t.Errorf("%d problems, want %d:\n%s", len(lines), len(tt.want), strings.Join(lines, "\n"))
+			}
+			for i, want := range tt.want {
+				if i < len(lines) && !strings.Contains(lines[i], want) {
+					t.Errorf("problem %d = %q\nwant it to contain %q", i+1, lines[i], want)
+				}
+			}
+		})
+	}
+}
+
+// The settings a file gets right are kept beside the ones it gets wrong,
+// and a wrong one keeps its default.
+func TestLoadConfigUnvalidatedKeepsWhatItCouldRead(t *testing.T) {
+	path := writeFile(t, "agent.yaml", validYAML+"shutdown_timeout: soon\ndrift_check_interval: 5m\n")
+	cfg, err := LoadConfigUnvalidated(path, nil)
+	var fe *FieldError
+	if !errors.As(err, &fe) || !strings.Contains(fe.Field, "shutdown_timeout") {
+		t.Fatalf("error = %v, want a *FieldError naming shutdown_timeout", err)
+	}
+	if cfg.HostID != "pve1" || cfg.DriftCheckInterval != 5*time.Minute || cfg.ShutdownTimeout != 30*time.Second {
+		t.Errorf("host_id %q, drift %s, shutdown %s; want the file's pve1 and 5m, and the default 30s", cfg.HostID, cfg.DriftCheckInterval, cfg.ShutdownTimeout)
+	}
+}
+
+func TestLoadConfigRefusesAHugeFile(t *testing.T) {
+	path := writeFile(t, "agent.yaml", "# "+strings.Repeat("x", MaxConfigSize)+"\n")
+	if _, err := LoadConfig(path, nil); err == nil || !strings.Contains(err.Error(), "larger than 1024 KiB") {
+		t.Errorf("error = %v, want the size refused", err)
 	}
 }
 

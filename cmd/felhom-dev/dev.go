@@ -176,13 +176,15 @@ func cmdDev(args []string, stdout, stderr io.Writer) error {
 // empty when the keys come from the file.
 func devConfig(f devFlags) (cfg worker.Config, operatorKey string, err error) {
 	cfg = worker.Defaults()
+	var loadErr error
 	if f.configPath != "" {
-		if cfg, err = worker.LoadConfigUnvalidated(f.configPath, os.Environ()); err != nil {
-			return cfg, "", err
-		}
+		cfg, loadErr = worker.LoadConfigUnvalidated(f.configPath, os.Environ())
 	}
 	if cfg.HostID == "" {
 		cfg.HostID = f.hostID
+	}
+	if loadErr != nil {
+		return cfg, "", devLoadProblems(f, cfg, loadErr)
 	}
 	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
 		return cfg, "", fmt.Errorf("--data-dir: %w", err)
@@ -208,6 +210,23 @@ func devConfig(f devFlags) (cfg worker.Config, operatorKey string, err error) {
 		cfg.Signers.Operational = []string{pub}
 	}
 	return cfg, operatorKey, nil
+}
+
+// devLoadProblems is every problem of a configuration file that could not
+// be read as a whole: those of reading it, and what Validate finds in the
+// settings dev takes from it, so that one run names them all. The settings
+// dev sets itself (Temporal, and the simulator's Proxmox section when the
+// file names no proxmox.url) are stood in for.
+func devLoadProblems(f devFlags, cfg worker.Config, loadErr error) error {
+	check := cfg
+	check.Temporal = worker.TemporalConfig{Address: f.frontendAddr, Namespace: "default"}
+	check.Metrics.Address, check.Log.Level = f.metricsAddr, f.logLevel
+	if check.Proxmox.URL == "" {
+		check.Proxmox = worker.Defaults().Proxmox
+		check.Proxmox.URL, check.Proxmox.TokenID, check.Proxmox.TokenSecret = "http://127.0.0.1/api2/json", "felhom@pve!dev", "simulated"
+		check.NonceStore, check.ProvenanceLedger, check.PinnedSigners = "data-dir", "data-dir", "data-dir"
+	}
+	return worker.JoinProblems(loadErr, check.Validate())
 }
 
 // devOperatorKey returns the authorized_keys line of the dev operator key at
