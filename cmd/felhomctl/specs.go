@@ -67,13 +67,27 @@ func loadSpecs(path string) ([]guestSpec, error) {
 		problems []string
 	)
 	for _, file := range files {
-		got, err := readSpecFile(file)
+		got, bad, err := readSpecFile(file)
 		if err != nil {
 			problems = append(problems, err.Error())
 			continue
 		}
-		specs = append(specs, got...)
+		specs, problems = append(specs, got...), append(problems, bad...)
 	}
+	specs, err = checkSpecs(specs, problems)
+	if err != nil {
+		return nil, err
+	}
+	if len(specs) == 0 {
+		return nil, usageErrorf("%s holds no guest", path)
+	}
+	return specs, nil
+}
+
+// checkSpecs normalises every spec, checks its options against Proxmox's
+// schema and refuses a guest given twice; any problem, its own or one of
+// problems, refuses them all.
+func checkSpecs(specs []guestSpec, problems []string) ([]guestSpec, error) {
 	seen := map[string]string{}
 	for i := range specs {
 		g := &specs[i]
@@ -97,9 +111,6 @@ func loadSpecs(path string) ([]guestSpec, error) {
 	}
 	if len(problems) > 0 {
 		return nil, usageErrorf("invalid desired state, nothing was sent:\n  %s", strings.Join(problems, "\n  "))
-	}
-	if len(specs) == 0 {
-		return nil, usageErrorf("%s holds no guest", path)
 	}
 	return specs, nil
 }
@@ -130,14 +141,36 @@ func specFiles(path string) ([]string, error) {
 	return files, nil
 }
 
-func readSpecFile(file string) ([]guestSpec, error) {
-	data, err := os.ReadFile(file)
+// MaxSpecFileSize bounds one desired-state file: far more than a fleet's
+// worth of guests, and it keeps a wrong path from filling memory.
+const MaxSpecFileSize = 16 << 20
+
+// readSpecFile reads the specs of file, and the problems of its documents
+// that could not be read; err is a file that could not be read at all.
+func readSpecFile(file string) (specs []guestSpec, problems []string, err error) {
+	f, err := os.Open(file)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxSpecFileSize+1))
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(data) > MaxSpecFileSize {
+		return nil, nil, fmt.Errorf("%s: larger than %d MiB: split it, or is it a desired-state file?", file, MaxSpecFileSize>>20)
+	}
+	specs, problems = decodeSpecs(data, file)
+	return specs, problems, nil
+}
+
+// decodeSpecs reads the YAML documents of data, the content of file: the
+// specs of the documents it could read, and a problem for each of the
+// others. A document with a value of the wrong type or an unknown key does
+// not stop the next one; text that is not YAML does.
+func decodeSpecs(data []byte, file string) (out []guestSpec, problems []string) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	var out []guestSpec
 	for n := 1; ; n++ {
 		var doc specDocument
 		err := dec.Decode(&doc)
@@ -149,12 +182,16 @@ func readSpecFile(file string) ([]guestSpec, error) {
 			source = fmt.Sprintf("%s, document %d", file, n)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%s: %s", source, yamlErrorText(err))
+			problems = append(problems, fmt.Sprintf("%s: %s", source, yamlErrorText(err)))
+			if errors.As(err, new(*yaml.TypeError)) {
+				continue
+			}
+			break
 		}
 		single := !reflect.ValueOf(doc.Spec).IsZero()
 		switch {
 		case single && doc.Guests != nil:
-			return nil, fmt.Errorf("%s: a document is one guest or a guests: list, not both", source)
+			problems = append(problems, fmt.Sprintf("%s: a document is one guest or a guests: list, not both", source))
 		case single:
 			out = append(out, guestSpec{Source: source, Spec: doc.Spec})
 		default:
@@ -163,7 +200,7 @@ func readSpecFile(file string) ([]guestSpec, error) {
 			}
 		}
 	}
-	return out, nil
+	return out, problems
 }
 
 // flatten undoes errors.Join, so each field problem gets its own line.

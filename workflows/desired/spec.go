@@ -64,6 +64,24 @@ type Spec struct {
 	Options map[string]string `json:"options,omitempty" yaml:"options,omitempty"`
 }
 
+// Limits of a spec. Proxmox has its own; these bound what a spec may ask of
+// the agent, so that a mistaken or hostile one (a size with too many
+// digits, thousands of options) is refused with a clear error before it is
+// stored in a workflow's history or sent to Proxmox.
+const (
+	// MaxMemoryMiB is 4 TiB, the most a Proxmox VE guest can be given.
+	MaxMemoryMiB = 4 << 20
+	// MaxDiskGiB is 1 PiB per disk.
+	MaxDiskGiB = 1 << 20
+	// MaxTags, MaxDisks and MaxOptions bound the lists and maps of a spec.
+	MaxTags    = 64
+	MaxDisks   = 300
+	MaxOptions = 256
+	// MaxValueBytes bounds one string of a spec: a disk's volume, an
+	// option's value, the template.
+	MaxValueBytes = 8 << 10
+)
+
 // FieldError names the spec field that is wrong and why.
 type FieldError struct {
 	Field  string
@@ -77,7 +95,16 @@ var (
 	diskKey     = regexp.MustCompile(`^(scsi|virtio|sata|ide|efidisk|tpmstate|mp)[0-9]+$|^rootfs$`)
 	tagPattern  = regexp.MustCompile(`^[a-z0-9_][a-z0-9_+.-]*$`)
 	namePattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$`)
+	optionKey   = regexp.MustCompile(`^[a-z][a-z0-9_.-]{0,63}$`)
 )
+
+// truncate shortens s for an error message.
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
 
 // reservedOptions are config keys that Spec owns, or that change what a
 // guest is rather than how it is configured.
@@ -92,7 +119,7 @@ func Normalise(s Spec) (Spec, error) {
 		errs = append(errs, &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)})
 	}
 	if !hostPattern.MatchString(s.Host) {
-		bad("host", "%q must be 1-63 lower-case letters, digits or '-'", s.Host)
+		bad("host", "%q must be 1-63 lower-case letters, digits or '-'", truncate(s.Host))
 	}
 	if s.VMID < 100 || s.VMID > 999999999 {
 		bad("vmid", "%d is outside Proxmox's range 100-999999999", s.VMID)
@@ -102,7 +129,7 @@ func Normalise(s Spec) (Spec, error) {
 	case "":
 		bad("state", "must be running, stopped or absent")
 	default:
-		bad("state", "%q is not running, stopped or absent", s.State)
+		bad("state", "%q is not running, stopped or absent", truncate(string(s.State)))
 	}
 	switch s.Kind {
 	case QEMU, LXC:
@@ -111,22 +138,27 @@ func Normalise(s Spec) (Spec, error) {
 			bad("kind", "must be qemu or lxc")
 		}
 	default:
-		bad("kind", "%q is not qemu or lxc", s.Kind)
+		bad("kind", "%q is not qemu or lxc", truncate(string(s.Kind)))
 	}
 	if s.Name != "" && !namePattern.MatchString(s.Name) {
-		bad("name", "%q is not a valid DNS name", s.Name)
+		bad("name", "%q is not a valid DNS name", truncate(s.Name))
 	}
+	memoryGiven := s.Memory != "" || s.MemoryMiB != 0
 	if s.Memory != "" {
 		mib, err := ParseMemoryMiB(s.Memory)
 		if err != nil {
 			bad("memory", "%v", err)
+			memoryGiven = false
 		}
 		s.MemoryMiB = mib
 	} else if s.MemoryMiB == 0 && s.State != Absent {
 		s.MemoryMiB = 512
 	}
-	if s.MemoryMiB != 0 && s.MemoryMiB < 16 {
+	switch {
+	case memoryGiven && s.MemoryMiB < 16:
 		bad("memory", "%d MiB is below Proxmox's minimum of 16 MiB", s.MemoryMiB)
+	case s.MemoryMiB > MaxMemoryMiB:
+		bad("memory", "%d MiB is more than the %d MiB (4 TiB) a guest can have", s.MemoryMiB, MaxMemoryMiB)
 	}
 	s.Memory = ""
 	switch {
@@ -135,9 +167,18 @@ func Normalise(s Spec) (Spec, error) {
 	case s.Cores == 0 && s.State != Absent:
 		s.Cores = 1
 	}
-	for key, vol := range s.Disks {
+	disks := s.Disks
+	if len(disks) > MaxDisks {
+		bad("disks", "%d disks are more than %d", len(disks), MaxDisks)
+		disks = nil
+	}
+	for key, vol := range disks {
+		if len(vol) > MaxValueBytes {
+			bad("disks."+key, "is longer than %d bytes", MaxValueBytes)
+			continue
+		}
 		if !diskKey.MatchString(key) {
-			bad("disks."+key, "is not a Proxmox disk key (scsi0, virtio1, rootfs, mp0, ...)")
+			bad("disks."+truncate(key), "is not a Proxmox disk key (scsi0, virtio1, rootfs, mp0, ...)")
 			continue
 		}
 		if (key == "rootfs" || strings.HasPrefix(key, "mp")) != (s.Kind == LXC) && s.Kind != "" {
@@ -156,11 +197,18 @@ func Normalise(s Spec) (Spec, error) {
 	case s.Kind == LXC && s.State != Absent && s.OSTemplate == "":
 		bad("ostemplate", "a container needs a template to be created from")
 	}
+	if len(s.OSTemplate) > MaxValueBytes {
+		bad("ostemplate", "is longer than %d bytes", MaxValueBytes)
+	}
+	if len(s.Tags) > MaxTags {
+		bad("tags", "%d tags are more than %d", len(s.Tags), MaxTags)
+		s.Tags = nil
+	}
 	tags := make([]string, 0, len(s.Tags))
 	for _, t := range s.Tags {
 		t = strings.ToLower(strings.TrimSpace(t))
 		if !tagPattern.MatchString(t) {
-			bad("tags", "%q is not a Proxmox tag", t)
+			bad("tags", "%q is not a Proxmox tag", truncate(t))
 			continue
 		}
 		tags = append(tags, t)
@@ -170,9 +218,19 @@ func Normalise(s Spec) (Spec, error) {
 	if len(s.Tags) == 0 {
 		s.Tags = nil
 	}
-	for key := range s.Options {
-		if slices.Contains(reservedOptions, key) || diskKey.MatchString(key) {
+	options := s.Options
+	if len(options) > MaxOptions {
+		bad("options", "%d options are more than %d", len(options), MaxOptions)
+		options = nil
+	}
+	for key, value := range options {
+		switch {
+		case !optionKey.MatchString(key):
+			bad("options", "%q is not a Proxmox config key", truncate(key))
+		case slices.Contains(reservedOptions, key) || diskKey.MatchString(key):
 			bad("options."+key, "is set through its own field or not at all")
+		case len(value) > MaxValueBytes:
+			bad("options."+key, "is longer than %d bytes", MaxValueBytes)
 		}
 	}
 	return s, errors.Join(errs...)
@@ -198,11 +256,11 @@ func ParseMemoryMiB(s string) (int, error) {
 	}
 	n, err := strconv.ParseUint(s, 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("%q is not a whole number with an optional unit (B, KiB, MiB, GiB)", s)
+		return 0, fmt.Errorf("%q is not a whole number with an optional unit (B, KiB, MiB, GiB)", truncate(s))
 	}
 	mib := math.Ceil(float64(n) * mult / (1 << 20))
 	if mib > 1<<31-1 {
-		return 0, fmt.Errorf("%s is too large", s)
+		return 0, fmt.Errorf("%s is too large", truncate(s))
 	}
 	return int(mib), nil
 }
@@ -219,21 +277,24 @@ func ParseVolume(s string) (Volume, error) {
 	head, opts, _ := strings.Cut(s, ",")
 	storage, size, ok := strings.Cut(head, ":")
 	if !ok || storage == "" {
-		return Volume{}, fmt.Errorf("%q is not STORAGE:SIZE_GIB", s)
+		return Volume{}, fmt.Errorf("%q is not STORAGE:SIZE_GIB", truncate(s))
 	}
 	if n, err := strconv.Atoi(size); err == nil && n > 0 {
+		if n > MaxDiskGiB {
+			return Volume{}, fmt.Errorf("%q: %d GiB is more than %d GiB (1 PiB)", truncate(s), n, MaxDiskGiB)
+		}
 		return Volume{Storage: storage, SizeGiB: n}, nil
 	}
 	for opt := range strings.SplitSeq(opts, ",") {
 		if v, ok := strings.CutPrefix(opt, "size="); ok {
 			g, err := parseSizeGiB(v)
 			if err != nil {
-				return Volume{}, fmt.Errorf("%q: %w", s, err)
+				return Volume{}, fmt.Errorf("%q: %w", truncate(s), err)
 			}
 			return Volume{Storage: storage, SizeGiB: g}, nil
 		}
 	}
-	return Volume{}, fmt.Errorf("%q has no size", s)
+	return Volume{}, fmt.Errorf("%q has no size", truncate(s))
 }
 
 func parseSizeGiB(v string) (int, error) {
@@ -248,8 +309,14 @@ func parseSizeGiB(v string) (int, error) {
 		mult = 1.0 / (1 << 30)
 	}
 	n, err := strconv.ParseFloat(v, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("size %q is not a positive number", v)
+	// !(n > 0) also refuses NaN; Inf and sizes past the bound would wrap
+	// around when made an int.
+	if err != nil || !(n > 0) {
+		return 0, fmt.Errorf("size %q is not a positive number", truncate(v))
 	}
-	return int(math.Ceil(n * mult)), nil
+	g := math.Ceil(n * mult)
+	if g > MaxDiskGiB {
+		return 0, fmt.Errorf("size %s is more than %d GiB (1 PiB)", truncate(v), MaxDiskGiB)
+	}
+	return int(g), nil
 }
