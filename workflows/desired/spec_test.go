@@ -128,7 +128,9 @@ func TestNormaliseRejectsNamingTheField(t *testing.T) {
 		{"disks.scsi0", func(s *Spec) { s.Disks = map[string]string{"scsi0": "local-lvm:x,size=1e300T"} }},
 		{"disks.scsi0", func(s *Spec) { s.Disks = map[string]string{"scsi0": "local-lvm:x,size=NaN"} }},
 		{"disks.scsi0", func(s *Spec) { s.Disks = map[string]string{"scsi0": "local-lvm:x,size=-Inf"} }},
-		{"disks.scsi0", func(s *Spec) { s.Disks = map[string]string{"scsi0": "local-lvm:1," + strings.Repeat("a", MaxValueBytes)} }},
+		{"disks.scsi0", func(s *Spec) {
+			s.Disks = map[string]string{"scsi0": "local-lvm:1," + strings.Repeat("a", MaxValueBytes)}
+		}},
 		// Counts and lengths: a spec stays small enough for a workflow's history.
 		{"tags", func(s *Spec) { s.Tags = slices.Repeat([]string{"t"}, MaxTags+1) }},
 		{"disks", func(s *Spec) {
@@ -145,7 +147,11 @@ func TestNormaliseRejectsNamingTheField(t *testing.T) {
 		{"options", func(s *Spec) { s.Options = map[string]string{"Net 0": "x"} }},
 		{"options", func(s *Spec) { s.Options = map[string]string{strings.Repeat("a", 65): "x"} }},
 		{"options.description", func(s *Spec) { s.Options = map[string]string{"description": strings.Repeat("d", MaxValueBytes+1)} }},
-		{"ostemplate", func(s *Spec) { s.Kind = LXC; s.Disks = map[string]string{"rootfs": "local:4"}; s.OSTemplate = strings.Repeat("t", MaxValueBytes+1) }},
+		{"ostemplate", func(s *Spec) {
+			s.Kind = LXC
+			s.Disks = map[string]string{"rootfs": "local:4"}
+			s.OSTemplate = strings.Repeat("t", MaxValueBytes+1)
+		}},
 	}
 	for _, tt := range tests {
 		s := validSpec()
