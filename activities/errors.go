@@ -137,6 +137,9 @@ func classify(what string, err error) error {
 	if errors.As(err, &appErr) {
 		return err
 	}
+	if errors.Is(err, pveclient.ErrResponseTooLarge) {
+		return temporal.NewApplicationErrorWithCause(what+": unusable answer from Proxmox: "+err.Error(), ErrTypeMalformed, err)
+	}
 	var urlErr *url.Error
 	if errors.As(err, &urlErr) && urlErr.Timeout() {
 		return temporal.NewApplicationErrorWithCause(what+": Proxmox did not answer in time: "+err.Error(), ErrTypeUnavailable, err)

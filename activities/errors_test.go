@@ -194,6 +194,14 @@ func TestMalformedAnswers(t *testing.T) {
 		{"short UPID, nothing started", pvesim.Fault{Method: "POST", Path: startPath, Kind: pvesim.FaultRawReply, Message: `{"data":"UPID:pve1:1:2:3:qmstart:101"}`}, 2},
 		{"short UPID after the start", pvesim.Fault{Method: "POST", Path: startPath, Kind: pvesim.FaultRawReplyAfter, Message: `{"data":"UPID:pve1:1:2:3:qmstart:101"}`}, 1},
 		{"task status null", pvesim.Fault{Method: "GET", Path: "/nodes/*/tasks/*/status", Kind: pvesim.FaultRawReply, Message: `{"data":null}`}, 1},
+		// Without its status a task would be waited on for as long as such answers last.
+		{"task status without status", pvesim.Fault{Method: "GET", Path: "/nodes/*/tasks/*/status", Kind: pvesim.FaultRawReply, Message: `{"data":{"exitstatus":"OK"}}`}, 1},
+		{"task status of the wrong type", pvesim.Fault{Method: "GET", Path: "/nodes/*/tasks/*/status", Kind: pvesim.FaultRawReply, Message: `{"data":{"status":1}}`}, 1},
+		{"config not JSON", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/config", Kind: pvesim.FaultRawReply, Message: `<html>502 Bad Gateway</html>`}, 1},
+		{"config a list", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/config", Kind: pvesim.FaultRawReply, Message: `{"data":[1,2]}`}, 1},
+		{"status current of the wrong type", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/status/current", Kind: pvesim.FaultRawReply, Message: `{"data":{"status":["running"]}}`}, 1},
+		{"config larger than the bound", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/config", Kind: pvesim.FaultRawReply, Message: `{"data":{"description":"` + strings.Repeat("x", 17<<20) + `"}}`}, 1},
+		{"UPID of the wrong type", pvesim.Fault{Method: "POST", Path: startPath, Kind: pvesim.FaultRawReply, Message: `{"data":{"upid":"UPID:pve1:1:2:3:qmstart:101:u:"}}`}, 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -231,8 +231,13 @@ func (a *Proxmox) wait(ctx context.Context, phase, upid string) (res TaskResult,
 		if st == nil {
 			return TaskResult{}, malformed("status of task %s is null", upid)
 		}
+		if st.Status == "" {
+			// Proxmox always says running or stopped: an answer without it
+			// would otherwise be waited on for as long as it lasts.
+			return TaskResult{}, malformed("status of task %s has no status", upid)
+		}
 		recordProgress(ctx, Progress{Phase: phase, UPID: upid})
-		if st.Status != "running" && st.Status != "" {
+		if st.Status != "running" {
 			if !taskSucceeded(st.ExitStatus) {
 				return TaskResult{}, &TaskError{UPID: upid, ExitStatus: st.ExitStatus}
 			}

@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -321,12 +322,23 @@ func (a *Proxmox) clusterGuests(ctx context.Context) ([]GuestSummary, error) {
 	if err := a.Client.Get(ctx, "/cluster/resources?type=vm", &rs); err != nil {
 		return nil, err
 	}
+	return guestSummaries(rs, a.Node), nil
+}
+
+// guestSummaries are the guests of node in a /cluster/resources listing,
+// sorted by VMID.
+func guestSummaries(rs []clusterResource, node string) []GuestSummary {
 	var out []GuestSummary
 	for _, r := range rs {
-		if (r.Type != KindQEMU && r.Type != KindLXC) || r.Node != a.Node {
+		if (r.Type != KindQEMU && r.Type != KindLXC) || r.Node != node {
 			continue
 		}
-		vmid, _ := r.VMID.Int64()
+		vmid, err := r.VMID.Int64()
+		if err != nil || vmid < 1 || vmid > 999999999 {
+			// Not a guest the agent can name; a read of a VMID it does not
+			// list asks Proxmox directly (lookupKind).
+			continue
+		}
 		maxmem, _ := r.MaxMem.Int64()
 		cpus, _ := r.MaxCPU.Int64()
 		tmpl, _ := r.Template.Int64()
@@ -336,8 +348,8 @@ func (a *Proxmox) clusterGuests(ctx context.Context) ([]GuestSummary, error) {
 			Lock: r.Lock, Template: tmpl == 1,
 		})
 	}
-	slices.SortFunc(out, func(x, y GuestSummary) int { return x.VMID - y.VMID })
-	return out, nil
+	slices.SortFunc(out, func(x, y GuestSummary) int { return cmp.Compare(x.VMID, y.VMID) })
+	return out
 }
 
 // guestKind resolves the kind of an existing guest for a mutating step; a

@@ -17,6 +17,12 @@
 //     as "unexpected end of JSON input", or as no error at all for calls
 //     without a result target.
 //
+// Every answer is bounded: in time by Timeout, which counts until its body
+// has been read (a server that sends its answer a byte at a time cannot
+// hold a request longer), and in size by MaxResponseBytes (16 MiB unless
+// set; go-proxmox reads a whole body into memory before decoding it), past
+// which the request fails with ErrResponseTooLarge.
+//
 // It can also bound the requests in flight to the host (MaxConcurrent): a
 // request waits for a free slot, its Timeout counting from when it has one,
 // and KeepAlive is called before each request and while one waits, so that
@@ -46,6 +52,16 @@ import (
 // DefaultTimeout bounds every HTTP request when Config.Timeout is zero.
 const DefaultTimeout = 30 * time.Second
 
+// DefaultMaxResponseBytes bounds an answer's body when
+// Config.MaxResponseBytes is zero: the largest answer the agent reads, the
+// node's guest listing, is about 400 bytes a guest, so this is some 40,000
+// guests.
+const DefaultMaxResponseBytes = 16 << 20
+
+// ErrResponseTooLarge is a Proxmox answer whose body is larger than the
+// client's MaxResponseBytes; its reading stops there.
+var ErrResponseTooLarge = errors.New("proxmox answer too large")
+
 // Config says how to reach one Proxmox VE host.
 type Config struct {
 	// URL of the API, e.g. "https://pve1.example:8006/api2/json". A URL
@@ -69,6 +85,9 @@ type Config struct {
 	// Timeout bounds each HTTP request (DefaultTimeout when zero), from the
 	// moment it has a slot until its answer is read.
 	Timeout time.Duration
+	// MaxResponseBytes bounds the body of one answer
+	// (DefaultMaxResponseBytes when zero).
+	MaxResponseBytes int64
 	// MaxConcurrent bounds the requests in flight at once; zero or less is
 	// no bound. A request beyond it waits for a slot, or for its context.
 	MaxConcurrent int
@@ -128,12 +147,16 @@ func New(cfg Config) (*proxmox.Client, error) {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
+	maxBody := cfg.MaxResponseBytes
+	if maxBody <= 0 {
+		maxBody = DefaultMaxResponseBytes
+	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tlsConf
 	hc := &http.Client{
 		// The timeout is the limiter's, not http.Client's: a request waiting
 		// for a slot has not started yet.
-		Transport: newLimitTransport(&statusTransport{base: tr, observe: cfg.Observe}, cfg.MaxConcurrent, timeout, cfg.KeepAlive),
+		Transport: newLimitTransport(&statusTransport{base: tr, observe: cfg.Observe, maxBody: maxBody}, cfg.MaxConcurrent, timeout, cfg.KeepAlive),
 		// The API never redirects; following one would re-send the token.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
@@ -215,6 +238,7 @@ func (e *HTTPError) Is(target error) bool {
 type statusTransport struct {
 	base    http.RoundTripper
 	observe func(method string, status int, took time.Duration)
+	maxBody int64
 }
 
 func (t *statusTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -227,8 +251,18 @@ func (t *statusTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		t.observe(req.Method, status, time.Since(start))
 	}
-	if err != nil || (res.StatusCode >= 200 && res.StatusCode < 300) {
+	if err != nil {
 		return res, err
+	}
+	if res.StatusCode >= 200 && res.StatusCode < 300 {
+		if res.ContentLength > t.maxBody {
+			res.Body.Close()
+			return nil, fmt.Errorf("%w: %s %s: %d bytes announced, more than %d", ErrResponseTooLarge,
+				req.Method, strings.TrimPrefix(req.URL.Path, "/api2/json"), res.ContentLength, t.maxBody)
+		}
+		res.Body = &boundedBody{ReadCloser: res.Body, left: t.maxBody,
+			what: req.Method + " " + strings.TrimPrefix(req.URL.Path, "/api2/json"), max: t.maxBody}
+		return res, nil
 	}
 	defer res.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(res.Body, 64<<10))
@@ -248,6 +282,31 @@ func (t *statusTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		Message:    msg,
 		Body:       body,
 	}
+}
+
+// boundedBody fails a read past max bytes, so that a huge answer cannot
+// fill the worker's memory.
+type boundedBody struct {
+	io.ReadCloser
+	left, max int64
+	what      string
+}
+
+func (b *boundedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		// One byte more tells a body of exactly max bytes from a longer one.
+		var one [1]byte
+		if n, err := b.ReadCloser.Read(one[:]); n == 0 {
+			return 0, err
+		}
+		return 0, fmt.Errorf("%w: %s: more than %d bytes", ErrResponseTooLarge, b.what, b.max)
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	return n, err
 }
 
 // Check contacts the host and fails with a clear message when the URL is
