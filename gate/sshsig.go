@@ -27,8 +27,12 @@ const (
 	armorBegin   = "-----BEGIN SSH SIGNATURE-----"
 	armorEnd     = "-----END SSH SIGNATURE-----"
 	armorColumns = 70 // OpenSSH wraps the base64 body at 70 columns
-	maxArmorLen  = 64 << 10
+	maxArmorLen  = MaxSignatureLen
 )
+
+// MaxSignatureLen bounds an armored signature; a longer one is refused
+// before it is decoded. Real ones are well under 2 KiB (RSA 4096 included).
+const MaxSignatureLen = 64 << 10
 
 // Signature is a parsed SSHSIG envelope:
 //

@@ -447,10 +447,7 @@ func (g *guest) registerHandlers(ctx workflow.Context) error {
 			return SetDesiredResult{Generation: g.generation}, nil
 		},
 		workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, spec desired.Spec) error {
-			if _, err := checkSpec(g.in, spec); err != nil {
-				return temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidSpec, nil)
-			}
-			return nil
+			return validateSpec(g.in, spec)
 		}},
 	)
 	if err != nil {
@@ -468,8 +465,8 @@ func (g *guest) registerHandlers(ctx workflow.Context) error {
 			if g.pending == nil {
 				return temporal.NewNonRetryableApplicationError("no action of this guest is waiting for a signature", ErrTypeNotPending, nil)
 			}
-			if a.Blob == "" || a.Signature == "" {
-				return temporal.NewNonRetryableApplicationError("approval needs both blob and signature", ErrTypeInvalidApproval, nil)
+			if err := checkApproval(a); err != nil {
+				return temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidApproval, nil)
 			}
 			return nil
 		}},

@@ -97,10 +97,7 @@ func (s *legacyGuest) registerHandlers(ctx workflow.Context) error {
 			return SetDesiredResult{Generation: s.generation}, nil
 		},
 		workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, spec desired.Spec) error {
-			if _, err := checkSpec(s.in, spec); err != nil {
-				return temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidSpec, nil)
-			}
-			return nil
+			return validateSpec(s.in, spec)
 		}},
 	)
 	if err != nil {
@@ -119,8 +116,8 @@ func (s *legacyGuest) registerHandlers(ctx workflow.Context) error {
 			if s.pending == nil {
 				return temporal.NewNonRetryableApplicationError("no action of this guest is waiting for a signature", ErrTypeNotPending, nil)
 			}
-			if a.Blob == "" || a.Signature == "" {
-				return temporal.NewNonRetryableApplicationError("approval needs both blob and signature", ErrTypeInvalidApproval, nil)
+			if err := checkApproval(a); err != nil {
+				return temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidApproval, nil)
 			}
 			return nil
 		}},

@@ -192,6 +192,36 @@ func checkSpec(in GuestInput, spec desired.Spec) (desired.Spec, error) {
 	return spec, nil
 }
 
+// validateSpec is the set-desired Update's validator: the spec's limits
+// (desired.Limits), then checkSpec. Validators do not run on replay, so the
+// limits, newer than some histories, stay out of the handler.
+func validateSpec(in GuestInput, spec desired.Spec) error {
+	err := desired.Limits(spec)
+	if err == nil {
+		_, err = checkSpec(in, spec)
+	}
+	if err != nil {
+		return temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidSpec, nil)
+	}
+	return nil
+}
+
+// checkApproval refuses, in an Update's validator, an approval the gate
+// could never accept for its shape: a part missing, or larger than the gate
+// reads (gate.MaxBlobLen, gate.MaxSignatureLen). Nothing of it enters the
+// workflow's history.
+func checkApproval(a Approval) error {
+	switch {
+	case a.Blob == "" || a.Signature == "":
+		return errors.New("approval needs both blob and signature")
+	case len(a.Blob) > gate.MaxBlobLen:
+		return fmt.Errorf("approval blob is %d bytes, more than the %d of an op", len(a.Blob), gate.MaxBlobLen)
+	case len(a.Signature) > gate.MaxSignatureLen:
+		return fmt.Errorf("approval signature is %d bytes, more than the %d of an SSH signature", len(a.Signature), gate.MaxSignatureLen)
+	}
+	return nil
+}
+
 // rejection returns the gate's code when err is the host refusing the
 // approval; any other failure is the action's own.
 func rejection(err error) (code, detail string) {

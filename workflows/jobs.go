@@ -72,7 +72,11 @@ func (g *guest) registerJobHandler(ctx workflow.Context) error {
 			return req.result, req.err
 		},
 		workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, job SignedJobInput) error {
-			if err := checkJob(g.in, job); err != nil {
+			err := checkJob(g.in, job)
+			if err == nil {
+				err = checkApproval(job.Approval)
+			}
+			if err != nil {
 				return temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidJob, nil)
 			}
 			return nil

@@ -92,7 +92,7 @@ func checkSpecs(specs []guestSpec, problems []string) ([]guestSpec, error) {
 	for i := range specs {
 		g := &specs[i]
 		norm, err := desired.Normalise(g.Spec)
-		if err != nil {
+		if err = errors.Join(desired.Limits(g.Spec), err); err != nil {
 			for _, e := range flatten(err) {
 				problems = append(problems, fmt.Sprintf("%s: guest %s: %v", g.Source, guestName(g.Spec), e))
 			}

@@ -25,7 +25,7 @@ func TestLoadSpecsRefusesBadInputNamingEachProblem(t *testing.T) {
 		{"unknown fields", map[string]string{"a.yaml": good + "memroy: 2G\ndisks: {scsi0: 'local:1'}\nguests_: []\n"},
 			[]string{"line 5: field memroy not found", "line 7: field guests_ not found"}},
 		{"negative and huge sizes", map[string]string{"a.yaml": good + "memory: -1\ncores: -2\ndisks: {scsi0: 'local-lvm:99999999', scsi1: 'local:x,size=1e999T'}\n"},
-			[]string{"memory: \"-1\" is not a whole number", "cores: -2 is outside 1-8192", "disks.scsi0: \"local-lvm:99999999\": 99999999 GiB is more than 1048576 GiB", "disks.scsi1:"}},
+			[]string{"memory: \"-1\" is not a whole number", "cores: -2 is outside 1-8192", "disks.scsi0: 99999999 GiB is more than 1048576 GiB", "disks.scsi1:"}},
 		{"huge memory", map[string]string{"a.yaml": good + "memory: 5000GiB\n"}, []string{"memory: 5120000 MiB is more than the 4194304 MiB (4 TiB)"}},
 		{"duplicate VMIDs in one directory", map[string]string{"a.yaml": good, "b.yml": good, "c.yaml": "guests:\n- " + strings.ReplaceAll(good, "\n", "\n  ")},
 			[]string{"b.yml: guest pve1/101: already given in a.yaml", "c.yaml, guests[0]: guest pve1/101: already given in a.yaml"}},
@@ -38,7 +38,7 @@ func TestLoadSpecsRefusesBadInputNamingEachProblem(t *testing.T) {
 				fmt.Fprintf(&b, "  usb%d: host=1-1\n", i)
 			}
 			return b.String()
-		}()}, []string{"options: 300 options are more than 256"}},
+		}()}, []string{"options: 300 are more than 256"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -23,6 +23,12 @@ func FuzzNormalise(f *testing.F) {
 		if json.Unmarshal(specJSON, &spec) != nil {
 			return
 		}
+		if err := Limits(spec); err != nil {
+			if len(err.Error()) > 64<<10 {
+				t.Errorf("the limits' error is %d bytes", len(err.Error()))
+			}
+			return
+		}
 		norm, err := Normalise(spec)
 		if err != nil {
 			for _, line := range strings.Split(err.Error(), "\n") {
@@ -35,8 +41,8 @@ func FuzzNormalise(f *testing.F) {
 		if norm.MemoryMiB > MaxMemoryMiB || (norm.MemoryMiB < 16 && norm.MemoryMiB != 0) || norm.Cores < 0 || norm.Cores > 8192 {
 			t.Errorf("accepted memory %d MiB, %d cores", norm.MemoryMiB, norm.Cores)
 		}
-		if len(norm.Tags) > MaxTags || len(norm.Disks) > MaxDisks || len(norm.Options) > MaxOptions {
-			t.Errorf("accepted %d tags, %d disks, %d options", len(norm.Tags), len(norm.Disks), len(norm.Options))
+		if err := Limits(norm); err != nil {
+			t.Errorf("a spec within the limits is not, normalised: %v", err)
 		}
 		for key, vol := range norm.Disks {
 			v, err := ParseVolume(vol)

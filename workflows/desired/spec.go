@@ -9,6 +9,7 @@ package desired
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"regexp"
 	"slices"
@@ -64,10 +65,10 @@ type Spec struct {
 	Options map[string]string `json:"options,omitempty" yaml:"options,omitempty"`
 }
 
-// Limits of a spec. Proxmox has its own; these bound what a spec may ask of
-// the agent, so that a mistaken or hostile one (a size with too many
-// digits, thousands of options) is refused with a clear error before it is
-// stored in a workflow's history or sent to Proxmox.
+// Limits of a spec (see Limits). Proxmox has its own; these bound what a
+// spec may ask of the agent, so that a mistaken or hostile one (a size with
+// too many digits, thousands of options) is refused with a clear error
+// before it is stored in a workflow's history or sent to Proxmox.
 const (
 	// MaxMemoryMiB is 4 TiB, the most a Proxmox VE guest can be given.
 	MaxMemoryMiB = 4 << 20
@@ -154,11 +155,8 @@ func Normalise(s Spec) (Spec, error) {
 	} else if s.MemoryMiB == 0 && s.State != Absent {
 		s.MemoryMiB = 512
 	}
-	switch {
-	case memoryGiven && s.MemoryMiB < 16:
+	if memoryGiven && s.MemoryMiB < 16 {
 		bad("memory", "%d MiB is below Proxmox's minimum of 16 MiB", s.MemoryMiB)
-	case s.MemoryMiB > MaxMemoryMiB:
-		bad("memory", "%d MiB is more than the %d MiB (4 TiB) a guest can have", s.MemoryMiB, MaxMemoryMiB)
 	}
 	s.Memory = ""
 	switch {
@@ -167,16 +165,7 @@ func Normalise(s Spec) (Spec, error) {
 	case s.Cores == 0 && s.State != Absent:
 		s.Cores = 1
 	}
-	disks := s.Disks
-	if len(disks) > MaxDisks {
-		bad("disks", "%d disks are more than %d", len(disks), MaxDisks)
-		disks = nil
-	}
-	for key, vol := range disks {
-		if len(vol) > MaxValueBytes {
-			bad("disks."+key, "is longer than %d bytes", MaxValueBytes)
-			continue
-		}
+	for key, vol := range s.Disks {
 		if !diskKey.MatchString(key) {
 			bad("disks."+truncate(key), "is not a Proxmox disk key (scsi0, virtio1, rootfs, mp0, ...)")
 			continue
@@ -197,13 +186,6 @@ func Normalise(s Spec) (Spec, error) {
 	case s.Kind == LXC && s.State != Absent && s.OSTemplate == "":
 		bad("ostemplate", "a container needs a template to be created from")
 	}
-	if len(s.OSTemplate) > MaxValueBytes {
-		bad("ostemplate", "is longer than %d bytes", MaxValueBytes)
-	}
-	if len(s.Tags) > MaxTags {
-		bad("tags", "%d tags are more than %d", len(s.Tags), MaxTags)
-		s.Tags = nil
-	}
 	tags := make([]string, 0, len(s.Tags))
 	for _, t := range s.Tags {
 		t = strings.ToLower(strings.TrimSpace(t))
@@ -218,22 +200,68 @@ func Normalise(s Spec) (Spec, error) {
 	if len(s.Tags) == 0 {
 		s.Tags = nil
 	}
-	options := s.Options
-	if len(options) > MaxOptions {
-		bad("options", "%d options are more than %d", len(options), MaxOptions)
-		options = nil
-	}
-	for key, value := range options {
-		switch {
-		case !optionKey.MatchString(key):
-			bad("options", "%q is not a Proxmox config key", truncate(key))
-		case slices.Contains(reservedOptions, key) || diskKey.MatchString(key):
-			bad("options."+key, "is set through its own field or not at all")
-		case len(value) > MaxValueBytes:
-			bad("options."+key, "is longer than %d bytes", MaxValueBytes)
+	for key := range s.Options {
+		if slices.Contains(reservedOptions, key) || diskKey.MatchString(key) {
+			bad("options."+truncate(key), "is set through its own field or not at all")
 		}
 	}
 	return s, errors.Join(errs...)
+}
+
+// Limits checks that s stays within the limits of a spec (MaxMemoryMiB,
+// MaxDiskGiB, MaxTags, MaxDisks, MaxOptions, MaxValueBytes) and that its
+// option keys are config keys at all; every problem is a *FieldError,
+// joined. Callers check it before Normalise, whose checks it keeps short:
+// felhomctl for every spec, a guest workflow for a spec sent by Update.
+// It is apart from Normalise because workflows replay Normalise over the
+// specs they accepted before these limits.
+func Limits(s Spec) error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)})
+	}
+	if mib, err := ParseMemoryMiB(s.Memory); (s.Memory != "" && err == nil && mib > MaxMemoryMiB) || s.MemoryMiB > MaxMemoryMiB {
+		bad("memory", "%d MiB is more than the %d MiB (4 TiB) a guest can have", max(mib, s.MemoryMiB), MaxMemoryMiB)
+	}
+	for _, f := range []struct {
+		field  string
+		n, max int
+	}{{"tags", len(s.Tags), MaxTags}, {"disks", len(s.Disks), MaxDisks}, {"options", len(s.Options), MaxOptions}} {
+		if f.n > f.max {
+			bad(f.field, "%d are more than %d", f.n, f.max)
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...) // the checks of each item could be as many
+	}
+	long := func(field, v string) bool {
+		if len(v) > MaxValueBytes {
+			bad(field, "is longer than %d bytes", MaxValueBytes)
+		}
+		return len(v) > MaxValueBytes
+	}
+	for _, key := range slices.Sorted(maps.Keys(s.Disks)) {
+		vol := s.Disks[key]
+		if long("disks."+truncate(key), vol) {
+			continue
+		}
+		if v, err := ParseVolume(vol); err == nil && v.SizeGiB > MaxDiskGiB {
+			bad("disks."+truncate(key), "%d GiB is more than %d GiB (1 PiB)", v.SizeGiB, MaxDiskGiB)
+		}
+	}
+	for _, key := range slices.Sorted(maps.Keys(s.Options)) {
+		if !optionKey.MatchString(key) {
+			bad("options", "%q is not a Proxmox config key", truncate(key))
+			continue
+		}
+		long("options."+key, s.Options[key])
+	}
+	for _, t := range s.Tags {
+		long("tags", t)
+	}
+	long("name", s.Name)
+	long("ostemplate", s.OSTemplate)
+	return errors.Join(errs...)
 }
 
 // ParseMemoryMiB reads a memory size and rounds it up to whole MiB, the unit
@@ -280,9 +308,6 @@ func ParseVolume(s string) (Volume, error) {
 		return Volume{}, fmt.Errorf("%q is not STORAGE:SIZE_GIB", truncate(s))
 	}
 	if n, err := strconv.Atoi(size); err == nil && n > 0 {
-		if n > MaxDiskGiB {
-			return Volume{}, fmt.Errorf("%q: %d GiB is more than %d GiB (1 PiB)", truncate(s), n, MaxDiskGiB)
-		}
 		return Volume{Storage: storage, SizeGiB: n}, nil
 	}
 	for opt := range strings.SplitSeq(opts, ",") {
@@ -309,14 +334,14 @@ func parseSizeGiB(v string) (int, error) {
 		mult = 1.0 / (1 << 30)
 	}
 	n, err := strconv.ParseFloat(v, 64)
-	// !(n > 0) also refuses NaN; Inf and sizes past the bound would wrap
+	// !(n > 0) also refuses NaN; an infinite or larger size would wrap
 	// around when made an int.
 	if err != nil || !(n > 0) {
 		return 0, fmt.Errorf("size %q is not a positive number", truncate(v))
 	}
 	g := math.Ceil(n * mult)
-	if g > MaxDiskGiB {
-		return 0, fmt.Errorf("size %s is more than %d GiB (1 PiB)", truncate(v), MaxDiskGiB)
+	if g > math.MaxInt32 {
+		return 0, fmt.Errorf("size %s is too large", truncate(v))
 	}
 	return int(g), nil
 }

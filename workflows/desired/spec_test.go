@@ -111,47 +111,20 @@ func TestNormaliseRejectsNamingTheField(t *testing.T) {
 		{"tags", func(s *Spec) { s.Tags = []string{"a b"} }},
 		{"options.memory", func(s *Spec) { s.Options = map[string]string{"memory": "1"} }},
 		{"options.protection", func(s *Spec) { s.Options = map[string]string{"protection": "0"} }},
-		// Sizes: none, negative, zero or past what a guest can have.
+		// Sizes: none, negative, zero, or too large for an int.
 		{"memory", func(s *Spec) { s.Memory = "0" }},
 		{"memory", func(s *Spec) { s.Memory = "-512" }},
 		{"memory", func(s *Spec) { s.Memory = ""; s.MemoryMiB = -1 }},
-		{"memory", func(s *Spec) { s.Memory = "5TiB" }},
 		{"memory", func(s *Spec) { s.Memory = "99999999999999999999999GiB" }},
-		{"memory", func(s *Spec) { s.Memory = ""; s.MemoryMiB = MaxMemoryMiB + 1 }},
 		{"cores", func(s *Spec) { s.Cores = 8193 }},
 		{"vmid", func(s *Spec) { s.VMID = -101 }},
 		{"vmid", func(s *Spec) { s.VMID = 1 << 40 }},
 		{"disks.scsi0", func(s *Spec) { s.Disks = map[string]string{"scsi0": "local-lvm:-5"} }},
 		{"disks.scsi0", func(s *Spec) { s.Disks = map[string]string{"scsi0": "local-lvm:0"} }},
-		{"disks.scsi0", func(s *Spec) { s.Disks = map[string]string{"scsi0": "local-lvm:1048577"} }},
 		{"disks.scsi0", func(s *Spec) { s.Disks = map[string]string{"scsi0": "local-lvm:99999999999999999999"} }},
 		{"disks.scsi0", func(s *Spec) { s.Disks = map[string]string{"scsi0": "local-lvm:x,size=1e300T"} }},
 		{"disks.scsi0", func(s *Spec) { s.Disks = map[string]string{"scsi0": "local-lvm:x,size=NaN"} }},
 		{"disks.scsi0", func(s *Spec) { s.Disks = map[string]string{"scsi0": "local-lvm:x,size=-Inf"} }},
-		{"disks.scsi0", func(s *Spec) {
-			s.Disks = map[string]string{"scsi0": "local-lvm:1," + strings.Repeat("a", MaxValueBytes)}
-		}},
-		// Counts and lengths: a spec stays small enough for a workflow's history.
-		{"tags", func(s *Spec) { s.Tags = slices.Repeat([]string{"t"}, MaxTags+1) }},
-		{"disks", func(s *Spec) {
-			for i := range MaxDisks + 1 {
-				s.Disks[fmt.Sprintf("mp%d", i)] = "local:1"
-			}
-		}},
-		{"options", func(s *Spec) {
-			s.Options = map[string]string{}
-			for i := range MaxOptions + 1 {
-				s.Options[fmt.Sprintf("usb%d", i)] = "host=1-1"
-			}
-		}},
-		{"options", func(s *Spec) { s.Options = map[string]string{"Net 0": "x"} }},
-		{"options", func(s *Spec) { s.Options = map[string]string{strings.Repeat("a", 65): "x"} }},
-		{"options.description", func(s *Spec) { s.Options = map[string]string{"description": strings.Repeat("d", MaxValueBytes+1)} }},
-		{"ostemplate", func(s *Spec) {
-			s.Kind = LXC
-			s.Disks = map[string]string{"rootfs": "local:4"}
-			s.OSTemplate = strings.Repeat("t", MaxValueBytes+1)
-		}},
 	}
 	for _, tt := range tests {
 		s := validSpec()
@@ -166,6 +139,59 @@ func TestNormaliseRejectsNamingTheField(t *testing.T) {
 			t.Errorf("%s: err = %v, does not name the field", tt.field, err)
 		}
 		if len(err.Error()) > 4<<10 {
+			t.Errorf("%s: the error is %d bytes long: it echoes the input", tt.field, len(err.Error()))
+		}
+	}
+}
+
+// Limits refuses what no guest needs and would bloat a workflow's history,
+// naming the field, with a short error; a spec within them passes.
+func TestLimitsNameTheField(t *testing.T) {
+	tests := []struct {
+		field string
+		edit  func(*Spec)
+	}{
+		{"memory", func(s *Spec) { s.Memory = "5000GiB" }},
+		{"memory", func(s *Spec) { s.Memory = ""; s.MemoryMiB = MaxMemoryMiB + 1 }},
+		{"disks.scsi0", func(s *Spec) { s.Disks = map[string]string{"scsi0": "local-lvm:1048577"} }},
+		{"disks.scsi0", func(s *Spec) { s.Disks = map[string]string{"scsi0": "local-lvm:x,size=2048T"} }},
+		{"disks.scsi0", func(s *Spec) {
+			s.Disks = map[string]string{"scsi0": "local-lvm:1," + strings.Repeat("a", MaxValueBytes)}
+		}},
+		{"tags", func(s *Spec) { s.Tags = slices.Repeat([]string{"t"}, MaxTags+1) }},
+		{"tags", func(s *Spec) { s.Tags = []string{strings.Repeat("t", MaxValueBytes+1)} }},
+		{"disks", func(s *Spec) {
+			for i := range MaxDisks + 1 {
+				s.Disks[fmt.Sprintf("mp%d", i)] = "local:1"
+			}
+		}},
+		{"options", func(s *Spec) {
+			s.Options = map[string]string{}
+			for i := range MaxOptions + 1 {
+				s.Options[fmt.Sprintf("usb%d", i)] = "host=1-1"
+			}
+		}},
+		{"options", func(s *Spec) { s.Options = map[string]string{"Net 0": "x"} }},
+		{"options", func(s *Spec) { s.Options = map[string]string{strings.Repeat("a", 65): "x"} }},
+		{"options.description", func(s *Spec) { s.Options = map[string]string{"description": strings.Repeat("d", MaxValueBytes+1)} }},
+		{"ostemplate", func(s *Spec) { s.OSTemplate = strings.Repeat("t", MaxValueBytes+1) }},
+	}
+	if err := Limits(validSpec()); err != nil {
+		t.Fatalf("a valid spec: %v", err)
+	}
+	for _, tt := range tests {
+		s := validSpec()
+		tt.edit(&s)
+		err := Limits(s)
+		var fe *FieldError
+		if !errors.As(err, &fe) {
+			t.Errorf("%s: err = %v, want a *FieldError", tt.field, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), tt.field+": ") {
+			t.Errorf("%s: err = %v, does not name the field", tt.field, err)
+		}
+		if len(err.Error()) > 1<<10 {
 			t.Errorf("%s: the error is %d bytes long: it echoes the input", tt.field, len(err.Error()))
 		}
 	}
