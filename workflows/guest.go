@@ -488,6 +488,21 @@ func (s guestSignals) waiting() bool {
 	return s.desired.Len() > 0 || s.approve.Len() > 0 || s.reconcile.Len() > 0
 }
 
+// versionSignalLimits marks the runs that refuse a desired state sent by
+// Signal beyond desired.Limits, as the Update's validator does.
+const versionSignalLimits = "signal-spec-limits"
+
+// signalLimits checks a signalled spec against desired.Limits. The version
+// is asked only of a spec beyond them, so the histories of every other
+// spec stay as they were; runs from before accept it, as they did.
+func (g *guest) signalLimits(ctx workflow.Context, spec desired.Spec) error {
+	err := desired.Limits(spec)
+	if err == nil || workflow.GetVersion(ctx, versionSignalLimits, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		return nil
+	}
+	return err
+}
+
 // takeSignals applies every signal that arrived, in the order of their
 // channels: desired states, approvals, wake-ups.
 func (g *guest) takeSignals(ctx workflow.Context) {
@@ -497,6 +512,9 @@ func (g *guest) takeSignals(ctx workflow.Context) {
 			break
 		}
 		norm, err := checkSpec(g.in, spec)
+		if err == nil {
+			err = g.signalLimits(ctx, spec)
+		}
 		if err != nil {
 			// A signal has no caller to answer: the refusal is logged and shown.
 			workflow.GetLogger(ctx).Warn("desired state refused", "error", err)

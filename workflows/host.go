@@ -193,6 +193,16 @@ func (h *hostState) desires(vmid int) bool {
 	return ok
 }
 
+// MinDriftCheckInterval is the shortest drift check interval a host
+// workflow takes from a configure signal: anything shorter would list the
+// node without pause. The worker's configuration refuses it too.
+const MinDriftCheckInterval = time.Second
+
+// versionMinInterval marks the runs that refuse a configured interval below
+// MinDriftCheckInterval; it is asked only of such an interval, so other
+// histories stay as they were.
+const versionMinInterval = "host-min-interval"
+
 // takeSignals applies the desired-state notices and settings that arrived.
 func (h *hostState) takeSignals(ctx workflow.Context) {
 	for {
@@ -211,6 +221,11 @@ func (h *hostState) takeSignals(ctx workflow.Context) {
 		var s HostSettings
 		if !h.configure.ReceiveAsync(&s) {
 			break
+		}
+		if s.Interval > 0 && s.Interval < MinDriftCheckInterval &&
+			workflow.GetVersion(ctx, versionMinInterval, workflow.DefaultVersion, 1) == 1 {
+			workflow.GetLogger(ctx).Warn("drift check interval refused: below the minimum", "interval", s.Interval, "minimum", MinDriftCheckInterval)
+			continue
 		}
 		if s.Interval > 0 && s.Interval != h.in.Interval {
 			workflow.GetLogger(ctx).Info("drift check interval changed", "from", h.in.Interval, "to", s.Interval)
