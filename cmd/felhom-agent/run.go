@@ -19,7 +19,8 @@ Runs this host's worker against an existing Temporal cluster: it connects to
 temporal.address, polls task queue felhom-host-<host_id>, and drives the
 Proxmox API at proxmox.url. Every setting can be overridden by an environment
 variable FELHOM_<PATH> (e.g. FELHOM_TEMPORAL_ADDRESS); the configuration is
-checked at start and every bad field is named.
+checked at start and every problem is named at once, each with its setting
+(file:line and YAML path, or the variable) and the reason: exit 2.
 
 Before it connects anywhere it decides which signer keys are in force: the
 configured signers, or the keys a signed signers.rotate pinned in

@@ -51,7 +51,7 @@ func (c *command) apply(args []string) error {
 	var results []applyResult
 	rejected := 0
 	for _, g := range specs {
-		r := applyResult{WorkflowID: g.workflowID(), Host: g.Spec.Host, VMID: g.Spec.VMID}
+		r := applyResult{WorkflowID: g.WorkflowID(), Host: g.Spec.Host, VMID: g.Spec.VMID}
 		gen, err := c.sendSpec(ctx, tc, g)
 		if err != nil {
 			if errors.As(err, new(*waitTimeout)) {
@@ -90,7 +90,7 @@ func (c *command) apply(args []string) error {
 // sendSpec sends one spec with Update-With-Start and waits for the
 // workflow's answer.
 func (c *command) sendSpec(ctx context.Context, tc client.Client, g guestSpec) (int, error) {
-	id := g.workflowID()
+	id := g.WorkflowID()
 	start := tc.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
 		ID:                       id,
 		TaskQueue:                workflows.TaskQueue(g.Spec.Host),

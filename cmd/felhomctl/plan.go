@@ -85,7 +85,7 @@ func (c *command) plan(args []string) error {
 	var out []planGuest
 	changes, signatures := 0, 0
 	for _, g := range specs {
-		pg := planGuest{WorkflowID: g.workflowID(), Host: g.Spec.Host, VMID: g.Spec.VMID, Actions: []planAction{}}
+		pg := planGuest{WorkflowID: g.WorkflowID(), Host: g.Spec.Host, VMID: g.Spec.VMID, Actions: []planAction{}}
 		st, err := c.queryStatus(ctx, tc, pg.WorkflowID)
 		switch {
 		case errors.Is(err, errNoWorkflow):

@@ -1,22 +1,9 @@
 package main
 
 import (
-	"bytes"
-	"errors"
 	"flag"
-	"fmt"
-	"io"
-	"os"
-	"path/filepath"
-	"reflect"
-	"slices"
-	"strings"
 
-	"go.yaml.in/yaml/v3"
-
-	"github.com/felhom/felhom-agent/internal/pveschema"
-	"github.com/felhom/felhom-agent/workflows"
-	"github.com/felhom/felhom-agent/workflows/desired"
+	"github.com/felhom/felhom-agent/internal/specfile"
 )
 
 const specFormatDoc = `
@@ -35,209 +22,13 @@ Desired state is YAML. A file holds one or more documents separated by
 
 or a list of guests under "guests:". A directory means every *.yaml and
 *.yml file in it (not in subdirectories), in name order. An unknown key is
-an error, and a guest (host/vmid) may appear only once.
+an error, and a guest (host/vmid) may appear only once. Every problem of
+every file is reported at once, and nothing is sent.
+
+Limits: a file is at most 16 MiB; memory is 16 MiB to 4 TiB, a disk at
+most 1 PiB; a guest has at most 64 tags, 300 disks and 256 options, and a
+value is at most 8 KiB.
 `
-
-// guestSpec is one spec as read from a file, with where it came from.
-type guestSpec struct {
-	Source string // "file.yaml" or "file.yaml, document 2, guests[1]"
-	Spec   desired.Spec
-	// Normalised is Spec as desired.Normalise returns it: what plans use.
-	Normalised desired.Spec
-}
-
-func (g guestSpec) workflowID() string { return workflows.GuestWorkflowID(g.Spec.Host, g.Spec.VMID) }
-
-// specDocument is either one spec or a guests: list.
-type specDocument struct {
-	Guests       []desired.Spec `yaml:"guests"`
-	desired.Spec `yaml:",inline"`
-}
-
-// loadSpecs reads path (a file or a directory) and validates every spec
-// with desired.Normalise. Every problem is reported, each naming the file,
-// the guest and the field; any problem is a usageError.
-func loadSpecs(path string) ([]guestSpec, error) {
-	files, err := specFiles(path)
-	if err != nil {
-		return nil, err
-	}
-	var (
-		specs    []guestSpec
-		problems []string
-	)
-	for _, file := range files {
-		got, bad, err := readSpecFile(file)
-		if err != nil {
-			problems = append(problems, err.Error())
-			continue
-		}
-		specs, problems = append(specs, got...), append(problems, bad...)
-	}
-	specs, err = checkSpecs(specs, problems)
-	if err != nil {
-		return nil, err
-	}
-	if len(specs) == 0 {
-		return nil, usageErrorf("%s holds no guest", path)
-	}
-	return specs, nil
-}
-
-// checkSpecs normalises every spec, checks its options against Proxmox's
-// schema and refuses a guest given twice; any problem, its own or one of
-// problems, refuses them all.
-func checkSpecs(specs []guestSpec, problems []string) ([]guestSpec, error) {
-	seen := map[string]string{}
-	for i := range specs {
-		g := &specs[i]
-		norm, err := desired.Normalise(g.Spec)
-		if err = errors.Join(desired.Limits(g.Spec), err); err != nil {
-			for _, e := range flatten(err) {
-				problems = append(problems, fmt.Sprintf("%s: guest %s: %v", g.Source, guestName(g.Spec), e))
-			}
-			continue
-		}
-		g.Normalised = norm
-		for _, p := range optionProblems(norm) {
-			problems = append(problems, fmt.Sprintf("%s: guest %s: %s", g.Source, guestName(g.Spec), p))
-		}
-		id := g.workflowID()
-		if first, dup := seen[id]; dup {
-			problems = append(problems, fmt.Sprintf("%s: guest %s: already given in %s", g.Source, guestName(g.Spec), first))
-			continue
-		}
-		seen[id] = g.Source
-	}
-	if len(problems) > 0 {
-		return nil, usageErrorf("invalid desired state, nothing was sent:\n  %s", strings.Join(problems, "\n  "))
-	}
-	return specs, nil
-}
-
-func specFiles(path string) ([]string, error) {
-	info, err := os.Stat(path)
-	if err != nil {
-		return nil, usageError{err}
-	}
-	if !info.IsDir() {
-		return []string{path}, nil
-	}
-	entries, err := os.ReadDir(path)
-	if err != nil {
-		return nil, usageError{err}
-	}
-	var files []string
-	for _, e := range entries {
-		ext := filepath.Ext(e.Name())
-		if !e.IsDir() && (ext == ".yaml" || ext == ".yml") {
-			files = append(files, filepath.Join(path, e.Name()))
-		}
-	}
-	slices.Sort(files)
-	if len(files) == 0 {
-		return nil, usageErrorf("%s holds no *.yaml or *.yml file", path)
-	}
-	return files, nil
-}
-
-// MaxSpecFileSize bounds one desired-state file: far more than a fleet's
-// worth of guests, and it keeps a wrong path from filling memory.
-const MaxSpecFileSize = 16 << 20
-
-// readSpecFile reads the specs of file, and the problems of its documents
-// that could not be read; err is a file that could not be read at all.
-func readSpecFile(file string) (specs []guestSpec, problems []string, err error) {
-	f, err := os.Open(file)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxSpecFileSize+1))
-	if err != nil {
-		return nil, nil, err
-	}
-	if len(data) > MaxSpecFileSize {
-		return nil, nil, fmt.Errorf("%s: larger than %d MiB: split it, or is it a desired-state file?", file, MaxSpecFileSize>>20)
-	}
-	specs, problems = decodeSpecs(data, file)
-	return specs, problems, nil
-}
-
-// decodeSpecs reads the YAML documents of data, the content of file: the
-// specs of the documents it could read, and a problem for each of the
-// others. A document with a value of the wrong type or an unknown key does
-// not stop the next one; text that is not YAML does.
-func decodeSpecs(data []byte, file string) (out []guestSpec, problems []string) {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	for n := 1; ; n++ {
-		var doc specDocument
-		err := dec.Decode(&doc)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		source := file
-		if n > 1 || bytes.Contains(data, []byte("\n---")) {
-			source = fmt.Sprintf("%s, document %d", file, n)
-		}
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("%s: %s", source, yamlErrorText(err)))
-			if errors.As(err, new(*yaml.TypeError)) {
-				continue
-			}
-			break
-		}
-		single := !reflect.ValueOf(doc.Spec).IsZero()
-		switch {
-		case single && doc.Guests != nil:
-			problems = append(problems, fmt.Sprintf("%s: a document is one guest or a guests: list, not both", source))
-		case single:
-			out = append(out, guestSpec{Source: source, Spec: doc.Spec})
-		default:
-			for i, s := range doc.Guests {
-				out = append(out, guestSpec{Source: fmt.Sprintf("%s, guests[%d]", source, i), Spec: s})
-			}
-		}
-	}
-	return out, problems
-}
-
-// flatten undoes errors.Join, so each field problem gets its own line.
-func flatten(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []error
-		for _, e := range j.Unwrap() {
-			out = append(out, flatten(e)...)
-		}
-		return out
-	}
-	return []error{err}
-}
-
-func guestName(s desired.Spec) string {
-	host := s.Host
-	if host == "" {
-		host = "?"
-	}
-	return fmt.Sprintf("%s/%d", host, s.VMID)
-}
-
-// yamlErrorText is a decoding error without the Go type names it mentions.
-func yamlErrorText(err error) string {
-	var te *yaml.TypeError
-	if !errors.As(err, &te) {
-		return err.Error()
-	}
-	msgs := make([]string, len(te.Errors))
-	for i, m := range te.Errors {
-		if j := strings.Index(m, " in type "); j >= 0 {
-			m = m[:j]
-		}
-		msgs[i] = m
-	}
-	return strings.Join(msgs, "; ")
-}
 
 // specsFlag parses the flags of a command that reads desired state with
 // -f FILE|DIR, and loads and validates it.
@@ -261,15 +52,27 @@ func (c *command) specsFlagWith(name, help string, args []string, more func(*fla
 	return loadSpecs(*file)
 }
 
-// optionProblems are the spec's options that Proxmox's schema would refuse
-// ("options.net0: invalid format - ..."), each naming the option.
-func optionProblems(s desired.Spec) []string {
-	if s.State == desired.Absent || len(s.Options) == 0 {
-		return nil
+// guestSpec is one spec as read from a desired-state file.
+type guestSpec = specfile.Guest
+
+// loadSpecs reads the desired state at path (internal/specfile); any
+// problem is a usageError.
+func loadSpecs(path string) ([]guestSpec, error) {
+	specs, err := specfile.Load(path)
+	if err != nil {
+		return nil, usageError{err}
 	}
-	var out []string
-	for _, p := range pveschema.Problems(pveschema.CheckAll(string(s.Kind), s.Options)) {
-		out = append(out, "options."+strings.ReplaceAll(p, "\n", "; "))
+	return specs, nil
+}
+
+// flatten undoes errors.Join, so each field problem gets its own line.
+func flatten(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
 	}
-	return out
+	return []error{err}
 }

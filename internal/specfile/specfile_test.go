@@ -1,4 +1,4 @@
-package main
+package specfile
 
 import (
 	"fmt"
@@ -31,7 +31,7 @@ func TestLoadSpecsRefusesBadInputNamingEachProblem(t *testing.T) {
 			[]string{"b.yml: guest pve1/101: already given in a.yaml", "c.yaml, guests[0]: guest pve1/101: already given in a.yaml"}},
 		{"not YAML", map[string]string{"a.yaml": "host: [pve1\n", "b.yaml": "vmid: 1\n"},
 			[]string{"a.yaml: yaml: line", "b.yaml: guest ?/1: host:"}},
-		{"not a mapping", map[string]string{"a.yaml": "- 1\n- 2\n"}, []string{"a.yaml: line 1: cannot unmarshal !!seq into main.specDocument"}},
+		{"not a mapping", map[string]string{"a.yaml": "- 1\n- 2\n"}, []string{"a.yaml: line 1: cannot unmarshal !!seq into a guest or a guests: list"}},
 		{"too many options", map[string]string{"a.yaml": good + "options:\n" + func() string {
 			var b strings.Builder
 			for i := range 300 {
@@ -48,12 +48,9 @@ func TestLoadSpecsRefusesBadInputNamingEachProblem(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			specs, err := loadSpecs(dir)
+			specs, err := Load(dir)
 			if err == nil {
 				t.Fatalf("accepted: %+v", specs)
-			}
-			if _, ok := err.(usageError); !ok {
-				t.Errorf("error %T is not a usage error (exit 2)", err)
 			}
 			msg := strings.ReplaceAll(err.Error(), dir+"/", "")
 			if !strings.HasPrefix(msg, "invalid desired state, nothing was sent") {
@@ -70,25 +67,25 @@ func TestLoadSpecsRefusesBadInputNamingEachProblem(t *testing.T) {
 
 func TestLoadSpecsRefusesAHugeFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "a.yaml")
-	if err := os.WriteFile(path, []byte("# "+strings.Repeat("x", MaxSpecFileSize)), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte("# "+strings.Repeat("x", MaxFileSize)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := loadSpecs(path); err == nil || !strings.Contains(err.Error(), "larger than 16 MiB") {
+	if _, err := Load(path); err == nil || !strings.Contains(err.Error(), "larger than 16 MiB") {
 		t.Errorf("error = %v, want the size refused", err)
 	}
 }
 
-// FuzzDecodeSpecs reads arbitrary desired-state files as felhomctl plan and
+// FuzzDecode reads arbitrary desired-state files as felhomctl plan and
 // apply do: never a panic, and every problem names the file it is in.
-func FuzzDecodeSpecs(f *testing.F) {
+func FuzzDecode(f *testing.F) {
 	f.Add([]byte("host: pve1\nvmid: 101\nkind: qemu\nstate: running\nmemory: 2GiB\ndisks: {scsi0: 'local-lvm:32'}\ntags: [prod]\n"))
 	f.Add([]byte("guests:\n- {host: pve1, vmid: 101, kind: lxc, state: stopped, disks: {rootfs: 'local:4'}, ostemplate: 'local:vztmpl/x.tar.zst', options: {net0: 'name=eth0,bridge=vmbr0'}}\n- {host: pve1, vmid: 101, state: absent}\n"))
 	f.Add([]byte("host: pve1\nvmid: abc\n---\nhost: pve1\nvmid: 102\nkind: qemu\nstate: running\nmemroy: 1\n---\n- 1\n"))
 	f.Add([]byte("a: &a [*a, *a]\nb: &b [*a, *a]\nhost: *b\n"))
 	f.Add([]byte("host: pve1\nvmid: 103\nkind: qemu\nstate: running\nmemory: 99999999999999999999GiB\ndisks: {scsi0: 'local:x,size=NaN'}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		specs, problems := decodeSpecs(data, "f.yaml")
-		_, err := checkSpecs(specs, problems)
+		specs, problems := Decode(data, "f.yaml")
+		_, err := Check(specs, problems)
 		if err == nil {
 			return
 		}
