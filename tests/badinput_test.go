@@ -86,6 +86,8 @@ func TestHostilePayloadsToTheWorkflows(t *testing.T) {
 		{"set-desired: a list", workflows.UpdateSetDesired, []any{rawJSON(`[140]`)}, "cannot unmarshal array"},
 		{"set-desired: vmid a string", workflows.UpdateSetDesired, []any{rawJSON(`{"host":"` + host + `","vmid":"140","state":"absent"}`)}, "cannot unmarshal string"},
 		{"set-desired: nothing", workflows.UpdateSetDesired, nil, "host: \"\" must be"},
+		{"set-desired: unknown fields", workflows.UpdateSetDesired, []any{rawJSON(`{"host":"` + host + `","vmid":140,"kind":"qemu","state":"running","memroy":"2G","Cores":2,"disk":{}}`)},
+			"disk, memroy: not a field of a desired state"},
 		{"set-desired: negative memory", workflows.UpdateSetDesired, []any{spec(func(s *desired.Spec) { s.MemoryMiB = -5 })}, "memory: -5 MiB is below"},
 		{"set-desired: 5000 GiB of memory", workflows.UpdateSetDesired, []any{spec(func(s *desired.Spec) { s.Memory = "5000GiB" })}, "memory: 5120000 MiB is more than"},
 		{"set-desired: a disk of 2 PiB", workflows.UpdateSetDesired, []any{spec(func(s *desired.Spec) { s.Disks = map[string]string{"scsi0": "local-lvm:2097152"} })}, "disks.scsi0: 2097152 GiB is more than"},

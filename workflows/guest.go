@@ -437,17 +437,17 @@ func (g *guest) continueAsNew(ctx workflow.Context) error {
 // by takeSignals.
 func (g *guest) registerHandlers(ctx workflow.Context) error {
 	err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateSetDesired,
-		func(ctx workflow.Context, spec desired.Spec) (SetDesiredResult, error) {
+		func(ctx workflow.Context, arg specArg) (SetDesiredResult, error) {
 			// Validators do not run on replay: check again here.
-			norm, err := checkSpec(g.in, spec)
+			norm, err := checkSpec(g.in, arg.Spec)
 			if err != nil {
 				return SetDesiredResult{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidSpec, nil)
 			}
 			g.acceptSpec(ctx, norm)
 			return SetDesiredResult{Generation: g.generation}, nil
 		},
-		workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, spec desired.Spec) error {
-			return validateSpec(g.in, spec)
+		workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, arg specArg) error {
+			return validateSpec(g.in, arg)
 		}},
 	)
 	if err != nil {

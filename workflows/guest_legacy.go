@@ -87,17 +87,17 @@ func legacyGuestReconcile(ctx workflow.Context, in GuestInput) error {
 
 func (s *legacyGuest) registerHandlers(ctx workflow.Context) error {
 	err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateSetDesired,
-		func(ctx workflow.Context, spec desired.Spec) (SetDesiredResult, error) {
+		func(ctx workflow.Context, arg specArg) (SetDesiredResult, error) {
 			// Validators do not run on replay: check again here.
-			norm, err := checkSpec(s.in, spec)
+			norm, err := checkSpec(s.in, arg.Spec)
 			if err != nil {
 				return SetDesiredResult{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidSpec, nil)
 			}
 			s.acceptSpec(ctx, norm)
 			return SetDesiredResult{Generation: s.generation}, nil
 		},
-		workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, spec desired.Spec) error {
-			return validateSpec(s.in, spec)
+		workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, arg specArg) error {
+			return validateSpec(s.in, arg)
 		}},
 	)
 	if err != nil {

@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -192,11 +195,60 @@ func checkSpec(in GuestInput, spec desired.Spec) (desired.Spec, error) {
 	return spec, nil
 }
 
-// validateSpec is the set-desired Update's validator: the spec's limits
-// (desired.Limits), then checkSpec. Validators do not run on replay, so the
-// limits, newer than some histories, stay out of the handler.
-func validateSpec(in GuestInput, spec desired.Spec) error {
-	err := desired.Limits(spec)
+// specArg is a desired.Spec as the set-desired Update carries it, with
+// the JSON fields of the payload that the spec does not have: decoding
+// ignores them, and the validator refuses them, so that a misspelt field
+// is not silently dropped. It decodes to the same Spec as before, so
+// replayed histories see the same handler.
+type specArg struct {
+	desired.Spec
+	unknown []string
+}
+
+func (a *specArg) UnmarshalJSON(b []byte) error {
+	if err := json.Unmarshal(b, &a.Spec); err != nil {
+		return err
+	}
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(b, &fields) != nil {
+		return nil
+	}
+	for name := range fields {
+		// encoding/json matches field names case-insensitively.
+		if !slices.ContainsFunc(specFields, func(f string) bool { return strings.EqualFold(f, name) }) {
+			a.unknown = append(a.unknown, name)
+		}
+	}
+	slices.Sort(a.unknown)
+	return nil
+}
+
+// specFields are the JSON names of desired.Spec's fields.
+var specFields = func() []string {
+	var names []string
+	t := reflect.TypeFor[desired.Spec]()
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && name != "-" {
+			names = append(names, name)
+		}
+	}
+	return names
+}()
+
+// validateSpec is the set-desired Update's validator: no unknown field,
+// the spec's limits (desired.Limits), then checkSpec. Validators do not
+// run on replay, so these checks, newer than some histories, stay out of
+// the handler.
+func validateSpec(in GuestInput, arg specArg) error {
+	spec := arg.Spec
+	var err error
+	if len(arg.unknown) > 0 {
+		err = &desired.FieldError{Field: strings.Join(arg.unknown, ", "),
+			Reason: "not a field of a desired state (" + strings.Join(specFields, ", ") + ")"}
+	}
+	if err == nil {
+		err = desired.Limits(spec)
+	}
 	if err == nil {
 		_, err = checkSpec(in, spec)
 	}
