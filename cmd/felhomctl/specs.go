@@ -64,15 +64,3 @@ func loadSpecs(path string) ([]guestSpec, error) {
 	}
 	return specs, nil
 }
-
-// flatten undoes errors.Join, so each field problem gets its own line.
-func flatten(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []error
-		for _, e := range j.Unwrap() {
-			out = append(out, flatten(e)...)
-		}
-		return out
-	}
-	return []error{err}
-}

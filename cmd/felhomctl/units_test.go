@@ -206,10 +206,11 @@ func TestCheckPending(t *testing.T) {
 	for _, tt := range tests {
 		err := checkPending("pve1", 101, tt.tpl)
 		var got []string
-		for _, e := range flatten(err) {
-			if e == nil {
-				continue
-			}
+		var refusals []error
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			refusals = j.Unwrap()
+		}
+		for _, e := range refusals {
 			var r *pendingRefusal
 			if !errors.As(e, &r) {
 				t.Errorf("%s: %v is not a pendingRefusal", tt.name, e)

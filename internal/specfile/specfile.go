@@ -83,8 +83,9 @@ func Check(specs []Guest, problems []string) ([]Guest, error) {
 		g := &specs[i]
 		norm, err := desired.Normalise(g.Spec)
 		if err = errors.Join(desired.Limits(g.Spec), err); err != nil {
-			for _, e := range flatten(err) {
-				problems = append(problems, fmt.Sprintf("%s: guest %s: %v", g.Source, guestName(g.Spec), e))
+			// One line for each joined problem.
+			for _, e := range strings.Split(err.Error(), "\n") {
+				problems = append(problems, fmt.Sprintf("%s: guest %s: %s", g.Source, guestName(g.Spec), e))
 			}
 			continue
 		}
@@ -229,16 +230,4 @@ func optionProblems(s desired.Spec) []string {
 		out = append(out, "options."+strings.ReplaceAll(p, "\n", "; "))
 	}
 	return out
-}
-
-// flatten undoes errors.Join, so each field problem gets its own line.
-func flatten(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []error
-		for _, e := range j.Unwrap() {
-			out = append(out, flatten(e)...)
-		}
-		return out
-	}
-	return []error{err}
 }
