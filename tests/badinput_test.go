@@ -229,3 +229,52 @@ func countSignals(t *testing.T, a *agent, workflowID string) int {
 	}
 	return n
 }
+
+// A guest and a host workflow started directly with timings below their
+// floors (a resync, a retry and a drift check interval of a nanosecond or
+// less, a history bound below one) run with the floors instead: they do not
+// read Proxmox or continue as new without pause.
+func TestHostileStartInputsAreRaisedToTheirFloors(t *testing.T) {
+	host := uniqueHost("pve-floor")
+	sim := startSim(t, host)
+	must(t, sim.AddVM(pvesim.Guest{VMID: 150, Name: "web", Status: "running", MemoryMiB: 512, Cores: 1}))
+	a := startAgent(t, host, sim, newOperatorKey(t, "ed25519").Pub)
+	ctx := context.Background()
+
+	spec := desired.Spec{Host: host, VMID: 150, Kind: desired.QEMU, Name: "web", State: desired.Running, Memory: "512", Cores: 1}
+	guestRun := startGuestWorkflow(t, a, workflows.GuestInput{Host: host, VMID: 150, Desired: &spec,
+		ResyncEvery: -time.Second, RetryEvery: time.Nanosecond, MaxHistoryEvents: -1})
+	a.waitPhase(t, 150, workflows.PhaseConverged)
+	guestID := workflows.GuestWorkflowID(host, 150)
+	waitFor(t, "the resync timer after the pass", func() bool {
+		return followedBy(runEvents(t, a.client, guestID, ""), enumspb.EVENT_TYPE_ACTIVITY_TASK_COMPLETED, enumspb.EVENT_TYPE_TIMER_STARTED)
+	})
+
+	hostID := workflows.HostWorkflowID(host) + "-floor"
+	hostRun, err := a.client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: hostID, TaskQueue: workflows.TaskQueue(host)},
+		workflows.HostWorkflow, workflows.HostInput{Host: host, Interval: time.Nanosecond, MaxHistoryEvents: -1})
+	must(t, err)
+	t.Cleanup(func() { _ = a.client.TerminateWorkflow(context.Background(), hostID, "", "test done") })
+	waitFor(t, "the host workflow's first pass and its timer", func() bool {
+		return followedBy(runEvents(t, a.client, hostID, ""), enumspb.EVENT_TYPE_ACTIVITY_TASK_COMPLETED, enumspb.EVENT_TYPE_TIMER_STARTED)
+	})
+
+	for _, run := range []client.WorkflowRun{guestRun, hostRun} {
+		desc, err := a.client.DescribeWorkflowExecution(ctx, run.GetID(), "")
+		must(t, err)
+		if got := desc.GetWorkflowExecutionInfo().GetExecution().GetRunId(); got != run.GetRunID() {
+			t.Errorf("%s continued as new (run %s, started %s): its history bound was taken below one", run.GetID(), got, run.GetRunID())
+		}
+	}
+	// The guest waits on a timer after its pass (above) instead of reading
+	// again at once; the host's interval is the floor.
+	var hostStatus workflows.HostStatus
+	res, err := a.client.QueryWorkflow(ctx, hostID, "", workflows.QueryHostStatus)
+	must(t, err)
+	must(t, res.Get(&hostStatus))
+	if hostStatus.Interval != workflows.MinDriftCheckInterval {
+		t.Errorf("host workflow's interval is %s, want the floor %s", hostStatus.Interval, workflows.MinDriftCheckInterval)
+	}
+	recordHistory(t, a.client, guestID, "", "guest-loop-input-floors")
+	recordHistory(t, a.client, hostID, "", "host-loop-input-floors")
+}

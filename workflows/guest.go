@@ -124,6 +124,7 @@ type guestSignals struct {
 // handlers and makes the state visible.
 func startGuest(ctx workflow.Context, in GuestInput) (*guest, error) {
 	in = in.withDefaults()
+	in = guestInputFloors(ctx, in)
 	g := &guest{in: in, generation: in.Generation, recent: in.Recent, phase: PhaseWaiting}
 	if in.Desired != nil {
 		spec, err := checkSpec(in, *in.Desired)
@@ -486,6 +487,31 @@ func (g *guest) registerHandlers(ctx workflow.Context) error {
 // waiting reports whether a signal waits to be taken.
 func (s guestSignals) waiting() bool {
 	return s.desired.Len() > 0 || s.approve.Len() > 0 || s.reconcile.Len() > 0
+}
+
+// versionInputFloors marks the runs that raise a start input's timings to
+// their floors; it is asked only of an input below them, which only a
+// hostile or mistaken caller starts a workflow with.
+const versionInputFloors = "input-floors"
+
+// MinResync is the shortest time between two reads of a guest, or of the
+// node's listing, that a workflow's input may set: shorter would read
+// Proxmox without pause.
+const MinResync = time.Second
+
+// guestInputFloors raises ResyncEvery and RetryEvery to MinResync and a
+// MaxHistoryEvents below one to its default, so that a hostile start input
+// cannot make the workflow read Proxmox, or continue as new, without pause.
+func guestInputFloors(ctx workflow.Context, in GuestInput) GuestInput {
+	low := in.ResyncEvery < MinResync || in.RetryEvery < MinResync || in.MaxHistoryEvents < 1
+	if !low || workflow.GetVersion(ctx, versionInputFloors, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		return in
+	}
+	in.ResyncEvery, in.RetryEvery = max(in.ResyncEvery, MinResync), max(in.RetryEvery, MinResync)
+	if in.MaxHistoryEvents < 1 {
+		in.MaxHistoryEvents = GuestInput{}.withDefaults().MaxHistoryEvents
+	}
+	return in
 }
 
 // versionSignalLimits marks the runs that refuse a desired state sent by

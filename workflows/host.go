@@ -121,6 +121,14 @@ func startHost(ctx workflow.Context, in HostInput) (*hostState, error) {
 	if in.MaxHistoryEvents == 0 {
 		in.MaxHistoryEvents = 2000
 	}
+	if (in.Interval < MinDriftCheckInterval || in.MaxHistoryEvents < 1) &&
+		workflow.GetVersion(ctx, versionInputFloors, workflow.DefaultVersion, 1) == 1 {
+		// Only a hostile or mistaken start input is below these floors.
+		in.Interval = max(in.Interval, MinDriftCheckInterval)
+		if in.MaxHistoryEvents < 1 {
+			in.MaxHistoryEvents = 2000
+		}
+	}
 	if in.Desired == nil {
 		in.Desired = map[string]desired.Spec{}
 	}
