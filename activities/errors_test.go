@@ -199,6 +199,7 @@ func TestMalformedAnswers(t *testing.T) {
 		{"task status of the wrong type", pvesim.Fault{Method: "GET", Path: "/nodes/*/tasks/*/status", Kind: pvesim.FaultRawReply, Message: `{"data":{"status":1}}`}, 1},
 		{"config not JSON", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/config", Kind: pvesim.FaultRawReply, Message: `<html>502 Bad Gateway</html>`}, 1},
 		{"config a list", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/config", Kind: pvesim.FaultRawReply, Message: `{"data":[1,2]}`}, 1},
+		{"status current without status", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/status/current", Kind: pvesim.FaultRawReply, Message: `{"data":{"vmid":101,"name":"g"}}`}, 1},
 		{"status current of the wrong type", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/status/current", Kind: pvesim.FaultRawReply, Message: `{"data":{"status":["running"]}}`}, 1},
 		{"config larger than the bound", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/config", Kind: pvesim.FaultRawReply, Message: `{"data":{"description":"` + strings.Repeat("x", 17<<20) + `"}}`}, 1},
 		{"UPID of the wrong type", pvesim.Fault{Method: "POST", Path: startPath, Kind: pvesim.FaultRawReply, Message: `{"data":{"upid":"UPID:pve1:1:2:3:qmstart:101:u:"}}`}, 2},

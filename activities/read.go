@@ -93,6 +93,11 @@ func (a *Proxmox) readGuest(ctx context.Context, vmid int, kind string) (Guest, 
 	if st == nil {
 		return Guest{}, malformed("status of %s %d is null", kind, vmid)
 	}
+	if st.Status == "" {
+		// Proxmox always says running or stopped; taken as stopped, a
+		// running guest would be started again, or a stopped one shut down.
+		return Guest{}, malformed("status of %s %d has no status", kind, vmid)
+	}
 	var cfg map[string]any
 	if err := a.Client.Get(ctx, base+"/config", &cfg); err != nil {
 		if code, msg, ok := httpStatus(err); ok && code == 500 && isMissingGuest(msg) {
