@@ -97,7 +97,18 @@ var (
 	tagPattern  = regexp.MustCompile(`^[a-z0-9_][a-z0-9_+.-]*$`)
 	namePattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$`)
 	optionKey   = regexp.MustCompile(`^[a-z][a-z0-9_.-]{0,63}$`)
+	plainKey    = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 )
+
+// field names the entry key of the map prefix: prefix.key, or prefix[KEY]
+// quoted when key is not a plain name (it is then shown, not trusted, and
+// its newlines would split an error into lines).
+func field(prefix, key string) string {
+	if plainKey.MatchString(key) {
+		return prefix + "." + key
+	}
+	return fmt.Sprintf("%s[%q]", prefix, truncate(key))
+}
 
 // truncate shortens s for an error message.
 func truncate(s string) string {
@@ -167,7 +178,7 @@ func Normalise(s Spec) (Spec, error) {
 	}
 	for key, vol := range s.Disks {
 		if !diskKey.MatchString(key) {
-			bad("disks."+truncate(key), "is not a Proxmox disk key (scsi0, virtio1, rootfs, mp0, ...)")
+			bad(field("disks", key), "is not a Proxmox disk key (scsi0, virtio1, rootfs, mp0, ...)")
 			continue
 		}
 		if (key == "rootfs" || strings.HasPrefix(key, "mp")) != (s.Kind == LXC) && s.Kind != "" {
@@ -202,7 +213,7 @@ func Normalise(s Spec) (Spec, error) {
 	}
 	for key := range s.Options {
 		if slices.Contains(reservedOptions, key) || diskKey.MatchString(key) {
-			bad("options."+truncate(key), "is set through its own field or not at all")
+			bad(field("options", key), "is set through its own field or not at all")
 		}
 	}
 	return s, errors.Join(errs...)
@@ -242,11 +253,11 @@ func Limits(s Spec) error {
 	}
 	for _, key := range slices.Sorted(maps.Keys(s.Disks)) {
 		vol := s.Disks[key]
-		if long("disks."+truncate(key), vol) {
+		if long(field("disks", key), vol) {
 			continue
 		}
 		if v, err := ParseVolume(vol); err == nil && v.SizeGiB > MaxDiskGiB {
-			bad("disks."+truncate(key), "%d GiB is more than %d GiB (1 PiB)", v.SizeGiB, MaxDiskGiB)
+			bad(field("disks", key), "%d GiB is more than %d GiB (1 PiB)", v.SizeGiB, MaxDiskGiB)
 		}
 	}
 	for _, key := range slices.Sorted(maps.Keys(s.Options)) {

@@ -103,6 +103,7 @@ func TestNormaliseRejectsNamingTheField(t *testing.T) {
 		{"memory", func(s *Spec) { s.Memory = "8MiB" }},
 		{"cores", func(s *Spec) { s.Cores = -1 }},
 		{"disks.sdz", func(s *Spec) { s.Disks = map[string]string{"sdz": "local:1"} }},
+		{`disks["scsi0\nvmid: 1"]`, func(s *Spec) { s.Disks = map[string]string{"scsi0\nvmid: 1": "local:1"} }},
 		{"disks.rootfs", func(s *Spec) { s.Disks = map[string]string{"rootfs": "local:1"} }},
 		{"disks.scsi0", func(s *Spec) { s.Disks = map[string]string{"scsi0": "local"} }},
 		{"disks.rootfs", func(s *Spec) { s.Kind = LXC; s.Disks = nil; s.OSTemplate = "local:vztmpl/x.tar.zst" }},
