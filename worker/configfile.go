@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,6 +29,8 @@ type FieldError struct {
 }
 
 func (e *FieldError) Error() string { return "config: " + e.Field + ": " + e.Reason }
+
+var plainKey = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
 // MaxConfigSize bounds a configuration file. A real one is a few KiB; the
 // bound keeps a wrong path (a disk image, /dev/zero) from filling memory.
@@ -129,8 +133,11 @@ func (d *yamlDecoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		k, val := n.Content[i], n.Content[i+1]
 		key := k.Value
 		sub := key
+		if !plainKey.MatchString(key) {
+			sub = strconv.Quote(key) // shown, not trusted: a newline would split the report
+		}
 		if path != "" {
-			sub = path + "." + key
+			sub = path + "." + sub
 		}
 		if k.Kind != yaml.ScalarNode {
 			d.bad(k, path, "a key must be a name, not %s", nodeWhat(k))

@@ -38,6 +38,9 @@ func FuzzLoadConfig(f *testing.F) {
 			if fe.Field == "" || fe.Reason == "" {
 				t.Errorf("problem %#v lacks its setting or reason", fe)
 			}
+			if strings.Contains(fe.Field, "\n") {
+				t.Errorf("the setting of problem %q holds a newline", fe)
+			}
 		}
 	})
 }

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -196,8 +197,11 @@ func Decode(data []byte, file string) (out []Guest, problems []string) {
 
 func guestName(s desired.Spec) string {
 	host := s.Host
-	if host == "" {
+	switch {
+	case host == "":
 		host = "?"
+	case strings.ContainsFunc(host, func(r rune) bool { return r < ' ' || r == '/' }):
+		host = strconv.Quote(host) // shown, not trusted
 	}
 	return fmt.Sprintf("%s/%d", host, s.VMID)
 }
@@ -214,6 +218,7 @@ func yamlErrorText(err error) string {
 			m = m[:j]
 		}
 		m = strings.ReplaceAll(m, "specfile.specDocument", "a guest or a guests: list")
+		m = strings.ReplaceAll(m, "\n", `\n`) // a key's newline would split the report
 		msgs[i] = m
 	}
 	return strings.Join(msgs, "; ")

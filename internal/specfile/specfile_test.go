@@ -89,9 +89,9 @@ func FuzzDecode(f *testing.F) {
 		if err == nil {
 			return
 		}
-		lines := strings.Split(err.Error(), "\n  ")
+		lines := strings.Split(err.Error(), "\n")
 		for _, line := range lines[1:] {
-			if !strings.HasPrefix(line, "f.yaml") {
+			if line = strings.TrimPrefix(line, "  "); !strings.HasPrefix(line, "f.yaml") {
 				t.Errorf("problem %q does not name its file", line)
 			}
 		}
