@@ -150,7 +150,7 @@ const (
 // values of the wrong type, and whatever Validate finds in the rest.
 func LoadConfig(path string, environ []string) (Config, error) {
 	cfg, err := LoadConfigUnvalidated(path, environ)
-	if errs := joinUnreported(err, cfg.Validate()); errs != nil {
+	if errs := JoinProblems(err, cfg.Validate()); errs != nil {
 		return Config{}, errs
 	}
 	return cfg, nil
@@ -173,7 +173,7 @@ func LoadConfigUnvalidated(path string, environ []string) (Config, error) {
 		if err != nil {
 			return Config{}, err
 		}
-		if err := DecodeYAML(data, path, &cfg); err != nil {
+		if err := decodeYAML(data, path, &cfg); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -190,9 +190,7 @@ func LoadConfigUnvalidated(path string, environ []string) (Config, error) {
 // validating one configuration, leaving out what validation says of a
 // setting whose value could not be read: that one is already reported, and
 // the default left in its place is not the user's.
-func JoinProblems(load, validate error) error { return joinUnreported(load, validate) }
-
-func joinUnreported(load, validate error) error {
+func JoinProblems(load, validate error) error {
 	if load == nil {
 		return validate
 	}

@@ -48,13 +48,13 @@ func readConfigFile(r io.Reader, path string) ([]byte, error) {
 	return data, nil
 }
 
-// DecodeYAML lays the YAML document data over cfg, setting by setting, and
+// decodeYAML lays the YAML document data over cfg, setting by setting, and
 // returns every problem it finds, each a *FieldError naming the file, the
 // line and the YAML path: an unknown key, a key given twice, a value of the
 // wrong type. The settings it could read are set even when others could
 // not, so that Validate can check them in the same run. A document that is
 // not YAML at all is one error; an empty one sets nothing.
-func DecodeYAML(data []byte, file string, cfg *Config) error {
+func decodeYAML(data []byte, file string, cfg *Config) error {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {

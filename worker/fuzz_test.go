@@ -18,7 +18,7 @@ func FuzzLoadConfig(f *testing.F) {
 	f.Add([]byte("proxmox:\n  timeout: !!binary aGVsbG8=\n  max_concurrent_requests: 1e400\n"), "")
 	f.Fuzz(func(t *testing.T, data []byte, env string) {
 		cfg := Defaults()
-		loadErr := DecodeYAML(data, "agent.yaml", &cfg)
+		loadErr := decodeYAML(data, "agent.yaml", &cfg)
 		var environ []string
 		for line := range strings.SplitSeq(env, "\n") {
 			environ = append(environ, EnvPrefix+strings.TrimPrefix(line, EnvPrefix))
