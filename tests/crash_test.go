@@ -89,7 +89,7 @@ func TestWorkerKilledMidMutationResumesWithoutSecondPost(t *testing.T) {
 	}
 
 	waitHit(t, "the first status poll of the start task", firstPoll)
-	first.kill(t)
+	first.kill()
 	if g, _ := sim.Guest(101); g.Status == "running" {
 		t.Fatal("the start task finished before the worker was killed: the test proves nothing")
 	}
