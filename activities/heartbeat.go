@@ -7,6 +7,8 @@ import (
 
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/interceptor"
+
+	"github.com/felhom/felhom-agent/internal/killpoint"
 )
 
 // Heartbeats of an attempt.
@@ -68,7 +70,11 @@ type heartbeatInbound struct {
 }
 
 func (i *heartbeatInbound) ExecuteActivity(ctx context.Context, in *interceptor.ExecuteActivityInput) (any, error) {
-	return i.Next.ExecuteActivity(startAttempt(ctx), in)
+	res, err := i.Next.ExecuteActivity(startAttempt(ctx), in)
+	if err == nil {
+		killpoint.Reach(killpoint.ActivityDone, activity.GetInfo(ctx).ActivityType.Name)
+	}
+	return res, err
 }
 
 // startAttempt heartbeats once with the previous attempt's details and

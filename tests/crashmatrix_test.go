@@ -43,8 +43,9 @@ type crashKind struct {
 	name string
 	// phase is the activity phase of the mutating request, the label of
 	// every kill point but GateAccepted; op is the gated op, if any, the
-	// label of GateAccepted.
-	phase, op string
+	// label of GateAccepted; activity is the step's activity type, the
+	// label of ActivityDone.
+	phase, op, activity string
 	// request is the mutating request the step sends (pvesim pattern).
 	method, path string
 	// setup prepares the simulator.
@@ -134,15 +135,15 @@ var crashKinds = func() []crashKind {
 	stop, stopDone := applyAndConverge(desired.Stopped, 1)
 	config, configDone := applyAndConverge(desired.Stopped, 3)
 	return []crashKind{
-		{name: "create", phase: "create", method: "POST", path: "/nodes/*/qemu",
+		{name: "create", activity: workflows.ActivityCreateGuest, phase: "create", method: "POST", path: "/nodes/*/qemu",
 			setup: func(*testing.T, *pvesim.Server) {}, begin: create, await: createDone, check: guestIs("stopped", 1)},
-		{name: "start", phase: "start", method: "POST", path: "/nodes/*/qemu/150/status/start",
+		{name: "start", activity: workflows.ActivityStartGuest, phase: "start", method: "POST", path: "/nodes/*/qemu/150/status/start",
 			setup: addMatrixVM("stopped"), begin: start, await: startDone, check: guestIs("running", 1)},
-		{name: "stop", phase: "shutdown", method: "POST", path: "/nodes/*/qemu/150/status/shutdown",
+		{name: "stop", activity: workflows.ActivityShutdownGuest, phase: "shutdown", method: "POST", path: "/nodes/*/qemu/150/status/shutdown",
 			setup: addMatrixVM("running"), begin: stop, await: stopDone, check: guestIs("stopped", 1)},
-		{name: "config", phase: "config", method: "POST", path: "/nodes/*/qemu/150/config",
+		{name: "config", activity: workflows.ActivitySetConfig, phase: "config", method: "POST", path: "/nodes/*/qemu/150/config",
 			setup: addMatrixVM("stopped"), begin: config, await: configDone, check: guestIs("stopped", 3)},
-		{name: "destroy", phase: "destroy", op: gate.OpGuestDestroy, method: "DELETE", path: "/nodes/*/qemu/150",
+		{name: "destroy", activity: workflows.ActivityDestroyGuest, phase: "destroy", op: gate.OpGuestDestroy, method: "DELETE", path: "/nodes/*/qemu/150",
 			setup: addMatrixVM("running"),
 			begin: func(t *testing.T, m *matrixCase) *gate.Op {
 				// Desired absent: the guest workflow waits for a signature,
@@ -162,7 +163,7 @@ var crashKinds = func() []crashKind {
 					t.Errorf("guest after the crash: %+v, want it destroyed", g)
 				}
 			}},
-		{name: "restore", phase: "restore", op: gate.OpGuestRestore, method: "POST", path: "/nodes/*/qemu",
+		{name: "restore", activity: workflows.ActivityRestoreBackup, phase: "restore", op: gate.OpGuestRestore, method: "POST", path: "/nodes/*/qemu",
 			setup: func(t *testing.T, sim *pvesim.Server) {
 				addMatrixVM("stopped")(t, sim)
 				// The backup holds 512 MiB: a restored guest shows it.
@@ -181,7 +182,7 @@ var crashKinds = func() []crashKind {
 					t.Errorf("guest after the crash: %+v (exists %v), want the backup's 512 MiB", g, ok)
 				}
 			}},
-		{name: "wipe", phase: "wipe", op: gate.OpVolumeWipe, method: "DELETE", path: "/nodes/*/storage/local-lvm/content/**",
+		{name: "wipe", activity: workflows.ActivityWipeVolume, phase: "wipe", op: gate.OpVolumeWipe, method: "DELETE", path: "/nodes/*/storage/local-lvm/content/**",
 			setup: func(t *testing.T, sim *pvesim.Server) {
 				// A volume left behind by a guest that is gone.
 				must(t, sim.AddVolume(matrixVolume, 4<<30))
@@ -245,8 +246,11 @@ func runCrashCase(t *testing.T, point string, k crashKind) {
 	m.a = &agent{host: host, sim: sim, client: clientFor(t)}
 
 	label := k.phase
-	if point == killpoint.GateAccepted {
+	switch point {
+	case killpoint.GateAccepted:
 		label = k.op
+	case killpoint.ActivityDone:
+		label = k.activity
 	}
 	var held *pvesim.Hook
 	if point == killpoint.TaskWait {
@@ -264,7 +268,11 @@ func runCrashCase(t *testing.T, point string, k crashKind) {
 	if held != nil {
 		held.Release()
 	}
+	// The kill fell where it says: before the step's request, or after it.
 	sent := len(sim.RequestsMatching(k.method, k.path))
+	if want := map[bool]int{true: 0, false: 1}[point == killpoint.GateAccepted || point == killpoint.BeforePost]; sent != want {
+		t.Fatalf("%s %s reached the simulator %d times before the kill at %s, want %d", k.method, k.path, sent, point, want)
+	}
 
 	second := startChild(t, env, "worker-2.log")
 	k.await(t, m)

@@ -44,10 +44,14 @@ const (
 	// not finished its own bookkeeping (ledger, hand-over) nor reported its
 	// completion. Label: the phase.
 	TaskDone = "task-done"
+	// ActivityDone: an activity returned success and its completion has
+	// not reached the Temporal server. Label: the activity type
+	// ("StartGuest", "RestoreBackup", ...).
+	ActivityDone = "activity-done"
 )
 
 // Points lists every kill point.
-var Points = []string{GateAccepted, BeforePost, AfterPost, TaskWait, TaskDone}
+var Points = []string{GateAccepted, BeforePost, AfterPost, TaskWait, TaskDone, ActivityDone}
 
 // matches reports whether spec (Env's value) names point with label.
 func matches(spec, point, label string) bool {
