@@ -36,7 +36,7 @@ import (
 // side (crashMatrixParallel at a time) rather than one after another.
 
 // crashMatrixParallel is how many cases run at once: they mostly wait.
-const crashMatrixParallel = 32
+const crashMatrixParallel = 48
 
 // crashKind is one kind of mutation the matrix crashes.
 type crashKind struct {
