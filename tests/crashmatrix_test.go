@@ -268,10 +268,18 @@ func runCrashCase(t *testing.T, point string, k crashKind) {
 	if held != nil {
 		held.Release()
 	}
-	// The kill fell where it says: before the step's request, or after it.
-	sent := len(sim.RequestsMatching(k.method, k.path))
+	// The kill fell where it says: before the step's request, or after it;
+	// after the POST, before or after its task id reached the server.
+	reqs := sim.RequestsMatching(k.method, k.path)
+	sent := len(reqs)
 	if want := map[bool]int{true: 0, false: 1}[point == killpoint.GateAccepted || point == killpoint.BeforePost]; sent != want {
 		t.Fatalf("%s %s reached the simulator %d times before the kill at %s, want %d", k.method, k.path, sent, point, want)
+	}
+	if sent == 1 {
+		p, _ := recordedProgress(t, m.a.client, workflows.GuestWorkflowID(host, matrixVMID), k.activity)
+		if recorded := p.UPID == reqs[0].UPID; recorded != (point != killpoint.AfterPost) {
+			t.Fatalf("after the kill at %s the server holds progress %+v for task %s; want it recorded: %v", point, p, reqs[0].UPID, !recorded)
+		}
 	}
 
 	second := startChild(t, env, "worker-2.log")
