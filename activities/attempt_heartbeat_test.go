@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"errors"
 	"reflect"
 	"sync"
 	"testing"
@@ -65,7 +66,7 @@ func TestAttemptHeartbeatsKeepTheRecordedProgress(t *testing.T) {
 			t.Cleanup(func() { heartbeatClock = time.Now })
 			var suite testsuite.WorkflowTestSuite
 			env := suite.NewTestActivityEnvironment()
-			env.SetWorkerOptions(worker.Options{Interceptors: []interceptor.WorkerInterceptor{HeartbeatInterceptor()}})
+			env.SetWorkerOptions(worker.Options{Interceptors: []interceptor.WorkerInterceptor{HeartbeatInterceptor(nil)}})
 			if tt.previous != nil {
 				env.SetHeartbeatDetails(tt.previous)
 			}
@@ -119,5 +120,39 @@ func TestKeepAliveOutsideAnInterceptedAttemptSendsNothing(t *testing.T) {
 	KeepAlive(context.Background())
 	if got := sent(); len(got) != 0 {
 		t.Fatalf("heartbeats %v, want none", got)
+	}
+}
+
+// A new Progress goes to the server directly as well as through the SDK's
+// batch; one whose direct delivery failed (a slow server) is sent again at
+// the next recordProgress, even when it is the same Progress.
+func TestNewProgressIsDeliveredUntilItArrives(t *testing.T) {
+	sent := sentHeartbeats(t)
+	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	heartbeatClock = func() time.Time { return clock }
+	t.Cleanup(func() { heartbeatClock = time.Now })
+	var delivered []any
+	failures := 1
+	at := &attemptProgress{known: true, deliver: func(_ context.Context, p Progress) error {
+		delivered = append(delivered, p)
+		if failures > 0 {
+			failures--
+			return errors.New("context deadline exceeded")
+		}
+		return nil
+	}}
+	ctx := context.WithValue(context.Background(), attemptKey{}, at)
+	p := Progress{Phase: "start", UPID: "UPID:pve1:00001:00002:00003:qmstart:101:root@pam:"}
+
+	recordProgress(ctx, p) // new: through the SDK and directly, which fails
+	recordProgress(ctx, p) // not delivered yet: both again
+	recordProgress(ctx, p) // delivered, within KeepAliveEvery: nothing
+	if want := []any{p, p}; !reflect.DeepEqual(delivered, want) || !reflect.DeepEqual(sent(), want) {
+		t.Fatalf("delivered %v, sent through the SDK %v; want %v both", delivered, sent(), want)
+	}
+	clock = clock.Add(KeepAliveEvery)
+	recordProgress(ctx, p) // a keep-alive: through the SDK only
+	if len(delivered) != 2 || len(sent()) != 3 {
+		t.Fatalf("keep-alive: delivered %v, sent %v; want it through the SDK only", delivered, sent())
 	}
 }

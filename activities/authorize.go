@@ -11,6 +11,7 @@ import (
 
 	"github.com/felhom/felhom-agent/activities/ledger"
 	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/internal/killpoint"
 )
 
 // This file is the one place where an executor meets the gate. Everything an
@@ -130,6 +131,7 @@ func (a *Proxmox) authorize(ctx context.Context, what string, action gate.Action
 		// refused as a replay. Fail-safe; the operator signs again.
 		return ctx, nil, temporal.NewNonRetryableApplicationError(what+": record admission: "+err.Error(), ErrTypeLedger, err)
 	}
+	killpoint.Reach(killpoint.GateAccepted, action.Op)
 	at := &act{key: key, state: ledger.Admitted}
 	return context.WithValue(ctx, actContextKey{}, at), at, nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/felhom/felhom-agent/activities/ledger"
 	"github.com/felhom/felhom-agent/gate"
 )
 
@@ -182,6 +183,19 @@ func (a *Proxmox) restore(ctx context.Context, what string, in RestoreBackupInpu
 		params["kind"] = g.Kind
 	}
 	action := gate.Action{Op: gate.OpGuestRestore, HostID: a.HostID, GuestID: vmidString(in.VMID), Params: params}
+	if upid, err := a.restoreUnderWay(ctx, action, g, in.Approval); err != nil {
+		return TaskResult{}, nil, err
+	} else if upid != "" {
+		recordProgress(ctx, Progress{Phase: "restore", UPID: upid})
+		a.log().Info("adopting the approved restore's task", "upid", upid)
+		res, err := a.wait(ctx, "restore", upid)
+		if err != nil {
+			return TaskResult{}, nil, err
+		}
+		a.finishRecorded(in.Approval)
+		res.Resumed = true
+		return res, nil, nil
+	}
 	ctx, at, err := a.authorize(ctx, what, action, g, in.Approval, "")
 	if err != nil {
 		return TaskResult{}, nil, err
@@ -215,6 +229,34 @@ func (a *Proxmox) restore(ctx context.Context, what string, in RestoreBackupInpu
 		return TaskResult{}, at, err
 	}
 	return res, at, nil
+}
+
+// restoreUnderWay finds the restore task of an approved restore whose
+// request went out in an earlier attempt that did not live to record the
+// task's id (a crash between the POST and its heartbeat, an answer lost).
+// Once that task ran, the guest is no longer the instance the approval was
+// admitted for (the restore replaced its configuration), so the gate would
+// refuse the retry, and a fresh signature would restore a second time. It
+// returns the task when the host's ledger says the approval's act started
+// on this guest and action, and Proxmox lists a restore of the guest since
+// the step was scheduled; "" otherwise, and the gate decides as usual.
+// Adopting it sends nothing: the retry only waits on a task Proxmox runs.
+func (a *Proxmox) restoreUnderWay(ctx context.Context, action gate.Action, g Guest, approval *gate.Approval) (string, error) {
+	key := approvalKey(approval)
+	if key == "" || a.Ledger == nil || a.Gate == nil {
+		return "", nil
+	}
+	ad, ok := a.Ledger.Admission(key)
+	if !ok || ad.State != ledger.Started || ad.VMID != g.VMID || ad.Instance == instanceOf(g) {
+		return "", nil
+	}
+	if digest, err := actionDigest(action); err != nil || digest != ad.Action {
+		return "", nil
+	}
+	if _, err := a.Gate.Readmit(ctx, gate.Request{Action: action, Provenance: a.provenanceOf(g), Approval: approval}); err != nil {
+		return "", nil // not this approval's act: the gate refuses it below
+	}
+	return a.inFlight(ctx, g.VMID, taskType(g.Kind, "restore"), true)
 }
 
 // finishRecorded marks the admission of approval, if this host holds one,

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/felhom/felhom-agent/activities/ledger"
 	"github.com/felhom/felhom-agent/gate"
@@ -309,5 +310,86 @@ func TestAdmissionSpentOnFinalFailure(t *testing.T) {
 	}
 	if _, ok := h.guest(102); ok {
 		t.Fatal("guest 102 not destroyed")
+	}
+}
+
+// An approved restore whose answer was lost after Proxmox took it (an attempt
+// killed between the POST and its heartbeat looks the same to the retry):
+// once the restore ran, the guest is no longer the instance the approval was
+// admitted for. The retry adopts the restore's task from the task list, sends
+// nothing, and finishes the act: the approval is not refused, and no second
+// signature restores a second time. A guest changed by anything else than
+// the restore is still refused.
+func TestRestoreRetryAfterLostAnswerAdoptsItsTask(t *testing.T) {
+	// The test environment schedules each attempt when it runs it; the
+	// node's clock runs ahead so the first attempt's task counts as started
+	// since the step was scheduled.
+	h := newHarness(t, pvesim.Config{TaskDuration: time.Millisecond, Clock: func() time.Time { return time.Now().Add(time.Minute) }})
+	g := pvesim.Guest{VMID: 101, Name: "app", Status: "stopped", MemoryMiB: 1024, Cores: 1,
+		Disks: map[string]string{"scsi0": "local-lvm:vm-101-disk-0,size=4G"}}
+	backup := g
+	backup.MemoryMiB = 4096
+	archive, err := h.srv.AddBackup(pvesim.KindQEMU, backup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.addVM(g)
+	in := RestoreBackupInput{VMID: 101, Archive: archive, Approval: h.approve(gate.OpGuestRestore, "101", map[string]any{"archive": archive})}
+	h.srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu", Kind: pvesim.FaultDropAfter})
+	_, err = run[TaskResult](h, h.act.RestoreBackup, in)
+	wantErr(t, err, ErrTypeUnavailable, true)
+	reqs := h.srv.RequestsMatching("POST", "/nodes/*/qemu")
+	if len(reqs) != 1 || reqs[0].UPID == "" {
+		t.Fatalf("restore requests %+v, want one that started a task", reqs)
+	}
+	waitTaskDone(t, h, reqs[0].UPID)
+
+	res, err := run[TaskResult](h, h.act.RestoreBackup, in)
+	if err != nil {
+		t.Fatalf("retry of the approved restore: %v", err)
+	}
+	if !res.Resumed || res.UPID != reqs[0].UPID {
+		t.Errorf("retry = %+v, want the first attempt's task %s adopted", res, reqs[0].UPID)
+	}
+	if n := h.mutations("POST", "/nodes/*/qemu"); n != 1 {
+		t.Errorf("restore sent %d times, want once", n)
+	}
+	if got, _ := h.guest(101); got.MemoryMiB != 4096 {
+		t.Errorf("guest after the restore: %+v, want the backup's 4096 MiB", got)
+	}
+	if ad, ok := h.ledger.Admission(approvalKey(in.Approval)); !ok || ad.State != ledger.Done {
+		t.Errorf("admission %+v (%v), want done", ad, ok)
+	}
+	// The act is done: the approval restores nothing again.
+	if res, err := run[TaskResult](h, h.act.RestoreBackup, in); err != nil || !res.AlreadyDone {
+		t.Errorf("third attempt = %+v, %v; want already done", res, err)
+	}
+	if n := h.mutations("POST", "/nodes/*/qemu"); n != 1 {
+		t.Errorf("restore sent %d times, want once", n)
+	}
+
+	// Refused by Proxmox before it did anything (the admission started),
+	// then the guest replaced by another instance (here: another SMBIOS
+	// uuid, written past the agent): no restore task to adopt, and the gate
+	// refuses the approval for the other instance.
+	h2 := newHarness(t, pvesim.Config{TaskDuration: time.Millisecond, Clock: func() time.Time { return time.Now().Add(time.Minute) }})
+	archive2, err := h2.srv.AddBackup(pvesim.KindQEMU, backup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2.addVM(g)
+	in2 := RestoreBackupInput{VMID: 101, Archive: archive2, Approval: h2.approve(gate.OpGuestRestore, "101", map[string]any{"archive": archive2})}
+	h2.srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu", Kind: pvesim.FaultHTTPError, Status: 500})
+	if _, err = run[TaskResult](h2, h2.act.RestoreBackup, in2); err == nil {
+		t.Fatal("restore refused by Proxmox succeeded")
+	}
+	if _, err := h2.act.postTask(context.Background(), "PUT", "/nodes/pve1/qemu/101/config",
+		map[string]any{"smbios1": "uuid=0b5e2f4a-1c3d-4e5f-8a9b-0c1d2e3f4a5b"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = run[TaskResult](h2, h2.act.RestoreBackup, in2)
+	wantErr(t, err, "replay", false)
+	if n := h2.mutations("POST", "/nodes/*/qemu"); n != 1 {
+		t.Errorf("restore sent %d times, want only the refused one", n)
 	}
 }

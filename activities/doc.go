@@ -45,11 +45,13 @@
 //
 // Every attempt heartbeats as it starts, repeating the previous attempt's
 // Progress, and before Proxmox requests (HeartbeatInterceptor, KeepAlive,
-// heartbeat.go). A new Progress is sent at once (the worker turns the SDK's
-// heartbeat batching off, worker.HeartbeatThrottle), so the server holds a
-// task's UPID before the task is first polled; the same Progress again is
-// sent at most every KeepAliveEvery. Set the activity's HeartbeatTimeout
-// well above KeepAliveEvery and the Proxmox client's timeout.
+// heartbeat.go). A new Progress is also sent straight to the server at once
+// (HeartbeatInterceptor's client), so the server holds a task's UPID before
+// the task is first polled; the same Progress again is sent at most every
+// KeepAliveEvery, through the SDK's batching, which gives a heartbeat most of
+// the heartbeat timeout to arrive before it cancels the attempt. Set the
+// activity's HeartbeatTimeout well above KeepAliveEvery and the Proxmox
+// client's timeout.
 //
 // Creates keep the host's provenance ledger in step (see Proxmox.create for
 // the state-by-state reasoning): the create writes a random instance marker

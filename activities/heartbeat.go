@@ -6,7 +6,10 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/interceptor"
+
+	"github.com/felhom/felhom-agent/internal/killpoint"
 )
 
 // Heartbeats of an attempt.
@@ -22,10 +25,16 @@ import (
 // A heartbeat replaces the details the server holds: a mutating step's
 // Progress names the Proxmox task a retry resumes. Every heartbeat therefore
 // sends the attempt's current Progress: the previous attempt's until this
-// attempt records its own. A new Progress is sent at once (the worker does
-// not hold heartbeats back, see worker.HeartbeatThrottle), so that the
-// server knows a task's UPID before the task is first polled; a heartbeat
-// that only says the attempt is alive is sent at most every KeepAliveEvery.
+// attempt records its own. A heartbeat that only says the attempt is alive
+// is sent at most every KeepAliveEvery, through the SDK, which batches
+// heartbeats and gives each one as long as its batch lasts (most of the
+// heartbeat timeout) to reach the server before it takes the attempt for
+// timed out and cancels it. A new Progress goes through the SDK too (so a
+// batched older one can never overwrite it) and, when the interceptor has a
+// client, also straight to the server at once (client.RecordActivityHeartbeat,
+// bounded by KeepAliveEvery), so that the server knows a task's UPID before
+// the task is first polled; one that did not arrive is sent again at the
+// attempt's next heartbeat.
 
 // KeepAliveEvery is the least time between two heartbeats that repeat the
 // same Progress: well within any step's heartbeat timeout, few enough for
@@ -38,6 +47,10 @@ type attemptProgress struct {
 	p     Progress
 	known bool // false: the previous attempt's details could not be read; do not overwrite them
 	sent  time.Time
+	// deliver sends a new Progress straight to the server (nil: the SDK's
+	// batch only); undelivered says the last one did not arrive.
+	deliver     func(context.Context, Progress) error
+	undelivered bool
 }
 
 type attemptKey struct{}
@@ -51,30 +64,57 @@ var (
 
 // HeartbeatInterceptor makes every activity attempt heartbeat as soon as it
 // starts, with the details the previous attempt recorded, and lets
-// KeepAlive heartbeat during the attempt without losing them. Register it
-// in the worker's options.
-func HeartbeatInterceptor() interceptor.WorkerInterceptor { return &heartbeatInterceptor{} }
+// KeepAlive heartbeat during the attempt without losing them. With c, a new
+// Progress also goes straight to the server (see above); c may be nil.
+// Register it in the worker's options.
+func HeartbeatInterceptor(c client.Client) interceptor.WorkerInterceptor {
+	return &heartbeatInterceptor{c: c}
+}
 
 type heartbeatInterceptor struct {
 	interceptor.WorkerInterceptorBase
+	c client.Client
 }
 
-func (*heartbeatInterceptor) InterceptActivity(ctx context.Context, next interceptor.ActivityInboundInterceptor) interceptor.ActivityInboundInterceptor {
-	return &heartbeatInbound{ActivityInboundInterceptorBase: interceptor.ActivityInboundInterceptorBase{Next: next}}
+func (i *heartbeatInterceptor) InterceptActivity(ctx context.Context, next interceptor.ActivityInboundInterceptor) interceptor.ActivityInboundInterceptor {
+	return &heartbeatInbound{ActivityInboundInterceptorBase: interceptor.ActivityInboundInterceptorBase{Next: next}, c: i.c}
 }
 
 type heartbeatInbound struct {
 	interceptor.ActivityInboundInterceptorBase
+	c client.Client
 }
 
 func (i *heartbeatInbound) ExecuteActivity(ctx context.Context, in *interceptor.ExecuteActivityInput) (any, error) {
-	return i.Next.ExecuteActivity(startAttempt(ctx), in)
+	var deliver func(context.Context, Progress) error
+	if i.c != nil {
+		deliver = directHeartbeat(i.c)
+	}
+	res, err := i.Next.ExecuteActivity(startAttempt(ctx, deliver), in)
+	if err == nil {
+		killpoint.Reach(killpoint.ActivityDone, activity.GetInfo(ctx).ActivityType.Name)
+	}
+	return res, err
+}
+
+// directHeartbeat records p as the activity's heartbeat on the server now,
+// by its task token, waiting at most KeepAliveEvery.
+func directHeartbeat(c client.Client) func(context.Context, Progress) error {
+	return func(ctx context.Context, p Progress) error {
+		dctx, cancel := context.WithTimeout(ctx, KeepAliveEvery)
+		defer cancel()
+		err := c.RecordActivityHeartbeat(dctx, activity.GetInfo(ctx).TaskToken, p)
+		if err != nil {
+			activity.GetLogger(ctx).Warn("heartbeat with the step's progress did not reach the server; sent again with the next one", "phase", p.Phase, "upid", p.UPID, "error", err)
+		}
+		return err
+	}
 }
 
 // startAttempt heartbeats once with the previous attempt's details and
 // returns ctx carrying them for KeepAlive and recordProgress.
-func startAttempt(ctx context.Context) context.Context {
-	at := &attemptProgress{known: true}
+func startAttempt(ctx context.Context, deliver func(context.Context, Progress) error) context.Context {
+	at := &attemptProgress{known: true, deliver: deliver}
 	if activity.HasHeartbeatDetails(ctx) {
 		// Details this package did not write are left alone: they cannot be
 		// sent back as they were.
@@ -114,11 +154,15 @@ func recordProgress(ctx context.Context, p Progress) {
 	at.mu.Lock()
 	defer at.mu.Unlock()
 	now := heartbeatClock()
-	if at.known && p == at.p && now.Sub(at.sent) < KeepAliveEvery {
+	fresh := !at.known || p != at.p || at.undelivered
+	if !fresh && now.Sub(at.sent) < KeepAliveEvery {
 		return
 	}
 	at.p, at.known = p, true
 	at.send(ctx, now)
+	if fresh && at.deliver != nil {
+		at.undelivered = at.deliver(ctx, p) != nil
+	}
 }
 
 // send heartbeats with the attempt's Progress; at.mu is held.

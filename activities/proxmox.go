@@ -18,6 +18,7 @@ import (
 
 	"github.com/felhom/felhom-agent/activities/ledger"
 	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/internal/killpoint"
 )
 
 // Gate decides whether an action may run; *gate.Gate implements it.
@@ -181,10 +182,12 @@ func (a *Proxmox) launch(ctx context.Context, phase, method, path string, params
 	if err := a.startAct(ctx); err != nil {
 		return "", err
 	}
+	killpoint.Reach(killpoint.BeforePost, phase)
 	upid, err := a.postTask(ctx, method, path, params)
 	if err != nil {
 		return "", err
 	}
+	killpoint.Reach(killpoint.AfterPost, phase)
 	if upid != "" {
 		recordProgress(ctx, Progress{Phase: phase, UPID: upid})
 	}
@@ -241,8 +244,10 @@ func (a *Proxmox) wait(ctx context.Context, phase, upid string) (res TaskResult,
 			if !taskSucceeded(st.ExitStatus) {
 				return TaskResult{}, &TaskError{UPID: upid, ExitStatus: st.ExitStatus}
 			}
+			killpoint.Reach(killpoint.TaskDone, phase)
 			return TaskResult{UPID: upid, ExitStatus: st.ExitStatus}, nil
 		}
+		killpoint.Reach(killpoint.TaskWait, phase)
 		timer.Reset(interval)
 	}
 }

@@ -2,47 +2,196 @@ package tests
 
 import (
 	"bufio"
-	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/felhom/felhom-agent/internal/killpoint"
 	"github.com/felhom/felhom-agent/internal/pvesim"
 	"github.com/felhom/felhom-agent/worker"
 )
 
-// childEnv makes the test binary run a worker instead of the tests: the
-// crash tests start it as a separate process and kill it. Its configuration
-// comes from FELHOM_* variables, as in production.
-const childEnv = "AGENT_TEST_CHILD_WORKER"
+// The crash tests run the agent's parts as separate processes, so that they
+// can kill them with SIGKILL: the worker is the real felhom-agent binary
+// (`felhom-agent run`, built once per test binary with the killpoints tag),
+// a Temporal server node is this test binary started with childServerEnv.
+// childProcess is the one piece of code that starts, watches and kills them.
 
-func runChildWorker() int {
-	cfg, err := worker.LoadConfig("", os.Environ())
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "child worker:", err)
-		return 2
-	}
-	log, _ := worker.NewLogger(worker.LogConfig{Level: "debug", Format: "text"}, os.Stderr)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	err = worker.Run(ctx, cfg, log, worker.RunOptions{Ready: func(worker.Info) { fmt.Println("READY") }})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "child worker:", err)
-		return 1
-	}
-	return 0
+// childProcess is a program the test runs in its own process. Its stdout
+// and stderr go to a log file, shown when the test fails.
+type childProcess struct {
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	exited  chan struct{} // closed once the process has exited
+	waitErr error         // cmd.Wait's result, set before exited is closed
 }
 
-// childAgent is a worker in its own process.
-type childAgent struct {
-	cmd *exec.Cmd
-	log *os.File
+// startProcess starts cmd and waits, at most within, until a line of its
+// output satisfies ready; it returns that line. The process is killed when
+// the test ends.
+func startProcess(t *testing.T, name string, cmd *exec.Cmd, ready func(line string) bool, within time.Duration) (*childProcess, string) {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), name+".log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	pw.Close()
+	p := &childProcess{name: name, cmd: cmd, logPath: logPath, exited: make(chan struct{})}
+	readyLine := make(chan string, 1)
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		defer logFile.Close()
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		found := false
+		for sc.Scan() {
+			line := sc.Text()
+			fmt.Fprintln(logFile, line)
+			if !found && ready(line) {
+				found = true
+				readyLine <- line
+			}
+		}
+	}()
+	go func() {
+		p.waitErr = cmd.Wait()
+		<-copied // the log is complete once the process is gone and its output read
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("%s:\n%s", name, tail(p.output(), 4000))
+		}
+	})
+	select {
+	case line := <-readyLine:
+		return p, line
+	case <-p.exited:
+		t.Fatalf("%s exited before it was ready: %v\n%s", name, p.waitErr, tail(p.output(), 4000))
+	case <-time.After(within):
+		t.Fatalf("%s not ready within %s", name, within)
+	}
+	return nil, ""
+}
+
+// output is everything the process wrote so far.
+func (p *childProcess) output() string {
+	out, _ := os.ReadFile(p.logPath)
+	return string(out)
+}
+
+// kill ends the process the hard way, as a power cut would: no handler
+// runs, nothing is flushed. It returns once the process is gone.
+func (p *childProcess) kill() {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.exited
+}
+
+// signal sends sig to the process.
+func (p *childProcess) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal %s: %v", p.name, err)
+	}
+}
+
+// wait waits for the process to exit and returns its exit error.
+func (p *childProcess) wait() error {
+	<-p.exited
+	return p.waitErr
+}
+
+// waitKilled waits, at most within, for the process to die of SIGKILL and
+// fails the test if it ends any other way or lives on.
+func (p *childProcess) waitKilled(t *testing.T, within time.Duration) {
+	t.Helper()
+	select {
+	case <-p.exited:
+	case <-time.After(within):
+		t.Fatalf("%s still runs after %s, want it killed", p.name, within)
+	}
+	var exit *exec.ExitError
+	if !errors.As(p.waitErr, &exit) {
+		t.Fatalf("%s exited with %v, want SIGKILL", p.name, p.waitErr)
+	}
+	if ws, ok := exit.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("%s exited with %v, want SIGKILL", p.name, p.waitErr)
+	}
+}
+
+// stop stops the process with SIGTERM and fails the test unless it exits
+// with status 0 within a minute.
+func (p *childProcess) stop(t *testing.T) {
+	t.Helper()
+	p.signal(t, syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(time.Minute):
+		t.Fatalf("%s still runs a minute after SIGTERM", p.name)
+	}
+	if p.waitErr != nil {
+		t.Fatalf("%s exited with %v after SIGTERM, want status 0", p.name, p.waitErr)
+	}
+}
+
+var agentBin struct {
+	once sync.Once
+	dir  string
+	path string
+	err  error
+}
+
+// agentBinary is the felhom-agent binary built with -tags killpoints, once
+// per test binary; removeAgentBinary deletes it after the last test.
+func agentBinary(t *testing.T) string {
+	t.Helper()
+	agentBin.once.Do(func() {
+		agentBin.dir, agentBin.err = os.MkdirTemp("", "felhom-agent-test-")
+		if agentBin.err != nil {
+			return
+		}
+		path := filepath.Join(agentBin.dir, "felhom-agent")
+		out, err := exec.Command("go", "build", "-tags", "killpoints", "-o", path, "../cmd/felhom-agent").CombinedOutput()
+		if err != nil {
+			agentBin.err = fmt.Errorf("go build -tags killpoints ./cmd/felhom-agent: %v\n%s", err, out)
+			return
+		}
+		agentBin.path = path
+	})
+	if agentBin.err != nil {
+		t.Fatal(agentBin.err)
+	}
+	return agentBin.path
+}
+
+func removeAgentBinary() {
+	if agentBin.dir != "" {
+		_ = os.RemoveAll(agentBin.dir)
+	}
 }
 
 // simCAFile writes the simulator's certificate to a PEM file for
@@ -56,10 +205,11 @@ func simCAFile(t *testing.T, sim *pvesim.Server) string {
 	return path
 }
 
-// childEnviron turns cfg into the FELHOM_* environment of a child worker.
+// childEnviron turns cfg into the FELHOM_* environment of a worker process,
+// as in production: the rest of this process's environment, without its
+// FELHOM_* variables and without a kill point.
 func childEnviron(cfg worker.Config, caFile string) []string {
 	env := []string{
-		childEnv + "=1",
 		"FELHOM_HOST_ID=" + cfg.HostID,
 		"FELHOM_TEMPORAL_ADDRESS=" + cfg.Temporal.Address,
 		"FELHOM_TEMPORAL_NAMESPACE=" + cfg.Temporal.Namespace,
@@ -74,85 +224,29 @@ func childEnviron(cfg worker.Config, caFile string) []string {
 		"FELHOM_PINNED_SIGNERS=" + cfg.PinnedSigners,
 		"FELHOM_METRICS_ADDRESS=off",
 		"FELHOM_SHUTDOWN_TIMEOUT=" + cfg.ShutdownTimeout.String(),
+		"FELHOM_LOG_LEVEL=debug",
+	}
+	if cfg.DriftCheckInterval != worker.Defaults().DriftCheckInterval {
+		env = append(env, "FELHOM_DRIFT_CHECK_INTERVAL="+cfg.DriftCheckInterval.String())
 	}
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "FELHOM_") && !strings.HasPrefix(kv, childEnv) {
+		if !strings.HasPrefix(kv, "FELHOM_") && !strings.HasPrefix(kv, killpoint.Env+"=") {
 			env = append(env, kv)
 		}
 	}
 	return env
 }
 
-// startChild starts a worker process and waits until it polls.
-func startChild(t *testing.T, environ []string, logName string) *childAgent {
+// startChild runs `felhom-agent run` with environ and waits until it polls
+// its task queue.
+func startChild(t *testing.T, environ []string, logName string) *childProcess {
 	t.Helper()
-	logFile, err := os.Create(filepath.Join(t.TempDir(), logName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd := exec.Command(agentBinary(t), "run")
 	cmd.Env = environ
-	cmd.Stderr = logFile
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start child worker: %v", err)
-	}
-	c := &childAgent{cmd: cmd, log: logFile}
-	t.Cleanup(func() {
-		if c.cmd.ProcessState == nil {
-			_ = c.cmd.Process.Kill()
-			_ = c.cmd.Wait()
-		}
-		if t.Failed() {
-			out, _ := os.ReadFile(logFile.Name())
-			t.Logf("%s:\n%s", logName, tail(string(out), 4000))
-		}
-	})
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if sc.Text() == "READY" {
-				ready <- true
-			}
-		}
-		ready <- false
-	}()
-	select {
-	case ok := <-ready:
-		if !ok {
-			_ = cmd.Wait()
-			out, _ := os.ReadFile(logFile.Name())
-			t.Fatalf("child worker exited before it was ready: %s\n%s", cmd.ProcessState, tail(string(out), 4000))
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("child worker not ready within 60s")
-	}
-	return c
+	p, _ := startProcess(t, strings.TrimSuffix(logName, ".log"), cmd,
+		func(line string) bool { return strings.Contains(line, `"msg":"worker polling"`) }, 2*time.Minute)
+	return p
 }
-
-// kill ends the worker the hard way: no handler runs, nothing is flushed.
-func (c *childAgent) kill(t *testing.T) {
-	t.Helper()
-	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatalf("kill child worker: %v", err)
-	}
-	_ = c.cmd.Wait()
-}
-
-// signal sends sig to the worker.
-func (c *childAgent) signal(t *testing.T, sig syscall.Signal) {
-	t.Helper()
-	if err := c.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("signal child worker: %v", err)
-	}
-}
-
-// wait waits for the worker to exit and returns its exit error.
-func (c *childAgent) wait() error { return c.cmd.Wait() }
 
 func tail(s string, n int) string {
 	if len(s) <= n {

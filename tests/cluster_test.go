@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -48,8 +46,18 @@ const childServerEnv = "AGENT_TEST_CHILD_SERVER"
 // nodes to own some.
 const clusterShards = 8
 
+// childServerConfig is a server node's configuration.
 type childServerConfig struct {
-	Default, Visibility pgSQL
+	// Default and Visibility are Temporal's databases on PostgreSQL; nil
+	// keeps all state in the SQLite file SQLite.
+	Default, Visibility *pgSQL
+	SQLite              string
+	// Frontend is the address to listen on, "" for a free port: a node
+	// restarted on its database keeps the address its workers dial.
+	Frontend string
+	Shards   int32
+	// Gossip makes the node one of a cluster on the same PostgreSQL.
+	Gossip bool
 }
 
 type pgSQL struct{ Addr, User, Password, DB string }
@@ -66,16 +74,18 @@ func runChildServer(raw string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	s, err := devserver.Start(ctx, devserver.Config{
-		Postgres: &devserver.Postgres{
-			Default:    cfg.Default.sql(),
-			Visibility: cfg.Visibility.sql(),
-		},
-		HistoryShards:    clusterShards,
-		Gossip:           true,
+	dc := devserver.Config{
+		DBPath:           cfg.SQLite,
+		FrontendAddr:     cfg.Frontend,
+		HistoryShards:    cfg.Shards,
+		Gossip:           cfg.Gossip,
 		SearchAttributes: visibility.SearchAttributes(),
 		Logger:           log,
-	})
+	}
+	if cfg.Default != nil {
+		dc.Postgres = &devserver.Postgres{Default: cfg.Default.sql(), Visibility: cfg.Visibility.sql()}
+	}
+	s, err := devserver.Start(ctx, dc)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child server:", err)
 		return 1
@@ -91,65 +101,38 @@ func runChildServer(raw string) int {
 
 // serverNode is one Temporal server node in its own process.
 type serverNode struct {
-	name     string
-	cmd      *exec.Cmd
+	*childProcess
 	frontend string
 	history  string // the node's history service, as DescribeMutableState names a shard's owner
 }
 
+// pgConfig is a server node's configuration on pg's two databases.
+func pgConfig(pg *pgcluster.Cluster) childServerConfig {
+	of := func(db string) *pgSQL { return &pgSQL{Addr: pg.Addr(), User: pg.User, Password: pg.Password, DB: db} }
+	return childServerConfig{Default: of(pgcluster.DB), Visibility: of(pgcluster.VisibilityDB)}
+}
+
+// startServerNode starts a node of the cluster on pg.
 func startServerNode(t *testing.T, pg *pgcluster.Cluster, name string) *serverNode {
 	t.Helper()
-	of := func(db string) pgSQL { return pgSQL{Addr: pg.Addr(), User: pg.User, Password: pg.Password, DB: db} }
-	raw, err := json.Marshal(childServerConfig{Default: of(pgcluster.DB), Visibility: of(pgcluster.VisibilityDB)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	logFile, err := os.Create(filepath.Join(t.TempDir(), name+".log"))
+	cfg := pgConfig(pg)
+	cfg.Shards, cfg.Gossip = clusterShards, true
+	return startServer(t, name, cfg)
+}
+
+// startServer runs a Temporal server node with cfg in a process of its own
+// and waits until it serves.
+func startServer(t *testing.T, name string, cfg childServerConfig) *serverNode {
+	t.Helper()
+	raw, err := json.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childServerEnv+"="+string(raw))
-	cmd.Stderr = logFile
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	n := &serverNode{name: name, cmd: cmd}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-		if t.Failed() {
-			out, _ := os.ReadFile(logFile.Name())
-			t.Logf("%s:\n%s", name, tail(string(out), 4000))
-		}
-	})
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if addr, ok := strings.CutPrefix(sc.Text(), "READY "); ok {
-				ready <- addr
-			}
-		}
-		close(ready)
-	}()
-	select {
-	case addrs, ok := <-ready:
-		if !ok {
-			_ = cmd.Wait()
-			out, _ := os.ReadFile(logFile.Name())
-			t.Fatalf("%s exited before it was ready: %s\n%s", name, cmd.ProcessState, tail(string(out), 4000))
-		}
-		n.frontend, n.history, _ = strings.Cut(addrs, " ")
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("%s not ready within 2m", name)
-	}
+	p, line := startProcess(t, name, cmd, func(line string) bool { return strings.HasPrefix(line, "READY ") }, 2*time.Minute)
+	n := &serverNode{childProcess: p}
+	n.frontend, n.history, _ = strings.Cut(strings.TrimPrefix(line, "READY "), " ")
 	return n
 }
 
@@ -268,8 +251,7 @@ func TestClusterSurvivesLosingAServerNode(t *testing.T) {
 	if owned[victim.history] == 0 {
 		t.Fatalf("no workflow's shard is on either node (%v, owners %v): the test proves nothing", []string{nodes[0].history, nodes[1].history}, maps.Collect(maps.All(owned)))
 	}
-	must(t, victim.cmd.Process.Signal(syscall.SIGKILL))
-	_ = victim.cmd.Wait()
+	victim.kill()
 	t.Logf("killed %s, which owned the shards of %d of the 3 workflows", victim.name, owned[victim.history])
 	for _, h := range hosts {
 		if g, _ := h.sim.Guest(101); g.Status == "running" {

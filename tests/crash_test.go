@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -38,17 +39,17 @@ func waitHit(t *testing.T, what string, hook *pvesim.Hook) {
 	}
 }
 
-// recordedProgress is the heartbeat the Temporal server holds for the guest
-// workflow's pending step (StartGuest; ExecuteAction in runs before the
-// per-operation activities), as the next attempt will receive it.
-func recordedProgress(t *testing.T, c client.Client, workflowID string) (activities.Progress, bool) {
+// recordedProgress is the heartbeat the Temporal server holds for the
+// workflow's pending activity of one of types, as its next attempt will
+// receive it.
+func recordedProgress(t *testing.T, c client.Client, workflowID string, types ...string) (activities.Progress, bool) {
 	t.Helper()
 	desc, err := c.DescribeWorkflowExecution(context.Background(), workflowID, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, pa := range desc.GetPendingActivities() {
-		if name := pa.GetActivityType().GetName(); name != workflows.ActivityStartGuest && name != workflows.ActivityExecuteAction || pa.GetHeartbeatDetails() == nil {
+		if !slices.Contains(types, pa.GetActivityType().GetName()) || pa.GetHeartbeatDetails() == nil {
 			continue
 		}
 		var p activities.Progress
@@ -89,7 +90,7 @@ func TestWorkerKilledMidMutationResumesWithoutSecondPost(t *testing.T) {
 	}
 
 	waitHit(t, "the first status poll of the start task", firstPoll)
-	first.kill(t)
+	first.kill()
 	if g, _ := sim.Guest(101); g.Status == "running" {
 		t.Fatal("the start task finished before the worker was killed: the test proves nothing")
 	}
@@ -98,7 +99,7 @@ func TestWorkerKilledMidMutationResumesWithoutSecondPost(t *testing.T) {
 		t.Fatalf("start requests before the kill: %+v, want one that started a task", posts)
 	}
 	want := activities.Progress{Phase: "start", UPID: posts[0].UPID}
-	if got, ok := recordedProgress(t, c, workflows.GuestWorkflowID(host, 101)); !ok || got != want {
+	if got, ok := recordedProgress(t, c, workflows.GuestWorkflowID(host, 101), workflows.ActivityStartGuest); !ok || got != want {
 		t.Fatalf("heartbeat on the server after the kill: %+v (recorded: %v), want %+v", got, ok, want)
 	}
 

@@ -26,13 +26,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) != "" {
-		os.Exit(runChildWorker())
-	}
 	if raw := os.Getenv(childServerEnv); raw != "" {
 		os.Exit(runChildServer(raw))
 	}
-	devservertest.Main(m)
+	devservertest.Main(m, removeAgentBinary)
 }
 
 // agent is one host's worker, running in this process, with its simulator.

@@ -69,15 +69,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) err
 	defer host.Close()
 
 	queue := workflows.TaskQueue(cfg.HostID)
-	w := sdkworker.New(c, queue, sdkworker.Options{
-		Identity:                           fmt.Sprintf("felhom-agent/%s/%d", cfg.HostID, os.Getpid()),
-		WorkerStopTimeout:                  cfg.ShutdownTimeout,
-		MaxConcurrentActivityExecutionSize: cfg.MaxConcurrentActivities,
-		Interceptors:                       []interceptor.WorkerInterceptor{activities.HeartbeatInterceptor()},
-		// Every attempt heartbeats as it starts; the heartbeat that records
-		// a Proxmox task's UPID must not wait in the SDK's batch behind it.
-		MaxHeartbeatThrottleInterval: HeartbeatThrottle,
-	})
+	w := sdkworker.New(c, queue, WorkerOptions(cfg, c))
 	Register(w, host.Activities(c))
 	if err := w.Start(); err != nil {
 		return fmt.Errorf("worker: start on task queue %s: %w", queue, err)
@@ -97,12 +89,21 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) err
 	return nil
 }
 
-// HeartbeatThrottle is the longest a heartbeat waits in the SDK's batch
-// before it is sent. The activities decide how often they heartbeat (a new
-// Progress at once, a keep-alive at most every activities.KeepAliveEvery),
-// so the SDK's batching is kept out of the way: a task's UPID reaches the
-// server before the task is first polled.
-const HeartbeatThrottle = time.Millisecond
+// WorkerOptions are the Temporal worker's options for cfg, with c the
+// worker's client.
+func WorkerOptions(cfg Config, c client.Client) sdkworker.Options {
+	return sdkworker.Options{
+		Identity:                           fmt.Sprintf("felhom-agent/%s/%d", cfg.HostID, os.Getpid()),
+		WorkerStopTimeout:                  cfg.ShutdownTimeout,
+		MaxConcurrentActivityExecutionSize: cfg.MaxConcurrentActivities,
+		// A new Progress (a Proxmox task's UPID) goes straight to the server
+		// through c; the SDK batches the keep-alives with its default
+		// throttle, which is also how long a heartbeat may take to arrive
+		// before the SDK cancels the attempt: never a second or so, which a
+		// busy server can take.
+		Interceptors: []interceptor.WorkerInterceptor{activities.HeartbeatInterceptor(c)},
+	}
+}
 
 // Register registers every workflow and activity of the agent on w.
 func Register(w sdkworker.Registry, acts *activities.Host) {

@@ -37,10 +37,11 @@ var (
 )
 
 // Main runs a package's tests with a shared server started lazily by Start
-// and stopped after the last test. Use it from TestMain:
+// and stopped after the last test, then calls each of after. Use it from
+// TestMain:
 //
 //	func TestMain(m *testing.M) { devservertest.Main(m) }
-func Main(m *testing.M) {
+func Main(m *testing.M, after ...func()) {
 	mu.Lock()
 	inMain = true
 	mu.Unlock()
@@ -59,6 +60,9 @@ func Main(m *testing.M) {
 		sharedPG = nil
 	}
 	mu.Unlock()
+	for _, f := range after {
+		f()
+	}
 	os.Exit(code)
 }
 
