@@ -55,8 +55,11 @@ type Config struct {
 	// DBPath is the SQLite file that holds all state. Empty keeps everything
 	// in memory, which is what tests want; the data is then gone at Stop.
 	DBPath string
-	// FrontendAddr is the gRPC address clients and workers dial. Empty means
-	// 127.0.0.1 on a free port chosen at start.
+	// FrontendAddr is the gRPC address the frontend listens on and clients
+	// and workers dial, host:port (port 0: a free one chosen at start).
+	// Empty means 127.0.0.1 on a free port. The server's other services
+	// listen on loopback whatever it says; with Gossip the frontend must be
+	// on 127.0.0.1 too.
 	FrontendAddr string
 	// Namespace is registered at start. Empty means "default".
 	Namespace string
@@ -129,6 +132,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	frontend, err := reserveFrontend(cfg.FrontendAddr, cfg.Postgres != nil)
 	if err != nil {
 		return nil, err
+	}
+	if host, _, _ := net.SplitHostPort(frontend); cfg.Gossip && host != "127.0.0.1" {
+		return nil, fmt.Errorf("devserver: frontend address %s: a gossip ring's members reach each other on 127.0.0.1, so its frontend listens there", frontend)
 	}
 	// history, matching, worker; on PostgreSQL also the membership port of
 	// each of the four services, all below 32768.
@@ -389,7 +395,7 @@ type persistence struct {
 }
 
 func serverConfig(stores persistence, shards int32, frontend string, ports []int, gossip bool) *config.Config {
-	_, fport, _ := net.SplitHostPort(frontend)
+	frontendHost, fport, _ := net.SplitHostPort(frontend)
 	frontendPort, _ := strconv.Atoi(fport)
 	service := func(grpcPort, membershipPort int) config.Service {
 		return config.Service{RPC: config.RPC{GRPCPort: grpcPort, MembershipPort: membershipPort, BindOnIP: "127.0.0.1"}}
@@ -399,6 +405,14 @@ func serverConfig(stores persistence, shards int32, frontend string, ports []int
 			return ports[3+i]
 		}
 		return 0
+	}
+	// The frontend listens where FrontendAddr says, so that workers on
+	// other hosts (or in other network namespaces) reach it; the services
+	// only the server itself calls stay on loopback. A gossip ring
+	// broadcasts 127.0.0.1 for every member, so its frontend stays there.
+	frontendService := service(frontendPort, membership(0))
+	if !gossip {
+		frontendService.RPC.BindOnIP = frontendHost
 	}
 	dataStores := map[string]config.DataStore{"default": {SQL: stores.main}, "visibility": {SQL: stores.visibility}}
 	conf := &config.Config{
@@ -419,7 +433,7 @@ func serverConfig(stores persistence, shards int32, frontend string, ports []int
 		},
 		DCRedirectionPolicy: config.DCRedirectionPolicy{Policy: "noop"},
 		Services: map[string]config.Service{
-			"frontend": service(frontendPort, membership(0)),
+			"frontend": frontendService,
 			"history":  service(ports[0], membership(1)),
 			"matching": service(ports[1], membership(2)),
 			"worker":   service(ports[2], membership(3)),
@@ -453,7 +467,7 @@ func serverConfig(stores persistence, shards int32, frontend string, ports []int
 func staticHosts(conf *config.Config) map[primitives.ServiceName]static.Hosts {
 	hosts := make(map[primitives.ServiceName]static.Hosts, len(conf.Services))
 	for name, svc := range conf.Services {
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(svc.RPC.GRPCPort))
+		addr := net.JoinHostPort(svc.RPC.BindOnIP, strconv.Itoa(svc.RPC.GRPCPort))
 		hosts[primitives.ServiceName(name)] = static.SingleLocalHost(addr)
 	}
 	return hosts

@@ -139,6 +139,29 @@ func TestTakenFrontendPortFailsClearly(t *testing.T) {
 	}
 }
 
+// The frontend listens on the address FrontendAddr names, not on 127.0.0.1
+// whatever it says: a worker on another host, or in another network
+// namespace, dials that address.
+func TestFrontendListensOnTheConfiguredAddress(t *testing.T) {
+	cfg := devservertest.Config()
+	cfg.FrontendAddr = "127.0.0.2:0" // loopback, yet not 127.0.0.1
+	s := startServer(t, cfg)
+	defer s.Stop()
+	host, port, err := net.SplitHostPort(s.FrontendAddr())
+	if err != nil || host != "127.0.0.2" {
+		t.Fatalf("FrontendAddr = %q, want 127.0.0.2:PORT", s.FrontendAddr())
+	}
+	c := dial(t, s)
+	defer c.Close()
+	if _, err := c.CheckHealth(context.Background(), nil); err != nil {
+		t.Fatalf("health check on %s: %v", s.FrontendAddr(), err)
+	}
+	if conn, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", port)); err == nil {
+		conn.Close()
+		t.Errorf("the frontend also answers on 127.0.0.1:%s: it ignores the configured address", port)
+	}
+}
+
 func TestRetentionBelowServerMinimumIsRejected(t *testing.T) {
 	_, err := devserver.Start(context.Background(), devserver.Config{Retention: time.Hour})
 	if err == nil || !strings.Contains(err.Error(), "retention") {
