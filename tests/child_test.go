@@ -86,11 +86,17 @@ func childEnviron(cfg worker.Config, caFile string) []string {
 // startChild starts a worker process and waits until it polls.
 func startChild(t *testing.T, environ []string, logName string) *childAgent {
 	t.Helper()
+	return startChildCmd(t, exec.Command(os.Args[0], "-test.run=^$"), environ, logName)
+}
+
+// startChildCmd is startChild with the command that runs the test binary
+// as a worker, e.g. one that enters a network namespace first.
+func startChildCmd(t *testing.T, cmd *exec.Cmd, environ []string, logName string) *childAgent {
+	t.Helper()
 	logFile, err := os.Create(filepath.Join(t.TempDir(), logName))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = environ
 	cmd.Stderr = logFile
 	stdout, err := cmd.StdoutPipe()

@@ -1,0 +1,518 @@
+//go:build linux
+
+package tests
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	workflowpb "go.temporal.io/api/workflow/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
+
+	"github.com/felhom/felhom-agent/activities"
+	"github.com/felhom/felhom-agent/gate"
+	"github.com/felhom/felhom-agent/internal/devserver"
+	"github.com/felhom/felhom-agent/internal/devserver/devservertest"
+	"github.com/felhom/felhom-agent/internal/netns"
+	"github.com/felhom/felhom-agent/internal/pvesim"
+	"github.com/felhom/felhom-agent/internal/testtool"
+	"github.com/felhom/felhom-agent/workflows"
+	"github.com/felhom/felhom-agent/workflows/desired"
+)
+
+// Network partitions between a host and the cluster, and between a host and
+// its Proxmox API.
+//
+// Each test builds the network of one host out of Linux network namespaces
+// (package netns; root and iproute2 needed, CI has both):
+//
+//	root namespace            host namespace           pve namespace
+//	Temporal server  <-link->  worker process  <-link->  simulator
+//	(this process)             (ip netns exec)           (this process's listener)
+//
+// The Temporal server listens on the root end of the first link, the
+// simulator on the pve end of the second; the worker is the test binary run
+// as a child worker inside the host namespace. Cutting a link drops the
+// worker's packets without an error, as a pulled cable or a dead router
+// does. The simulator's holds place the cut at an exact point of a step; the
+// link is healed only once the server has given up on the worker's attempt
+// (its heartbeat timeout, workflows.HeartbeatTimeout, passed and the next
+// attempt is scheduled), so each test waits about a minute: the tests run in
+// parallel, each with its own server and namespaces.
+
+// partitionedHost is one host's worker in a network namespace of its own.
+type partitionedHost struct {
+	*agent
+	server   *devserver.Server
+	temporal *netns.Link // root (the server) to the host namespace
+	proxmox  *netns.Link // the pve namespace (the simulator) to the host namespace
+	ops      operatorKey
+	env      []string
+}
+
+// newPartitionedHost builds the namespaces and links, starts the Temporal
+// server and the simulator at their ends, and the worker in between.
+func newPartitionedHost(t *testing.T, base string, simCfg pvesim.Config, guests ...pvesim.Guest) *partitionedHost {
+	t.Helper()
+	if err := netns.Available(); err != nil {
+		testtool.Unavailable(t, err)
+	}
+	hostNS := newNamespace(t, "host")
+	pveNS := newNamespace(t, "pve")
+	temporalLink := connect(t, nil, hostNS)
+	proxmoxLink := connect(t, pveNS, hostNS)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srvCfg := devservertest.Config()
+	srvCfg.FrontendAddr = net.JoinHostPort(temporalLink.A.Addr.String(), "0")
+	server, err := devserver.Start(ctx, srvCfg)
+	if err != nil {
+		t.Fatalf("start the Temporal server on %s: %v", srvCfg.FrontendAddr, err)
+	}
+	t.Cleanup(func() { _ = server.Stop() })
+	c, err := server.Dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+
+	host := uniqueHost(base)
+	simCfg.StrictPVE, simCfg.Node = true, host
+	simCfg.Addr = net.JoinHostPort(proxmoxLink.A.Addr.String(), "0")
+	var sim *pvesim.Server
+	if err := pveNS.Do(func() (err error) { sim, err = pvesim.Start(simCfg); return err }); err != nil {
+		t.Fatalf("start the simulator in %s: %v", pveNS.Name, err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	for _, g := range guests {
+		must(t, sim.AddVM(g))
+	}
+
+	ops := newOperatorKey(t, "ed25519")
+	// hostConfig checks the configuration; plaintext to a server that is
+	// not on loopback must be asked for (temporal.insecure).
+	cfg := hostConfig(t, host, sim, "127.0.0.1:7233", t.TempDir(), ops.Pub)
+	cfg.Temporal.Address = server.FrontendAddr()
+	cfg.Temporal.Insecure = true
+	// A request into a cut link fails after this long, and the step retries.
+	cfg.Proxmox.Timeout = 5 * time.Second
+	must(t, cfg.Validate())
+	env := append(childEnviron(cfg, simCAFile(t, sim)),
+		"FELHOM_TEMPORAL_INSECURE=true", "FELHOM_PROXMOX_TIMEOUT="+cfg.Proxmox.Timeout.String())
+
+	p := &partitionedHost{
+		agent:  &agent{host: host, sim: sim, cfg: cfg, client: c},
+		server: server, temporal: temporalLink, proxmox: proxmoxLink, ops: ops, env: env,
+	}
+	startChildCmd(t, hostNS.Command(os.Args[0], "-test.run=^$"), env, "worker.log")
+	return p
+}
+
+func newNamespace(t *testing.T, role string) *netns.Namespace {
+	t.Helper()
+	ns, err := netns.New(role)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := ns.Close(); err != nil {
+			t.Errorf("delete namespace: %v", err)
+		}
+	})
+	return ns
+}
+
+func connect(t *testing.T, a, b *netns.Namespace) *netns.Link {
+	t.Helper()
+	l, err := netns.Connect(a, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
+func cut(t *testing.T, l *netns.Link) {
+	t.Helper()
+	if err := l.Cut(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func heal(t *testing.T, l *netns.Link) {
+	t.Helper()
+	if err := l.Heal(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// start runs the guest workflow with spec as its desired state.
+func (p *partitionedHost) start(t *testing.T, spec desired.Spec) {
+	t.Helper()
+	_, err := p.client.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{
+		ID: workflows.GuestWorkflowID(p.host, spec.VMID), TaskQueue: workflows.TaskQueue(p.host),
+	}, workflows.GuestReconcileWorkflow, workflows.GuestInput{Host: p.host, VMID: spec.VMID, Desired: &spec})
+	must(t, err)
+}
+
+// pendingStep is what the server holds about the guest workflow's pending
+// activity of type name, and the Progress its heartbeat details carry.
+func (p *partitionedHost) pendingStep(t *testing.T, vmid int, name string) (*workflowpb.PendingActivityInfo, activities.Progress, bool) {
+	t.Helper()
+	desc, err := p.client.DescribeWorkflowExecution(context.Background(), workflows.GuestWorkflowID(p.host, vmid), "")
+	must(t, err)
+	for _, pa := range desc.GetPendingActivities() {
+		if pa.GetActivityType().GetName() != name {
+			continue
+		}
+		var prog activities.Progress
+		if pa.GetHeartbeatDetails() != nil {
+			if err := converter.GetDefaultDataConverter().FromPayloads(pa.GetHeartbeatDetails(), &prog); err != nil {
+				t.Fatalf("heartbeat details of %s: %v", name, err)
+			}
+		}
+		return pa, prog, true
+	}
+	return nil, activities.Progress{}, false
+}
+
+// waitAttempt waits until the server has scheduled attempt n of the step:
+// for n = 2 after a cut, until it gave up on the first attempt.
+func (p *partitionedHost) waitAttempt(t *testing.T, vmid int, name string, n int32) *workflowpb.PendingActivityInfo {
+	t.Helper()
+	deadline := time.Now().Add(4 * workflows.HeartbeatTimeout)
+	for {
+		if pa, _, ok := p.pendingStep(t, vmid, name); ok && pa.GetAttempt() >= n {
+			return pa
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server did not schedule attempt %d of %s within %s", n, name, 4*workflows.HeartbeatTimeout)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// completedAttempts lists, for each completion of an activity of type name
+// the server recorded in the guest workflow's history, the attempt it came
+// from.
+func (p *partitionedHost) completedAttempts(t *testing.T, vmid int, name string) []int32 {
+	t.Helper()
+	scheduled := map[int64]bool{}
+	attempt := map[int64]int32{}
+	var done []int32
+	it := p.client.GetWorkflowHistory(context.Background(), workflows.GuestWorkflowID(p.host, vmid), "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for it.HasNext() {
+		ev, err := it.Next()
+		must(t, err)
+		switch {
+		case ev.GetActivityTaskScheduledEventAttributes() != nil:
+			scheduled[ev.GetEventId()] = ev.GetActivityTaskScheduledEventAttributes().GetActivityType().GetName() == name
+		case ev.GetActivityTaskStartedEventAttributes() != nil:
+			attempt[ev.GetEventId()] = ev.GetActivityTaskStartedEventAttributes().GetAttempt()
+		case ev.GetActivityTaskCompletedEventAttributes() != nil:
+			a := ev.GetActivityTaskCompletedEventAttributes()
+			if scheduled[a.GetScheduledEventId()] {
+				done = append(done, attempt[a.GetStartedEventId()])
+			}
+		}
+	}
+	return done
+}
+
+// recentResult is the result and detail of the guest's last action op.
+func recentResult(st workflows.GuestStatus, op string) (result, detail string) {
+	for _, r := range st.Recent {
+		if r.Action.Op == op {
+			result, detail = r.Result, r.Detail
+		}
+	}
+	return result, detail
+}
+
+// checkOnce checks what every test shows: the mutation reached the
+// simulator once, the server recorded one completion of the step and it came
+// from a later attempt than the one the cut stranded (that attempt's own
+// completion, if it sent one, was refused), and nothing is left pending.
+func (p *partitionedHost) checkOnce(t *testing.T, vmid int, step, method, pathSuffix string) {
+	t.Helper()
+	if n := countRequests(p.sim, method, pathSuffix); n != 1 {
+		t.Errorf("%s %s reached Proxmox %d times, want once", method, pathSuffix, n)
+	}
+	if got := p.completedAttempts(t, vmid, step); len(got) != 1 || got[0] < 2 {
+		t.Errorf("completions of %s in history came from attempts %v, want one, from attempt 2 or later", step, got)
+	}
+	if _, _, ok := p.pendingStep(t, vmid, step); ok {
+		t.Errorf("%s still pending after the guest converged", step)
+	}
+}
+
+// A start is POSTed while the host is cut off from Temporal: Proxmox does
+// it, the attempt's heartbeat with the task never reaches the server, and
+// its completion comes too late. The next attempt, after the link heals,
+// finds the guest running and posts nothing.
+func testPartitionBeforePost(t *testing.T) {
+	p := newPartitionedHost(t, "pve-part-pre", pvesim.Config{TaskDuration: time.Second},
+		pvesim.Guest{VMID: 101, Name: "db", Status: "stopped", MemoryMiB: 1024, Cores: 1})
+	post := pvesim.NewHook()
+	p.sim.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu/101/status/start", Kind: pvesim.FaultHold, Hook: post})
+	p.start(t, desired.Spec{Host: p.host, VMID: 101, Kind: desired.QEMU, Name: "db", State: desired.Running, Memory: "1024", Cores: 1})
+
+	waitHit(t, "the start request", post)
+	cut(t, p.temporal)
+	post.Release()
+	waitFor(t, "the start to take effect during the partition", func() bool {
+		g, _ := p.sim.Guest(101)
+		return g.Status == "running"
+	})
+	p.waitAttempt(t, 101, workflows.ActivityStartGuest, 2)
+	if _, prog, _ := p.pendingStep(t, 101, workflows.ActivityStartGuest); prog.UPID != "" {
+		t.Fatalf("the server holds task %s: the heartbeat crossed the cut link, the test proves nothing", prog.UPID)
+	}
+	heal(t, p.temporal)
+
+	st := p.waitPhaseWithin(t, 101, workflows.PhaseConverged, 3*time.Minute)
+	if res, detail := recentResult(st, desired.OpStart); res != "done" || detail != "already in place" {
+		t.Errorf("guest.start: %s (%s), want done by finding the guest running", res, detail)
+	}
+	p.checkOnce(t, 101, workflows.ActivityStartGuest, "POST", "/qemu/101/status/start")
+}
+
+// The link is cut after Proxmox accepted the start and before the worker's
+// heartbeat with the task reached the server; the task is still running
+// (queued behind another task's hold on the guest's config lock) when the
+// next attempt starts. That attempt finds the task in the node's task list
+// and waits on it: no second POST.
+func testPartitionAfterPostBeforeHeartbeat(t *testing.T) {
+	p := newPartitionedHost(t, "pve-part-post", pvesim.Config{TaskDuration: time.Second, LockTimeout: time.Hour},
+		pvesim.Guest{VMID: 102, Name: "app", Status: "stopped", MemoryMiB: 1024, Cores: 1})
+	lock := holdConfigLock(t, p.sim, 102)
+	reply := pvesim.NewHook()
+	p.sim.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu/102/status/start", Kind: pvesim.FaultHoldAfter, Hook: reply})
+	p.start(t, desired.Spec{Host: p.host, VMID: 102, Kind: desired.QEMU, Name: "app", State: desired.Running, Memory: "1024", Cores: 1})
+
+	waitHit(t, "the start request, served", reply)
+	cut(t, p.temporal)
+	reply.Release()
+	p.waitAttempt(t, 102, workflows.ActivityStartGuest, 2)
+	posts := p.sim.RequestsMatching("POST", "/nodes/*/qemu/102/status/start")
+	if len(posts) != 1 || posts[0].UPID == "" {
+		t.Fatalf("start requests during the partition: %+v, want one that started a task", posts)
+	}
+	if _, prog, _ := p.pendingStep(t, 102, workflows.ActivityStartGuest); prog.UPID != "" {
+		t.Fatalf("the server holds task %s: the heartbeat crossed the cut link, the test proves nothing", prog.UPID)
+	}
+	if g, _ := p.sim.Guest(102); g.Status == "running" {
+		t.Fatal("the start task ended during the partition: the test proves nothing")
+	}
+	heal(t, p.temporal)
+
+	// The new attempt adopts the queued task and records it; then the lock
+	// is let go and the task runs.
+	waitFor(t, "the new attempt to adopt the running start task", func() bool {
+		pa, prog, ok := p.pendingStep(t, 102, workflows.ActivityStartGuest)
+		return ok && pa.GetAttempt() >= 2 && prog.UPID == posts[0].UPID
+	})
+	lock.Release()
+	st := p.waitPhaseWithin(t, 102, workflows.PhaseConverged, 3*time.Minute)
+	if res, detail := recentResult(st, desired.OpStart); res != "done" || detail != "resumed task "+posts[0].UPID {
+		t.Errorf("guest.start: %s (%s), want done by resuming %s", res, detail, posts[0].UPID)
+	}
+	p.checkOnce(t, 102, workflows.ActivityStartGuest, "POST", "/qemu/102/status/start")
+}
+
+// holdConfigLock makes the simulator run a config change of guest vmid
+// that holds the guest's config lock until the returned hook is released:
+// a task started meanwhile stays queued, "running", behind it. The request
+// is served in this process (the simulator listens in another namespace).
+func holdConfigLock(t *testing.T, sim *pvesim.Server, vmid int) *pvesim.Hook {
+	t.Helper()
+	hook := pvesim.NewHook()
+	path := fmt.Sprintf("/nodes/%s/qemu/%d/config", sim.Node(), vmid)
+	sim.Inject(pvesim.Fault{Method: "POST", Path: path, Kind: pvesim.FaultHoldTask, Hook: hook})
+	req := httptest.NewRequest("POST", "/api2/json"+path, strings.NewReader(url.Values{"description": {"backup window"}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Authorization", "PVEAPIToken="+sim.TokenID()+"="+sim.TokenSecret())
+	rec := httptest.NewRecorder()
+	sim.ServeHTTP(rec, req)
+	if rec.Code != 200 {
+		t.Fatalf("config change to hold the lock: %d %s", rec.Code, rec.Body)
+	}
+	t.Cleanup(hook.Release)
+	waitHit(t, "the config change to hold the guest's lock", hook)
+	return hook
+}
+
+// The link is cut while the worker waits on the task, its UPID recorded on
+// the server. The task ends during the partition; the stranded attempt's
+// completion is refused, and the next attempt resumes the recorded task.
+func testPartitionDuringTaskWait(t *testing.T) {
+	p := newPartitionedHost(t, "pve-part-wait", pvesim.Config{TaskDuration: time.Second},
+		pvesim.Guest{VMID: 103, Name: "web", Status: "stopped", MemoryMiB: 1024, Cores: 1})
+	poll := holdFirstPoll(p.sim)
+	p.start(t, desired.Spec{Host: p.host, VMID: 103, Kind: desired.QEMU, Name: "web", State: desired.Running, Memory: "1024", Cores: 1})
+
+	waitHit(t, "the first poll of the start task", poll)
+	posts := p.sim.RequestsMatching("POST", "/nodes/*/qemu/103/status/start")
+	if len(posts) != 1 || posts[0].UPID == "" {
+		t.Fatalf("start requests: %+v, want one that started a task", posts)
+	}
+	if _, prog, _ := p.pendingStep(t, 103, workflows.ActivityStartGuest); prog.UPID != posts[0].UPID {
+		t.Fatalf("the server holds %+v before the cut, want task %s", prog, posts[0].UPID)
+	}
+	cut(t, p.temporal)
+	poll.Release()
+	waitFor(t, "the start task to end during the partition", func() bool {
+		g, _ := p.sim.Guest(103)
+		return g.Status == "running"
+	})
+	p.waitAttempt(t, 103, workflows.ActivityStartGuest, 2)
+	heal(t, p.temporal)
+
+	st := p.waitPhaseWithin(t, 103, workflows.PhaseConverged, 3*time.Minute)
+	if res, detail := recentResult(st, desired.OpStart); res != "done" || detail != "resumed task "+posts[0].UPID {
+		t.Errorf("guest.start: %s (%s), want done by resuming %s", res, detail, posts[0].UPID)
+	}
+	p.checkOnce(t, 103, workflows.ActivityStartGuest, "POST", "/qemu/103/status/start")
+}
+
+// An operator's approval of a destroy is being delivered when the host is
+// cut off: the gate admitted it (its nonce spent) and Proxmox got the
+// DELETE, but its answer and the attempt's completion never reach the
+// server. After the partition the approval's delivery completes as
+// accepted, the guest is destroyed once, the nonce was spent once, and no
+// second approval was asked for.
+func testPartitionWhileApprovalIsDelivered(t *testing.T) {
+	p := newPartitionedHost(t, "pve-part-appr", pvesim.Config{TaskDuration: time.Second},
+		pvesim.Guest{VMID: 140, Name: "customer", Status: "stopped", MemoryMiB: 1024, Cores: 1,
+			Disks: map[string]string{"scsi0": "local-lvm:vm-140-disk-0,size=32G"}})
+	p.start(t, desired.Spec{Host: p.host, VMID: 140, State: desired.Absent})
+	st := p.waitPhase(t, 140, workflows.PhasePending)
+	if st.Pending == nil || st.Pending.Action.Op != gate.OpGuestDestroy {
+		t.Fatalf("pending = %+v, want guest.destroy", st.Pending)
+	}
+	op := opFor(st.Pending.OpTemplate)
+	approval := signWithSSHKeygen(t, p.ops, op)
+	del := pvesim.NewHook()
+	p.sim.Inject(pvesim.Fault{Method: "DELETE", Path: "/nodes/*/qemu/140", Kind: pvesim.FaultHoldAfter, Hook: del})
+
+	verdict := make(chan workflows.ApprovalVerdict, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 6*workflows.HeartbeatTimeout)
+		defer cancel()
+		h, err := p.client.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
+			WorkflowID: workflows.GuestWorkflowID(p.host, 140), UpdateName: workflows.UpdateApprove,
+			Args: []any{approval}, WaitForStage: client.WorkflowUpdateStageCompleted,
+		})
+		var v workflows.ApprovalVerdict
+		if err == nil {
+			err = h.Get(ctx, &v)
+		}
+		if err != nil {
+			v.Code, v.Detail = "delivery failed", err.Error()
+		}
+		verdict <- v
+	}()
+
+	waitHit(t, "the destroy request, served", del)
+	cut(t, p.temporal)
+	del.Release()
+	waitFor(t, "the guest to be destroyed during the partition", func() bool {
+		_, ok := p.sim.Guest(140)
+		return !ok
+	})
+	p.waitAttempt(t, 140, workflows.ActivityDestroyGuest, 2)
+	heal(t, p.temporal)
+
+	select {
+	case v := <-verdict:
+		if !v.Accepted {
+			t.Errorf("approval delivered across the partition: %+v, want accepted", v)
+		}
+	case <-time.After(6 * workflows.HeartbeatTimeout):
+		t.Fatal("the approval's delivery never completed")
+	}
+	st = p.waitPhaseWithin(t, 140, workflows.PhaseConverged, 3*time.Minute)
+	if st.Pending != nil {
+		t.Errorf("a signature is asked for again: %+v", st.Pending)
+	}
+	if res, _ := recentResult(st, gate.OpGuestDestroy); res != "done" {
+		t.Errorf("guest.destroy: %s, want done (recent %+v)", res, st.Recent)
+	}
+	p.checkOnce(t, 140, workflows.ActivityDestroyGuest, "DELETE", "/qemu/140")
+	nonces, err := os.ReadFile(p.cfg.NonceStore)
+	must(t, err)
+	if n := bytes.Count(nonces, []byte(op.Nonce)); n != 1 {
+		t.Errorf("the approval's nonce is in the host's nonce store %d times, want once", n)
+	}
+}
+
+// The host loses its Proxmox API while Temporal stays reachable, just after
+// Proxmox accepted a start. The worker keeps heartbeating, so the server
+// never gives up on it: the step fails on the Proxmox timeout and retries,
+// and once the link heals it finds the guest running and posts nothing.
+func testProxmoxPartition(t *testing.T) {
+	p := newPartitionedHost(t, "pve-part-pve", pvesim.Config{TaskDuration: time.Second},
+		pvesim.Guest{VMID: 150, Name: "mail", Status: "stopped", MemoryMiB: 1024, Cores: 1})
+	post := pvesim.NewHook()
+	p.sim.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu/150/status/start", Kind: pvesim.FaultHold, Hook: post})
+	p.start(t, desired.Spec{Host: p.host, VMID: 150, Kind: desired.QEMU, Name: "mail", State: desired.Running, Memory: "1024", Cores: 1})
+
+	waitHit(t, "the start request", post)
+	cut(t, p.proxmox)
+	post.Release()
+	// The released request is served; its answer is lost in the cut.
+	waitFor(t, "the start to take effect on the cut-off node", func() bool {
+		g, _ := p.sim.Guest(150)
+		return g.Status == "running"
+	})
+	pa := p.waitAttempt(t, 150, workflows.ActivityStartGuest, 3)
+	if f := pa.GetLastFailure(); f == nil || f.GetTimeoutFailureInfo() != nil {
+		t.Errorf("last failure of the step while Proxmox is unreachable: %v, want a Proxmox request error, not a timeout on the Temporal side", f)
+	}
+	heal(t, p.proxmox)
+
+	st := p.waitPhaseWithin(t, 150, workflows.PhaseConverged, 3*time.Minute)
+	if res, detail := recentResult(st, desired.OpStart); res != "done" || detail != "already in place" {
+		t.Errorf("guest.start: %s (%s), want done by finding the guest running", res, detail)
+	}
+	if n := countRequests(p.sim, "POST", "/qemu/150/status/start"); n != 1 {
+		t.Errorf("start reached Proxmox %d times, want once", n)
+	}
+	if got := p.completedAttempts(t, 150, workflows.ActivityStartGuest); len(got) != 1 || got[0] < 3 {
+		t.Errorf("completions of the start in history came from attempts %v, want one, from attempt 3 or later", got)
+	}
+}
+
+// TestPartition runs every partition point at once: each waits out a
+// heartbeat timeout, in namespaces and with a Temporal server of its own.
+func TestPartition(t *testing.T) {
+	if err := netns.Available(); err != nil {
+		testtool.Unavailable(t, err)
+	}
+	for _, tc := range []struct {
+		name string
+		run  func(*testing.T)
+	}{
+		{"BeforePost", testPartitionBeforePost},
+		{"AfterPostBeforeHeartbeat", testPartitionAfterPostBeforeHeartbeat},
+		{"DuringTaskWait", testPartitionDuringTaskWait},
+		{"WhileApprovalIsDelivered", testPartitionWhileApprovalIsDelivered},
+		{"ProxmoxUnreachable", testProxmoxPartition},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.run(t)
+		})
+	}
+}
