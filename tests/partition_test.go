@@ -457,6 +457,72 @@ func testPartitionWhileApprovalIsDelivered(t *testing.T) {
 	}
 }
 
+// An approval is sent while the host is cut off: the server takes the
+// Update but cannot hand it to the worker, and the operator's client gives
+// up; the operator sends the same approval again once the host is back.
+// Both deliveries reach the workflow, the destroy runs once, the nonce is
+// spent once, and nothing is left pending.
+func testApprovalSentWhileCutOff(t *testing.T) {
+	p := newPartitionedHost(t, "pve-part-sent", pvesim.Config{TaskDuration: time.Second},
+		pvesim.Guest{VMID: 141, Name: "customer", Status: "stopped", MemoryMiB: 1024, Cores: 1,
+			Disks: map[string]string{"scsi0": "local-lvm:vm-141-disk-0,size=32G"}})
+	p.start(t, desired.Spec{Host: p.host, VMID: 141, State: desired.Absent})
+	st := p.waitPhase(t, 141, workflows.PhasePending)
+	if st.Pending == nil || st.Pending.Action.Op != gate.OpGuestDestroy {
+		t.Fatalf("pending = %+v, want guest.destroy", st.Pending)
+	}
+	op := opFor(st.Pending.OpTemplate)
+	approval := signWithSSHKeygen(t, p.ops, op)
+	deliver := func(within time.Duration) (workflows.ApprovalVerdict, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), within)
+		defer cancel()
+		h, err := p.client.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
+			WorkflowID: workflows.GuestWorkflowID(p.host, 141), UpdateName: workflows.UpdateApprove,
+			Args: []any{approval}, WaitForStage: client.WorkflowUpdateStageCompleted,
+		})
+		var v workflows.ApprovalVerdict
+		if err == nil {
+			err = h.Get(ctx, &v)
+		}
+		return v, err
+	}
+
+	cut(t, p.temporal)
+	if v, err := deliver(20 * time.Second); err == nil {
+		t.Fatalf("an approval was answered (%+v) while the host was cut off", v)
+	}
+	if _, ok := p.sim.Guest(141); !ok || countRequests(p.sim, "DELETE", "/qemu/141") != 0 {
+		t.Fatal("the guest was touched while the host was cut off")
+	}
+	heal(t, p.temporal)
+	v, err := deliver(3 * time.Minute)
+	if err != nil {
+		t.Fatalf("approval sent again after the partition: %v", err)
+	}
+	st = p.waitPhaseWithin(t, 141, workflows.PhaseConverged, 3*time.Minute)
+	if _, ok := p.sim.Guest(141); ok {
+		t.Fatalf("guest 141 still exists; the second delivery's verdict was %+v", v)
+	}
+	if st.Pending != nil {
+		t.Errorf("a signature is asked for again: %+v", st.Pending)
+	}
+	if n := countRequests(p.sim, "DELETE", "/qemu/141"); n != 1 {
+		t.Errorf("destroy reached Proxmox %d times, want once", n)
+	}
+	nonces, err := os.ReadFile(p.cfg.NonceStore)
+	must(t, err)
+	if n := bytes.Count(nonces, []byte(op.Nonce)); n != 1 {
+		t.Errorf("the approval's nonce is in the host's nonce store %d times, want once", n)
+	}
+	// The first delivery, kept by the server, ran the act; the second is
+	// answered as superseded by it (or, had the server dropped the first,
+	// accepted itself): never a second act, never a refusal that asks for
+	// another signature.
+	if !v.Accepted && v.Code != "superseded" {
+		t.Errorf("approval sent again after the partition: %+v, want accepted, or superseded by the first delivery", v)
+	}
+}
+
 // The host loses its Proxmox API while Temporal stays reachable, just after
 // Proxmox accepted a start. The worker keeps heartbeating, so the server
 // never gives up on it: the step fails on the Proxmox timeout and retries,
@@ -508,6 +574,7 @@ func TestPartition(t *testing.T) {
 		{"AfterPostBeforeHeartbeat", testPartitionAfterPostBeforeHeartbeat},
 		{"DuringTaskWait", testPartitionDuringTaskWait},
 		{"WhileApprovalIsDelivered", testPartitionWhileApprovalIsDelivered},
+		{"ApprovalSentWhileCutOff", testApprovalSentWhileCutOff},
 		{"ProxmoxUnreachable", testProxmoxPartition},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
