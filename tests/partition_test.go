@@ -560,6 +560,41 @@ func testProxmoxPartition(t *testing.T) {
 	}
 }
 
+// The host loses its Proxmox API while it waits on a task whose UPID the
+// server holds. Every retry during the outage fails on the Proxmox timeout
+// and keeps the recorded task (a failed attempt does not clear its
+// heartbeat details); the first one after the heal resumes it.
+func testProxmoxPartitionDuringTaskWait(t *testing.T) {
+	p := newPartitionedHost(t, "pve-part-pvew", pvesim.Config{TaskDuration: time.Second},
+		pvesim.Guest{VMID: 151, Name: "files", Status: "stopped", MemoryMiB: 1024, Cores: 1})
+	poll := holdFirstPoll(p.sim)
+	p.start(t, desired.Spec{Host: p.host, VMID: 151, Kind: desired.QEMU, Name: "files", State: desired.Running, Memory: "1024", Cores: 1})
+
+	waitHit(t, "the first poll of the start task", poll)
+	posts := p.sim.RequestsMatching("POST", "/nodes/*/qemu/151/status/start")
+	if len(posts) != 1 || posts[0].UPID == "" {
+		t.Fatalf("start requests: %+v, want one that started a task", posts)
+	}
+	cut(t, p.proxmox)
+	poll.Release()
+	pa := p.waitAttempt(t, 151, workflows.ActivityStartGuest, 3)
+	if f := pa.GetLastFailure(); f == nil || f.GetTimeoutFailureInfo() != nil {
+		t.Errorf("last failure of the step while Proxmox is unreachable: %v, want a Proxmox request error, not a timeout on the Temporal side", f)
+	}
+	if _, prog, _ := p.pendingStep(t, 151, workflows.ActivityStartGuest); prog.UPID != posts[0].UPID {
+		t.Errorf("the server holds %+v after failed attempts, want task %s", prog, posts[0].UPID)
+	}
+	heal(t, p.proxmox)
+
+	st := p.waitPhaseWithin(t, 151, workflows.PhaseConverged, 3*time.Minute)
+	if res, detail := recentResult(st, desired.OpStart); res != "done" || detail != "resumed task "+posts[0].UPID {
+		t.Errorf("guest.start: %s (%s), want done by resuming %s", res, detail, posts[0].UPID)
+	}
+	if n := countRequests(p.sim, "POST", "/qemu/151/status/start"); n != 1 {
+		t.Errorf("start reached Proxmox %d times, want once", n)
+	}
+}
+
 // TestPartition runs every partition point at once: each waits out a
 // heartbeat timeout, in namespaces and with a Temporal server of its own.
 func TestPartition(t *testing.T) {
@@ -576,6 +611,7 @@ func TestPartition(t *testing.T) {
 		{"WhileApprovalIsDelivered", testPartitionWhileApprovalIsDelivered},
 		{"ApprovalSentWhileCutOff", testApprovalSentWhileCutOff},
 		{"ProxmoxUnreachable", testProxmoxPartition},
+		{"ProxmoxUnreachableDuringTaskWait", testProxmoxPartitionDuringTaskWait},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
