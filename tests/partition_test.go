@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -115,7 +116,11 @@ func newPartitionedHost(t *testing.T, base string, simCfg pvesim.Config, guests 
 		agent:  &agent{host: host, sim: sim, cfg: cfg, client: c},
 		server: server, temporal: temporalLink, proxmox: proxmoxLink, ops: ops, env: env,
 	}
-	startChildCmd(t, hostNS.Command(os.Args[0], "-test.run=^$"), env, "worker.log")
+	cmd := hostNS.Command(os.Args[0], "-test.run=^$")
+	// The worker dies with this process: a test killed mid-partition leaves
+	// no worker behind in a namespace the next run deletes.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	startChildCmd(t, cmd, env, "worker.log")
 	return p
 }
 
@@ -406,23 +411,7 @@ func testPartitionWhileApprovalIsDelivered(t *testing.T) {
 	del := pvesim.NewHook()
 	p.sim.Inject(pvesim.Fault{Method: "DELETE", Path: "/nodes/*/qemu/140", Kind: pvesim.FaultHoldAfter, Hook: del})
 
-	verdict := make(chan workflows.ApprovalVerdict, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 6*workflows.HeartbeatTimeout)
-		defer cancel()
-		h, err := p.client.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
-			WorkflowID: workflows.GuestWorkflowID(p.host, 140), UpdateName: workflows.UpdateApprove,
-			Args: []any{approval}, WaitForStage: client.WorkflowUpdateStageCompleted,
-		})
-		var v workflows.ApprovalVerdict
-		if err == nil {
-			err = h.Get(ctx, &v)
-		}
-		if err != nil {
-			v.Code, v.Detail = "delivery failed", err.Error()
-		}
-		verdict <- v
-	}()
+	verdict := p.deliverInBackground(140, approval)
 
 	waitHit(t, "the destroy request, served", del)
 	cut(t, p.temporal)
@@ -434,14 +423,7 @@ func testPartitionWhileApprovalIsDelivered(t *testing.T) {
 	p.waitAttempt(t, 140, workflows.ActivityDestroyGuest, 2)
 	heal(t, p.temporal)
 
-	select {
-	case v := <-verdict:
-		if !v.Accepted {
-			t.Errorf("approval delivered across the partition: %+v, want accepted", v)
-		}
-	case <-time.After(6 * workflows.HeartbeatTimeout):
-		t.Fatal("the approval's delivery never completed")
-	}
+	p.checkVerdict(t, verdict)
 	st = p.waitPhaseWithin(t, 140, workflows.PhaseConverged, 3*time.Minute)
 	if st.Pending != nil {
 		t.Errorf("a signature is asked for again: %+v", st.Pending)
@@ -450,9 +432,110 @@ func testPartitionWhileApprovalIsDelivered(t *testing.T) {
 		t.Errorf("guest.destroy: %s, want done (recent %+v)", res, st.Recent)
 	}
 	p.checkOnce(t, 140, workflows.ActivityDestroyGuest, "DELETE", "/qemu/140")
+	p.checkNonceOnce(t, op.Nonce)
+}
+
+// The host is cut off after the gate admitted an approval (its nonce
+// spent) and before Proxmox served the DELETE, which the worker gives up on
+// (the simulator drops it unserved). The next attempt, after the heal,
+// finishes the same act under that admission: the operator signs nothing
+// again, the guest is destroyed by one request, the nonce spent once.
+func testPartitionAfterAdmissionBeforeRequest(t *testing.T) {
+	p := newPartitionedHost(t, "pve-part-adm", pvesim.Config{TaskDuration: time.Second},
+		pvesim.Guest{VMID: 142, Name: "customer", Status: "stopped", MemoryMiB: 1024, Cores: 1,
+			Disks: map[string]string{"scsi0": "local-lvm:vm-142-disk-0,size=32G"}})
+	p.start(t, desired.Spec{Host: p.host, VMID: 142, State: desired.Absent})
+	st := p.waitPhase(t, 142, workflows.PhasePending)
+	if st.Pending == nil || st.Pending.Action.Op != gate.OpGuestDestroy {
+		t.Fatalf("pending = %+v, want guest.destroy", st.Pending)
+	}
+	op := opFor(st.Pending.OpTemplate)
+	approval := signWithSSHKeygen(t, p.ops, op)
+	del := pvesim.NewHook()
+	p.sim.Inject(pvesim.Fault{Method: "DELETE", Path: "/nodes/*/qemu/142", Kind: pvesim.FaultHold, Hook: del})
+	t.Cleanup(del.Release)
+	verdict := p.deliverInBackground(142, approval)
+
+	waitHit(t, "the destroy request", del)
+	cut(t, p.temporal)
+	// Not released: the worker's request times out and the simulator
+	// drops it without acting.
+	select {
+	case <-del.Done():
+	case <-time.After(4 * p.cfg.Proxmox.Timeout):
+		t.Fatal("the worker never gave up on the held destroy request")
+	}
+	if _, ok := p.sim.Guest(142); !ok {
+		t.Fatal("the held destroy request was served: the test proves nothing")
+	}
+	p.waitAttempt(t, 142, workflows.ActivityDestroyGuest, 2)
+	heal(t, p.temporal)
+
+	p.checkVerdict(t, verdict)
+	st = p.waitPhaseWithin(t, 142, workflows.PhaseConverged, 3*time.Minute)
+	if _, ok := p.sim.Guest(142); ok {
+		t.Fatal("guest 142 still exists")
+	}
+	if st.Pending != nil {
+		t.Errorf("a signature is asked for again: %+v", st.Pending)
+	}
+	var served int
+	for _, r := range p.sim.RequestsMatching("DELETE", "/nodes/*/qemu/142") {
+		if r.Status != 0 {
+			served++
+		}
+	}
+	if served != 1 {
+		t.Errorf("%d destroy requests were served, want one (the dropped one not counted)", served)
+	}
+	if got := p.completedAttempts(t, 142, workflows.ActivityDestroyGuest); len(got) != 1 || got[0] < 2 {
+		t.Errorf("completions of the destroy in history came from attempts %v, want one, from attempt 2 or later", got)
+	}
+	p.checkNonceOnce(t, op.Nonce)
+}
+
+// deliverInBackground sends an approval by Update, as felhomctl does,
+// waiting for the verdict for as long as a partition and its heal take.
+func (p *partitionedHost) deliverInBackground(vmid int, approval workflows.Approval) <-chan workflows.ApprovalVerdict {
+	verdict := make(chan workflows.ApprovalVerdict, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 6*workflows.HeartbeatTimeout)
+		defer cancel()
+		h, err := p.client.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
+			WorkflowID: workflows.GuestWorkflowID(p.host, vmid), UpdateName: workflows.UpdateApprove,
+			Args: []any{approval}, WaitForStage: client.WorkflowUpdateStageCompleted,
+		})
+		var v workflows.ApprovalVerdict
+		if err == nil {
+			err = h.Get(ctx, &v)
+		}
+		if err != nil {
+			v.Code, v.Detail = "delivery failed", err.Error()
+		}
+		verdict <- v
+	}()
+	return verdict
+}
+
+// checkVerdict waits for a background delivery's verdict: accepted.
+func (p *partitionedHost) checkVerdict(t *testing.T, verdict <-chan workflows.ApprovalVerdict) {
+	t.Helper()
+	select {
+	case v := <-verdict:
+		if !v.Accepted {
+			t.Errorf("approval delivered across the partition: %+v, want accepted", v)
+		}
+	case <-time.After(6 * workflows.HeartbeatTimeout):
+		t.Fatal("the approval's delivery never completed")
+	}
+}
+
+// checkNonceOnce checks that the host's nonce store holds nonce once.
+func (p *partitionedHost) checkNonceOnce(t *testing.T, nonce string) {
+	t.Helper()
 	nonces, err := os.ReadFile(p.cfg.NonceStore)
 	must(t, err)
-	if n := bytes.Count(nonces, []byte(op.Nonce)); n != 1 {
+	if n := bytes.Count(nonces, []byte(nonce)); n != 1 {
 		t.Errorf("the approval's nonce is in the host's nonce store %d times, want once", n)
 	}
 }
@@ -509,11 +592,7 @@ func testApprovalSentWhileCutOff(t *testing.T) {
 	if n := countRequests(p.sim, "DELETE", "/qemu/141"); n != 1 {
 		t.Errorf("destroy reached Proxmox %d times, want once", n)
 	}
-	nonces, err := os.ReadFile(p.cfg.NonceStore)
-	must(t, err)
-	if n := bytes.Count(nonces, []byte(op.Nonce)); n != 1 {
-		t.Errorf("the approval's nonce is in the host's nonce store %d times, want once", n)
-	}
+	p.checkNonceOnce(t, op.Nonce)
 	// The first delivery, kept by the server, ran the act; the second is
 	// answered as superseded by it (or, had the server dropped the first,
 	// accepted itself): never a second act, never a refusal that asks for
@@ -610,6 +689,7 @@ func TestPartition(t *testing.T) {
 		{"DuringTaskWait", testPartitionDuringTaskWait},
 		{"WhileApprovalIsDelivered", testPartitionWhileApprovalIsDelivered},
 		{"ApprovalSentWhileCutOff", testApprovalSentWhileCutOff},
+		{"AfterAdmissionBeforeRequest", testPartitionAfterAdmissionBeforeRequest},
 		{"ProxmoxUnreachable", testProxmoxPartition},
 		{"ProxmoxUnreachableDuringTaskWait", testProxmoxPartitionDuringTaskWait},
 	} {
