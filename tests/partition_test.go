@@ -372,9 +372,14 @@ func testPartitionDuringTaskWait(t *testing.T) {
 	if len(posts) != 1 || posts[0].UPID == "" {
 		t.Fatalf("start requests: %+v, want one that started a task", posts)
 	}
-	if _, prog, _ := p.pendingStep(t, 103, workflows.ActivityStartGuest); prog.UPID != posts[0].UPID {
-		t.Fatalf("the server holds %+v before the cut, want task %s", prog, posts[0].UPID)
-	}
+	// The worker sends the UPID before it polls; the SDK may hold a
+	// heartbeat that follows the previous one within its batching window
+	// (worker.HeartbeatThrottle) and send it a moment later, so the first
+	// poll can arrive first. This point is "the server holds the task".
+	waitFor(t, "the server to hold the start task", func() bool {
+		_, prog, _ := p.pendingStep(t, 103, workflows.ActivityStartGuest)
+		return prog.UPID == posts[0].UPID
+	})
 	cut(t, p.temporal)
 	poll.Release()
 	waitFor(t, "the start task to end during the partition", func() bool {
