@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -679,12 +680,15 @@ func testProxmoxPartitionDuringTaskWait(t *testing.T) {
 	}
 }
 
-// TestPartition runs every partition point at once: each waits out a
-// heartbeat timeout, in namespaces and with a Temporal server of its own.
+// TestPartition runs every partition point at once, each in namespaces and
+// with a Temporal server of its own. The cases spend their time waiting out
+// a heartbeat timeout, not computing, so they all run together instead of
+// -parallel (GOMAXPROCS) at a time: t.Run from one goroutine per case.
 func TestPartition(t *testing.T) {
 	if err := netns.Available(); err != nil {
 		testtool.Unavailable(t, err)
 	}
+	var wg sync.WaitGroup
 	for _, tc := range []struct {
 		name string
 		run  func(*testing.T)
@@ -698,9 +702,7 @@ func TestPartition(t *testing.T) {
 		{"ProxmoxUnreachable", testProxmoxPartition},
 		{"ProxmoxUnreachableDuringTaskWait", testProxmoxPartitionDuringTaskWait},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			tc.run(t)
-		})
+		wg.Go(func() { t.Run(tc.name, tc.run) })
 	}
+	wg.Wait()
 }
