@@ -172,6 +172,36 @@ func (p *partitionedHost) start(t *testing.T, spec desired.Spec) {
 	must(t, err)
 }
 
+// stoppedVM is a stopped VM for a start to act on.
+func stoppedVM(vmid int, name string) pvesim.Guest {
+	return pvesim.Guest{VMID: vmid, Name: name, Status: "stopped", MemoryMiB: 1024, Cores: 1}
+}
+
+// dataVM is a VM with a disk: destroying it needs an operator's signature.
+func dataVM(vmid int) pvesim.Guest {
+	return pvesim.Guest{VMID: vmid, Name: "customer", Status: "stopped", MemoryMiB: 1024, Cores: 1,
+		Disks: map[string]string{"scsi0": fmt.Sprintf("local-lvm:vm-%d-disk-0,size=32G", vmid)}}
+}
+
+// runGuest asks for stoppedVM(vmid, name) to run.
+func (p *partitionedHost) runGuest(t *testing.T, vmid int, name string) {
+	t.Helper()
+	p.start(t, desired.Spec{Host: p.host, VMID: vmid, Kind: desired.QEMU, Name: name, State: desired.Running, Memory: "1024", Cores: 1})
+}
+
+// pendingDestroy asks for guest vmid to be absent, waits for the destroy to
+// wait for a signature, and signs it with ssh-keygen.
+func (p *partitionedHost) pendingDestroy(t *testing.T, vmid int) (gate.Op, workflows.Approval) {
+	t.Helper()
+	p.start(t, desired.Spec{Host: p.host, VMID: vmid, State: desired.Absent})
+	st := p.waitPhase(t, vmid, workflows.PhasePending)
+	if st.Pending == nil || st.Pending.Action.Op != gate.OpGuestDestroy {
+		t.Fatalf("pending = %+v, want guest.destroy", st.Pending)
+	}
+	op := opFor(st.Pending.OpTemplate)
+	return op, signWithSSHKeygen(t, p.ops, op)
+}
+
 // pendingStep is what the server holds about the guest workflow's pending
 // activity of type name, and the Progress its heartbeat details carry.
 func (p *partitionedHost) pendingStep(t *testing.T, vmid int, name string) (*workflowpb.PendingActivityInfo, activities.Progress, bool) {
@@ -269,10 +299,10 @@ func (p *partitionedHost) checkOnce(t *testing.T, vmid int, step, method, pathSu
 // finds the guest running and posts nothing.
 func testPartitionBeforePost(t *testing.T) {
 	p := newPartitionedHost(t, "pve-part-pre", pvesim.Config{TaskDuration: time.Second},
-		pvesim.Guest{VMID: 101, Name: "db", Status: "stopped", MemoryMiB: 1024, Cores: 1})
+		stoppedVM(101, "db"))
 	post := pvesim.NewHook()
 	p.sim.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu/101/status/start", Kind: pvesim.FaultHold, Hook: post})
-	p.start(t, desired.Spec{Host: p.host, VMID: 101, Kind: desired.QEMU, Name: "db", State: desired.Running, Memory: "1024", Cores: 1})
+	p.runGuest(t, 101, "db")
 
 	waitHit(t, "the start request", post)
 	cut(t, p.temporal)
@@ -301,11 +331,11 @@ func testPartitionBeforePost(t *testing.T) {
 // and waits on it: no second POST.
 func testPartitionAfterPostBeforeHeartbeat(t *testing.T) {
 	p := newPartitionedHost(t, "pve-part-post", pvesim.Config{TaskDuration: time.Second, LockTimeout: time.Hour},
-		pvesim.Guest{VMID: 102, Name: "app", Status: "stopped", MemoryMiB: 1024, Cores: 1})
+		stoppedVM(102, "app"))
 	lock := holdConfigLock(t, p.sim, 102)
 	reply := pvesim.NewHook()
 	p.sim.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu/102/status/start", Kind: pvesim.FaultHoldAfter, Hook: reply})
-	p.start(t, desired.Spec{Host: p.host, VMID: 102, Kind: desired.QEMU, Name: "app", State: desired.Running, Memory: "1024", Cores: 1})
+	p.runGuest(t, 102, "app")
 
 	waitHit(t, "the start request, served", reply)
 	cut(t, p.temporal)
@@ -364,9 +394,9 @@ func holdConfigLock(t *testing.T, sim *pvesim.Server, vmid int) *pvesim.Hook {
 // completion is refused, and the next attempt resumes the recorded task.
 func testPartitionDuringTaskWait(t *testing.T) {
 	p := newPartitionedHost(t, "pve-part-wait", pvesim.Config{TaskDuration: time.Second},
-		pvesim.Guest{VMID: 103, Name: "web", Status: "stopped", MemoryMiB: 1024, Cores: 1})
+		stoppedVM(103, "web"))
 	poll := holdFirstPoll(p.sim)
-	p.start(t, desired.Spec{Host: p.host, VMID: 103, Kind: desired.QEMU, Name: "web", State: desired.Running, Memory: "1024", Cores: 1})
+	p.runGuest(t, 103, "web")
 
 	waitHit(t, "the first poll of the start task", poll)
 	posts := p.sim.RequestsMatching("POST", "/nodes/*/qemu/103/status/start")
@@ -405,15 +435,8 @@ func testPartitionDuringTaskWait(t *testing.T) {
 // second approval was asked for.
 func testPartitionWhileApprovalIsDelivered(t *testing.T) {
 	p := newPartitionedHost(t, "pve-part-appr", pvesim.Config{TaskDuration: time.Second},
-		pvesim.Guest{VMID: 140, Name: "customer", Status: "stopped", MemoryMiB: 1024, Cores: 1,
-			Disks: map[string]string{"scsi0": "local-lvm:vm-140-disk-0,size=32G"}})
-	p.start(t, desired.Spec{Host: p.host, VMID: 140, State: desired.Absent})
-	st := p.waitPhase(t, 140, workflows.PhasePending)
-	if st.Pending == nil || st.Pending.Action.Op != gate.OpGuestDestroy {
-		t.Fatalf("pending = %+v, want guest.destroy", st.Pending)
-	}
-	op := opFor(st.Pending.OpTemplate)
-	approval := signWithSSHKeygen(t, p.ops, op)
+		dataVM(140))
+	op, approval := p.pendingDestroy(t, 140)
 	del := pvesim.NewHook()
 	p.sim.Inject(pvesim.Fault{Method: "DELETE", Path: "/nodes/*/qemu/140", Kind: pvesim.FaultHoldAfter, Hook: del})
 
@@ -430,7 +453,7 @@ func testPartitionWhileApprovalIsDelivered(t *testing.T) {
 	heal(t, p.temporal)
 
 	p.checkVerdict(t, verdict)
-	st = p.waitPhaseWithin(t, 140, workflows.PhaseConverged, 3*time.Minute)
+	st := p.waitPhaseWithin(t, 140, workflows.PhaseConverged, 3*time.Minute)
 	if st.Pending != nil {
 		t.Errorf("a signature is asked for again: %+v", st.Pending)
 	}
@@ -448,15 +471,8 @@ func testPartitionWhileApprovalIsDelivered(t *testing.T) {
 // again, the guest is destroyed by one request, the nonce spent once.
 func testPartitionAfterAdmissionBeforeRequest(t *testing.T) {
 	p := newPartitionedHost(t, "pve-part-adm", pvesim.Config{TaskDuration: time.Second},
-		pvesim.Guest{VMID: 142, Name: "customer", Status: "stopped", MemoryMiB: 1024, Cores: 1,
-			Disks: map[string]string{"scsi0": "local-lvm:vm-142-disk-0,size=32G"}})
-	p.start(t, desired.Spec{Host: p.host, VMID: 142, State: desired.Absent})
-	st := p.waitPhase(t, 142, workflows.PhasePending)
-	if st.Pending == nil || st.Pending.Action.Op != gate.OpGuestDestroy {
-		t.Fatalf("pending = %+v, want guest.destroy", st.Pending)
-	}
-	op := opFor(st.Pending.OpTemplate)
-	approval := signWithSSHKeygen(t, p.ops, op)
+		dataVM(142))
+	op, approval := p.pendingDestroy(t, 142)
 	del := pvesim.NewHook()
 	p.sim.Inject(pvesim.Fault{Method: "DELETE", Path: "/nodes/*/qemu/142", Kind: pvesim.FaultHold, Hook: del})
 	t.Cleanup(del.Release)
@@ -478,7 +494,7 @@ func testPartitionAfterAdmissionBeforeRequest(t *testing.T) {
 	heal(t, p.temporal)
 
 	p.checkVerdict(t, verdict)
-	st = p.waitPhaseWithin(t, 142, workflows.PhaseConverged, 3*time.Minute)
+	st := p.waitPhaseWithin(t, 142, workflows.PhaseConverged, 3*time.Minute)
 	if _, ok := p.sim.Guest(142); ok {
 		t.Fatal("guest 142 still exists")
 	}
@@ -553,15 +569,8 @@ func (p *partitionedHost) checkNonceOnce(t *testing.T, nonce string) {
 // spent once, and nothing is left pending.
 func testApprovalSentWhileCutOff(t *testing.T) {
 	p := newPartitionedHost(t, "pve-part-sent", pvesim.Config{TaskDuration: time.Second},
-		pvesim.Guest{VMID: 141, Name: "customer", Status: "stopped", MemoryMiB: 1024, Cores: 1,
-			Disks: map[string]string{"scsi0": "local-lvm:vm-141-disk-0,size=32G"}})
-	p.start(t, desired.Spec{Host: p.host, VMID: 141, State: desired.Absent})
-	st := p.waitPhase(t, 141, workflows.PhasePending)
-	if st.Pending == nil || st.Pending.Action.Op != gate.OpGuestDestroy {
-		t.Fatalf("pending = %+v, want guest.destroy", st.Pending)
-	}
-	op := opFor(st.Pending.OpTemplate)
-	approval := signWithSSHKeygen(t, p.ops, op)
+		dataVM(141))
+	op, approval := p.pendingDestroy(t, 141)
 	deliver := func(within time.Duration) (workflows.ApprovalVerdict, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), within)
 		defer cancel()
@@ -588,7 +597,7 @@ func testApprovalSentWhileCutOff(t *testing.T) {
 	if err != nil {
 		t.Fatalf("approval sent again after the partition: %v", err)
 	}
-	st = p.waitPhaseWithin(t, 141, workflows.PhaseConverged, 3*time.Minute)
+	st := p.waitPhaseWithin(t, 141, workflows.PhaseConverged, 3*time.Minute)
 	if _, ok := p.sim.Guest(141); ok {
 		t.Fatalf("guest 141 still exists; the second delivery's verdict was %+v", v)
 	}
@@ -614,10 +623,10 @@ func testApprovalSentWhileCutOff(t *testing.T) {
 // and once the link heals it finds the guest running and posts nothing.
 func testProxmoxPartition(t *testing.T) {
 	p := newPartitionedHost(t, "pve-part-pve", pvesim.Config{TaskDuration: time.Second},
-		pvesim.Guest{VMID: 150, Name: "mail", Status: "stopped", MemoryMiB: 1024, Cores: 1})
+		stoppedVM(150, "mail"))
 	post := pvesim.NewHook()
 	p.sim.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu/150/status/start", Kind: pvesim.FaultHold, Hook: post})
-	p.start(t, desired.Spec{Host: p.host, VMID: 150, Kind: desired.QEMU, Name: "mail", State: desired.Running, Memory: "1024", Cores: 1})
+	p.runGuest(t, 150, "mail")
 
 	waitHit(t, "the start request", post)
 	cut(t, p.proxmox)
@@ -651,9 +660,9 @@ func testProxmoxPartition(t *testing.T) {
 // heartbeat details); the first one after the heal resumes it.
 func testProxmoxPartitionDuringTaskWait(t *testing.T) {
 	p := newPartitionedHost(t, "pve-part-pvew", pvesim.Config{TaskDuration: time.Second},
-		pvesim.Guest{VMID: 151, Name: "files", Status: "stopped", MemoryMiB: 1024, Cores: 1})
+		stoppedVM(151, "files"))
 	poll := holdFirstPoll(p.sim)
-	p.start(t, desired.Spec{Host: p.host, VMID: 151, Kind: desired.QEMU, Name: "files", State: desired.Running, Memory: "1024", Cores: 1})
+	p.runGuest(t, 151, "files")
 
 	waitHit(t, "the first poll of the start task", poll)
 	posts := p.sim.RequestsMatching("POST", "/nodes/*/qemu/151/status/start")
