@@ -6,8 +6,8 @@
 // (CAP_SYS_ADMIN and CAP_NET_ADMIN); Available says whether this machine
 // can. Names carry the creating process's id and a random suffix, so runs
 // in parallel on one machine never meet, and New first deletes the
-// namespaces of runs whose process is gone (a killed test cannot clean up
-// after itself). Each link gets a random /30 of 10.0.0.0/8 that no route
+// namespaces of runs whose process is gone, and the routes of cuts whose
+// link is gone (a killed test cannot clean up after itself). Each link gets a random /30 of 10.0.0.0/8 that no route
 // of the root namespace covers.
 //
 // A program enters a namespace with Command (`ip netns exec`), and code of

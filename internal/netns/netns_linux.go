@@ -29,6 +29,11 @@ var ErrUnavailable = errors.New("network namespaces cannot be made here")
 // the creating process's id follows it.
 const namePrefix = "felhom-"
 
+// routeProto marks the unreachable routes Cut adds (a routing protocol
+// number of no routing daemon), so that one a killed run left in the root
+// namespace is found again.
+const routeProto = "249"
+
 // Available returns nil when network namespaces can be made: the process
 // runs as root and `ip` (iproute2) is on PATH. Otherwise the error wraps
 // ErrUnavailable and says what is missing.
@@ -176,7 +181,7 @@ func (l *Link) Cut() error {
 	if err := l.A.set("down"); err != nil {
 		return err
 	}
-	return ip(l.A.args("route", "add", "unreachable", l.Prefix.String())...)
+	return ip(l.A.args("route", "add", "unreachable", l.Prefix.String(), "proto", routeProto)...)
 }
 
 // Heal undoes Cut: A's end comes up again with its address and route.
@@ -187,8 +192,10 @@ func (l *Link) Heal() error {
 	return l.A.set("up")
 }
 
-// Close deletes the veth pair (both ends go together).
+// Close deletes the veth pair (both ends go together), and the route of a
+// cut that was never healed.
 func (l *Link) Close() error {
+	_ = ip(l.A.args("route", "delete", "unreachable", l.Prefix.String())...)
 	for _, e := range []End{l.A, l.B} {
 		if err := ip(e.args("link", "delete", e.Dev)...); err == nil {
 			return nil
@@ -253,9 +260,11 @@ func overlapsAny(p netip.Prefix, used []netip.Prefix) bool {
 	return false
 }
 
-// removeStale deletes the namespaces of runs whose process is gone. Best
-// effort: whatever cannot be deleted stays for the next run to try.
+// removeStale deletes the namespaces of runs whose process is gone, and
+// the unreachable routes of cuts in the root namespace whose link is gone.
+// Best effort: whatever cannot be deleted stays for the next run to try.
 func removeStale() {
+	removeStaleRoutes()
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
 		return
@@ -272,6 +281,45 @@ func removeStale() {
 			continue
 		}
 		_ = ip("netns", "delete", name)
+	}
+}
+
+// removeStaleRoutes deletes the root namespace's cut routes (routeProto)
+// that cover no address of this namespace: a live cut's link keeps its
+// address on the downed end.
+func removeStaleRoutes() {
+	var routes []struct {
+		Dst string `json:"dst"`
+	}
+	out, err := exec.Command("ip", "-j", "-4", "route", "show", "type", "unreachable", "proto", routeProto).Output()
+	if err != nil || json.Unmarshal(out, &routes) != nil {
+		return
+	}
+	var addrs []struct {
+		AddrInfo []struct {
+			Local string `json:"local"`
+		} `json:"addr_info"`
+	}
+	out, err = exec.Command("ip", "-j", "-4", "addr", "show").Output()
+	if err != nil || json.Unmarshal(out, &addrs) != nil {
+		return
+	}
+	for _, r := range routes {
+		prefix, err := netip.ParsePrefix(r.Dst)
+		if err != nil {
+			continue
+		}
+		used := false
+		for _, a := range addrs {
+			for _, info := range a.AddrInfo {
+				if addr, err := netip.ParseAddr(info.Local); err == nil && prefix.Contains(addr) {
+					used = true
+				}
+			}
+		}
+		if !used {
+			_ = ip("route", "delete", "unreachable", r.Dst, "proto", routeProto)
+		}
 	}
 }
 

@@ -136,3 +136,62 @@ func TestNewRemovesNamespacesOfDeadRuns(t *testing.T) {
 		t.Errorf("new namespace %s missing from:\n%s", ns.Name, out)
 	}
 }
+
+// The route a cut adds outlives a run killed before it healed the link;
+// the next New deletes it once its link is gone, and not while the link
+// is there.
+func TestNewRemovesRoutesOfCutsWhoseLinkIsGone(t *testing.T) {
+	need(t)
+	ns, err := netns.New("unit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	live, err := netns.Connect(nil, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	if err := live.Cut(); err != nil {
+		t.Fatal(err)
+	}
+	dead, err := netns.Connect(nil, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dead.Cut(); err != nil {
+		t.Fatal(err)
+	}
+	// The run dies here: its link goes with its namespace, its route stays.
+	if out, err := exec.Command("ip", "link", "delete", dead.A.Dev).CombinedOutput(); err != nil {
+		t.Fatalf("ip link delete: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "route", "delete", "unreachable", dead.Prefix.String()).Run() })
+	if !hasUnreachable(t, dead.Prefix.String()) {
+		t.Fatal("the cut's route went with its link: nothing to clean up, the test proves nothing")
+	}
+
+	other, err := netns.New("unit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if hasUnreachable(t, dead.Prefix.String()) {
+		t.Errorf("the route of a cut whose link is gone is still there")
+	}
+	if !hasUnreachable(t, live.Prefix.String()) {
+		t.Errorf("the route of a live cut was deleted")
+	}
+	if err := live.Heal(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func hasUnreachable(t *testing.T, prefix string) bool {
+	t.Helper()
+	out, err := exec.Command("ip", "-4", "route", "show", "type", "unreachable").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Contains(string(out), prefix)
+}
