@@ -46,10 +46,9 @@
 // Every attempt heartbeats as it starts, repeating the previous attempt's
 // Progress, and before Proxmox requests (HeartbeatInterceptor, KeepAlive,
 // heartbeat.go). A new Progress is sent at once (the worker turns the SDK's
-// heartbeat batching off, worker.HeartbeatThrottle), so a task's UPID is
-// sent before the task is first polled (it may reach the server a moment
-// after that poll); the same Progress again is sent at most every
-// KeepAliveEvery. Set the activity's HeartbeatTimeout
+// heartbeat batching off, worker.HeartbeatThrottle), so the server holds a
+// task's UPID before the task is first polled; the same Progress again is
+// sent at most every KeepAliveEvery. Set the activity's HeartbeatTimeout
 // well above KeepAliveEvery and the Proxmox client's timeout.
 //
 // Creates keep the host's provenance ledger in step (see Proxmox.create for

@@ -23,10 +23,9 @@ import (
 // Progress names the Proxmox task a retry resumes. Every heartbeat therefore
 // sends the attempt's current Progress: the previous attempt's until this
 // attempt records its own. A new Progress is sent at once (the worker does
-// not hold heartbeats back, see worker.HeartbeatThrottle), so that a task's
-// UPID is on its way to the server before the task is first polled (it can
-// arrive a moment after that poll); a heartbeat that only says the attempt
-// is alive is sent at most every KeepAliveEvery.
+// not hold heartbeats back, see worker.HeartbeatThrottle), so that the
+// server knows a task's UPID before the task is first polled; a heartbeat
+// that only says the attempt is alive is sent at most every KeepAliveEvery.
 
 // KeepAliveEvery is the least time between two heartbeats that repeat the
 // same Progress: well within any step's heartbeat timeout, few enough for

@@ -100,11 +100,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) err
 // HeartbeatThrottle is the longest a heartbeat waits in the SDK's batch
 // before it is sent. The activities decide how often they heartbeat (a new
 // Progress at once, a keep-alive at most every activities.KeepAliveEvery),
-// so the SDK's batching is kept out of the way: a task's UPID is sent
-// before the task is first polled. Not always received before: within this
-// interval of the previous heartbeat the SDK still batches, and sends the
-// UPID a moment later from its own goroutine (a crash in that moment is met
-// by the retry's task-list lookup).
+// so the SDK's batching is kept out of the way: a task's UPID reaches the
+// server before the task is first polled.
 const HeartbeatThrottle = time.Millisecond
 
 // Register registers every workflow and activity of the agent on w.
