@@ -241,7 +241,13 @@ func childEnviron(cfg worker.Config, caFile string) []string {
 // its task queue.
 func startChild(t *testing.T, environ []string, logName string) *childProcess {
 	t.Helper()
-	cmd := exec.Command(agentBinary(t), "run")
+	return startChildCmd(t, exec.Command(agentBinary(t), "run"), environ, logName)
+}
+
+// startChildCmd is startChild with the command that runs the agent, e.g.
+// one that enters a network namespace first.
+func startChildCmd(t *testing.T, cmd *exec.Cmd, environ []string, logName string) *childProcess {
+	t.Helper()
 	cmd.Env = environ
 	p, _ := startProcess(t, strings.TrimSuffix(logName, ".log"), cmd,
 		func(line string) bool { return strings.Contains(line, `"msg":"worker polling"`) }, 2*time.Minute)

@@ -55,8 +55,11 @@ type Config struct {
 	// DBPath is the SQLite file that holds all state. Empty keeps everything
 	// in memory, which is what tests want; the data is then gone at Stop.
 	DBPath string
-	// FrontendAddr is the gRPC address clients and workers dial. Empty means
-	// 127.0.0.1 on a free port chosen at start.
+	// FrontendAddr is the gRPC address the frontend listens on and clients
+	// and workers dial, host:port (port 0: a free one chosen at start).
+	// Empty means 127.0.0.1 on a free port. The server's other services
+	// listen on loopback whatever it says; with Gossip the frontend must be
+	// on 127.0.0.1 too.
 	FrontendAddr string
 	// Namespace is registered at start. Empty means "default".
 	Namespace string
@@ -130,6 +133,14 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if host, _, _ := net.SplitHostPort(frontend); cfg.Gossip && host != "127.0.0.1" {
+		return nil, fmt.Errorf("devserver: frontend address %s: a gossip ring's members reach each other on 127.0.0.1, so its frontend listens there", frontend)
+	}
+	// Listening on every address (0.0.0.0), the frontend is dialled on
+	// loopback: by this process, the server's own services and FrontendAddr's
+	// callers, such as the embedded worker, whose configuration takes a
+	// loopback address for plaintext.
+	dial := dialAddr(frontend)
 	// history, matching, worker; on PostgreSQL also the membership port of
 	// each of the four services, all below 32768.
 	var ports []int
@@ -161,7 +172,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		stores = persistence{plugin: sqliteplugin.PluginName, main: sqlCfg, visibility: sqlCfg}
 	}
 
-	conf := serverConfig(stores, cfg.HistoryShards, frontend, ports, cfg.Gossip)
+	conf := serverConfig(stores, cfg.HistoryShards, frontend, dial, ports, cfg.Gossip)
 	opts := []temporal.ServerOption{
 		temporal.WithConfig(conf),
 		temporal.ForServices(services(cfg.SystemWorkers)),
@@ -185,7 +196,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := srv.Start(); err != nil {
 		return nil, fmt.Errorf("devserver: start server: %w", err)
 	}
-	s := &Server{cfg: cfg, server: srv, frontendAddr: frontend, historyAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))}
+	s := &Server{cfg: cfg, server: srv, frontendAddr: dial, historyAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))}
 	if err := s.prepareNamespace(ctx); err != nil {
 		_ = srv.Stop()
 		return nil, err
@@ -195,11 +206,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		db = "postgresql://" + cfg.Postgres.Default.ConnectAddr + "/" + cfg.Postgres.Default.DatabaseName
 	}
 	cfg.Logger.Info("embedded Temporal server started",
-		"frontend", frontend, "namespace", cfg.Namespace, "db", db, "history_shards", cfg.HistoryShards, "gossip", cfg.Gossip)
+		"frontend", frontend, "dial", dial, "namespace", cfg.Namespace, "db", db, "history_shards", cfg.HistoryShards, "gossip", cfg.Gossip)
 	return s, nil
 }
 
-// FrontendAddr is the host:port of the gRPC frontend.
+// FrontendAddr is the host:port to dial the gRPC frontend at: the configured
+// address, or loopback when it listens on every address.
 func (s *Server) FrontendAddr() string { return s.frontendAddr }
 
 // HistoryAddr is the host:port of the history service, as the server names
@@ -388,8 +400,10 @@ type persistence struct {
 	main, visibility *config.SQL
 }
 
-func serverConfig(stores persistence, shards int32, frontend string, ports []int, gossip bool) *config.Config {
-	_, fport, _ := net.SplitHostPort(frontend)
+// serverConfig is the server's configuration; its frontend listens on
+// frontend and is dialled at dial.
+func serverConfig(stores persistence, shards int32, frontend, dial string, ports []int, gossip bool) *config.Config {
+	frontendHost, fport, _ := net.SplitHostPort(frontend)
 	frontendPort, _ := strconv.Atoi(fport)
 	service := func(grpcPort, membershipPort int) config.Service {
 		return config.Service{RPC: config.RPC{GRPCPort: grpcPort, MembershipPort: membershipPort, BindOnIP: "127.0.0.1"}}
@@ -399,6 +413,14 @@ func serverConfig(stores persistence, shards int32, frontend string, ports []int
 			return ports[3+i]
 		}
 		return 0
+	}
+	// The frontend listens where FrontendAddr says, so that workers on
+	// other hosts (or in other network namespaces) reach it; the services
+	// only the server itself calls stay on loopback. A gossip ring
+	// broadcasts 127.0.0.1 for every member, so its frontend stays there.
+	frontendService := service(frontendPort, membership(0))
+	if !gossip {
+		frontendService.RPC.BindOnIP = frontendHost
 	}
 	dataStores := map[string]config.DataStore{"default": {SQL: stores.main}, "visibility": {SQL: stores.visibility}}
 	conf := &config.Config{
@@ -414,12 +436,12 @@ func serverConfig(stores persistence, shards int32, frontend string, ports []int
 			MasterClusterName:        clusterName,
 			CurrentClusterName:       clusterName,
 			ClusterInformation: map[string]cluster.ClusterInformation{
-				clusterName: {Enabled: true, InitialFailoverVersion: 1, RPCAddress: frontend},
+				clusterName: {Enabled: true, InitialFailoverVersion: 1, RPCAddress: dial},
 			},
 		},
 		DCRedirectionPolicy: config.DCRedirectionPolicy{Policy: "noop"},
 		Services: map[string]config.Service{
-			"frontend": service(frontendPort, membership(0)),
+			"frontend": frontendService,
 			"history":  service(ports[0], membership(1)),
 			"matching": service(ports[1], membership(2)),
 			"worker":   service(ports[2], membership(3)),
@@ -434,7 +456,7 @@ func serverConfig(stores persistence, shards int32, frontend string, ports []int
 				Visibility: config.VisibilityArchivalNamespaceDefaults{State: "disabled"},
 			},
 		},
-		PublicClient: config.PublicClient{HostPort: frontend},
+		PublicClient: config.PublicClient{HostPort: dial},
 	}
 	if gossip {
 		conf.Global.Membership = config.Membership{MaxJoinDuration: 30 * time.Second, BroadcastAddress: "127.0.0.1"}
@@ -453,7 +475,7 @@ func serverConfig(stores persistence, shards int32, frontend string, ports []int
 func staticHosts(conf *config.Config) map[primitives.ServiceName]static.Hosts {
 	hosts := make(map[primitives.ServiceName]static.Hosts, len(conf.Services))
 	for name, svc := range conf.Services {
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(svc.RPC.GRPCPort))
+		addr := dialAddr(net.JoinHostPort(svc.RPC.BindOnIP, strconv.Itoa(svc.RPC.GRPCPort)))
 		hosts[primitives.ServiceName(name)] = static.SingleLocalHost(addr)
 	}
 	return hosts
@@ -490,7 +512,33 @@ func reserveFrontend(addr string, postgres bool) (string, error) {
 	if postgres && bound.Port > freeport.SmallintMax {
 		return "", fmt.Errorf("devserver: frontend address %s: port %d is above %d, which Temporal's PostgreSQL schema cannot record as a cluster member", addr, bound.Port, freeport.SmallintMax)
 	}
+	if bound.IP.IsUnspecified() {
+		// Go reports a listener on 0.0.0.0 as [::]: keep the family asked for.
+		host, _, _ := net.SplitHostPort(addr)
+		if host == "" {
+			host = "0.0.0.0"
+		}
+		return net.JoinHostPort(host, strconv.Itoa(bound.Port)), nil
+	}
 	return bound.String(), nil
+}
+
+// dialAddr is where to dial a server listening on addr: addr itself, or
+// loopback on its port when addr is every address (0.0.0.0, ::).
+func dialAddr(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	ip := net.ParseIP(host)
+	switch {
+	case ip == nil || !ip.IsUnspecified():
+		return addr
+	case ip.To4() != nil:
+		return net.JoinHostPort("127.0.0.1", port)
+	default:
+		return net.JoinHostPort("::1", port)
+	}
 }
 
 func describeDB(path string) string {

@@ -139,6 +139,43 @@ func TestTakenFrontendPortFailsClearly(t *testing.T) {
 	}
 }
 
+// The frontend listens on the address FrontendAddr names, not on 127.0.0.1
+// whatever it says: a worker on another host, or in another network
+// namespace, dials that address. On every address (0.0.0.0) it is dialled
+// on loopback, which a worker's configuration accepts for plaintext.
+func TestFrontendListensOnTheConfiguredAddress(t *testing.T) {
+	for _, tc := range []struct {
+		listen, dialHost string
+		notOn            string // an address it must not answer on, if any
+	}{
+		{"127.0.0.2:0", "127.0.0.2", "127.0.0.1"}, // loopback, yet not 127.0.0.1
+		{"0.0.0.0:0", "127.0.0.1", ""},
+	} {
+		t.Run(tc.listen, func(t *testing.T) {
+			cfg := devservertest.Config()
+			cfg.FrontendAddr = tc.listen
+			s := startServer(t, cfg)
+			defer s.Stop()
+			host, port, err := net.SplitHostPort(s.FrontendAddr())
+			if err != nil || host != tc.dialHost {
+				t.Fatalf("FrontendAddr = %q, want %s:PORT", s.FrontendAddr(), tc.dialHost)
+			}
+			c := dial(t, s)
+			defer c.Close()
+			if _, err := c.CheckHealth(context.Background(), nil); err != nil {
+				t.Fatalf("health check on %s: %v", s.FrontendAddr(), err)
+			}
+			if tc.notOn == "" {
+				return
+			}
+			if conn, err := net.Dial("tcp", net.JoinHostPort(tc.notOn, port)); err == nil {
+				conn.Close()
+				t.Errorf("the frontend also answers on %s:%s: it ignores the configured address", tc.notOn, port)
+			}
+		})
+	}
+}
+
 func TestRetentionBelowServerMinimumIsRejected(t *testing.T) {
 	_, err := devserver.Start(context.Background(), devserver.Config{Retention: time.Hour})
 	if err == nil || !strings.Contains(err.Error(), "retention") {

@@ -21,6 +21,7 @@ var install = map[string]string{
 	"ssh-add":    "apt-get install openssh-client",
 	"jq":         "apt-get install jq",
 	"temporal":   "go install github.com/temporalio/cli/cmd/temporal@v1.5.1",
+	"ip":         "apt-get install iproute2",
 }
 
 // InCI reports whether the environment says this is a CI run (CI=true, as
@@ -97,8 +98,17 @@ func missingMessage(missing []string) string {
 // so): outside CI the test is skipped, under CI it fails.
 func NeedPostgres(t testing.TB, err error) {
 	t.Helper()
+	Unavailable(t, err)
+}
+
+// Unavailable handles something a test needs that this machine lacks, err
+// saying what and how to get it (PostgreSQL, network namespaces...):
+// outside CI the test is skipped with that message, under CI it fails.
+func Unavailable(t testing.TB, err error) {
+	t.Helper()
 	if InCI() {
 		t.Fatalf("%v; CI=%s, so this is a failure, not a skip", err, os.Getenv("CI"))
+		return
 	}
-	t.Skip(err)
+	t.Skip("SKIPPED, this machine cannot run it: " + err.Error())
 }

@@ -79,3 +79,23 @@ func TestCondition(t *testing.T) {
 		t.Error("unknown condition accepted")
 	}
 }
+
+func TestUnavailable(t *testing.T) {
+	missing := fmt.Errorf("network namespaces cannot be made here: needs root")
+	for _, tc := range []struct {
+		ci        string
+		wantFatal bool
+	}{{"", false}, {"false", false}, {"true", true}} {
+		t.Run("CI="+tc.ci, func(t *testing.T) {
+			t.Setenv("CI", tc.ci)
+			r := &recorder{TB: t}
+			Unavailable(r, missing)
+			if (r.fatal != "") != tc.wantFatal || (r.skip != "") == tc.wantFatal {
+				t.Fatalf("fatal %q, skip %q; want fatal: %v", r.fatal, r.skip, tc.wantFatal)
+			}
+			if msg := r.fatal + r.skip; !strings.Contains(msg, missing.Error()) {
+				t.Errorf("message %q does not say what is missing", msg)
+			}
+		})
+	}
+}
