@@ -2,10 +2,12 @@ package activities
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -183,9 +185,25 @@ func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name 
 		}
 	}
 
-	g, err := a.readGuest(ctx, vmid, "")
-	if err != nil {
-		return CreateResult{}, err
+	// Without a ledger record for the VMID no earlier attempt posted (the
+	// record is fsync'd before the POST), and whatever guest is there is not
+	// the agent's: one call asks the cluster whether the VMID is free
+	// (vmidFree), and the guest is read only when it is not. With a record
+	// the guest decides, as below.
+	var (
+		g   Guest
+		err error
+	)
+	free := false
+	if !recorded {
+		if free, err = a.vmidFree(ctx, vmid); err != nil {
+			return CreateResult{}, err
+		}
+	}
+	if !free {
+		if g, err = a.readGuest(ctx, vmid, ""); err != nil {
+			return CreateResult{}, err
+		}
 	}
 	if g.Exists && pending && g.Kind == kind && g.Lock == "create" {
 		// A create under way shows its marker only once its task is done;
@@ -233,10 +251,15 @@ func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name 
 	post := maps.Clone(params)
 	post["description"] = markerLine + marker
 	res, err := a.runTask(ctx, "create", "POST", fmt.Sprintf("/nodes/%s/%s", url.PathEscape(a.Node), kind), post)
+	if err != nil && vmidInUse(err) {
+		return CreateResult{}, a.takenByRefusal(ctx, what, vmid, marker, err)
+	}
 	if err != nil {
 		return CreateResult{}, a.createFailed(ctx, what, vmid, kind, marker, err)
 	}
-	if g, err = a.readGuest(ctx, vmid, kind); err != nil {
+	// The marker, the SMBIOS uuid and the volumes are in the configuration;
+	// the status adds nothing to what the ledger records.
+	if g, err = a.readConfig(ctx, vmid, kind); err != nil {
 		return CreateResult{}, err
 	}
 	if !g.Exists || markerOf(g.Description) != marker {
@@ -244,6 +267,47 @@ func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name 
 			fmt.Sprintf("%s: the create task succeeded but the guest does not carry its instance marker yet", what), ErrTypeUnavailable)
 	}
 	return out(res), a.confirm(what, g, marker)
+}
+
+// vmidFree asks the cluster whether no guest of any kind, on any node, has
+// vmid (/cluster/nextid?vmid=N: N when free, 400 "VM N already exists"
+// otherwise). The cluster's VM list names every guest, also those the
+// token cannot audit, so "free" is a fact; any other answer is "not known
+// free", and the caller reads the guest.
+func (a *Proxmox) vmidFree(ctx context.Context, vmid int) (bool, error) {
+	var id json.Number
+	err := a.Client.Get(ctx, "/cluster/nextid?vmid="+strconv.Itoa(vmid), &id)
+	if err == nil {
+		return id.String() == strconv.Itoa(vmid), nil
+	}
+	if code, _, ok := httpStatus(err); ok && code == 400 {
+		return false, nil
+	}
+	return false, err
+}
+
+// vmidInUse reports Proxmox's refusal to create a guest at a VMID that a
+// guest of either kind has ("VM 101 already exists on node 'pve1'"), which
+// it answers before any task starts.
+func vmidInUse(err error) bool {
+	code, msg, ok := httpStatus(err)
+	return ok && code == 500 && contains(msg, "already exists")
+}
+
+// takenByRefusal handles Proxmox's refusal to create over a guest: the
+// pending record just written is dropped (the POST did nothing) and the
+// guest there is named, as the read before a POST would have.
+func (a *Proxmox) takenByRefusal(ctx context.Context, what string, vmid int, marker string, refusal error) error {
+	a.abort(vmid, marker)
+	g, err := a.readGuest(ctx, vmid, "")
+	if err != nil {
+		return err
+	}
+	if !g.Exists {
+		// Gone since the refusal: the next attempt creates it.
+		return classify(what, refusal)
+	}
+	return a.taken(what, g)
 }
 
 func (a *Proxmox) taken(what string, g Guest) error {

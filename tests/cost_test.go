@@ -1,0 +1,139 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+
+	"github.com/felhom/felhom-agent/internal/pvesim"
+	"github.com/felhom/felhom-agent/worker"
+	"github.com/felhom/felhom-agent/workflows"
+	"github.com/felhom/felhom-agent/workflows/desired"
+)
+
+// maxCallsPerGuest is what converging a new guest (create with its
+// configuration, start, and the read that confirms it) may cost in Proxmox
+// calls, reads included, with tasks that end at once: the first read finds
+// no guest (a VM's status, a container's), the create asks whether the VMID
+// is free, posts, polls its task and reads the configuration it records in
+// the ledger, the start reads the status and the task list, posts and polls,
+// and the next pass reads status and configuration. Issue 12 asks for 6; the
+// rest needs steps that hand their result to the next (see README.md,
+// "Performance").
+const maxCallsPerGuest = 12
+
+// callShape names a recorded call by what it does: the method and the path
+// with the node, VMIDs and UPIDs taken out.
+func callShape(r pvesim.Request) string {
+	segs := strings.Split(strings.Trim(r.Path, "/"), "/")
+	for i, s := range segs {
+		if _, err := strconv.Atoi(s); err == nil || strings.HasPrefix(s, "UPID:") {
+			segs[i] = "*"
+		}
+		if i == 1 && segs[0] == "nodes" {
+			segs[i] = "{node}"
+		}
+	}
+	return r.Method + " /" + strings.Join(segs, "/")
+}
+
+// callGuest is the guest a recorded call is about: from its path or
+// parameters, else from the UPID it polls.
+func callGuest(r pvesim.Request) int {
+	if r.VMID != 0 {
+		return r.VMID
+	}
+	for _, s := range strings.Split(r.Path, "/") {
+		if f := strings.Split(s, ":"); len(f) >= 8 && f[0] == "UPID" {
+			n, _ := strconv.Atoi(f[6])
+			return n
+		}
+	}
+	return 0
+}
+
+// workflowTasks counts the WorkflowTaskCompleted events of every run of a
+// workflow.
+func workflowTasks(t *testing.T, a *agent, workflowID string) int {
+	t.Helper()
+	n := 0
+	it := a.client.GetWorkflowHistory(context.Background(), workflowID, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for it.HasNext() {
+		ev, err := it.Next()
+		must(t, err)
+		if ev.GetEventType() == enumspb.EVENT_TYPE_WORKFLOW_TASK_COMPLETED {
+			n++
+		}
+	}
+	return n
+}
+
+// Converging new guests costs each at most maxCallsPerGuest Proxmox calls,
+// and no per-guest step lists the node (/cluster/resources grows with the
+// node: read per guest, converging is quadratic). The test logs the calls
+// by shape and the workflow tasks per guest, the figures of issue 12.
+func TestConvergeCostsAFewProxmoxCallsPerGuest(t *testing.T) {
+	const guests = 6
+	host := uniqueHost("pve-cost")
+	sim, err := pvesim.Start(pvesim.Config{StrictPVE: true, Node: host, RecordReads: true})
+	must(t, err)
+	t.Cleanup(func() { sim.Close() })
+	a := startAgentWith(t, host, sim, func(c *worker.Config) { c.DriftCheckInterval = time.Hour }, newOperatorKey(t, "ed25519").Pub)
+	// The host workflow's first pass lists the node; wait for it so that
+	// what follows is the guests' own cost.
+	waitFor(t, "the host workflow's first pass", func() bool {
+		st, err := a.tryHostStatus()
+		return err == nil && !st.LastPass.IsZero()
+	})
+	sim.ResetRequests()
+
+	for i := range guests {
+		a.applySpec(t, desired.Spec{Host: host, VMID: 200 + i, Kind: desired.QEMU, Name: fmt.Sprintf("g%d", i),
+			State: desired.Running, Memory: "1GiB", Cores: 2, Disks: map[string]string{"scsi0": "local-lvm:4"}, Tags: []string{"bench"}})
+	}
+	for i := range guests {
+		a.waitPhase(t, 200+i, workflows.PhaseConverged)
+	}
+
+	calls := append(sim.Reads(), sim.Requests()...)
+	shapes := map[string]int{}
+	perGuest := map[int]int{}
+	listings := 0
+	for _, r := range calls {
+		shapes[callShape(r)]++
+		if r.Path == "/cluster/resources" {
+			listings++
+			continue
+		}
+		perGuest[callGuest(r)]++
+	}
+	for _, s := range slices.Sorted(maps.Keys(shapes)) {
+		t.Logf("%5.2f per guest  %s", float64(shapes[s])/guests, s)
+	}
+	tasks := 0
+	for i := range guests {
+		tasks += workflowTasks(t, a, workflows.GuestWorkflowID(host, 200+i))
+	}
+	t.Logf("%d calls for %d guests (%d listings); %.2f workflow tasks per guest", len(calls), guests, listings, float64(tasks)/guests)
+
+	// The host workflow may list the node once meanwhile; a guest's steps
+	// never do.
+	if listings > 1 {
+		t.Errorf("the node was listed %d times (/cluster/resources) while %d guests converged: a guest reads itself, not the node", listings, guests)
+	}
+	if n := perGuest[0]; n > 0 {
+		t.Errorf("%d calls name no guest", n)
+	}
+	for i := range guests {
+		if n := perGuest[200+i]; n > maxCallsPerGuest {
+			t.Errorf("guest %d took %d Proxmox calls to converge, want at most %d", 200+i, n, maxCallsPerGuest)
+		}
+	}
+}
