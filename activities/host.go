@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
+	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
@@ -111,23 +113,51 @@ func (h *Host) create(ctx context.Context, vmid int, params map[string]any) (wor
 	return h.CreateGuest(ctx, in)
 }
 
-// ListGuests lists every guest of the node, each confirmed with a read of
-// its own (the listing's figures lag and are shaped unlike the desired
-// state: see GuestSummary), and which guest workflows of this host hold
-// (see holdingGuests).
-func (h *Host) ListGuests(ctx context.Context) (workflows.ListGuestsResult, error) {
-	list, err := h.Proxmox.ListGuests(ctx, ListGuestsInput{Confirm: true})
+// ListGuests lists every guest of the node, each confirmed by a read of its
+// own when its listing row changed (the listing's figures lag and are
+// shaped unlike the desired state: see GuestSummary and listing.go), and
+// which guest workflows of this host hold (see holdingGuests). A guest
+// whose configuration changed where the listing does not show it has its
+// workflow woken here (wakeChanged).
+func (h *Host) ListGuests(ctx context.Context) (_ workflows.ListGuestsResult, err error) {
+	what := "list guests of node " + h.Proxmox.Node
+	defer recoverPanic(what, &err)
+	list, changed, err := h.Proxmox.listGuests(ctx, true)
 	if err != nil {
-		return workflows.ListGuestsResult{}, err
+		return workflows.ListGuestsResult{}, classify(what, err)
 	}
-	out := workflows.ListGuestsResult{Guests: make([]workflows.GuestSummary, 0, len(list.Guests))}
-	for _, g := range list.Guests {
+	out := workflows.ListGuestsResult{Guests: make([]workflows.GuestSummary, 0, len(list))}
+	for _, g := range list {
 		out.Guests = append(out.Guests, workflows.GuestSummary{
 			VMID: g.VMID, Kind: desired.Kind(g.Kind), Name: g.Name, Status: g.Status, MemoryMiB: g.MemoryMiB, Cores: g.Cores,
 		})
 	}
 	out.Holding = h.holdingGuests(ctx)
+	h.wakeChanged(ctx, changed, out.Holding)
 	return out, nil
+}
+
+// wakeChanged asks the running workflow of each guest in vmids, unless it
+// holds, to read its guest again: its configuration changed where the
+// listing does not show it (a pending change, a disk, an option), which
+// only the guest's own plan can judge. A guest without a running workflow
+// is not managed and is left alone; a wake that fails is logged, and the
+// guest's next change or desired state reads it.
+func (h *Host) wakeChanged(ctx context.Context, vmids, holding []int) {
+	if h.Temporal == nil {
+		return
+	}
+	for _, vmid := range vmids {
+		if slices.Contains(holding, vmid) {
+			continue
+		}
+		err := h.Temporal.SignalWorkflow(ctx, workflows.GuestWorkflowID(h.Proxmox.HostID, vmid), "", workflows.SignalReconcile,
+			"its configuration changed where the host listing does not show it")
+		var notFound *serviceerror.NotFound
+		if err != nil && !errors.As(err, &notFound) {
+			h.Proxmox.log().Warn("could not wake a guest whose configuration changed", "vmid", vmid, "err", err)
+		}
+	}
 }
 
 // holdingGuests returns the VMIDs of this host's running guest workflows

@@ -68,6 +68,9 @@ type Proxmox struct {
 	// task type ("qmstart", ...), how it ended ("ok", "failed", "cancelled",
 	// "worker_stopping", "error") and how long this attempt waited.
 	OnTaskWait func(taskType, outcome string, waited time.Duration)
+
+	// confirmed remembers the guests a confirmed listing read (listing.go).
+	confirmed confirmCache
 }
 
 // Progress is the heartbeat detail of a mutating activity: the Proxmox task

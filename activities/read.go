@@ -237,10 +237,10 @@ func normalise(vmid int, kind string, raw map[string]any) Guest {
 
 // ListGuestsInput says how to list the node's guests.
 type ListGuestsInput struct {
-	// Confirm reads every listed guest (confirmedGuests) so that each
-	// summary says what the guest is now, as ReadGuest would; without it
-	// the summaries are the listing's own figures, as stale and as shaped
-	// as pvestatd makes them.
+	// Confirm makes each summary say what the guest is now, as ReadGuest
+	// would, from a read of the guest when its row changed since the
+	// worker last read it (listing.go); without it the summaries are the
+	// listing's own figures, as stale and as shaped as pvestatd makes them.
 	Confirm bool `json:"confirm,omitempty"`
 }
 
@@ -273,14 +273,11 @@ type ListGuestsResult struct {
 }
 
 // ListGuests lists all guests of the node: with a single API call, or with
-// Confirm one read of each guest besides (see GuestSummary).
+// Confirm the reads that confirm it besides (see GuestSummary, listing.go).
 func (a *Proxmox) ListGuests(ctx context.Context, in ListGuestsInput) (res ListGuestsResult, err error) {
 	what := "list guests of node " + a.Node
 	defer recoverPanic(what, &err)
-	list, err := a.clusterGuests(ctx)
-	if err == nil && in.Confirm {
-		list, err = a.confirmedGuests(ctx, list)
-	}
+	list, _, err := a.listGuests(ctx, in.Confirm)
 	if err != nil {
 		return ListGuestsResult{}, classify(what, err)
 	}
@@ -288,6 +285,17 @@ func (a *Proxmox) ListGuests(ctx context.Context, in ListGuestsInput) (res ListG
 		list = []GuestSummary{}
 	}
 	return ListGuestsResult{Guests: list}, nil
+}
+
+// listGuests lists the node, each guest confirmed when confirm is set (see
+// confirmedGuests), and which guests' configuration a confirmed listing
+// found changed.
+func (a *Proxmox) listGuests(ctx context.Context, confirm bool) ([]GuestSummary, []int, error) {
+	list, err := a.clusterGuests(ctx)
+	if err != nil || !confirm {
+		return list, nil, err
+	}
+	return a.confirmedGuests(ctx, list)
 }
 
 type clusterResource struct {
