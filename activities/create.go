@@ -31,6 +31,8 @@ type CreateVMInput struct {
 	// Scratch records the guest as agent-created scratch in the host's ledger:
 	// destroying it later is benign.
 	Scratch bool `json:"scratch,omitempty"`
+	// ExpectAbsent: see workflows.CreateGuestInput.
+	ExpectAbsent bool `json:"expect_absent,omitempty"`
 }
 
 // CreateContainerInput creates an LXC container with a chosen VMID.
@@ -47,6 +49,8 @@ type CreateContainerInput struct {
 	Mounts  map[string]string `json:"mounts,omitempty"`
 	Options map[string]string `json:"options,omitempty"`
 	Scratch bool              `json:"scratch,omitempty"`
+	// ExpectAbsent: see workflows.CreateGuestInput.
+	ExpectAbsent bool `json:"expect_absent,omitempty"`
 }
 
 // CreateResult is the outcome of a create.
@@ -54,6 +58,9 @@ type CreateResult struct {
 	TaskResult
 	VMID int    `json:"vmid"`
 	Kind string `json:"kind"`
+	// Guest is the new guest as read to record it in the ledger (status
+	// left empty), when this attempt read it.
+	Guest *Guest `json:"guest,omitempty"`
 }
 
 // CreateVM creates a QEMU VM and records in the host's ledger that this
@@ -83,7 +90,7 @@ func (a *Proxmox) CreateVM(ctx context.Context, in CreateVMInput) (res CreateRes
 		}
 		params[k] = v
 	}
-	res, err = a.create(ctx, what, KindQEMU, in.VMID, in.Name, in.Scratch, params)
+	res, err = a.create(ctx, what, KindQEMU, in.VMID, in.Name, in.Scratch, in.ExpectAbsent, params)
 	return res, classify(what, err)
 }
 
@@ -115,7 +122,7 @@ func (a *Proxmox) CreateContainer(ctx context.Context, in CreateContainerInput) 
 		}
 		params[k] = v
 	}
-	res, err = a.create(ctx, what, KindLXC, in.VMID, in.Hostname, in.Scratch, params)
+	res, err = a.create(ctx, what, KindLXC, in.VMID, in.Hostname, in.Scratch, in.ExpectAbsent, params)
 	return res, classify(what, err)
 }
 
@@ -146,7 +153,7 @@ func (a *Proxmox) CreateContainer(ctx context.Context, in CreateContainerInput) 
 // this VMID, started after the pending record was written; whatever it
 // reports, the guest itself decides as above. A pending record never counts
 // as agent provenance for the gate.
-func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name string, scratch bool, params map[string]any) (CreateResult, error) {
+func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name string, scratch, expectAbsent bool, params map[string]any) (CreateResult, error) {
 	if vmid < 100 {
 		return CreateResult{}, badInput(what, "vmid %d is not a VMID (100 or more)", vmid)
 	}
@@ -194,8 +201,11 @@ func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name 
 		g   Guest
 		err error
 	)
-	free := false
-	if !recorded {
+	// The workflow's word that its read found no guest (expectAbsent) is
+	// taken on a first attempt only, for that one call: Proxmox's refusal
+	// still names a guest that is there.
+	free := !recorded && expectAbsent && activity.GetInfo(ctx).Attempt <= 1
+	if !recorded && !free {
 		if free, err = a.vmidFree(ctx, vmid); err != nil {
 			return CreateResult{}, err
 		}
@@ -266,7 +276,9 @@ func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name 
 		return CreateResult{}, temporal.NewApplicationError(
 			fmt.Sprintf("%s: the create task succeeded but the guest does not carry its instance marker yet", what), ErrTypeUnavailable)
 	}
-	return out(res), a.confirm(what, g, marker)
+	r := out(res)
+	r.Guest = &g
+	return r, a.confirm(what, g, marker)
 }
 
 // vmidFree asks the cluster whether no guest of any kind, on any node, has

@@ -32,11 +32,34 @@ type Host struct {
 }
 
 // ObserveGuest reads one guest and what this host's ledger says of it.
-func (h *Host) ObserveGuest(ctx context.Context, in workflows.ObserveInput) (workflows.Observation, error) {
+//
+// With Announce it first hands the desired-state notice to the host
+// workflow; with ExpectAbsent it asks the cluster whether the VMID is free
+// before reading (see workflows.ObserveInput).
+func (h *Host) ObserveGuest(ctx context.Context, in workflows.ObserveInput) (_ workflows.Observation, err error) {
+	if in.Announce != nil {
+		h.announce(ctx, *in.Announce)
+	}
+	if in.ExpectAbsent {
+		what := "read guest " + vmidString(in.VMID)
+		defer recoverPanic(what, &err)
+		free, err := h.Proxmox.vmidFree(ctx, in.VMID)
+		if err != nil {
+			return workflows.Observation{}, classify(what, err)
+		}
+		if free {
+			return workflows.Observation{}, nil
+		}
+	}
 	g, err := h.Proxmox.ReadGuest(ctx, ReadGuestInput{VMID: in.VMID})
 	if err != nil {
 		return workflows.Observation{}, err
 	}
+	return h.observation(g), nil
+}
+
+// observation is guest g, as a guest workflow plans with it.
+func (h *Host) observation(g Guest) workflows.Observation {
 	p := h.Proxmox.provenanceOf(g)
 	return workflows.Observation{
 		Guest: desired.Observed{
@@ -45,7 +68,22 @@ func (h *Host) ObserveGuest(ctx context.Context, in workflows.ObserveInput) (wor
 			Protection: g.Protection, Lock: g.Lock,
 		},
 		Provenance: workflows.Provenance{AgentCreated: p.AgentCreated, Scratch: p.Scratch},
-	}, nil
+	}
+}
+
+// announce hands a guest workflow's desired state to this host's host
+// workflow, as the guest workflow's own signal did before
+// versionGuestCost. The notice is the guest workflow's claim, and the host
+// workflow only compares it with listings; when it cannot be delivered (no
+// host workflow yet), that is logged, as before: the guest still
+// converges, only drift is noticed later.
+func (h *Host) announce(ctx context.Context, n workflows.DesiredNotice) {
+	if h.Temporal == nil {
+		return
+	}
+	if err := h.Temporal.SignalWorkflow(ctx, workflows.HostWorkflowID(h.Proxmox.HostID), "", workflows.SignalDesiredChanged, n); err != nil {
+		h.Proxmox.log().Info("host workflow not told of the desired state", "vmid", n.VMID, "err", err)
+	}
 }
 
 // ExecuteAction performs one planned action of a guest workflow. Guest

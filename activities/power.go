@@ -40,6 +40,39 @@ func (a *Proxmox) StartGuest(ctx context.Context, in GuestInput) (res TaskResult
 	return res, classify(what, err)
 }
 
+// startKnownStopped starts a guest that the step before (a create) left
+// stopped, of kind in.Kind, without reading it first: the request itself
+// finds out. Proxmox answers a start of a running guest with "already
+// running" (done), one of a guest that is not there with "does not exist"
+// (ProxmoxNotFound, as a read would), and a locked guest fails the task
+// (retryable: the retry reads the guest and takes the usual path). The
+// task list is not read either: no earlier attempt of this step exists.
+func (a *Proxmox) startKnownStopped(ctx context.Context, in GuestInput) (res TaskResult, err error) {
+	what := "start guest " + vmidString(in.VMID)
+	defer recoverPanic(what, &err)
+	kind, err := a.guestKind(ctx, what, in.VMID, in.Kind)
+	if err != nil {
+		return TaskResult{}, classify(what, err)
+	}
+	res, err = a.runTask(ctx, "start", "POST", a.guestPath(kind, in.VMID)+"/status/start", nil)
+	switch {
+	case isAlreadyRunning(err):
+		return TaskResult{UPID: res.UPID, AlreadyDone: true}, a.handOver(ctx, in.VMID, kind)
+	case err != nil:
+		if code, msg, ok := httpStatus(err); ok && code == 500 && isMissingGuest(msg) {
+			return TaskResult{}, notFound(what, in.VMID)
+		}
+		return res, classify(what, err)
+	}
+	if !ownTaskLeftState(res.UPID, kind, "start") {
+		err = a.reached(ctx, what, "start", kind, in.VMID, res.UPID, nil)
+	}
+	if err == nil {
+		err = a.handOver(ctx, in.VMID, kind)
+	}
+	return res, classify(what, err)
+}
+
 // StopGuest stops a guest hard (like pulling the plug). A stopped guest is
 // success.
 func (a *Proxmox) StopGuest(ctx context.Context, in GuestInput) (res TaskResult, err error) {

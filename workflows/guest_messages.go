@@ -65,8 +65,10 @@ type GuestInput struct {
 	// Carried over by continue-as-new.
 	Generation int            `json:"generation,omitempty"`
 	Recent     []ActionRecord `json:"recent,omitempty"`
-	// ResyncEvery is how often a converged guest is read again on its own;
-	// the host workflow wakes drifted guests sooner. Zero means one hour.
+	// ResyncEvery is how often a converged guest is read again on its own.
+	// Zero (and one hour, the default before versionGuestCost) means never:
+	// the host workflow wakes a guest that drifted (see versionGuestCost);
+	// runs recorded before versionGuestCost read it every hour.
 	ResyncEvery time.Duration `json:"resync_every,omitempty"`
 	// MaxHistoryEvents bounds a run's history before it continues as new
 	// (sooner when the server suggests it). Zero means 2000.

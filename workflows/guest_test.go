@@ -46,6 +46,9 @@ func (h *fakeHost) ObserveGuest(ctx context.Context, in ObserveInput) (Observati
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.reads++
+	if in.Announce != nil {
+		h.announced++ // the host's worker delivers it (versionGuestCost)
+	}
 	return Observation{Guest: h.guest, Provenance: h.prov}, nil
 }
 
