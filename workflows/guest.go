@@ -144,9 +144,11 @@ type guest struct {
 	// (zero: none).
 	cheap  bool
 	resync time.Duration
-	// announce is a desired-state notice for the host workflow that the
-	// next read carries (versionGuestCost).
+	// announcement is a desired-state notice for the host workflow that the
+	// next read carries, and expectAbsent tells that read the guest was not
+	// there (versionGuestCost).
 	announcement *DesiredNotice
+	expectAbsent bool
 }
 
 // guestSignals are the channels of the signals a guest workflow takes.
@@ -164,7 +166,9 @@ func startGuest(ctx workflow.Context, in GuestInput, cheap bool) (*guest, error)
 	in = in.withDefaults()
 	g := &guest{in: in, generation: in.Generation, recent: in.Recent, phase: PhaseWaiting}
 	if cheap {
-		g.cheap, g.resync = true, resync
+		// A new workflow's guest is usually yet to be created; a continued
+		// run's was there.
+		g.cheap, g.resync, g.expectAbsent = true, resync, in.Carry == nil
 	}
 	if in.Desired != nil {
 		spec, err := checkSpec(in, *in.Desired)
@@ -179,6 +183,7 @@ func startGuest(ctx workflow.Context, in GuestInput, cheap bool) (*guest, error)
 	if c := in.Carry; c != nil {
 		g.phase, g.lastErr, g.pending = c.Phase, c.LastError, c.Pending
 		g.readAgain, g.nextPass, g.unconverged = c.ReadAgain, c.NextPass, c.Unconverged
+		g.observed, g.provenance = c.Observed, c.Provenance
 	}
 	g.signals = guestSignals{
 		desired:   workflow.GetSignalChannel(ctx, SignalSetDesired),
@@ -304,6 +309,7 @@ func (g *guest) reconcile(ctx workflow.Context) error {
 		known = learn(known, action, res)
 	}
 	g.unconverged++
+	g.expectAbsent = known != nil && !known.Guest.Exists
 	if known != nil && g.generation == gen {
 		// Every step said how it left the guest: plan against that. Nothing
 		// left to do is convergence, as a read would have found (steps read
@@ -467,13 +473,16 @@ func (g *guest) runKnowing(ctx workflow.Context, action desired.Action, approval
 func (g *guest) observe(ctx workflow.Context) (Observation, error) {
 	in := ObserveInput{VMID: g.in.VMID}
 	if g.cheap {
-		in.ExpectAbsent = g.observed == nil || !g.observed.Exists
+		in.ExpectAbsent = g.expectAbsent
 		in.Announce = g.announcement
 	}
 	var obs Observation
 	err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, readStep), ActivityObserveGuest, in).Get(ctx, &obs)
 	if err == nil && g.announcement == in.Announce {
 		g.announcement = nil
+	}
+	if err == nil {
+		g.expectAbsent = !obs.Guest.Exists
 	}
 	return obs, err
 }
@@ -547,6 +556,9 @@ func (g *guest) continueAsNew(ctx workflow.Context) error {
 	next.Carry = &GuestCarry{
 		Phase: g.phase, LastError: g.lastErr, Pending: g.pending,
 		ReadAgain: g.readAgain, NextPass: g.nextPass, Unconverged: g.unconverged,
+	}
+	if g.cheap {
+		next.Carry.Observed, next.Carry.Provenance = g.observed, g.provenance
 	}
 	return workflow.NewContinueAsNewError(ctx, GuestReconcileWorkflow, next)
 }

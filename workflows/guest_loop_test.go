@@ -632,3 +632,39 @@ func TestGuestIsReadAgainOnlyWhenWokenOrAsked(t *testing.T) {
 		})
 	}
 }
+
+// A pass whose steps all say how they left the guest plans against that:
+// a new guest is read once, created and started, and known converged
+// without a second read. Each step gets what the one before learnt. Steps
+// that do not say leave it to a second pass, which reads.
+func TestGuestStepsTellTheNextWhatTheyLeft(t *testing.T) {
+	for _, reports := range []bool{true, false} {
+		t.Run(map[bool]string{true: "reported", false: "unreported"}[reports], func(t *testing.T) {
+			h := &fakeHost{reports: reports}
+			env := newEnv(t, h)
+			env.RegisterDelayedCallback(func() {
+				st := queryStatus(t, env)
+				if st.Phase != PhaseConverged || st.Observed == nil || st.Observed.Status != "running" {
+					t.Errorf("status %+v, want converged and running", st)
+				}
+				wantReads := map[bool]int{true: 1, false: 2}[reports]
+				if h.reads != wantReads {
+					t.Errorf("%d reads, want %d", h.reads, wantReads)
+				}
+				wantHints := "observe:expect-absent,create:expect-absent"
+				if reports {
+					wantHints += ",start:qemu/stopped"
+				}
+				if got := strings.Join(h.hints, ","); got != wantHints {
+					t.Errorf("hints %s, want %s", got, wantHints)
+				}
+				env.CancelWorkflow()
+			}, time.Minute)
+			env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Running)})
+			wantCancelled(t, env)
+			if got := strings.Join(h.ops(), ","); got != "guest.create,guest.start" {
+				t.Errorf("executed %s, want create and start", got)
+			}
+		})
+	}
+}

@@ -113,6 +113,11 @@ type GuestCarry struct {
 	// Unconverged counts passes in a row that ran their whole plan and
 	// found more to do.
 	Unconverged int `json:"unconverged,omitempty"`
+	// Observed and Provenance are the guest as last read (or as the steps
+	// left it), shown by the next run until it reads the guest: since
+	// versionGuestCost a converged guest is read only when it drifts.
+	Observed   *desired.Observed `json:"observed,omitempty"`
+	Provenance *Provenance       `json:"provenance,omitempty"`
 }
 
 // ActionRecord is one performed or refused action, newest last.
