@@ -24,8 +24,10 @@ import (
 // CPUs, tags, lock, template, kind), and one more guest per pass, in turn,
 // has its configuration read again (rotate), for what the listing cannot
 // show: a pending change (memory, cores), disks, options, description. A
-// configuration found changed by that read (its digest differs) wakes the
-// guest's workflow, if one runs, which then reads and plans the guest. So an
+// configuration found changed by any read (its digest differs from the
+// last read's) wakes the guest's workflow, if one runs, which then reads
+// and plans the guest: the host workflow compares only status, name,
+// memory and cores with the desired state. So an
 // idle node costs two calls per pass however many guests it has, a change
 // the listing shows is seen at the next pass after pvestatd's next cycle,
 // and one it cannot show within as many passes as the node has guests (an
@@ -51,8 +53,10 @@ type confirmedGuest struct {
 // confirmedGuests returns list with each guest as it is now: read when its
 // row changed since its last read (or it was never read), remembered
 // otherwise, and one remembered guest's configuration read again (rotate).
-// changed names the remembered guests whose configuration that read found
-// changed. A guest gone since the listing is left out.
+// changed names the remembered guests whose configuration a read found
+// changed since the one before (tags, disks, options: what the host
+// workflow's comparison does not look at). A guest gone since the listing
+// is left out.
 func (a *Proxmox) confirmedGuests(ctx context.Context, list []GuestSummary) (out []GuestSummary, changed []int, err error) {
 	c := &a.confirmed
 	c.mu.Lock()
@@ -78,6 +82,9 @@ func (a *Proxmox) confirmedGuests(ctx context.Context, list []GuestSummary) (out
 			continue
 		}
 		sum := summaryOf(g, s)
+		if m, known := c.guests[s.VMID]; known && m.digest != g.Digest {
+			changed = append(changed, s.VMID)
+		}
 		c.guests[s.VMID] = confirmedGuest{row: s, confirmed: sum, digest: g.Digest}
 		out = append(out, sum)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -153,4 +154,67 @@ func TestConvergeCostsAFewProxmoxCallsPerGuest(t *testing.T) {
 			t.Errorf("guest %d took %d Proxmox calls to converge, want at most %d", 200+i, n, maxCallsPerGuest)
 		}
 	}
+}
+
+// An idle host costs two Proxmox calls per host pass, whatever its number
+// of guests: the listing and one guest's configuration in turn; no guest
+// reads itself on a timer. A change the host workflow's comparison does not
+// look at (tags set behind the agent's back) still wakes the guest, which
+// sets them back.
+func TestIdleHostCostsTwoCallsPerPass(t *testing.T) {
+	const guests = 8
+	host := uniqueHost("pve-idle")
+	sim, err := pvesim.Start(pvesim.Config{StrictPVE: true, Node: host, RecordReads: true})
+	must(t, err)
+	t.Cleanup(func() { sim.Close() })
+	a := startAgentWith(t, host, sim, func(c *worker.Config) { c.DriftCheckInterval = time.Second }, newOperatorKey(t, "ed25519").Pub)
+	for i := range guests {
+		a.applySpec(t, desired.Spec{Host: host, VMID: 300 + i, Kind: desired.QEMU, Name: fmt.Sprintf("idle%d", i),
+			State: desired.Running, Memory: "512", Cores: 1, Tags: []string{"bench"}})
+	}
+	for i := range guests {
+		a.waitPhase(t, 300+i, workflows.PhaseConverged)
+	}
+	// pvestatd's next cycle lists the new guests as they are; the host
+	// workflow reads each once more, then knows them.
+	sim.RefreshStats()
+	waitHostPasses(t, a, 3)
+
+	sim.ResetRequests()
+	const passes = 5
+	waitHostPasses(t, a, passes)
+	calls := append(sim.Reads(), sim.Requests()...)
+	shapes := map[string]int{}
+	for _, r := range calls {
+		shapes[callShape(r)]++
+	}
+	t.Logf("%d calls over %d host passes with %d guests: %v", len(calls), passes, guests, shapes)
+	// The window starts and ends inside a pass: at most one more pass.
+	if len(calls) > 2*(passes+1) {
+		t.Errorf("%d Proxmox calls over %d idle host passes, want at most 2 per pass", len(calls), passes)
+	}
+	for s, n := range shapes {
+		if s != "GET /cluster/resources" && s != "GET /nodes/{node}/qemu/*/config" {
+			t.Errorf("%d idle calls %s: want only the listing and the configuration read in turn", n, s)
+		}
+	}
+
+	// Tags changed behind the agent's back: the listing shows them, the
+	// read finds the configuration changed, the guest is woken and sets its
+	// own tags back.
+	req, err := http.NewRequest("PUT", sim.URL()+"/nodes/"+host+"/qemu/303/config", strings.NewReader("tags=hand-made"))
+	must(t, err)
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Authorization", "PVEAPIToken="+sim.TokenID()+"="+sim.TokenSecret())
+	resp, err := sim.HTTPClient().Do(req)
+	must(t, err)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("set tags behind the agent's back: %s", resp.Status)
+	}
+	sim.RefreshStats()
+	waitFor(t, "guest 303's tags set back", func() bool {
+		g, _ := sim.Guest(303)
+		return g.Tags == "bench"
+	})
 }
