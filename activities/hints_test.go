@@ -26,14 +26,18 @@ func TestStepHints(t *testing.T) {
 		check   func(t *testing.T, h *harness, res workflows.ExecuteResult)
 	}{
 		{
-			name:  "observe a free VMID",
-			call:  func(host *Host) (any, any) { return host.ObserveGuest, workflows.ObserveInput{VMID: 101, ExpectAbsent: true} },
+			name: "observe a free VMID",
+			call: func(host *Host) (any, any) {
+				return host.ObserveGuest, workflows.ObserveInput{VMID: 101, ExpectAbsent: true}
+			},
 			calls: 1, // /cluster/nextid
 		},
 		{
 			name:  "observe a taken VMID expected free",
 			setup: func(h *harness) { h.addVM(pvesim.Guest{VMID: 101, Name: "web", Status: "running", MemoryMiB: 512}) },
-			call:  func(host *Host) (any, any) { return host.ObserveGuest, workflows.ObserveInput{VMID: 101, ExpectAbsent: true} },
+			call: func(host *Host) (any, any) {
+				return host.ObserveGuest, workflows.ObserveInput{VMID: 101, ExpectAbsent: true}
+			},
 			calls: 3, // nextid, status, config
 		},
 		{
@@ -88,8 +92,10 @@ func TestStepHints(t *testing.T) {
 			},
 		},
 		{
-			name:    "start said stopped but absent",
-			call:    func(host *Host) (any, any) { return host.StartGuest, workflows.StartGuestInput{GuestRef: ref, Known: known} },
+			name: "start said stopped but absent",
+			call: func(host *Host) (any, any) {
+				return host.StartGuest, workflows.StartGuestInput{GuestRef: ref, Known: known}
+			},
 			calls:   1,
 			errType: ErrTypeNotFound,
 		},
