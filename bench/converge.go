@@ -121,7 +121,7 @@ func (e *env) converge(ctx context.Context, r *report) (*convergeResult, error) 
 	r.add("converge", "worker requests per guest", res.requests/n, "", "every RPC of the workers to the server")
 	r.add("converge", "proxmox calls per guest", float64(res.calls)/n, "", "every API request, reads and task polls included")
 	r.add("converge", "proxmox mutations per guest", float64(res.mutations)/n, "", "POST/PUT/DELETE answered 2xx")
-	r.add("reference", "direct loop time", res.loopElapsed.Seconds(), "s", "the same mutations with go-proxmox, same concurrency, no Temporal")
+	r.add("reference", "direct loop time", res.loopElapsed.Seconds(), "s", "the same mutations with go-proxmox, no Temporal, --concurrency guests at a time per host")
 	r.add("reference", "direct loop proxmox calls per guest", float64(res.loopCalls)/n, "", "")
 	r.add("reference", "critical path", res.critical.Seconds(), "s", "longest sum of one guest's simulated task durations")
 	r.add("reference", "bare-Temporal floor time", res.floorElapsed.Seconds(), "s", "as many Update-With-Start of a minimal workflow with one no-op activity")
@@ -200,14 +200,16 @@ func (e *env) historyStats(ctx context.Context, specs []desired.Spec) (historySt
 // directLoop sends each guest's mutations of the agent's run to fresh
 // simulators of the same names, straight with go-proxmox, waiting on each
 // task the way the agent does (at once, then every
-// activities.DefaultPollInterval), guests res.concurrency at a time.
+// activities.DefaultPollInterval). Each host runs its own loop, as each
+// host runs its own worker: --concurrency guests at a time per host, the
+// hosts at once.
 func (e *env) directLoop(ctx context.Context, hosts []*host, plan map[string]map[int][]pvesim.Request, res *convergeResult) error {
-	type job struct {
+	type loop struct {
 		client *proxmox.Client
 		node   string
-		reqs   []pvesim.Request
+		guests [][]pvesim.Request // each guest's requests, by VMID
 	}
-	var jobs []job
+	var loops []loop
 	var sims []*host
 	defer closeHosts(sims)
 	for _, h := range hosts {
@@ -216,35 +218,40 @@ func (e *env) directLoop(ctx context.Context, hosts []*host, plan map[string]map
 			return err
 		}
 		sims = append(sims, &host{id: h.id, sim: sim, tasks: tc})
-		c := proxmox.NewClient(sim.URL(), proxmox.WithHTTPClient(sim.HTTPClient()), proxmox.WithAPIToken(sim.TokenID(), sim.TokenSecret()))
+		l := loop{
+			client: proxmox.NewClient(sim.URL(), proxmox.WithHTTPClient(sim.HTTPClient()), proxmox.WithAPIToken(sim.TokenID(), sim.TokenSecret())),
+			node:   h.id,
+		}
 		vmids := make([]int, 0, len(plan[h.id]))
 		for vmid := range plan[h.id] {
 			vmids = append(vmids, vmid)
 		}
 		slices.Sort(vmids)
 		for _, vmid := range vmids {
-			jobs = append(jobs, job{client: c, node: h.id, reqs: plan[h.id][vmid]})
+			l.guests = append(l.guests, plan[h.id][vmid])
 		}
+		loops = append(loops, l)
 	}
-	// Interleave the hosts as the agent's submission did.
-	slices.SortStableFunc(jobs, func(a, b job) int { return a.reqs[0].VMID - b.reqs[0].VMID })
 	calls0 := simCalls(sims)
 	var mutations atomic.Int64
 	start := time.Now()
-	err := forEach(ctx, len(jobs), e.opts.concurrency, func(ctx context.Context, i int) error {
-		for _, r := range jobs[i].reqs {
-			upid, err := send(ctx, jobs[i].client, r)
-			if err != nil {
-				return fmt.Errorf("%s %s: %w", r.Method, r.Path, err)
-			}
-			mutations.Add(1)
-			if upid != "" {
-				if err := waitTask(ctx, jobs[i].client, jobs[i].node, upid); err != nil {
-					return err
+	err := forEach(ctx, len(loops), len(loops), func(ctx context.Context, li int) error {
+		l := loops[li]
+		return forEach(ctx, len(l.guests), e.opts.concurrency, func(ctx context.Context, i int) error {
+			for _, r := range l.guests[i] {
+				upid, err := send(ctx, l.client, r)
+				if err != nil {
+					return fmt.Errorf("%s %s: %w", r.Method, r.Path, err)
+				}
+				mutations.Add(1)
+				if upid != "" {
+					if err := waitTask(ctx, l.client, l.node, upid); err != nil {
+						return err
+					}
 				}
 			}
-		}
-		return nil
+			return nil
+		})
 	})
 	res.loopElapsed = time.Since(start)
 	res.loopCalls = simCalls(sims) - calls0

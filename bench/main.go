@@ -17,7 +17,8 @@
 //   - converge: a cold fleet of --hosts × --guests QEMU guests is created,
 //     configured and started; then, from the same run, three reference
 //     figures: the direct loop (the agent's own mutations sent again to
-//     fresh simulators with go-proxmox, same concurrency, no Temporal), the
+//     fresh simulators with go-proxmox, no Temporal, each host's loop
+//     --concurrency guests at a time, as each host has its own worker), the
 //     critical path (the longest sum of one guest's task durations), and the
 //     bare-Temporal floor (as many minimal workflows started by
 //     Update-With-Start, each running one no-op activity).
@@ -67,8 +68,9 @@ Flags:
   --guests N           guests per host (default 10)
   --task RANGE         simulated Proxmox task duration: "0", "2s", or a range
                        "1s-3s" drawn per task, seeded (default 0)
-  --concurrency N      desired states (and direct-loop guests, and floor
-                       workflows) in flight at once (default 32)
+  --concurrency N      desired states (and floor workflows) in flight at
+                       once, and guests in flight in each host's direct
+                       loop (default 32)
   --phases LIST        comma list of converge, steady, approval, crash,
                        memory, replay (default converge,steady,approval,replay)
   --db KIND            Temporal's store: file (SQLite file, WAL,
