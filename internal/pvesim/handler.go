@@ -53,6 +53,7 @@ func (c *call) guestID() int {
 // ServeHTTP serves the Proxmox VE API.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	s.calls.Add(1)
 	rel, ok := strings.CutPrefix(r.URL.Path, apiRoot)
 	if !ok || (rel != "" && !strings.HasPrefix(rel, "/")) {
 		writeError(w, &apiError{Status: http.StatusNotImplemented,

@@ -74,6 +74,11 @@ func (s *Server) RequestsMatching(method, pattern string) []Request {
 	return out
 }
 
+// Calls is how many API requests the simulator received since start, of
+// every method (reads, task polls and unauthenticated ones included);
+// unlike Requests it is not reset.
+func (s *Server) Calls() int64 { return s.calls.Load() }
+
 // ResetRequests forgets the recorded requests and reads.
 func (s *Server) ResetRequests() {
 	s.mu.Lock()
