@@ -157,20 +157,24 @@ func (h *Host) create(ctx context.Context, vmid int, params map[string]any) (wor
 // which guest workflows of this host hold (see holdingGuests). A guest
 // whose configuration changed where the listing does not show it has its
 // workflow woken here (wakeChanged).
+//
+// A guest whose workflow is converging is not read: its pass reads it, and
+// the host workflow does not wake it (it is among Holding). So converging
+// a fleet costs the host's listing nothing per guest.
 func (h *Host) ListGuests(ctx context.Context) (_ workflows.ListGuestsResult, err error) {
 	what := "list guests of node " + h.Proxmox.Node
 	defer recoverPanic(what, &err)
-	list, changed, err := h.Proxmox.listGuests(ctx, true)
+	holding := h.holdingGuests(ctx)
+	list, changed, err := h.Proxmox.listGuestsSkipping(ctx, holding)
 	if err != nil {
 		return workflows.ListGuestsResult{}, classify(what, err)
 	}
-	out := workflows.ListGuestsResult{Guests: make([]workflows.GuestSummary, 0, len(list))}
+	out := workflows.ListGuestsResult{Guests: make([]workflows.GuestSummary, 0, len(list)), Holding: holding}
 	for _, g := range list {
 		out.Guests = append(out.Guests, workflows.GuestSummary{
 			VMID: g.VMID, Kind: desired.Kind(g.Kind), Name: g.Name, Status: g.Status, MemoryMiB: g.MemoryMiB, Cores: g.Cores,
 		})
 	}
-	out.Holding = h.holdingGuests(ctx)
 	h.wakeChanged(ctx, changed, out.Holding)
 	return out, nil
 }
@@ -199,16 +203,18 @@ func (h *Host) wakeChanged(ctx context.Context, vmids, holding []int) {
 }
 
 // holdingGuests returns the VMIDs of this host's running guest workflows
-// that wait for a signature or are in conflict, from the phase they publish
-// (FelhomPhase). Waking them changes nothing until an operator acts. The
-// answer is Temporal's, a claim, used only to wake fewer guests; when it
-// cannot be read, every drifted guest is woken, as before.
+// that wait for a signature, are in conflict or are converging, from the
+// phase they publish (FelhomPhase). Waking the first two changes nothing
+// until an operator acts; a converging one reads its guest in its pass.
+// The answer is Temporal's, a claim, used only to wake and read fewer
+// guests; when it cannot be read, every guest is read and every drifted one
+// woken, as before.
 func (h *Host) holdingGuests(ctx context.Context) []int {
 	if h.Temporal == nil {
 		return nil
 	}
-	query := fmt.Sprintf("WorkflowType = 'GuestReconcileWorkflow' AND ExecutionStatus = 'Running' AND %s = '%s' AND %s IN ('%s', '%s')",
-		visibility.Host, h.Proxmox.HostID, visibility.Phase, workflows.PhasePending, workflows.PhaseConflict)
+	query := fmt.Sprintf("WorkflowType = 'GuestReconcileWorkflow' AND ExecutionStatus = 'Running' AND %s = '%s' AND %s IN ('%s', '%s', '%s')",
+		visibility.Host, h.Proxmox.HostID, visibility.Phase, workflows.PhasePending, workflows.PhaseConflict, workflows.PhaseConverging)
 	var (
 		vmids []int
 		token []byte

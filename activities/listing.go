@@ -57,7 +57,12 @@ type confirmedGuest struct {
 // changed since the one before (tags, disks, options: what the host
 // workflow's comparison does not look at). A guest gone since the listing
 // is left out.
-func (a *Proxmox) confirmedGuests(ctx context.Context, list []GuestSummary) (out []GuestSummary, changed []int, err error) {
+//
+// A guest in skip is not read: its last confirmed summary stands if its row
+// did not change, else its row as listed (unconfirmed), and it is not
+// remembered anew. The host passes the guests whose workflow holds or is
+// converging, which it does not wake.
+func (a *Proxmox) confirmedGuests(ctx context.Context, list []GuestSummary, skip []int) (out []GuestSummary, changed []int, err error) {
 	c := &a.confirmed
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -70,6 +75,10 @@ func (a *Proxmox) confirmedGuests(ctx context.Context, list []GuestSummary) (out
 		if m, ok := c.guests[s.VMID]; ok && sameRow(m.row, s) {
 			kept = append(kept, len(out))
 			out = append(out, m.confirmed)
+			continue
+		}
+		if slices.Contains(skip, s.VMID) {
+			out = append(out, s)
 			continue
 		}
 		g, err := a.readGuest(ctx, s.VMID, s.Kind)

@@ -295,7 +295,17 @@ func (a *Proxmox) listGuests(ctx context.Context, confirm bool) ([]GuestSummary,
 	if err != nil || !confirm {
 		return list, nil, err
 	}
-	return a.confirmedGuests(ctx, list)
+	return a.confirmedGuests(ctx, list, nil)
+}
+
+// listGuestsSkipping is a confirmed listing that reads none of the guests
+// in skip (see confirmedGuests).
+func (a *Proxmox) listGuestsSkipping(ctx context.Context, skip []int) ([]GuestSummary, []int, error) {
+	list, err := a.clusterGuests(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return a.confirmedGuests(ctx, list, skip)
 }
 
 type clusterResource struct {

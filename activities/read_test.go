@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"go.temporal.io/sdk/activity"
+
 	"github.com/felhom/felhom-agent/internal/pvesim"
 	"github.com/felhom/felhom-agent/workflows"
 )
@@ -258,5 +260,43 @@ func TestIdleListingCostsTwoCallsPerPass(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The host's listing reads no guest whose workflow is converging (it reads
+// the guest itself, and is not woken): a fleet converging costs the
+// listing nothing per guest. Such a guest is listed as the row shows it,
+// and read at the first pass after it converged.
+func TestListingSkipsConvergingGuests(t *testing.T) {
+	h := newHarness(t, pvesim.Config{RecordReads: true})
+	for i := range 5 {
+		h.addVM(pvesim.Guest{VMID: 100 + i, Name: "g" + strconv.Itoa(i), Status: "stopped", MemoryMiB: 512, Cores: 1})
+	}
+	h.srv.RefreshStats()
+	e := h.env()
+	skip := []int{100, 101, 102, 103, 104}
+	e.RegisterActivityWithOptions(func(ctx context.Context) ([]GuestSummary, error) {
+		list, _, err := h.act.listGuestsSkipping(ctx, skip)
+		return list, err
+	}, activity.RegisterOptions{Name: "listSkipping"})
+	h.srv.ResetRequests()
+	val, err := e.ExecuteActivity("listSkipping")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list []GuestSummary
+	if err := val.Get(&list); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(h.srv.Reads()); n != 1 || len(list) != 5 || list[0].Confirmed {
+		t.Fatalf("%d calls, %d guests (first %+v); want the listing alone, 5 guests as listed", n, len(list), list[0])
+	}
+	skip = nil
+	h.srv.ResetRequests()
+	if _, err := e.ExecuteActivity("listSkipping"); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(h.srv.Reads()); n != 1+2*5 {
+		t.Fatalf("%d calls once the guests converged, want the listing and each guest's read", n)
 	}
 }

@@ -216,9 +216,11 @@ type GuestSummary struct {
 // and the guests whose workflow holds.
 type ListGuestsResult struct {
 	Guests []GuestSummary `json:"guests"`
-	// Holding are the guests whose workflow waits for a signature or is in
-	// conflict, as Temporal's visibility shows them (a claim: it only keeps
-	// the host workflow from waking them). Empty when it could not be read.
+	// Holding are the guests whose workflow waits for a signature, is in
+	// conflict or is converging (its pass reads the guest itself), as
+	// Temporal's visibility shows them (a claim: it only keeps the host
+	// workflow from waking them, and the host from reading them). Empty
+	// when it could not be read.
 	Holding []int `json:"holding,omitempty"`
 }
 
