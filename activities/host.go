@@ -55,6 +55,7 @@ func (h *Host) ObserveGuest(ctx context.Context, in workflows.ObserveInput) (_ w
 	if err != nil {
 		return workflows.Observation{}, err
 	}
+	h.Proxmox.remember(g)
 	return h.observation(g), nil
 }
 

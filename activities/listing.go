@@ -3,7 +3,9 @@ package activities
 import (
 	"context"
 	"slices"
+	"strconv"
 	"sync"
+	"time"
 )
 
 // Drift detection at the cost of one listing.
@@ -36,7 +38,10 @@ import (
 // guest once.
 
 // confirmCache remembers, per guest, the listing row it was last read
-// against and what that read found.
+// against and what that read found. The guest workflows' own steps feed it
+// too (remember, rememberStatus, forget): what a create read, what a start
+// left, so that the listing does not read a guest the agent just
+// converged. Its lock is held for map accesses only, never over a request.
 type confirmCache struct {
 	mu     sync.Mutex
 	guests map[int]confirmedGuest
@@ -45,9 +50,58 @@ type confirmCache struct {
 }
 
 type confirmedGuest struct {
-	row       GuestSummary // as listed when last read
+	// row is the listing row the guest was read against; zero when a step
+	// remembered it, and then a row that agrees with confirmed is taken
+	// as its row (rowAgrees).
+	row       GuestSummary
 	confirmed GuestSummary // as read
 	digest    string       // of the configuration read
+	at        time.Time    // when it was remembered
+}
+
+func (c *confirmCache) get(vmid int) (confirmedGuest, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, ok := c.guests[vmid]
+	return m, ok
+}
+
+func (c *confirmCache) put(vmid int, m confirmedGuest) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.guests == nil {
+		c.guests = map[int]confirmedGuest{}
+	}
+	m.at = time.Now()
+	c.guests[vmid] = m
+}
+
+// forget drops what is remembered of vmid: the next listing reads it.
+func (c *confirmCache) forget(vmid int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.guests, vmid)
+}
+
+// remember records guest g as a step read it (its configuration, status
+// as given): the next listing takes a row that agrees with it without a
+// read.
+func (a *Proxmox) remember(g Guest) {
+	if !g.Exists {
+		a.confirmed.forget(g.VMID)
+		return
+	}
+	a.confirmed.put(g.VMID, confirmedGuest{confirmed: summaryOf(g, GuestSummary{}), digest: g.Digest})
+}
+
+// rememberStatus records the status a power step left guest vmid in.
+func (a *Proxmox) rememberStatus(vmid int, status string) {
+	m, ok := a.confirmed.get(vmid)
+	if !ok {
+		return
+	}
+	m.confirmed.Status, m.row = status, GuestSummary{}
+	a.confirmed.put(vmid, m)
 }
 
 // confirmedGuests returns list with each guest as it is now: read when its
@@ -64,15 +118,16 @@ type confirmedGuest struct {
 // converging, which it does not wake.
 func (a *Proxmox) confirmedGuests(ctx context.Context, list []GuestSummary, skip []int) (out []GuestSummary, changed []int, err error) {
 	c := &a.confirmed
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.guests == nil {
-		c.guests = map[int]confirmedGuest{}
-	}
+	began := time.Now()
 	out = make([]GuestSummary, 0, len(list))
 	var kept []int // indexes in out of remembered guests, the rotation's candidates
 	for _, s := range list {
-		if m, ok := c.guests[s.VMID]; ok && sameRow(m.row, s) {
+		m, ok := c.get(s.VMID)
+		if ok && m.row.VMID == 0 && rowAgrees(s, m.confirmed) {
+			m.row = s // remembered by a step: this row is what it left
+			c.put(s.VMID, m)
+		}
+		if ok && sameRow(m.row, s) {
 			kept = append(kept, len(out))
 			out = append(out, m.confirmed)
 			continue
@@ -87,14 +142,14 @@ func (a *Proxmox) confirmedGuests(ctx context.Context, list []GuestSummary, skip
 		}
 		recordProgress(ctx, Progress{Phase: "list"})
 		if !g.Exists {
-			delete(c.guests, s.VMID)
+			c.forget(s.VMID)
 			continue
 		}
 		sum := summaryOf(g, s)
-		if m, known := c.guests[s.VMID]; known && m.digest != g.Digest {
+		if ok && m.digest != g.Digest {
 			changed = append(changed, s.VMID)
 		}
-		c.guests[s.VMID] = confirmedGuest{row: s, confirmed: sum, digest: g.Digest}
+		c.put(s.VMID, confirmedGuest{row: s, confirmed: sum, digest: g.Digest})
 		out = append(out, sum)
 	}
 	if i, ok := c.rotation(out, kept); ok {
@@ -103,16 +158,15 @@ func (a *Proxmox) confirmedGuests(ctx context.Context, list []GuestSummary, skip
 		if err != nil {
 			return nil, nil, err
 		}
-		c.last = s.VMID
-		m := c.guests[s.VMID]
+		m, _ := c.get(s.VMID)
 		switch {
 		case !g.Exists:
-			delete(c.guests, s.VMID)
+			c.forget(s.VMID)
 			out = slices.Delete(out, i, i+1)
 		case g.Digest != m.digest:
 			g.Status = s.Status // the configuration says nothing of it; unchanged since the last read
 			m.confirmed, m.digest = summaryOf(g, m.row), g.Digest
-			c.guests[s.VMID] = m
+			c.put(s.VMID, m)
 			out[i] = m.confirmed
 			changed = append(changed, s.VMID)
 		}
@@ -121,9 +175,11 @@ func (a *Proxmox) confirmedGuests(ctx context.Context, list []GuestSummary, skip
 	for _, s := range list {
 		listed[s.VMID] = true
 	}
-	for vmid := range c.guests {
-		if !listed[vmid] {
-			delete(c.guests, vmid)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for vmid, m := range c.guests {
+		if !listed[vmid] && m.at.Before(began) {
+			delete(c.guests, vmid) // gone; one a step remembered since the listing stays
 		}
 	}
 	return out, changed, nil
@@ -136,12 +192,27 @@ func (c *confirmCache) rotation(out []GuestSummary, kept []int) (int, bool) {
 	if len(kept) == 0 {
 		return 0, false
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pick := kept[0]
 	for _, i := range kept {
 		if out[i].VMID > c.last {
-			return i, true
+			pick = i
+			break
 		}
 	}
-	return kept[0], true
+	c.last = out[pick].VMID
+	return pick, true
+}
+
+// rowAgrees reports whether a listing row says what summary c, read from
+// the guest, says, as far as the row says it: the memory the guest runs
+// with is its configured memory when no change is pending, and an unnamed
+// guest is listed as "VM <id>" or "CT<id>".
+func rowAgrees(row, c GuestSummary) bool {
+	name := row.Name == c.Name || (c.Name == "" && (row.Name == "VM "+strconv.Itoa(row.VMID) || row.Name == "CT"+strconv.Itoa(row.VMID)))
+	return row.VMID == c.VMID && row.Kind == c.Kind && row.Status == c.Status && name && row.MemoryMiB == c.MemoryMiB &&
+		slices.Equal(row.Tags, c.Tags) && row.Lock == c.Lock && row.Template == c.Template
 }
 
 // sameRow reports whether two listing rows of a guest say the same.

@@ -300,3 +300,36 @@ func TestListingSkipsConvergingGuests(t *testing.T) {
 		t.Fatalf("%d calls once the guests converged, want the listing and each guest's read", n)
 	}
 }
+
+// What the guest workflows' steps read or left is remembered for the
+// host's listing: a guest the agent just created and started is not read
+// again once the listing shows it as the steps left it.
+func TestListingTakesWhatTheStepsLeft(t *testing.T) {
+	h := newHarness(t, pvesim.Config{RecordReads: true})
+	host := &Host{Proxmox: h.act}
+	ref := workflows.GuestRef{Host: hostID, VMID: 101}
+	if _, err := runIn[workflows.ExecuteResult](h.hostEnv(), host.CreateGuest, workflows.CreateGuestInput{GuestRef: ref, Kind: "qemu", Name: "web", MemoryMiB: 1024, Cores: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runIn[workflows.ExecuteResult](h.hostEnv(), host.StartGuest, workflows.StartGuestInput{GuestRef: ref}); err != nil {
+		t.Fatal(err)
+	}
+	h.srv.RefreshStats()
+	h.srv.ResetRequests()
+	val, err := h.hostEnv().ExecuteActivity(host.ListGuests)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got workflows.ListGuestsResult
+	if err := val.Get(&got); err != nil {
+		t.Fatal(err)
+	}
+	want := []workflows.GuestSummary{{VMID: 101, Kind: "qemu", Name: "web", Status: "running", MemoryMiB: 1024, Cores: 2}}
+	if !reflect.DeepEqual(got.Guests, want) {
+		t.Fatalf("listing %+v, want %+v", got.Guests, want)
+	}
+	// The listing and the configuration read in turn; no status read.
+	if n := len(h.srv.ReadsMatching("/nodes/*/qemu/101/status/current")); n != 0 {
+		t.Fatalf("the listing read the guest's status %d times, want none", n)
+	}
+}

@@ -75,6 +75,7 @@ func (h *Host) CreateGuest(ctx context.Context, in workflows.CreateGuestInput) (
 		}
 		after := h.observation(g)
 		out.After = &after
+		h.Proxmox.remember(g)
 	}
 	return out, err
 }
@@ -89,9 +90,9 @@ func (h *Host) StartGuest(ctx context.Context, in workflows.StartGuestInput) (wo
 	gi := GuestInput{VMID: in.VMID}
 	if k := in.Known; k != nil && activity.GetInfo(ctx).Attempt <= 1 && k.Status == "stopped" {
 		gi.Kind = string(k.Kind)
-		return withStatus(taskOutcome(h.Proxmox.startKnownStopped(ctx, gi)))("running")
+		return h.withStatus(in.VMID, "running")(taskOutcome(h.Proxmox.startKnownStopped(ctx, gi)))
 	}
-	return withStatus(taskOutcome(h.Proxmox.StartGuest(ctx, gi)))("running")
+	return h.withStatus(in.VMID, "running")(taskOutcome(h.Proxmox.StartGuest(ctx, gi)))
 }
 
 // ShutdownGuest shuts a guest down; a stopped guest is success.
@@ -99,16 +100,18 @@ func (h *Host) ShutdownGuest(ctx context.Context, in workflows.ShutdownGuestInpu
 	if err := h.onThisHost(in.Host); err != nil {
 		return workflows.ExecuteResult{}, err
 	}
-	return withStatus(taskOutcome(h.Proxmox.ShutdownGuest(ctx, ShutdownGuestInput{VMID: in.VMID, TimeoutSeconds: in.TimeoutSeconds, ForceStop: in.ForceStop})))("stopped")
+	return h.withStatus(in.VMID, "stopped")(taskOutcome(h.Proxmox.ShutdownGuest(ctx, ShutdownGuestInput{VMID: in.VMID, TimeoutSeconds: in.TimeoutSeconds, ForceStop: in.ForceStop})))
 }
 
 // withStatus reports, on a power step's success, the status it left the
-// guest in: the step checked it (the guest was already there, its own task
-// ended, or the state wait saw it).
-func withStatus(res workflows.ExecuteResult, err error) func(status string) (workflows.ExecuteResult, error) {
-	return func(status string) (workflows.ExecuteResult, error) {
+// guest in (the step checked it: the guest was already there, its own task
+// ended, or the state wait saw it), and remembers it for the host's
+// listing.
+func (h *Host) withStatus(vmid int, status string) func(res workflows.ExecuteResult, err error) (workflows.ExecuteResult, error) {
+	return func(res workflows.ExecuteResult, err error) (workflows.ExecuteResult, error) {
 		if err == nil {
 			res.Status = status
+			h.Proxmox.rememberStatus(vmid, status)
 		}
 		return res, err
 	}
@@ -120,6 +123,7 @@ func (h *Host) SetConfig(ctx context.Context, in workflows.SetConfigInput) (work
 	if err := h.onThisHost(in.Host); err != nil {
 		return workflows.ExecuteResult{}, err
 	}
+	defer h.Proxmox.confirmed.forget(in.VMID) // the listing reads it again
 	return taskOutcome(h.Proxmox.SetConfig(ctx, SetConfigInput{VMID: in.VMID, Set: in.Set}))
 }
 
@@ -132,6 +136,7 @@ func (h *Host) DetachDisk(ctx context.Context, in workflows.DetachDiskInput) (wo
 	if in.Disk == "" {
 		return workflows.ExecuteResult{}, badInput("detach disk", "no disk named")
 	}
+	defer h.Proxmox.confirmed.forget(in.VMID) // the listing reads it again
 	return taskOutcome(h.Proxmox.SetConfig(ctx, SetConfigInput{VMID: in.VMID, Delete: []string{in.Disk}, Approval: gateApproval(in.Approval)}))
 }
 
@@ -140,6 +145,7 @@ func (h *Host) DestroyGuest(ctx context.Context, in workflows.DestroyGuestInput)
 	if err := h.onThisHost(in.Host); err != nil {
 		return workflows.ExecuteResult{}, err
 	}
+	defer h.Proxmox.confirmed.forget(in.VMID) // the listing reads it again
 	return taskOutcome(h.Proxmox.DestroyGuest(ctx, DestroyGuestInput{VMID: in.VMID, Kind: in.Kind, Approval: gateApproval(in.Approval)}))
 }
 
@@ -149,6 +155,7 @@ func (h *Host) RestoreBackup(ctx context.Context, in workflows.RestoreBackupInpu
 	if err := h.onThisHost(in.Host); err != nil {
 		return workflows.ExecuteResult{}, err
 	}
+	defer h.Proxmox.confirmed.forget(in.VMID) // the listing reads it again
 	return taskOutcome(h.Proxmox.RestoreBackup(ctx, RestoreBackupInput{
 		VMID: in.VMID, Kind: in.Kind, Archive: in.Archive, Storage: in.Storage, Approval: gateApproval(in.Approval),
 	}))
