@@ -49,6 +49,11 @@ type confirmCache struct {
 	last int
 }
 
+// statsLag is how long after a step remembered a guest the listing may
+// still show it as it was: pvestatd's cycle (10 s) and a margin. Within it
+// a disagreeing row is not read; after it, it is.
+const statsLag = 30 * time.Second
+
 type confirmedGuest struct {
 	// row is the listing row the guest was read against; zero when a step
 	// remembered it, and then a row that agrees with confirmed is taken
@@ -126,6 +131,13 @@ func (a *Proxmox) confirmedGuests(ctx context.Context, list []GuestSummary, skip
 		if ok && m.row.VMID == 0 && rowAgrees(s, m.confirmed) {
 			m.row = s // remembered by a step: this row is what it left
 			c.put(s.VMID, m)
+		}
+		if ok && m.row.VMID == 0 && time.Since(m.at) < statsLag {
+			// A step's word younger than pvestatd's cycle: the row may not
+			// show what the step did yet.
+			kept = append(kept, len(out))
+			out = append(out, m.confirmed)
+			continue
 		}
 		if ok && sameRow(m.row, s) {
 			kept = append(kept, len(out))
