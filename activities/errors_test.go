@@ -179,6 +179,26 @@ func TestClassifyPlainGoProxmoxErrors(t *testing.T) {
 	}
 }
 
+// A configuration answer that is null, not JSON, not an object or larger
+// than the bound is a malformed answer, not an empty guest. (A start reads
+// only the guest's status, so the read shows it.)
+func TestMalformedConfigAnswers(t *testing.T) {
+	for name, body := range map[string]string{
+		"null":                  `{"data":null}`,
+		"not JSON":              `<html>502 Bad Gateway</html>`,
+		"a list":                `{"data":[1,2]}`,
+		"larger than the bound": `{"data":{"description":"` + strings.Repeat("x", 17<<20) + `"}}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, pvesim.Config{})
+			h.addVM(pvesim.Guest{VMID: 101, Name: "g", Status: "stopped", MemoryMiB: 512})
+			h.srv.Inject(pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/config", Kind: pvesim.FaultRawReply, Message: body})
+			_, err := run[Guest](h, h.act.ReadGuest, ReadGuestInput{VMID: 101})
+			wantErr(t, err, ErrTypeMalformed, true)
+		})
+	}
+}
+
 // TestMalformedAnswers: answers go-proxmox's typed helpers panic on are
 // retryable errors here, and the retry neither repeats a request that took
 // effect nor loses the outcome.
@@ -190,18 +210,14 @@ func TestMalformedAnswers(t *testing.T) {
 		posts int // start requests after the retry
 	}{
 		{"status current null", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/status/current", Kind: pvesim.FaultRawReply, Message: `{"data":null}`}, 1},
-		{"config null", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/config", Kind: pvesim.FaultRawReply, Message: `{"data":null}`}, 1},
 		{"short UPID, nothing started", pvesim.Fault{Method: "POST", Path: startPath, Kind: pvesim.FaultRawReply, Message: `{"data":"UPID:pve1:1:2:3:qmstart:101"}`}, 2},
 		{"short UPID after the start", pvesim.Fault{Method: "POST", Path: startPath, Kind: pvesim.FaultRawReplyAfter, Message: `{"data":"UPID:pve1:1:2:3:qmstart:101"}`}, 1},
 		{"task status null", pvesim.Fault{Method: "GET", Path: "/nodes/*/tasks/*/status", Kind: pvesim.FaultRawReply, Message: `{"data":null}`}, 1},
 		// Without its status a task would be waited on for as long as such answers last.
 		{"task status without status", pvesim.Fault{Method: "GET", Path: "/nodes/*/tasks/*/status", Kind: pvesim.FaultRawReply, Message: `{"data":{"exitstatus":"OK"}}`}, 1},
 		{"task status of the wrong type", pvesim.Fault{Method: "GET", Path: "/nodes/*/tasks/*/status", Kind: pvesim.FaultRawReply, Message: `{"data":{"status":1}}`}, 1},
-		{"config not JSON", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/config", Kind: pvesim.FaultRawReply, Message: `<html>502 Bad Gateway</html>`}, 1},
-		{"config a list", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/config", Kind: pvesim.FaultRawReply, Message: `{"data":[1,2]}`}, 1},
 		{"status current without status", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/status/current", Kind: pvesim.FaultRawReply, Message: `{"data":{"vmid":101,"name":"g"}}`}, 1},
 		{"status current of the wrong type", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/status/current", Kind: pvesim.FaultRawReply, Message: `{"data":{"status":["running"]}}`}, 1},
-		{"config larger than the bound", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/config", Kind: pvesim.FaultRawReply, Message: `{"data":{"description":"` + strings.Repeat("x", 17<<20) + `"}}`}, 1},
 		{"UPID of the wrong type", pvesim.Fault{Method: "POST", Path: startPath, Kind: pvesim.FaultRawReply, Message: `{"data":{"upid":"UPID:pve1:1:2:3:qmstart:101:u:"}}`}, 2},
 	}
 	for _, tt := range tests {

@@ -403,10 +403,9 @@ func testPartitionDuringTaskWait(t *testing.T) {
 	if len(posts) != 1 || posts[0].UPID == "" {
 		t.Fatalf("start requests: %+v, want one that started a task", posts)
 	}
-	// The worker sends the UPID before it polls; the SDK may hold a
-	// heartbeat that follows the previous one within its batching window
-	// (worker.HeartbeatThrottle) and send it a moment later, so the first
-	// poll can arrive first. This point is "the server holds the task".
+	// The worker sends the UPID before it polls, but its arrival at the
+	// server is not ordered with the poll: this point is "the server holds
+	// the task".
 	waitFor(t, "the server to hold the start task", func() bool {
 		_, prog, _ := p.pendingStep(t, 103, workflows.ActivityStartGuest)
 		return prog.UPID == posts[0].UPID

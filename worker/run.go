@@ -69,6 +69,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, opts RunOptions) err
 	defer host.Close()
 
 	queue := workflows.TaskQueue(cfg.HostID)
+	sdkworker.SetStickyWorkflowCacheSize(StickyWorkflowCacheSize)
 	w := sdkworker.New(c, queue, WorkerOptions(cfg, c))
 	Register(w, host.Activities(c))
 	if err := w.Start(); err != nil {
@@ -104,6 +105,16 @@ func WorkerOptions(cfg Config, c client.Client) sdkworker.Options {
 		Interceptors: []interceptor.WorkerInterceptor{activities.HeartbeatInterceptor(c)},
 	}
 }
+
+// StickyWorkflowCacheSize bounds the workflows the worker keeps in memory
+// between their tasks (the SDK's default is 10,000). A guest workflow in
+// the cache costs about 80 KiB of RSS (the fleet benchmark: 96 MiB for a
+// worker with none, 173 MiB with 1,000 open guest workflows), so the cap
+// keeps a host with many guests near 260 MiB. A workflow evicted from the
+// cache replays its history (at most MaxHistoryEvents, 2000 events) at its
+// next task; a converged guest has a task only when it drifts, so the
+// replays of a host with more guests than this are rare.
+const StickyWorkflowCacheSize = 2000
 
 // Register registers every workflow and activity of the agent on w.
 func Register(w sdkworker.Registry, acts *activities.Host) {

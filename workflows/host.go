@@ -66,8 +66,8 @@ type HostStatus struct {
 	Managed   []int     `json:"managed"`
 	Drifted   []int     `json:"drifted"`
 	Unmanaged []int     `json:"unmanaged"`
-	// Holding are the desired guests whose workflow waits for a signature or
-	// is in conflict: drifted or not, they are not woken.
+	// Holding are the desired guests whose workflow waits for a signature,
+	// is in conflict or is converging: drifted or not, they are not woken.
 	Holding   []int         `json:"holding,omitempty"`
 	Interval  time.Duration `json:"interval"`
 	LastError string        `json:"last_error,omitempty"`

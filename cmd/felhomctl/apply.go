@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 
-	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
@@ -90,26 +89,10 @@ func (c *command) apply(args []string) error {
 // sendSpec sends one spec with Update-With-Start and waits for the
 // workflow's answer.
 func (c *command) sendSpec(ctx context.Context, tc client.Client, g guestSpec) (int, error) {
-	id := g.WorkflowID()
-	start := tc.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
-		ID:                       id,
-		TaskQueue:                workflows.TaskQueue(g.Spec.Host),
-		WorkflowIDConflictPolicy: enums.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
-	}, workflows.GuestReconcileWorkflow, workflows.GuestInput{Host: g.Spec.Host, VMID: g.Spec.VMID})
 	var res workflows.SetDesiredResult
-	err := c.waitWithProgress(ctx, id, nil, func(ctx context.Context) error {
-		h, err := tc.UpdateWithStartWorkflow(ctx, client.UpdateWithStartWorkflowOptions{
-			StartWorkflowOperation: start,
-			UpdateOptions: client.UpdateWorkflowOptions{
-				UpdateName:   workflows.UpdateSetDesired,
-				Args:         []any{g.Spec},
-				WaitForStage: client.WorkflowUpdateStageCompleted,
-			},
-		})
-		if err != nil {
-			return err
-		}
-		return h.Get(ctx, &res)
+	err := c.waitWithProgress(ctx, g.WorkflowID(), nil, func(ctx context.Context) (err error) {
+		res, err = workflows.SendDesired(ctx, tc, g.Spec, workflows.GuestInput{})
+		return err
 	})
 	return res.Generation, err
 }

@@ -42,7 +42,7 @@
 //     disk size"), so disk.shrink has no API path.
 //   - Asynchronous tasks with real UPIDs
 //     (UPID:node:PID:PSTART:STARTTIME:type:id:user:), running for
-//     Config.TaskDuration, then stopped with exitstatus "OK", "WARNINGS: n"
+//     Config.TaskDuration (or Config.TaskDurationFunc), then stopped with exitstatus "OK", "WARNINGS: n"
 //     or an error text; task status, log, list and stop endpoints.
 //   - pve's locking: a task holds the guest's config lock (flock) while it
 //     runs (waiters are served first come, first served, from the moment

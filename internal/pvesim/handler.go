@@ -53,6 +53,7 @@ func (c *call) guestID() int {
 // ServeHTTP serves the Proxmox VE API.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	s.calls.Add(1)
 	rel, ok := strings.CutPrefix(r.URL.Path, apiRoot)
 	if !ok || (rel != "" && !strings.HasPrefix(rel, "/")) {
 		writeError(w, &apiError{Status: http.StatusNotImplemented,
@@ -74,6 +75,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	vmid := c.guestID()
 	if mutating {
 		recIdx = s.record(Request{Method: r.Method, Path: rel, Form: cloneValues(params), Time: start, VMID: vmid})
+	} else if s.cfg.RecordReads {
+		s.recordRead(Request{Method: r.Method, Path: rel, Form: cloneValues(params), Time: start, VMID: vmid})
 	}
 	status, faultKind := s.serve(w, c, vmid, perr, recIdx)
 	if mutating {

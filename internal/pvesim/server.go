@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -48,6 +49,12 @@ type Config struct {
 	// TaskDurations overrides TaskDuration per task type ("qmshutdown",
 	// "qmrestore", "vzdump"...).
 	TaskDurations map[string]time.Duration
+	// TaskDurationFunc, when set, decides every task's duration instead of
+	// TaskDuration and TaskDurations: it is called once per task, as the
+	// task starts running (after it got the guest's lock), with the task
+	// type and the guest's VMID (0 for a task on no guest). A benchmark
+	// draws random durations with it and sums them per guest.
+	TaskDurationFunc func(typ string, vmid int) time.Duration
 	// LockTimeout is how long a call waits for a guest's config lock held by
 	// another task before failing with "got timeout" (default 10s, as pve).
 	LockTimeout time.Duration
@@ -86,6 +93,11 @@ type Config struct {
 	// DELETE without the web UI's guard, storage errors for missing volumes
 	// and "can't find file" for a missing restore archive.
 	StrictPVE bool
+	// RecordReads keeps every GET besides the mutating requests, for Reads:
+	// a test or benchmark that counts the calls an agent makes sets it. Off
+	// by default, so that a long-running simulator does not grow with every
+	// task poll.
+	RecordReads bool
 }
 
 // Server is a running simulated Proxmox VE node.
@@ -117,6 +129,8 @@ type Server struct {
 	dirty     chan struct{} // the state changed since the last save
 	saverDone chan struct{}
 	requests  []Request
+	reads     []Request    // with RecordReads
+	calls     atomic.Int64 // every API request received, reads included
 	faults    []*activeFault
 	bootTime  time.Time
 }

@@ -157,6 +157,9 @@ func (s *Server) runTask(t *task, spec taskSpec, fault *Fault) {
 	if d, ok := s.cfg.TaskDurations[t.typ]; ok {
 		duration = d
 	}
+	if s.cfg.TaskDurationFunc != nil {
+		duration = s.cfg.TaskDurationFunc(t.typ, spec.vmid)
+	}
 	if fault != nil && fault.Kind == FaultSlowTask {
 		duration = fault.TaskDuration
 	}
