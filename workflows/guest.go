@@ -159,12 +159,14 @@ type guestSignals struct {
 // startGuest builds the run's state from its input, registers the message
 // handlers and makes the state visible.
 func startGuest(ctx workflow.Context, in GuestInput, cheap bool) (*guest, error) {
+	in = in.withDefaults()
+	in = guestInputFloors(ctx, in)
+	// The resync a cheap run keeps is the one its input asked for, raised
+	// to its floor (a negative one included): none for the default.
 	resync := in.ResyncEvery
 	if resync == legacyResync {
 		resync = 0
 	}
-	in = in.withDefaults()
-	in = guestInputFloors(ctx, in)
 	g := &guest{in: in, generation: in.Generation, recent: in.Recent, phase: PhaseWaiting}
 	if cheap {
 		// A new workflow's guest is usually yet to be created; a continued
