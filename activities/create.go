@@ -2,10 +2,12 @@ package activities
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,6 +31,8 @@ type CreateVMInput struct {
 	// Scratch records the guest as agent-created scratch in the host's ledger:
 	// destroying it later is benign.
 	Scratch bool `json:"scratch,omitempty"`
+	// ExpectAbsent: see workflows.CreateGuestInput.
+	ExpectAbsent bool `json:"expect_absent,omitempty"`
 }
 
 // CreateContainerInput creates an LXC container with a chosen VMID.
@@ -45,6 +49,8 @@ type CreateContainerInput struct {
 	Mounts  map[string]string `json:"mounts,omitempty"`
 	Options map[string]string `json:"options,omitempty"`
 	Scratch bool              `json:"scratch,omitempty"`
+	// ExpectAbsent: see workflows.CreateGuestInput.
+	ExpectAbsent bool `json:"expect_absent,omitempty"`
 }
 
 // CreateResult is the outcome of a create.
@@ -52,6 +58,9 @@ type CreateResult struct {
 	TaskResult
 	VMID int    `json:"vmid"`
 	Kind string `json:"kind"`
+	// Guest is the new guest as read to record it in the ledger (status
+	// left empty), when this attempt read it.
+	Guest *Guest `json:"guest,omitempty"`
 }
 
 // CreateVM creates a QEMU VM and records in the host's ledger that this
@@ -81,7 +90,7 @@ func (a *Proxmox) CreateVM(ctx context.Context, in CreateVMInput) (res CreateRes
 		}
 		params[k] = v
 	}
-	res, err = a.create(ctx, what, KindQEMU, in.VMID, in.Name, in.Scratch, params)
+	res, err = a.create(ctx, what, KindQEMU, in.VMID, in.Name, in.Scratch, in.ExpectAbsent, params)
 	return res, classify(what, err)
 }
 
@@ -113,7 +122,7 @@ func (a *Proxmox) CreateContainer(ctx context.Context, in CreateContainerInput) 
 		}
 		params[k] = v
 	}
-	res, err = a.create(ctx, what, KindLXC, in.VMID, in.Hostname, in.Scratch, params)
+	res, err = a.create(ctx, what, KindLXC, in.VMID, in.Hostname, in.Scratch, in.ExpectAbsent, params)
 	return res, classify(what, err)
 }
 
@@ -144,7 +153,7 @@ func (a *Proxmox) CreateContainer(ctx context.Context, in CreateContainerInput) 
 // this VMID, started after the pending record was written; whatever it
 // reports, the guest itself decides as above. A pending record never counts
 // as agent provenance for the gate.
-func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name string, scratch bool, params map[string]any) (CreateResult, error) {
+func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name string, scratch, expectAbsent bool, params map[string]any) (CreateResult, error) {
 	if vmid < 100 {
 		return CreateResult{}, badInput(what, "vmid %d is not a VMID (100 or more)", vmid)
 	}
@@ -183,9 +192,28 @@ func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name 
 		}
 	}
 
-	g, err := a.readGuest(ctx, vmid, "")
-	if err != nil {
-		return CreateResult{}, err
+	// Without a ledger record for the VMID no earlier attempt posted (the
+	// record is fsync'd before the POST), and whatever guest is there is not
+	// the agent's: one call asks the cluster whether the VMID is free
+	// (vmidFree), and the guest is read only when it is not. With a record
+	// the guest decides, as below.
+	var (
+		g   Guest
+		err error
+	)
+	// The workflow's word that its read found no guest (expectAbsent) is
+	// taken on a first attempt only, for that one call: Proxmox's refusal
+	// still names a guest that is there.
+	free := !recorded && expectAbsent && activity.GetInfo(ctx).Attempt <= 1
+	if !recorded && !free {
+		if free, err = a.vmidFree(ctx, vmid); err != nil {
+			return CreateResult{}, err
+		}
+	}
+	if !free {
+		if g, err = a.readGuest(ctx, vmid, ""); err != nil {
+			return CreateResult{}, err
+		}
 	}
 	if g.Exists && pending && g.Kind == kind && g.Lock == "create" {
 		// A create under way shows its marker only once its task is done;
@@ -233,17 +261,65 @@ func (a *Proxmox) create(ctx context.Context, what, kind string, vmid int, name 
 	post := maps.Clone(params)
 	post["description"] = markerLine + marker
 	res, err := a.runTask(ctx, "create", "POST", fmt.Sprintf("/nodes/%s/%s", url.PathEscape(a.Node), kind), post)
+	if err != nil && vmidInUse(err) {
+		return CreateResult{}, a.takenByRefusal(ctx, what, vmid, marker, err)
+	}
 	if err != nil {
 		return CreateResult{}, a.createFailed(ctx, what, vmid, kind, marker, err)
 	}
-	if g, err = a.readGuest(ctx, vmid, kind); err != nil {
+	// The marker, the SMBIOS uuid and the volumes are in the configuration;
+	// the status adds nothing to what the ledger records.
+	if g, err = a.readConfig(ctx, vmid, kind); err != nil {
 		return CreateResult{}, err
 	}
 	if !g.Exists || markerOf(g.Description) != marker {
 		return CreateResult{}, temporal.NewApplicationError(
 			fmt.Sprintf("%s: the create task succeeded but the guest does not carry its instance marker yet", what), ErrTypeUnavailable)
 	}
-	return out(res), a.confirm(what, g, marker)
+	r := out(res)
+	r.Guest = &g
+	return r, a.confirm(what, g, marker)
+}
+
+// vmidFree asks the cluster whether no guest of any kind, on any node, has
+// vmid (/cluster/nextid?vmid=N: N when free, 400 "VM N already exists"
+// otherwise). The cluster's VM list names every guest, also those the
+// token cannot audit, so "free" is a fact; any other answer is "not known
+// free", and the caller reads the guest.
+func (a *Proxmox) vmidFree(ctx context.Context, vmid int) (bool, error) {
+	var id json.Number
+	err := a.Client.Get(ctx, "/cluster/nextid?vmid="+strconv.Itoa(vmid), &id)
+	if err == nil {
+		return id.String() == strconv.Itoa(vmid), nil
+	}
+	if code, _, ok := httpStatus(err); ok && code == 400 {
+		return false, nil
+	}
+	return false, err
+}
+
+// vmidInUse reports Proxmox's refusal to create a guest at a VMID that a
+// guest of either kind has ("VM 101 already exists on node 'pve1'"), which
+// it answers before any task starts.
+func vmidInUse(err error) bool {
+	code, msg, ok := httpStatus(err)
+	return ok && code == 500 && contains(msg, "already exists")
+}
+
+// takenByRefusal handles Proxmox's refusal to create over a guest: the
+// pending record just written is dropped (the POST did nothing) and the
+// guest there is named, as the read before a POST would have.
+func (a *Proxmox) takenByRefusal(ctx context.Context, what string, vmid int, marker string, refusal error) error {
+	a.abort(vmid, marker)
+	g, err := a.readGuest(ctx, vmid, "")
+	if err != nil {
+		return err
+	}
+	if !g.Exists {
+		// Gone since the refusal: the next attempt creates it.
+		return classify(what, refusal)
+	}
+	return a.taken(what, g)
 }
 
 func (a *Proxmox) taken(what string, g Guest) error {

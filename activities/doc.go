@@ -106,9 +106,10 @@
 // permission, protection, digest mismatch, a taken VMID and a missing guest
 // (for any step but destroy) are not. A guest the API token cannot see is a
 // ProxmoxPermission error, never a missing guest: Proxmox leaves such a
-// guest out of its listings without a word, so a VMID the listing does not
-// name is read directly before it counts as absent (read.go, probeKind). A panic inside go-proxmox is recovered
-// into a retryable ProxmoxMalformed error.
+// guest out of its listings without a word, so a guest is always read
+// directly (as a VM, then as a container) before it counts as absent
+// (read.go, readStatus); no step on one guest lists the node. A panic
+// inside go-proxmox is recovered into a retryable ProxmoxMalformed error.
 //
 // # Gated actions
 //

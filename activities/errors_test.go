@@ -179,6 +179,16 @@ func TestClassifyPlainGoProxmoxErrors(t *testing.T) {
 	}
 }
 
+// A null configuration is a malformed answer, not an empty guest. (A
+// start reads only the guest's status, so the read shows it.)
+func TestConfigNullIsMalformed(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	h.addVM(pvesim.Guest{VMID: 101, Name: "g", Status: "stopped", MemoryMiB: 512})
+	h.srv.Inject(pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/config", Kind: pvesim.FaultRawReply, Message: `{"data":null}`})
+	_, err := run[Guest](h, h.act.ReadGuest, ReadGuestInput{VMID: 101})
+	wantErr(t, err, ErrTypeMalformed, true)
+}
+
 // TestMalformedAnswers: answers go-proxmox's typed helpers panic on are
 // retryable errors here, and the retry neither repeats a request that took
 // effect nor loses the outcome.
@@ -190,7 +200,6 @@ func TestMalformedAnswers(t *testing.T) {
 		posts int // start requests after the retry
 	}{
 		{"status current null", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/status/current", Kind: pvesim.FaultRawReply, Message: `{"data":null}`}, 1},
-		{"config null", pvesim.Fault{Method: "GET", Path: "/nodes/*/qemu/101/config", Kind: pvesim.FaultRawReply, Message: `{"data":null}`}, 1},
 		{"short UPID, nothing started", pvesim.Fault{Method: "POST", Path: startPath, Kind: pvesim.FaultRawReply, Message: `{"data":"UPID:pve1:1:2:3:qmstart:101"}`}, 2},
 		{"short UPID after the start", pvesim.Fault{Method: "POST", Path: startPath, Kind: pvesim.FaultRawReplyAfter, Message: `{"data":"UPID:pve1:1:2:3:qmstart:101"}`}, 1},
 		{"task status null", pvesim.Fault{Method: "GET", Path: "/nodes/*/tasks/*/status", Kind: pvesim.FaultRawReply, Message: `{"data":null}`}, 1},

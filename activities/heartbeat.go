@@ -38,7 +38,19 @@ type attemptProgress struct {
 	p     Progress
 	known bool // false: the previous attempt's details could not be read; do not overwrite them
 	sent  time.Time
+	// returned is when the last heartbeat call returned, on the wall clock.
+	returned time.Time
 }
+
+// HeartbeatBatchWindow is how long after a heartbeat the next one waits at
+// most before it is sent when it carries a new Progress. The SDK holds a
+// heartbeat back, and sends it later from a goroutine of its own, when it
+// comes within its throttle interval of the one before (the worker sets it
+// to worker.HeartbeatThrottle, which must stay below this window); a new
+// Progress names a task a retry must find, so it waits out that interval
+// instead and is sent before the task is first polled. A step that posts
+// right after the attempt's first heartbeat waits a few milliseconds.
+const HeartbeatBatchWindow = 5 * time.Millisecond
 
 type attemptKey struct{}
 
@@ -117,6 +129,11 @@ func recordProgress(ctx context.Context, p Progress) {
 	if at.known && p == at.p && now.Sub(at.sent) < KeepAliveEvery {
 		return
 	}
+	if p != at.p {
+		if wait := HeartbeatBatchWindow - time.Since(at.returned); wait > 0 {
+			time.Sleep(wait)
+		}
+	}
 	at.p, at.known = p, true
 	at.send(ctx, now)
 }
@@ -131,5 +148,5 @@ func (at *attemptProgress) send(ctx context.Context, now time.Time) {
 	default:
 		recordHeartbeat(ctx, at.p)
 	}
-	at.sent = now
+	at.sent, at.returned = now, time.Now()
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
+	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
@@ -30,11 +32,34 @@ type Host struct {
 }
 
 // ObserveGuest reads one guest and what this host's ledger says of it.
-func (h *Host) ObserveGuest(ctx context.Context, in workflows.ObserveInput) (workflows.Observation, error) {
+//
+// With Announce it first hands the desired-state notice to the host
+// workflow; with ExpectAbsent it asks the cluster whether the VMID is free
+// before reading (see workflows.ObserveInput).
+func (h *Host) ObserveGuest(ctx context.Context, in workflows.ObserveInput) (_ workflows.Observation, err error) {
+	if in.Announce != nil {
+		h.announce(ctx, *in.Announce)
+	}
+	if in.ExpectAbsent {
+		what := "read guest " + vmidString(in.VMID)
+		defer recoverPanic(what, &err)
+		free, err := h.Proxmox.vmidFree(ctx, in.VMID)
+		if err != nil {
+			return workflows.Observation{}, classify(what, err)
+		}
+		if free {
+			return workflows.Observation{}, nil
+		}
+	}
 	g, err := h.Proxmox.ReadGuest(ctx, ReadGuestInput{VMID: in.VMID})
 	if err != nil {
 		return workflows.Observation{}, err
 	}
+	return h.observation(g), nil
+}
+
+// observation is guest g, as a guest workflow plans with it.
+func (h *Host) observation(g Guest) workflows.Observation {
 	p := h.Proxmox.provenanceOf(g)
 	return workflows.Observation{
 		Guest: desired.Observed{
@@ -43,7 +68,22 @@ func (h *Host) ObserveGuest(ctx context.Context, in workflows.ObserveInput) (wor
 			Protection: g.Protection, Lock: g.Lock,
 		},
 		Provenance: workflows.Provenance{AgentCreated: p.AgentCreated, Scratch: p.Scratch},
-	}, nil
+	}
+}
+
+// announce hands a guest workflow's desired state to this host's host
+// workflow, as the guest workflow's own signal did before
+// versionGuestCost. The notice is the guest workflow's claim, and the host
+// workflow only compares it with listings; when it cannot be delivered (no
+// host workflow yet), that is logged, as before: the guest still
+// converges, only drift is noticed later.
+func (h *Host) announce(ctx context.Context, n workflows.DesiredNotice) {
+	if h.Temporal == nil {
+		return
+	}
+	if err := h.Temporal.SignalWorkflow(ctx, workflows.HostWorkflowID(h.Proxmox.HostID), "", workflows.SignalDesiredChanged, n); err != nil {
+		h.Proxmox.log().Info("host workflow not told of the desired state", "vmid", n.VMID, "err", err)
+	}
 }
 
 // ExecuteAction performs one planned action of a guest workflow. Guest
@@ -111,23 +151,51 @@ func (h *Host) create(ctx context.Context, vmid int, params map[string]any) (wor
 	return h.CreateGuest(ctx, in)
 }
 
-// ListGuests lists every guest of the node, each confirmed with a read of
-// its own (the listing's figures lag and are shaped unlike the desired
-// state: see GuestSummary), and which guest workflows of this host hold
-// (see holdingGuests).
-func (h *Host) ListGuests(ctx context.Context) (workflows.ListGuestsResult, error) {
-	list, err := h.Proxmox.ListGuests(ctx, ListGuestsInput{Confirm: true})
+// ListGuests lists every guest of the node, each confirmed by a read of its
+// own when its listing row changed (the listing's figures lag and are
+// shaped unlike the desired state: see GuestSummary and listing.go), and
+// which guest workflows of this host hold (see holdingGuests). A guest
+// whose configuration changed where the listing does not show it has its
+// workflow woken here (wakeChanged).
+func (h *Host) ListGuests(ctx context.Context) (_ workflows.ListGuestsResult, err error) {
+	what := "list guests of node " + h.Proxmox.Node
+	defer recoverPanic(what, &err)
+	list, changed, err := h.Proxmox.listGuests(ctx, true)
 	if err != nil {
-		return workflows.ListGuestsResult{}, err
+		return workflows.ListGuestsResult{}, classify(what, err)
 	}
-	out := workflows.ListGuestsResult{Guests: make([]workflows.GuestSummary, 0, len(list.Guests))}
-	for _, g := range list.Guests {
+	out := workflows.ListGuestsResult{Guests: make([]workflows.GuestSummary, 0, len(list))}
+	for _, g := range list {
 		out.Guests = append(out.Guests, workflows.GuestSummary{
 			VMID: g.VMID, Kind: desired.Kind(g.Kind), Name: g.Name, Status: g.Status, MemoryMiB: g.MemoryMiB, Cores: g.Cores,
 		})
 	}
 	out.Holding = h.holdingGuests(ctx)
+	h.wakeChanged(ctx, changed, out.Holding)
 	return out, nil
+}
+
+// wakeChanged asks the running workflow of each guest in vmids, unless it
+// holds, to read its guest again: its configuration changed where the
+// listing does not show it (a pending change, a disk, an option), which
+// only the guest's own plan can judge. A guest without a running workflow
+// is not managed and is left alone; a wake that fails is logged, and the
+// guest's next change or desired state reads it.
+func (h *Host) wakeChanged(ctx context.Context, vmids, holding []int) {
+	if h.Temporal == nil {
+		return
+	}
+	for _, vmid := range vmids {
+		if slices.Contains(holding, vmid) {
+			continue
+		}
+		err := h.Temporal.SignalWorkflow(ctx, workflows.GuestWorkflowID(h.Proxmox.HostID, vmid), "", workflows.SignalReconcile,
+			"its configuration changed where the host listing does not show it")
+		var notFound *serviceerror.NotFound
+		if err != nil && !errors.As(err, &notFound) {
+			h.Proxmox.log().Warn("could not wake a guest whose configuration changed", "vmid", vmid, "err", err)
+		}
+	}
 }
 
 // holdingGuests returns the VMIDs of this host's running guest workflows

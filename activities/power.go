@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"go.temporal.io/sdk/temporal"
+
+	"github.com/felhom/felhom-agent/activities/ledger"
 )
 
 // GuestInput names the guest a power step acts on. Kind may be empty: it is
@@ -34,6 +36,39 @@ func (a *Proxmox) StartGuest(ctx context.Context, in GuestInput) (res TaskResult
 	res, err = a.power(ctx, what, "start", in.VMID, in.Kind, "running", nil)
 	if isAlreadyRunning(err) {
 		return TaskResult{UPID: res.UPID, AlreadyDone: true}, nil
+	}
+	return res, classify(what, err)
+}
+
+// startKnownStopped starts a guest that the step before (a create) left
+// stopped, of kind in.Kind, without reading it first: the request itself
+// finds out. Proxmox answers a start of a running guest with "already
+// running" (done), one of a guest that is not there with "does not exist"
+// (ProxmoxNotFound, as a read would), and a locked guest fails the task
+// (retryable: the retry reads the guest and takes the usual path). The
+// task list is not read either: no earlier attempt of this step exists.
+func (a *Proxmox) startKnownStopped(ctx context.Context, in GuestInput) (res TaskResult, err error) {
+	what := "start guest " + vmidString(in.VMID)
+	defer recoverPanic(what, &err)
+	kind, err := a.guestKind(ctx, what, in.VMID, in.Kind)
+	if err != nil {
+		return TaskResult{}, classify(what, err)
+	}
+	res, err = a.runTask(ctx, "start", "POST", a.guestPath(kind, in.VMID)+"/status/start", nil)
+	switch {
+	case isAlreadyRunning(err):
+		return TaskResult{UPID: res.UPID, AlreadyDone: true}, a.handOver(ctx, in.VMID, kind)
+	case err != nil:
+		if code, msg, ok := httpStatus(err); ok && code == 500 && isMissingGuest(msg) {
+			return TaskResult{}, notFound(what, in.VMID)
+		}
+		return res, classify(what, err)
+	}
+	if !ownTaskLeftState(res.UPID, kind, "start") {
+		err = a.reached(ctx, what, "start", kind, in.VMID, res.UPID, nil)
+	}
+	if err == nil {
+		err = a.handOver(ctx, in.VMID, kind)
 	}
 	return res, classify(what, err)
 }
@@ -92,10 +127,18 @@ func (a *Proxmox) ShutdownGuest(ctx context.Context, in ShutdownGuestInput) (res
 // power runs one status/<action> task: resume the recorded task if there is
 // one, else do nothing when the guest already is in the state skipIf, else
 // post.
+//
+// It reads the guest's status once (which resolves its kind too) and
+// nothing else but the task list (inFlight) before it posts: the status
+// says whether the guest exists, whether it is already in the state asked
+// for and whether a lock a lost task left (lostTaskRemnant) is on it.
 func (a *Proxmox) power(ctx context.Context, what, action string, vmid int, kind, skipIf string, params map[string]any) (TaskResult, error) {
-	kind, err := a.guestKind(ctx, what, vmid, kind)
+	st, kind, err := a.readStatus(ctx, vmid, kind)
 	if err != nil {
 		return TaskResult{}, err
+	}
+	if st == nil {
+		return TaskResult{}, notFound(what, vmid)
 	}
 	p, has := resumed(ctx)
 	if res, ok, err := a.resumeTask(ctx, p, has, action, vmid, powerTaskTypes(kind, action)...); ok {
@@ -107,50 +150,66 @@ func (a *Proxmox) power(ctx context.Context, what, action string, vmid int, kind
 		}
 		return res, err
 	}
-	g, err := a.readGuest(ctx, vmid, kind)
-	if err != nil {
-		return TaskResult{}, err
-	}
-	if !g.Exists {
-		return TaskResult{}, notFound(what, vmid)
-	}
+	g := Guest{VMID: vmid, Exists: true, Kind: kind, Node: a.Node, Status: st.Status, Lock: st.Lock}
 	if err := a.lostTaskRemnant(ctx, what, g); err != nil {
 		return TaskResult{}, err
 	}
 	if g.Status == skipIf {
-		return TaskResult{AlreadyDone: true}, a.handOverGuest(g, action)
+		return TaskResult{AlreadyDone: true}, a.handOverIf(ctx, action, vmid, kind)
 	}
 	res, err := a.runGuestTask(ctx, action, taskType(kind, action), vmid, action == "reboot",
 		"POST", a.guestPath(kind, vmid)+"/status/"+action, params)
-	if err == nil {
+	if err == nil && !ownTaskLeftState(res.UPID, kind, action) {
 		err = a.reached(ctx, what, action, kind, vmid, res.UPID, params)
 	}
 	if err == nil {
-		err = a.handOverGuest(g, action)
+		err = a.handOverIf(ctx, action, vmid, kind)
 	}
 	return res, err
 }
 
-// handOver records, after a start, that the agent's own guest was handed to
-// its user: from now on destroying it needs a signature even within the
-// rollback window.
-func (a *Proxmox) handOver(ctx context.Context, vmid int, kind string) error {
-	g, err := a.readGuest(ctx, vmid, kind)
-	if err != nil {
-		return err
-	}
-	return a.handOverGuest(g, "start")
+// ownTaskLeftState reports whether upid is the guest's own task for action
+// (not the HA stack's), whose successful end means the guest is in the
+// state asked for: a start task ends once the guest runs, a stop or a
+// shutdown once it is off. A reboot's does not (qmeventd starts the guest
+// again after it), nor does an HA request's, nor a synchronous answer.
+func ownTaskLeftState(upid, kind, action string) bool {
+	info, err := parseUPID(upid)
+	return err == nil && action != "reboot" && info.Type == taskType(kind, action)
 }
 
-func (a *Proxmox) handOverGuest(g Guest, action string) error {
-	if action != "start" || a.Ledger == nil || !g.Exists {
+func (a *Proxmox) handOverIf(ctx context.Context, action string, vmid int, kind string) error {
+	if action != "start" {
 		return nil
 	}
-	e, ok := a.Ledger.Entry(g.VMID)
-	if !ok || e.HandedOver || e.Instance == "" || markerOf(g.Description) != e.Instance {
+	return a.handOver(ctx, vmid, kind)
+}
+
+// handOver records, after a start, that the agent's own guest was handed to
+// its user: from now on destroying it needs a signature even within the
+// rollback window. A confirmed ledger entry is handed over without reading
+// the guest: if the guest at the VMID is another instance, the entry does
+// not count for it anyway (the gate compares the instance marker), and
+// handing it over only takes away an exemption. A pending entry is handed
+// over only when the live guest carries its marker.
+func (a *Proxmox) handOver(ctx context.Context, vmid int, kind string) error {
+	if a.Ledger == nil {
 		return nil
 	}
-	if err := a.Ledger.HandOver(g.VMID, e.Instance); err != nil {
+	e, ok := a.Ledger.Entry(vmid)
+	if !ok || e.HandedOver || e.Instance == "" {
+		return nil
+	}
+	if e.State != ledger.StateCreated {
+		g, err := a.readConfig(ctx, vmid, kind)
+		if err != nil {
+			return err
+		}
+		if !g.Exists || markerOf(g.Description) != e.Instance {
+			return nil
+		}
+	}
+	if err := a.Ledger.HandOver(vmid, e.Instance); err != nil {
 		return temporal.NewApplicationErrorWithCause("record the hand-over in the provenance ledger: "+err.Error(), ErrTypeLedger, err)
 	}
 	return nil

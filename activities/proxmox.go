@@ -32,7 +32,8 @@ const (
 	KindLXC  = "lxc"
 )
 
-// DefaultPollInterval is how often a running Proxmox task is polled.
+// DefaultPollInterval is the longest time between two polls of a running
+// Proxmox task (see NextPoll).
 const DefaultPollInterval = time.Second
 
 // Proxmox holds the activities acting on one Proxmox node. Register a
@@ -51,7 +52,9 @@ type Proxmox struct {
 	Gate Gate
 	// Log receives one line per mutation (slog.Default when nil).
 	Log *slog.Logger
-	// PollInterval between task status polls (DefaultPollInterval when zero).
+	// PollInterval is the longest time between two task status polls
+	// (DefaultPollInterval when zero); shorter tasks are polled sooner
+	// (NextPoll).
 	PollInterval time.Duration
 	// Clock is the host's clock (time.Now when nil).
 	Clock func() time.Time
@@ -65,6 +68,9 @@ type Proxmox struct {
 	// task type ("qmstart", ...), how it ended ("ok", "failed", "cancelled",
 	// "worker_stopping", "error") and how long this attempt waited.
 	OnTaskWait func(taskType, outcome string, waited time.Duration)
+
+	// confirmed remembers the guests a confirmed listing read (listing.go).
+	confirmed confirmCache
 }
 
 // Progress is the heartbeat detail of a mutating activity: the Proxmox task
@@ -192,7 +198,8 @@ func (a *Proxmox) launch(ctx context.Context, phase, method, path string, params
 	return upid, nil
 }
 
-// wait polls the task until it stops, heartbeating on every poll, and
+// wait polls the task until it stops (at once, then as NextPoll says),
+// heartbeating on every poll, and
 // returns a *TaskError when it failed. It honours ctx: a cancelled or timed
 // out activity stops waiting at once (the task itself keeps running on the
 // host, and the next attempt resumes waiting on it).
@@ -210,6 +217,7 @@ func (a *Proxmox) wait(ctx context.Context, phase, upid string) (res TaskResult,
 		interval = DefaultPollInterval
 	}
 	path := fmt.Sprintf("/nodes/%s/tasks/%s/status", url.PathEscape(info.Node), url.PathEscape(upid))
+	started := time.Now()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -238,7 +246,7 @@ func (a *Proxmox) wait(ctx context.Context, phase, upid string) (res TaskResult,
 			}
 			return TaskResult{UPID: upid, ExitStatus: st.ExitStatus}, nil
 		}
-		timer.Reset(interval)
+		timer.Reset(NextPoll(time.Since(started), interval))
 	}
 }
 

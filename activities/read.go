@@ -65,37 +65,71 @@ type statusCurrent struct {
 }
 
 func (a *Proxmox) readGuest(ctx context.Context, vmid int, kind string) (Guest, error) {
+	st, kind, err := a.readStatus(ctx, vmid, kind)
+	if err != nil || st == nil {
+		return Guest{VMID: vmid}, err
+	}
+	g, err := a.readConfig(ctx, vmid, kind)
+	if err != nil || !g.Exists {
+		return g, err // destroyed between the two reads: absent
+	}
+	g.Status = st.Status
+	if g.Lock == "" {
+		g.Lock = st.Lock
+	}
+	return g, nil
+}
+
+// readStatus reads guest vmid's current status, and its kind when kind is
+// empty: the status of a VM, then of a container, is both the read and the
+// lookup, so knowing the kind saves a call only for a container. A nil
+// status is a guest that does not exist on this node: Proxmox said of every
+// kind asked that its config does not exist. A refusal (403) is not
+// absence: the token cannot see the guest, and the agent fails closed
+// (ProxmoxPermission) instead of creating a guest over it or taking its
+// destroy as done. Nothing here lists the node: a read of one guest costs
+// the same however many guests the node has.
+func (a *Proxmox) readStatus(ctx context.Context, vmid int, kind string) (*statusCurrent, string, error) {
 	if vmid <= 0 {
-		return Guest{}, badInput("read guest", "vmid %d is not a VMID", vmid)
+		return nil, "", badInput("read guest", "vmid %d is not a VMID", vmid)
 	}
-	if kind == "" {
-		found, k, err := a.lookupKind(ctx, vmid)
-		if err != nil {
-			return Guest{}, err
+	kinds := []string{KindQEMU, KindLXC}
+	if kind != "" {
+		if !validKind(kind) {
+			return nil, "", badInput("read guest", "kind %q is not qemu or lxc", kind)
 		}
-		if !found {
-			return Guest{VMID: vmid}, nil
+		kinds = []string{kind}
+	}
+	for _, k := range kinds {
+		var st *statusCurrent
+		err := a.Client.Get(ctx, a.guestPath(k, vmid)+"/status/current", &st)
+		if err == nil && st == nil {
+			return nil, "", malformed("status of %s %d is null", k, vmid)
 		}
-		kind = k
-	}
-	if !validKind(kind) {
-		return Guest{}, badInput("read guest", "kind %q is not qemu or lxc", kind)
-	}
-	base := a.guestPath(kind, vmid)
-	var st *statusCurrent
-	if err := a.Client.Get(ctx, base+"/status/current", &st); err != nil {
-		if code, msg, ok := httpStatus(err); ok && code == 500 && isMissingGuest(msg) {
-			return Guest{VMID: vmid}, nil
+		if err == nil {
+			return st, k, nil
 		}
-		return Guest{}, err
+		code, msg, isHTTP := httpStatus(err)
+		switch {
+		case isHTTP && code == 500 && isMissingGuest(msg):
+			continue
+		case isHTTP && code == 403 && kind == "":
+			return nil, "", temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+				"guest %d is not visible to the API token (%d %s): the agent cannot tell whether it exists, and acts on nothing it cannot see; grant the token VM.Audit on /vms (README.md, \"A least-privilege API token\")",
+				vmid, code, msg), ErrTypePermission, err)
+		}
+		return nil, "", err
 	}
-	if st == nil {
-		return Guest{}, malformed("status of %s %d is null", kind, vmid)
-	}
+	return nil, "", nil
+}
+
+// readConfig reads guest vmid's configuration (pending values included),
+// normalised, without its status; Exists is false when the guest is gone.
+func (a *Proxmox) readConfig(ctx context.Context, vmid int, kind string) (Guest, error) {
 	var cfg map[string]any
-	if err := a.Client.Get(ctx, base+"/config", &cfg); err != nil {
+	if err := a.Client.Get(ctx, a.guestPath(kind, vmid)+"/config", &cfg); err != nil {
 		if code, msg, ok := httpStatus(err); ok && code == 500 && isMissingGuest(msg) {
-			return Guest{VMID: vmid}, nil // destroyed between the two reads
+			return Guest{VMID: vmid}, nil
 		}
 		return Guest{}, err
 	}
@@ -104,54 +138,7 @@ func (a *Proxmox) readGuest(ctx context.Context, vmid int, kind string) (Guest, 
 	}
 	g := normalise(vmid, kind, cfg)
 	g.Node = a.Node
-	g.Status = st.Status
-	if g.Lock == "" {
-		g.Lock = st.Lock
-	}
 	return g, nil
-}
-
-// lookupKind finds whether vmid is a qemu or lxc guest of this node with one
-// /cluster/resources call. That listing silently leaves out guests the API
-// token cannot audit, so a VMID it does not name is read directly (probeKind)
-// before it counts as absent.
-func (a *Proxmox) lookupKind(ctx context.Context, vmid int) (bool, string, error) {
-	list, err := a.clusterGuests(ctx)
-	if err != nil {
-		return false, "", err
-	}
-	for _, r := range list {
-		if r.VMID == vmid {
-			return true, r.Kind, nil
-		}
-	}
-	return a.probeKind(ctx, vmid)
-}
-
-// probeKind reads vmid's status as a VM and as a container: absent only
-// when Proxmox says of both that the config does not exist. A refusal means
-// the token cannot see the guest, which is not its absence: the agent then
-// fails closed (ProxmoxPermission) instead of creating a guest over it or
-// taking its destroy as done.
-func (a *Proxmox) probeKind(ctx context.Context, vmid int) (bool, string, error) {
-	for _, kind := range []string{KindQEMU, KindLXC} {
-		var st *statusCurrent
-		err := a.Client.Get(ctx, a.guestPath(kind, vmid)+"/status/current", &st)
-		if err == nil {
-			return true, kind, nil
-		}
-		code, msg, ok := httpStatus(err)
-		switch {
-		case ok && code == 500 && isMissingGuest(msg):
-			continue
-		case ok && code == 403:
-			return false, "", temporal.NewNonRetryableApplicationError(fmt.Sprintf(
-				"guest %d is not visible to the API token (%d %s): the agent cannot tell whether it exists, and acts on nothing it cannot see; grant the token VM.Audit on /vms (README.md, \"A least-privilege API token\")",
-				vmid, code, msg), ErrTypePermission, err)
-		}
-		return false, "", err
-	}
-	return false, "", nil
 }
 
 var (
@@ -250,10 +237,10 @@ func normalise(vmid int, kind string, raw map[string]any) Guest {
 
 // ListGuestsInput says how to list the node's guests.
 type ListGuestsInput struct {
-	// Confirm reads every listed guest (confirmedGuests) so that each
-	// summary says what the guest is now, as ReadGuest would; without it
-	// the summaries are the listing's own figures, as stale and as shaped
-	// as pvestatd makes them.
+	// Confirm makes each summary say what the guest is now, as ReadGuest
+	// would, from a read of the guest when its row changed since the
+	// worker last read it (listing.go); without it the summaries are the
+	// listing's own figures, as stale and as shaped as pvestatd makes them.
 	Confirm bool `json:"confirm,omitempty"`
 }
 
@@ -286,14 +273,11 @@ type ListGuestsResult struct {
 }
 
 // ListGuests lists all guests of the node: with a single API call, or with
-// Confirm one read of each guest besides (see GuestSummary).
+// Confirm the reads that confirm it besides (see GuestSummary, listing.go).
 func (a *Proxmox) ListGuests(ctx context.Context, in ListGuestsInput) (res ListGuestsResult, err error) {
 	what := "list guests of node " + a.Node
 	defer recoverPanic(what, &err)
-	list, err := a.clusterGuests(ctx)
-	if err == nil && in.Confirm {
-		list, err = a.confirmedGuests(ctx, list)
-	}
+	list, _, err := a.listGuests(ctx, in.Confirm)
 	if err != nil {
 		return ListGuestsResult{}, classify(what, err)
 	}
@@ -301,6 +285,17 @@ func (a *Proxmox) ListGuests(ctx context.Context, in ListGuestsInput) (res ListG
 		list = []GuestSummary{}
 	}
 	return ListGuestsResult{Guests: list}, nil
+}
+
+// listGuests lists the node, each guest confirmed when confirm is set (see
+// confirmedGuests), and which guests' configuration a confirmed listing
+// found changed.
+func (a *Proxmox) listGuests(ctx context.Context, confirm bool) ([]GuestSummary, []int, error) {
+	list, err := a.clusterGuests(ctx)
+	if err != nil || !confirm {
+		return list, nil, err
+	}
+	return a.confirmedGuests(ctx, list)
 }
 
 type clusterResource struct {
@@ -352,11 +347,11 @@ func (a *Proxmox) guestKind(ctx context.Context, what string, vmid int, kind str
 		}
 		return kind, nil
 	}
-	found, k, err := a.lookupKind(ctx, vmid)
+	st, k, err := a.readStatus(ctx, vmid, "")
 	if err != nil {
 		return "", err
 	}
-	if !found {
+	if st == nil {
 		return "", notFound(what, vmid)
 	}
 	return k, nil

@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"reflect"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -192,5 +193,70 @@ func TestReadGuestMemoryDefault(t *testing.T) {
 	}
 	if _, set := g.Config["memory"]; set || g.MemoryMiB != 512 || g.Cores != 1 {
 		t.Fatalf("memory %d (config %q), cores %d; want Proxmox's defaults 512 and 1 read for unset keys", g.MemoryMiB, g.Config["memory"], g.Cores)
+	}
+}
+
+// An idle node costs the host workflow's pass two Proxmox calls, however
+// many guests it has: the listing, and one guest's configuration read in
+// turn. A guest is read again when its row changed; a change the listing
+// cannot show (a pending memory change of a running VM) is found by the
+// turn's read of its configuration within as many passes as there are
+// guests.
+func TestIdleListingCostsTwoCallsPerPass(t *testing.T) {
+	for _, guests := range []int{3, 40} {
+		t.Run(strconv.Itoa(guests), func(t *testing.T) {
+			h := newHarness(t, pvesim.Config{RecordReads: true})
+			for i := range guests {
+				h.addVM(pvesim.Guest{VMID: 100 + i, Name: "g" + strconv.Itoa(i), Status: "running", MemoryMiB: 512, Cores: 1})
+			}
+			h.srv.RefreshStats()
+			pass := func() (int, []GuestSummary) {
+				t.Helper()
+				h.srv.ResetRequests()
+				res, err := run[ListGuestsResult](h, h.act.ListGuests, ListGuestsInput{Confirm: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return len(h.srv.Reads()), res.Guests
+			}
+			if n, list := pass(); n != 1+2*guests || len(list) != guests {
+				t.Fatalf("first pass: %d calls for %d guests listed, want %d: the listing and every guest's status and configuration", n, len(list), 1+2*guests)
+			}
+			for i := range 2 * guests {
+				if n, list := pass(); n != 2 || len(list) != guests || list[1].MemoryMiB != 512 {
+					t.Fatalf("idle pass %d: %d calls, %d guests; want 2 calls and the %d guests as they are", i, n, len(list), guests)
+				}
+			}
+
+			// A stop shows in the listing after pvestatd's next cycle: that
+			// guest alone is read again.
+			if err := h.srv.SetStatus(100, "stopped"); err != nil {
+				t.Fatal(err)
+			}
+			h.srv.RefreshStats()
+			n, list := pass()
+			if n != 4 || list[0].Status != "stopped" {
+				t.Fatalf("after a stop: %d calls, guest 100 %q; want 4 calls (listing, its status and configuration, the turn's) and stopped", n, list[0].Status)
+			}
+
+			// A pending memory change of a running VM does not show in the
+			// listing: the turn's read finds it.
+			if _, err := run[TaskResult](h, h.act.SetConfig, SetConfigInput{VMID: 101, Set: map[string]any{"memory": 2048}}); err != nil {
+				t.Fatal(err)
+			}
+			h.srv.RefreshStats()
+			for i := 0; ; i++ {
+				if i > guests {
+					t.Fatalf("the pending change of guest 101 was not found in %d passes", i)
+				}
+				n, list := pass()
+				if n != 2 {
+					t.Fatalf("pass %d after the change: %d calls, want 2", i, n)
+				}
+				if list[1].MemoryMiB == 2048 {
+					break
+				}
+			}
+		})
 	}
 }

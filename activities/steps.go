@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/felhom/felhom-agent/workflows"
@@ -47,7 +48,7 @@ func (h *Host) CreateGuest(ctx context.Context, in workflows.CreateGuestInput) (
 	case desired.QEMU:
 		res, err = h.Proxmox.CreateVM(ctx, CreateVMInput{
 			VMID: in.VMID, Name: name, MemoryMiB: in.MemoryMiB, Cores: in.Cores, Tags: in.Tags,
-			Disks: in.Disks, Options: in.Options, Scratch: in.Scratch,
+			Disks: in.Disks, Options: in.Options, Scratch: in.Scratch, ExpectAbsent: in.ExpectAbsent,
 		})
 	case desired.LXC:
 		mounts := map[string]string{}
@@ -59,19 +60,38 @@ func (h *Host) CreateGuest(ctx context.Context, in workflows.CreateGuestInput) (
 		res, err = h.Proxmox.CreateContainer(ctx, CreateContainerInput{
 			VMID: in.VMID, Hostname: name, OSTemplate: in.OSTemplate, MemoryMiB: in.MemoryMiB, Cores: in.Cores,
 			RootFS: in.Disks["rootfs"], Tags: in.Tags, Mounts: mounts, Options: in.Options, Scratch: in.Scratch,
+			ExpectAbsent: in.ExpectAbsent,
 		})
 	default:
 		return workflows.ExecuteResult{}, temporal.NewNonRetryableApplicationError("create: kind must be qemu or lxc", ErrTypeBadRequest, nil)
 	}
-	return taskOutcome(res.TaskResult, err)
+	out, err := taskOutcome(res.TaskResult, err)
+	if err == nil && res.Guest != nil {
+		// The guest as the create left it: stopped, unless an option asked
+		// Proxmox to start it, when its status is left unsaid.
+		g := *res.Guest
+		if g.Status = "stopped"; in.Options["start"] != "" && in.Options["start"] != "0" {
+			g.Status = ""
+		}
+		after := h.observation(g)
+		out.After = &after
+	}
+	return out, err
 }
 
-// StartGuest starts a guest; a running guest is success.
-func (h *Host) StartGuest(ctx context.Context, in workflows.GuestRef) (workflows.ExecuteResult, error) {
+// StartGuest starts a guest; a running guest is success. With Known, its
+// first attempt takes the guest's kind and status from the step before
+// instead of reading them (see Proxmox.StartKnown).
+func (h *Host) StartGuest(ctx context.Context, in workflows.StartGuestInput) (workflows.ExecuteResult, error) {
 	if err := h.onThisHost(in.Host); err != nil {
 		return workflows.ExecuteResult{}, err
 	}
-	return taskOutcome(h.Proxmox.StartGuest(ctx, GuestInput{VMID: in.VMID}))
+	gi := GuestInput{VMID: in.VMID}
+	if k := in.Known; k != nil && activity.GetInfo(ctx).Attempt <= 1 && k.Status == "stopped" {
+		gi.Kind = string(k.Kind)
+		return withStatus(taskOutcome(h.Proxmox.startKnownStopped(ctx, gi)))("running")
+	}
+	return withStatus(taskOutcome(h.Proxmox.StartGuest(ctx, gi)))("running")
 }
 
 // ShutdownGuest shuts a guest down; a stopped guest is success.
@@ -79,7 +99,19 @@ func (h *Host) ShutdownGuest(ctx context.Context, in workflows.ShutdownGuestInpu
 	if err := h.onThisHost(in.Host); err != nil {
 		return workflows.ExecuteResult{}, err
 	}
-	return taskOutcome(h.Proxmox.ShutdownGuest(ctx, ShutdownGuestInput{VMID: in.VMID, TimeoutSeconds: in.TimeoutSeconds, ForceStop: in.ForceStop}))
+	return withStatus(taskOutcome(h.Proxmox.ShutdownGuest(ctx, ShutdownGuestInput{VMID: in.VMID, TimeoutSeconds: in.TimeoutSeconds, ForceStop: in.ForceStop})))("stopped")
+}
+
+// withStatus reports, on a power step's success, the status it left the
+// guest in: the step checked it (the guest was already there, its own task
+// ended, or the state wait saw it).
+func withStatus(res workflows.ExecuteResult, err error) func(status string) (workflows.ExecuteResult, error) {
+	return func(status string) (workflows.ExecuteResult, error) {
+		if err == nil {
+			res.Status = status
+		}
+		return res, err
+	}
 }
 
 // SetConfig sets configuration keys; a change outside the allow-list is

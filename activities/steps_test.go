@@ -60,7 +60,7 @@ func TestPerOperationActivities(t *testing.T) {
 			name:  "start",
 			setup: func(h *harness) { h.addVM(customerVM(101, "stopped")) },
 			call: func(h *harness, host *Host) (any, any) {
-				return host.StartGuest, ref
+				return host.StartGuest, workflows.StartGuestInput{GuestRef: ref}
 			},
 			method: "POST", request: "/nodes/*/qemu/101/status/start",
 		},
@@ -248,7 +248,7 @@ func TestPerOperationActivitiesRefuseAnotherHost(t *testing.T) {
 		"create": func() (any, any) {
 			return host.CreateGuest, workflows.CreateGuestInput{GuestRef: other, Kind: desired.QEMU, MemoryMiB: 512, Cores: 1}
 		},
-		"start": func() (any, any) { return host.StartGuest, other },
+		"start": func() (any, any) { return host.StartGuest, workflows.StartGuestInput{GuestRef: other} },
 		"shutdown": func() (any, any) {
 			return host.ShutdownGuest, workflows.ShutdownGuestInput{GuestRef: other}
 		},

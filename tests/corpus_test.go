@@ -93,7 +93,7 @@ func TestGuestLoopSignalsAndTimers(t *testing.T) {
 	if st.Generation != 2 {
 		t.Errorf("generation %d, want 2: only the changed desired state counts", st.Generation)
 	}
-	recordHistory(t, a.client, id, "", "guest-loop-signals")
+	recordHistory(t, a.client, id, "", "guest-cost-signals")
 }
 
 // A wait for a signature, a refused approval, then a new desired state
@@ -115,7 +115,7 @@ func TestGuestLoopSupersededWait(t *testing.T) {
 	if _, ok := sim.Guest(202); !ok {
 		t.Fatal("the guest was destroyed")
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 202), "", "guest-loop-superseded")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 202), "", "guest-cost-superseded")
 }
 
 // A start that fails twice: the first time a wake-up came during the failed
@@ -142,7 +142,7 @@ func TestGuestLoopFailureAndRetryTime(t *testing.T) {
 	if !followedBy(runEvents(t, a.client, id, ""), enumspb.EVENT_TYPE_TIMER_FIRED, enumspb.EVENT_TYPE_ACTIVITY_TASK_COMPLETED) {
 		t.Error("no retry timer fired")
 	}
-	recordHistory(t, a.client, id, "", "guest-loop-failure-retry")
+	recordHistory(t, a.client, id, "", "guest-cost-failure-retry")
 }
 
 // A disk larger than the spec: the other steps run, the guest ends in
@@ -162,7 +162,7 @@ func TestGuestLoopConflict(t *testing.T) {
 	if st.Pending != nil {
 		t.Errorf("pending %+v: nothing can shrink a disk, nothing should wait for it", st.Pending)
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 206), "", "guest-loop-conflict")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 206), "", "guest-cost-conflict")
 }
 
 // A guest waiting for a signature continues as new when its history is
@@ -200,8 +200,8 @@ func TestGuestLoopContinuesAsNewWhilePending(t *testing.T) {
 	if _, ok := sim.Guest(207); ok {
 		t.Fatal("guest 207 still exists")
 	}
-	recordHistory(t, a.client, id, first.GetRunID(), "guest-loop-pending-continue-as-new")
-	recordHistory(t, a.client, id, "", "guest-loop-pending-carried")
+	recordHistory(t, a.client, id, first.GetRunID(), "guest-cost-pending-continue-as-new")
+	recordHistory(t, a.client, id, "", "guest-cost-pending-carried")
 }
 
 // A cancelled guest workflow ends, cancelled, where it was.
@@ -221,7 +221,7 @@ func TestGuestLoopCancelled(t *testing.T) {
 	if _, ok := sim.Guest(208); !ok {
 		t.Fatal("guest 208 was destroyed")
 	}
-	recordHistory(t, a.client, id, "", "guest-loop-cancelled")
+	recordHistory(t, a.client, id, "", "guest-cost-cancelled")
 }
 
 // A host workflow that continues as new by history length, with notices

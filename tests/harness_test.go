@@ -204,7 +204,7 @@ func (a *agent) waitStatusWithin(t *testing.T, vmid int, what string, within tim
 	if err != nil {
 		t.Fatalf("guest %d: last query failed: %v", vmid, err)
 	}
-	t.Fatalf("guest %d: phase %s after %s, want %s (last error %q, recent %+v)", vmid, st.Phase, within, what, st.LastError, st.Recent)
+	t.Fatalf("guest %d: phase %s at generation %d, observed %+v after %s, want %s (last error %q, recent %+v)", vmid, st.Phase, st.Generation, st.Observed, within, what, st.LastError, st.Recent)
 	return st
 }
 

@@ -84,6 +84,13 @@ func TestRecordedHistoriesReplay(t *testing.T) {
 		"guest-loop-conflict", "guest-loop-pending-continue-as-new", "guest-loop-pending-carried", "guest-loop-cancelled",
 		"guest-loop-restore-job", "guest-loop-destroy-job",
 		"host-loop-drift", "host-loop-continue-as-new", "host-loop-holding", "host-loop-configure",
+		// The guest loop at versionGuestCost: no timed resync, the desired
+		// state announced through the read, steps that tell the next what
+		// they left.
+		"guest-cost-converge", "guest-cost-rejected-approvals", "guest-cost-destroy-approved", "guest-cost-compensation",
+		"guest-cost-continue-as-new", "guest-cost-signals", "guest-cost-superseded", "guest-cost-failure-retry",
+		"guest-cost-conflict", "guest-cost-pending-continue-as-new", "guest-cost-pending-carried", "guest-cost-cancelled",
+		"guest-cost-restore-job", "guest-cost-destroy-job",
 		"job-through-guest-wipe", "job-through-guest-rejected", "job-through-guest-restore", "job-on-host-rotate",
 	}
 	have := map[string]bool{}

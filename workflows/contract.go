@@ -52,6 +52,25 @@ const HeartbeatTimeout = time.Minute
 // ObserveInput asks for one guest's state.
 type ObserveInput struct {
 	VMID int `json:"vmid"`
+	// ExpectAbsent says the workflow has not seen the guest exist: the host
+	// first asks the cluster whether the VMID is free (one call, which also
+	// counts guests the token cannot see) and reads the guest only if it is
+	// not. A hint: a wrong one costs that call.
+	ExpectAbsent bool `json:"expect_absent,omitempty"`
+	// Announce, when set, is handed to the host workflow as a
+	// SignalDesiredChanged before the read, by the host's worker: the guest
+	// workflow's history holds no signal to deliver and no workflow task
+	// for its delivery.
+	Announce *DesiredNotice `json:"announce,omitempty"`
+}
+
+// KnownState is what a guest workflow learnt of its guest from the step
+// before, which lets the next step skip its first read. It is a claim: a
+// step takes it on its first attempt only, where a wrong one costs a
+// request Proxmox refuses (or answers as done) and a retry that reads.
+type KnownState struct {
+	Kind   desired.Kind `json:"kind"`
+	Status string       `json:"status"`
 }
 
 // Provenance is what the host's own ledger says about a guest. It is only
@@ -107,10 +126,22 @@ type CreateGuestInput struct {
 	// Scratch asks the host to record the new guest as holding no customer
 	// data.
 	Scratch bool `json:"scratch,omitempty"`
+	// ExpectAbsent says this pass read no guest at the VMID: on its first
+	// attempt, and when its ledger names no create there, the host posts
+	// without asking the cluster first (Proxmox refuses to create over a
+	// guest, and the step then names it). A hint, as ObserveInput's.
+	ExpectAbsent bool `json:"expect_absent,omitempty"`
 }
 
 // ShutdownGuestInput shuts a guest down cleanly, and stops it when that
 // does not finish within TimeoutSeconds and ForceStop is set.
+// StartGuestInput starts a guest; Known, when set, is its state after the
+// step before (a create).
+type StartGuestInput struct {
+	GuestRef
+	Known *KnownState `json:"known,omitempty"`
+}
+
 type ShutdownGuestInput struct {
 	GuestRef
 	TimeoutSeconds int  `json:"timeout_seconds,omitempty"`
@@ -163,6 +194,12 @@ type WipeVolumeInput struct {
 type ExecuteResult struct {
 	UPID   string `json:"upid,omitempty"`
 	Detail string `json:"detail,omitempty"`
+	// Status is the guest's power status as a power step left it
+	// ("running", "stopped"), when the step knows it without another read.
+	Status string `json:"status,omitempty"`
+	// After is the guest as a create left it, from the read that recorded
+	// it in the host's ledger.
+	After *Observation `json:"after,omitempty"`
 }
 
 // GuestSummary is one guest of a node listing, enough to detect drift.

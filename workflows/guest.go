@@ -33,6 +33,32 @@ import (
 // replay legacyGuestReconcile.
 const versionGuestLoop = "guest-linear-loop"
 
+// versionGuestCost is the version of versionGuestLoop (a version, not a
+// change ID of its own: each change ID costs every new run a marker and a
+// search-attribute upsert) that makes a guest cheaper to run. Runs recorded
+// at version 1 keep the earlier behaviour:
+//
+//   - a converged guest is not read again on a timer of its own unless
+//     GuestInput.ResyncEvery asks for one: the host workflow's listing wakes
+//     it when it drifted, its configuration included (see
+//     activities/listing.go), so an idle host costs the same whatever its
+//     number of guests. A failed pass is still retried at RetryEvery;
+//   - the desired state reaches the host workflow through the next read
+//     (ObserveInput.Announce), not a signal of the guest workflow, whose
+//     delivery cost a workflow task, and only once when an update arrives
+//     before the run's start is done;
+//   - a step hands what it learnt to the next (ExecuteResult.Status and
+//     After, StartGuestInput.Known, the ExpectAbsent hints), and a pass whose
+//     steps all said how they left the guest plans against that instead of
+//     reading the guest again: converging a new guest is one read, the
+//     create and the start.
+const versionGuestCost workflow.Version = 2
+
+// legacyResync is the resync interval runs before versionGuestCost used
+// by default and carried, as if asked for, into the input of the run they
+// continued as new into; such a run does not keep it.
+const legacyResync = time.Hour
+
 // GuestReconcileWorkflow keeps one guest at its desired state, one pass at a
 // time:
 //
@@ -46,10 +72,11 @@ const versionGuestLoop = "guest-linear-loop"
 // actions and a pending action to the next run. A cancellation ends the
 // workflow where it is: nothing is rolled back.
 func GuestReconcileWorkflow(ctx workflow.Context, in GuestInput) error {
-	if workflow.GetVersion(ctx, versionGuestLoop, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+	v := workflow.GetVersion(ctx, versionGuestLoop, workflow.DefaultVersion, versionGuestCost)
+	if v == workflow.DefaultVersion {
 		return legacyGuestReconcile(ctx, in)
 	}
-	g, err := startGuest(ctx, in)
+	g, err := startGuest(ctx, in, v >= versionGuestCost)
 	if err != nil {
 		return err
 	}
@@ -113,6 +140,15 @@ type guest struct {
 	// that finds nothing to do resets it.
 	unconverged int
 	published   string // what publish last made visible
+	// cheap is versionGuestCost's path; resync is the timed resync it keeps
+	// (zero: none).
+	cheap  bool
+	resync time.Duration
+	// announcement is a desired-state notice for the host workflow that the
+	// next read carries, and expectAbsent tells that read the guest was not
+	// there (versionGuestCost).
+	announcement *DesiredNotice
+	expectAbsent bool
 }
 
 // guestSignals are the channels of the signals a guest workflow takes.
@@ -122,9 +158,18 @@ type guestSignals struct {
 
 // startGuest builds the run's state from its input, registers the message
 // handlers and makes the state visible.
-func startGuest(ctx workflow.Context, in GuestInput) (*guest, error) {
+func startGuest(ctx workflow.Context, in GuestInput, cheap bool) (*guest, error) {
+	resync := in.ResyncEvery
+	if resync == legacyResync {
+		resync = 0
+	}
 	in = in.withDefaults()
 	g := &guest{in: in, generation: in.Generation, recent: in.Recent, phase: PhaseWaiting}
+	if cheap {
+		// A new workflow's guest is usually yet to be created; a continued
+		// run's was there.
+		g.cheap, g.resync, g.expectAbsent = true, resync, in.Carry == nil
+	}
 	if in.Desired != nil {
 		spec, err := checkSpec(in, *in.Desired)
 		if err != nil {
@@ -138,17 +183,21 @@ func startGuest(ctx workflow.Context, in GuestInput) (*guest, error) {
 	if c := in.Carry; c != nil {
 		g.phase, g.lastErr, g.pending = c.Phase, c.LastError, c.Pending
 		g.readAgain, g.nextPass, g.unconverged = c.ReadAgain, c.NextPass, c.Unconverged
+		g.observed, g.provenance = c.Observed, c.Provenance
 	}
 	g.signals = guestSignals{
 		desired:   workflow.GetSignalChannel(ctx, SignalSetDesired),
 		approve:   workflow.GetSignalChannel(ctx, SignalApprove),
 		reconcile: workflow.GetSignalChannel(ctx, SignalReconcile),
 	}
+	fromInput := g.spec != nil
+	// An update that came with the start (Update-With-Start) is handled as
+	// its handler is registered, and announces its desired state itself.
 	if err := g.registerHandlers(ctx); err != nil {
 		return nil, err
 	}
 	g.publish(ctx)
-	if g.spec != nil {
+	if g.spec != nil && (fromInput || !g.cheap) {
 		// The host workflow may have started after this guest's desired
 		// state was last announced, or lost it.
 		g.announce(ctx)
@@ -168,7 +217,7 @@ func (g *guest) waitForWork(ctx workflow.Context) (work, error) {
 			return workJobs, nil
 		case g.shouldContinueAsNew(ctx):
 			return workContinueAsNew, nil
-		case g.spec != nil && (g.readAgain || !workflow.Now(ctx).Before(g.nextPass)):
+		case g.spec != nil && (g.readAgain || g.passDue(ctx)):
 			g.readAgain = false
 			return workPass, nil
 		}
@@ -176,7 +225,7 @@ func (g *guest) waitForWork(ctx workflow.Context) (work, error) {
 			return g.signals.waiting() || g.jobs.len() > 0 || (g.spec != nil && g.readAgain) || g.shouldContinueAsNew(ctx)
 		}
 		var err error
-		if g.spec == nil {
+		if g.spec == nil || (g.cheap && g.nextPass.IsZero()) {
 			err = workflow.Await(ctx, woken)
 		} else {
 			_, err = workflow.AwaitWithTimeout(ctx, g.nextPass.Sub(workflow.Now(ctx)), woken)
@@ -187,11 +236,28 @@ func (g *guest) waitForWork(ctx workflow.Context) (work, error) {
 	}
 }
 
+// passDue reports whether the time to read the guest on its own has come:
+// the resync or the retry time. On versionGuestCost's path a zero time is
+// none.
+func (g *guest) passDue(ctx workflow.Context) bool {
+	if g.cheap && g.nextPass.IsZero() {
+		return false
+	}
+	return !workflow.Now(ctx).Before(g.nextPass)
+}
+
 // reconcile is one pass: read the guest, plan, and take each action of the
 // plan in turn. It returns an error only when the workflow was cancelled.
 func (g *guest) reconcile(ctx workflow.Context) error {
 	gen := g.generation
-	g.nextPass = workflow.Now(ctx).Add(g.in.ResyncEvery)
+	switch {
+	case !g.cheap:
+		g.nextPass = workflow.Now(ctx).Add(g.in.ResyncEvery)
+	case g.resync > 0:
+		g.nextPass = workflow.Now(ctx).Add(g.resync)
+	default:
+		g.nextPass = time.Time{} // the host workflow wakes the guest when it drifts
+	}
 	obs, err := g.observe(ctx)
 	if err != nil {
 		return g.fail(ctx, "read guest: "+err.Error())
@@ -213,12 +279,18 @@ func (g *guest) reconcile(ctx workflow.Context) error {
 		g.setPhase(ctx, PhaseConverging)
 	}
 	created := false
+	// known is the guest as the steps left it, while each step says so
+	// (versionGuestCost); nil once one does not.
+	var known *Observation
+	if g.cheap {
+		known = &obs
+	}
 	for _, action := range plan.Actions {
 		if g.generation != gen {
 			g.readAgain = true // plan again for the new desired state
 			return nil
 		}
-		res, err := g.take(ctx, action, gen)
+		res, err := g.take(ctx, action, gen, known)
 		switch {
 		case errors.Is(err, errSuperseded), errors.Is(err, errJobQueued), errors.Is(err, errContinueAsNew):
 			g.readAgain = true
@@ -234,17 +306,49 @@ func (g *guest) reconcile(ctx workflow.Context) error {
 		}
 		g.record(ctx, action, "done", res.Detail)
 		created = created || action.Op == desired.OpCreate
+		known = learn(known, action, res)
 	}
 	g.unconverged++
+	g.expectAbsent = known != nil && !known.Guest.Exists
+	if known != nil && g.generation == gen {
+		// Every step said how it left the guest: plan against that. Nothing
+		// left to do is convergence, as a read would have found (steps read
+		// what they are not told; the host workflow's listing wakes a guest
+		// that changed since).
+		if after := g.makePlan(ctx, *known); after.Empty() {
+			g.settle(ctx, after)
+			return nil
+		}
+	}
 	g.readAgain = true // the next pass confirms convergence or plans the rest
 	return nil
 }
 
+// learn updates known, the guest as the steps so far left it, with what
+// action's step reported: a create's read of the new guest, a power step's
+// status. Any other step, or one that did not say, makes it unknown (nil):
+// the next pass reads the guest.
+func learn(known *Observation, action desired.Action, res ExecuteResult) *Observation {
+	if known == nil {
+		return nil
+	}
+	next := *known
+	switch {
+	case action.Op == desired.OpCreate && res.After != nil:
+		next = *res.After
+	case (action.Op == desired.OpStart || action.Op == desired.OpShutdown) && res.Status != "":
+		next.Guest.Status = res.Status
+	default:
+		return nil
+	}
+	return &next
+}
+
 // take runs one action of the plan; a destructive one waits for an
 // approval the host accepts first.
-func (g *guest) take(ctx workflow.Context, action desired.Action, gen int) (ExecuteResult, error) {
+func (g *guest) take(ctx workflow.Context, action desired.Action, gen int, known *Observation) (ExecuteResult, error) {
 	if !action.Destructive {
-		return g.run(ctx, action, nil)
+		return g.runKnowing(ctx, action, nil, known)
 	}
 	g.holdForSignature(ctx, action)
 	for {
@@ -347,9 +451,18 @@ func (g *guest) dropPending(why string) {
 
 // run performs one action through its own activity.
 func (g *guest) run(ctx workflow.Context, action desired.Action, approval *Approval) (ExecuteResult, error) {
+	return g.runKnowing(ctx, action, approval, nil)
+}
+
+// runKnowing is run with the guest's state as the step before left it, if
+// known, handed to the step as a hint (withHints).
+func (g *guest) runKnowing(ctx workflow.Context, action desired.Action, approval *Approval, known *Observation) (ExecuteResult, error) {
 	s, err := stepFor(action, approval)
 	if err != nil {
 		return ExecuteResult{}, temporal.NewNonRetryableApplicationError(err.Error(), "NoStep", err)
+	}
+	if known != nil {
+		s.input = withHints(s.input, known.Guest)
 	}
 	var res ExecuteResult
 	err = workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, s.options), s.activity, s.input).Get(ctx, &res)
@@ -358,8 +471,19 @@ func (g *guest) run(ctx workflow.Context, action desired.Action, approval *Appro
 
 // observe reads the guest and what the host's ledger says of it.
 func (g *guest) observe(ctx workflow.Context) (Observation, error) {
+	in := ObserveInput{VMID: g.in.VMID}
+	if g.cheap {
+		in.ExpectAbsent = g.expectAbsent
+		in.Announce = g.announcement
+	}
 	var obs Observation
-	err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, readStep), ActivityObserveGuest, ObserveInput{VMID: g.in.VMID}).Get(ctx, &obs)
+	err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, readStep), ActivityObserveGuest, in).Get(ctx, &obs)
+	if err == nil && g.announcement == in.Announce {
+		g.announcement = nil
+	}
+	if err == nil {
+		g.expectAbsent = !obs.Guest.Exists
+	}
 	return obs, err
 }
 
@@ -425,10 +549,16 @@ func (g *guest) shouldContinueAsNew(ctx workflow.Context) bool {
 // continueAsNew starts the next run with everything this one knows.
 func (g *guest) continueAsNew(ctx workflow.Context) error {
 	next := g.in
+	if g.cheap {
+		next.ResyncEvery = g.resync
+	}
 	next.Desired, next.Generation, next.Recent = g.spec, g.generation, g.recent
 	next.Carry = &GuestCarry{
 		Phase: g.phase, LastError: g.lastErr, Pending: g.pending,
 		ReadAgain: g.readAgain, NextPass: g.nextPass, Unconverged: g.unconverged,
+	}
+	if g.cheap {
+		next.Carry.Observed, next.Carry.Provenance = g.observed, g.provenance
 	}
 	return workflow.NewContinueAsNewError(ctx, GuestReconcileWorkflow, next)
 }
@@ -554,6 +684,10 @@ func (g *guest) acceptSpec(ctx workflow.Context, spec desired.Spec) {
 // converges, only drift is noticed later.
 func (g *guest) announce(ctx workflow.Context) {
 	notice := DesiredNotice{VMID: g.in.VMID, Spec: g.spec}
+	if g.cheap {
+		g.announcement = &notice // the next read delivers it
+		return
+	}
 	err := workflow.SignalExternalWorkflow(ctx, HostWorkflowID(g.in.Host), "", SignalDesiredChanged, notice).Get(ctx, nil)
 	if err != nil {
 		workflow.GetLogger(ctx).Info("host workflow not told of the desired state", "error", err)

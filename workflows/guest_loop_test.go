@@ -590,3 +590,81 @@ func TestGuestJobRefusals(t *testing.T) {
 		t.Errorf("executed %v, want nothing", ops)
 	}
 }
+
+// A converged guest is not read again on a timer of its own: the host
+// workflow wakes it when it drifts. An explicit ResyncEvery still reads it
+// at that interval, and an hour (what runs before versionGuestCost carried
+// into their continued input) counts as none.
+func TestGuestIsReadAgainOnlyWhenWokenOrAsked(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		resync time.Duration
+		reads  int // in ten hours after converging
+	}{
+		{"default", 0, 0},
+		{"carried hour", time.Hour, 0},
+		{"every two hours", 2 * time.Hour, 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &fakeHost{guest: runningWeb()}
+			env := newEnv(t, h)
+			var converged int
+			env.RegisterDelayedCallback(func() {
+				if st := queryStatus(t, env); st.Phase != PhaseConverged {
+					t.Fatalf("phase %s, want converged", st.Phase)
+				}
+				converged = h.reads
+			}, time.Minute)
+			env.RegisterDelayedCallback(func() {
+				if got := h.reads - converged; got != tc.reads {
+					t.Errorf("read %d times in ten hours, want %d", got, tc.reads)
+				}
+				env.SignalWorkflow(SignalReconcile, "the host saw drift")
+			}, 10*time.Hour+time.Minute)
+			env.RegisterDelayedCallback(func() {
+				if got := h.reads - converged; got != tc.reads+1 {
+					t.Errorf("read %d times after a wake-up, want %d", got, tc.reads+1)
+				}
+				env.CancelWorkflow()
+			}, 10*time.Hour+2*time.Minute)
+			env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Running), ResyncEvery: tc.resync})
+			wantCancelled(t, env)
+		})
+	}
+}
+
+// A pass whose steps all say how they left the guest plans against that:
+// a new guest is read once, created and started, and known converged
+// without a second read. Each step gets what the one before learnt. Steps
+// that do not say leave it to a second pass, which reads.
+func TestGuestStepsTellTheNextWhatTheyLeft(t *testing.T) {
+	for _, reports := range []bool{true, false} {
+		t.Run(map[bool]string{true: "reported", false: "unreported"}[reports], func(t *testing.T) {
+			h := &fakeHost{reports: reports}
+			env := newEnv(t, h)
+			env.RegisterDelayedCallback(func() {
+				st := queryStatus(t, env)
+				if st.Phase != PhaseConverged || st.Observed == nil || st.Observed.Status != "running" {
+					t.Errorf("status %+v, want converged and running", st)
+				}
+				wantReads := map[bool]int{true: 1, false: 2}[reports]
+				if h.reads != wantReads {
+					t.Errorf("%d reads, want %d", h.reads, wantReads)
+				}
+				wantHints := "observe:expect-absent,create:expect-absent"
+				if reports {
+					wantHints += ",start:qemu/stopped"
+				}
+				if got := strings.Join(h.hints, ","); got != wantHints {
+					t.Errorf("hints %s, want %s", got, wantHints)
+				}
+				env.CancelWorkflow()
+			}, time.Minute)
+			env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Running)})
+			wantCancelled(t, env)
+			if got := strings.Join(h.ops(), ","); got != "guest.create,guest.start" {
+				t.Errorf("executed %s, want create and start", got)
+			}
+		})
+	}
+}

@@ -65,8 +65,10 @@ type GuestInput struct {
 	// Carried over by continue-as-new.
 	Generation int            `json:"generation,omitempty"`
 	Recent     []ActionRecord `json:"recent,omitempty"`
-	// ResyncEvery is how often a converged guest is read again on its own;
-	// the host workflow wakes drifted guests sooner. Zero means one hour.
+	// ResyncEvery is how often a converged guest is read again on its own.
+	// Zero (and one hour, the default before versionGuestCost) means never:
+	// the host workflow wakes a guest that drifted (see versionGuestCost);
+	// runs recorded before versionGuestCost read it every hour.
 	ResyncEvery time.Duration `json:"resync_every,omitempty"`
 	// MaxHistoryEvents bounds a run's history before it continues as new
 	// (sooner when the server suggests it). Zero means 2000.
@@ -111,6 +113,11 @@ type GuestCarry struct {
 	// Unconverged counts passes in a row that ran their whole plan and
 	// found more to do.
 	Unconverged int `json:"unconverged,omitempty"`
+	// Observed and Provenance are the guest as last read (or as the steps
+	// left it), shown by the next run until it reads the guest: since
+	// versionGuestCost a converged guest is read only when it drifts.
+	Observed   *desired.Observed `json:"observed,omitempty"`
+	Provenance *Provenance       `json:"provenance,omitempty"`
 }
 
 // ActionRecord is one performed or refused action, newest last.

@@ -40,12 +40,22 @@ type fakeHost struct {
 	// fresh: the fake created the guest and never started it, so that,
 	// as on a real host, destroying it is the benign rollback.
 	fresh bool
+	// reports: the steps say how they left the guest, as the host's do
+	// (ExecuteResult.Status, After); hints are the hints they were given.
+	reports bool
+	hints   []string
 }
 
 func (h *fakeHost) ObserveGuest(ctx context.Context, in ObserveInput) (Observation, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.reads++
+	if in.ExpectAbsent {
+		h.hints = append(h.hints, "observe:expect-absent")
+	}
+	if in.Announce != nil {
+		h.announced++ // the host's worker delivers it (versionGuestCost)
+	}
 	return Observation{Guest: h.guest, Provenance: h.prov}, nil
 }
 
@@ -106,10 +116,24 @@ func (h *fakeHost) apply(op string, params map[string]any, destructive bool, app
 // unless the guest is the agent's scratch one, as the gate decides.
 
 func (h *fakeHost) CreateGuest(ctx context.Context, in CreateGuestInput) (ExecuteResult, error) {
-	return h.apply(desired.OpCreate, map[string]any{"kind": string(in.Kind), "memory": in.MemoryMiB, "cores": in.Cores, "name": in.Name}, false, nil)
+	res, err := h.apply(desired.OpCreate, map[string]any{"kind": string(in.Kind), "memory": in.MemoryMiB, "cores": in.Cores, "name": in.Name}, false, nil)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if in.ExpectAbsent {
+		h.hints = append(h.hints, "create:expect-absent")
+	}
+	if err == nil && h.reports {
+		res.After = &Observation{Guest: h.guest, Provenance: Provenance{AgentCreated: true}}
+	}
+	return res, err
 }
 
-func (h *fakeHost) StartGuest(ctx context.Context, in GuestRef) (ExecuteResult, error) {
+func (h *fakeHost) StartGuest(ctx context.Context, in StartGuestInput) (ExecuteResult, error) {
+	if k := in.Known; k != nil {
+		h.mu.Lock()
+		h.hints = append(h.hints, "start:"+string(k.Kind)+"/"+k.Status)
+		h.mu.Unlock()
+	}
 	if h.blockStart {
 		select {
 		case <-ctx.Done():
@@ -118,7 +142,11 @@ func (h *fakeHost) StartGuest(ctx context.Context, in GuestRef) (ExecuteResult, 
 			return ExecuteResult{}, errors.New("start was never cancelled")
 		}
 	}
-	return h.apply(desired.OpStart, nil, false, nil)
+	res, err := h.apply(desired.OpStart, nil, false, nil)
+	if err == nil && h.reports {
+		res.Status = "running"
+	}
+	return res, err
 }
 
 func (h *fakeHost) ShutdownGuest(ctx context.Context, in ShutdownGuestInput) (ExecuteResult, error) {

@@ -93,6 +93,22 @@ func stepFor(a desired.Action, approval *Approval) (step, error) {
 	return step{}, fmt.Errorf("%s: %w", a.Op, errNoStep)
 }
 
+// withHints adds to a step's input what the workflow knows of the guest
+// (versionGuestCost): a start learns the guest's kind and status, a create
+// that the pass read no guest.
+func withHints(input any, known desired.Observed) any {
+	switch in := input.(type) {
+	case GuestRef:
+		if known.Exists && known.Kind != "" && known.Status != "" {
+			return StartGuestInput{GuestRef: in, Known: &KnownState{Kind: known.Kind, Status: known.Status}}
+		}
+	case CreateGuestInput:
+		in.ExpectAbsent = !known.Exists
+		return in
+	}
+	return input
+}
+
 // createInput reads a planned create's params (see desired.Make).
 func createInput(ref GuestRef, p map[string]any) CreateGuestInput {
 	in := CreateGuestInput{

@@ -75,6 +75,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	vmid := c.guestID()
 	if mutating {
 		recIdx = s.record(Request{Method: r.Method, Path: rel, Form: cloneValues(params), Time: start, VMID: vmid})
+	} else if s.cfg.RecordReads {
+		s.recordRead(Request{Method: r.Method, Path: rel, Form: cloneValues(params), Time: start, VMID: vmid})
 	}
 	status, faultKind := s.serve(w, c, vmid, perr, recIdx)
 	if mutating {

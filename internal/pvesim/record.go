@@ -79,11 +79,44 @@ func (s *Server) RequestsMatching(method, pattern string) []Request {
 // unlike Requests it is not reset.
 func (s *Server) Calls() int64 { return s.calls.Load() }
 
-// ResetRequests forgets the recorded requests.
+// ResetRequests forgets the recorded requests and reads.
 func (s *Server) ResetRequests() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.requests = nil
+	s.reads = nil
+}
+
+func (s *Server) recordRead(r Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reads = append(s.reads, r)
+}
+
+// Reads returns every GET received since start (or the last ResetRequests),
+// oldest first, when Config.RecordReads is set; nil otherwise. Status and
+// UPID are not filled in.
+func (s *Server) Reads() []Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Request, len(s.reads))
+	for i, r := range s.reads {
+		r.Form = cloneValues(r.Form)
+		out[i] = r
+	}
+	return out
+}
+
+// ReadsMatching returns the recorded reads whose path matches pattern, as
+// RequestsMatching does.
+func (s *Server) ReadsMatching(pattern string) []Request {
+	var out []Request
+	for _, r := range s.Reads() {
+		if matchRequest("", pattern, r.Method, r.Path) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func cloneValues(v url.Values) url.Values {

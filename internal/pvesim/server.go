@@ -93,6 +93,11 @@ type Config struct {
 	// DELETE without the web UI's guard, storage errors for missing volumes
 	// and "can't find file" for a missing restore archive.
 	StrictPVE bool
+	// RecordReads keeps every GET besides the mutating requests, for Reads:
+	// a test or benchmark that counts the calls an agent makes sets it. Off
+	// by default, so that a long-running simulator does not grow with every
+	// task poll.
+	RecordReads bool
 }
 
 // Server is a running simulated Proxmox VE node.
@@ -124,6 +129,7 @@ type Server struct {
 	dirty     chan struct{} // the state changed since the last save
 	saverDone chan struct{}
 	requests  []Request
+	reads     []Request    // with RecordReads
 	calls     atomic.Int64 // every API request received, reads included
 	faults    []*activeFault
 	bootTime  time.Time
