@@ -199,8 +199,7 @@ func (e *env) historyStats(ctx context.Context, specs []desired.Spec) (historySt
 
 // directLoop sends each guest's mutations of the agent's run to fresh
 // simulators of the same names, straight with go-proxmox, waiting on each
-// task the way the agent does (at once, then every
-// activities.DefaultPollInterval). Each host runs its own loop, as each
+// task the way the agent does (waitTask). Each host runs its own loop, as each
 // host runs its own worker: --concurrency guests at a time per host, the
 // hosts at once.
 func (e *env) directLoop(ctx context.Context, hosts []*host, plan map[string]map[int][]pvesim.Request, res *convergeResult) error {
@@ -290,9 +289,11 @@ func send(ctx context.Context, c *proxmox.Client, r pvesim.Request) (string, err
 	return "", nil
 }
 
-// waitTask polls a task's status as the agent's activities do.
+// waitTask polls a task's status as the agent's activities do: at once,
+// then as activities.NextPoll says.
 func waitTask(ctx context.Context, c *proxmox.Client, node, upid string) error {
 	path := fmt.Sprintf("/nodes/%s/tasks/%s/status", url.PathEscape(node), url.PathEscape(upid))
+	started := time.Now()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -314,7 +315,7 @@ func waitTask(ctx context.Context, c *proxmox.Client, node, upid string) error {
 			}
 			return nil
 		}
-		timer.Reset(activities.DefaultPollInterval)
+		timer.Reset(activities.NextPoll(time.Since(started), activities.DefaultPollInterval))
 	}
 }
 
