@@ -35,11 +35,13 @@ type convergeResult struct {
 	activities   int // activities scheduled by them (local ones included)
 	requests     float64
 	calls        int64 // Proxmox API calls, reads included
+	polls        int64 // of which task status reads
 	mutations    int   // mutating Proxmox requests answered 2xx
 	critical     time.Duration
 
 	loopElapsed   time.Duration
 	loopCalls     int64
+	loopPolls     int64
 	loopMutations int
 
 	floorElapsed  time.Duration
@@ -67,7 +69,7 @@ func (e *env) converge(ctx context.Context, r *report) (*convergeResult, error) 
 		h.sim.ResetRequests()
 		h.tasks.reset()
 	}
-	calls0 := simCalls(hosts)
+	calls0, polls0 := simCalls(hosts), simPolls(hosts)
 	start := time.Now()
 	if err := e.submit(ctx, specs, workflows.GuestInput{}); err != nil {
 		return nil, err
@@ -76,7 +78,7 @@ func (e *env) converge(ctx context.Context, r *report) (*convergeResult, error) 
 		return nil, err
 	}
 	detected := time.Since(start)
-	res.calls = simCalls(hosts) - calls0
+	res.calls, res.polls = simCalls(hosts)-calls0, simPolls(hosts)-polls0
 	hist, err := e.historyStats(ctx, specs)
 	if err != nil {
 		return nil, err
@@ -120,9 +122,11 @@ func (e *env) converge(ctx context.Context, r *report) (*convergeResult, error) 
 	r.add("converge", "activities per guest", float64(res.activities)/n, "", "scheduled, local ones included")
 	r.add("converge", "worker requests per guest", res.requests/n, "", "every RPC of the workers to the server")
 	r.add("converge", "proxmox calls per guest", float64(res.calls)/n, "", "every API request, reads and task polls included")
+	r.add("converge", "proxmox task polls per guest", float64(res.polls)/n, "", "of the calls, reads of a task's status")
 	r.add("converge", "proxmox mutations per guest", float64(res.mutations)/n, "", "POST/PUT/DELETE answered 2xx")
 	r.add("reference", "direct loop time", res.loopElapsed.Seconds(), "s", "the same mutations with go-proxmox, no Temporal, --concurrency guests at a time per host")
 	r.add("reference", "direct loop proxmox calls per guest", float64(res.loopCalls)/n, "", "")
+	r.add("reference", "direct loop task polls per guest", float64(res.loopPolls)/n, "", "")
 	r.add("reference", "critical path", res.critical.Seconds(), "s", "longest sum of one guest's simulated task durations")
 	r.add("reference", "bare-Temporal floor time", res.floorElapsed.Seconds(), "s", "as many Update-With-Start of a minimal workflow with one no-op activity")
 	r.add("reference", "bare-Temporal floor rate", n/res.floorElapsed.Seconds(), "workflows/s", "")
@@ -199,7 +203,7 @@ func (e *env) historyStats(ctx context.Context, specs []desired.Spec) (historySt
 
 // directLoop sends each guest's mutations of the agent's run to fresh
 // simulators of the same names, straight with go-proxmox, waiting on each
-// task the way the agent does (at once, then as activities.NextPoll says). Each host runs its own loop, as each
+// task the way the agent does (waitTask). Each host runs its own loop, as each
 // host runs its own worker: --concurrency guests at a time per host, the
 // hosts at once.
 func (e *env) directLoop(ctx context.Context, hosts []*host, plan map[string]map[int][]pvesim.Request, res *convergeResult) error {
@@ -231,7 +235,7 @@ func (e *env) directLoop(ctx context.Context, hosts []*host, plan map[string]map
 		}
 		loops = append(loops, l)
 	}
-	calls0 := simCalls(sims)
+	calls0, polls0 := simCalls(sims), simPolls(sims)
 	var mutations atomic.Int64
 	start := time.Now()
 	err := forEach(ctx, len(loops), len(loops), func(ctx context.Context, li int) error {
@@ -253,7 +257,7 @@ func (e *env) directLoop(ctx context.Context, hosts []*host, plan map[string]map
 		})
 	})
 	res.loopElapsed = time.Since(start)
-	res.loopCalls = simCalls(sims) - calls0
+	res.loopCalls, res.loopPolls = simCalls(sims)-calls0, simPolls(sims)-polls0
 	res.loopMutations = int(mutations.Load())
 	return err
 }
@@ -289,7 +293,8 @@ func send(ctx context.Context, c *proxmox.Client, r pvesim.Request) (string, err
 	return "", nil
 }
 
-// waitTask polls a task's status as the agent's activities do.
+// waitTask polls a task's status as the agent's activities do: at once,
+// then as activities.NextPoll says.
 func waitTask(ctx context.Context, c *proxmox.Client, node, upid string) error {
 	path := fmt.Sprintf("/nodes/%s/tasks/%s/status", url.PathEscape(node), url.PathEscape(upid))
 	started := time.Now()

@@ -309,6 +309,15 @@ func simCalls(hosts []*host) int64 {
 	return n
 }
 
+// simPolls sums the task status reads the simulators of hosts received.
+func simPolls(hosts []*host) int64 {
+	var n int64
+	for _, h := range hosts {
+		n += h.sim.TaskPolls()
+	}
+	return n
+}
+
 // workerCounts are the SDK's counters of a worker, from its /metrics.
 type workerCounts struct {
 	requests      float64 // temporal_request + temporal_long_request: every RPC to the server

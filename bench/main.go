@@ -110,6 +110,9 @@ Columns of the table:
              proxmox calls per guest
                                    every request the simulators received,
                                    reads and task polls included
+             proxmox task polls per guest
+                                   of those calls, the reads of a task's
+                                   status
              proxmox mutations per guest
                                    POST/PUT/DELETE answered 2xx
              direct loop, critical path, bare-Temporal floor

@@ -66,6 +66,13 @@ func TestConvergeCountsAreConsistent(t *testing.T) {
 	if res.loopMutations != res.mutations {
 		t.Errorf("direct loop made %d mutations, the agent %d", res.loopMutations, res.mutations)
 	}
+	if res.polls < 1 || res.polls >= res.calls {
+		t.Errorf("%d task polls of %d calls", res.polls, res.calls)
+	}
+	// The loop only sends the mutations and polls their tasks.
+	if res.loopCalls != int64(res.loopMutations)+res.loopPolls {
+		t.Errorf("direct loop: %d calls for %d mutations and %d task polls", res.loopCalls, res.loopMutations, res.loopPolls)
+	}
 	if res.loopCalls < int64(res.loopMutations) {
 		t.Errorf("direct loop: %d calls for %d mutations", res.loopCalls, res.loopMutations)
 	}

@@ -83,6 +83,9 @@ func TestCallsCountsEveryRequest(t *testing.T) {
 	if got := srv.Calls() - before; got < reads+2 {
 		t.Fatalf("%d calls after %d reads, a start and its task polls", got, reads)
 	}
+	if polls := srv.TaskPolls(); polls < 1 || polls > srv.Calls()-before-reads-1 {
+		t.Fatalf("%d task polls of %d calls after %d reads and a start", polls, srv.Calls()-before, reads)
+	}
 	if n := len(srv.Requests()); n != 1 {
 		t.Fatalf("%d mutating requests recorded, want 1", n)
 	}

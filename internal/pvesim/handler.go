@@ -69,6 +69,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	params, perr := readParams(r)
 	c.params = params
+	if r.Method == http.MethodGet && len(c.segs) == 5 && c.segs[0] == "nodes" && c.segs[2] == "tasks" && c.segs[4] == "status" {
+		s.taskPolls.Add(1)
+	}
 
 	mutating := r.Method != http.MethodGet && r.Method != http.MethodHead
 	recIdx := -1

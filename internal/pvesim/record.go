@@ -79,6 +79,10 @@ func (s *Server) RequestsMatching(method, pattern string) []Request {
 // unlike Requests it is not reset.
 func (s *Server) Calls() int64 { return s.calls.Load() }
 
+// TaskPolls is how many of the Calls read a task's status
+// (GET /nodes/{node}/tasks/{upid}/status), since start.
+func (s *Server) TaskPolls() int64 { return s.taskPolls.Load() }
+
 // ResetRequests forgets the recorded requests and reads.
 func (s *Server) ResetRequests() {
 	s.mu.Lock()

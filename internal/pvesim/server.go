@@ -131,6 +131,7 @@ type Server struct {
 	requests  []Request
 	reads     []Request    // with RecordReads
 	calls     atomic.Int64 // every API request received, reads included
+	taskPolls atomic.Int64 // GETs of a task's status
 	faults    []*activeFault
 	bootTime  time.Time
 }
