@@ -105,8 +105,17 @@ func pickFault(rng *rand.Rand) string {
 // returns what it did in a few words. Timed faults (locks, hidden guests)
 // are undone after a while by a goroutine, and in any case by heal.
 func (h *host) inject(rng *rand.Rand, kind string, vmid int) string {
-	p := mutatingPaths[rng.IntN(len(mutatingPaths))]
-	if rng.IntN(2) == 0 {
+	// Half the faults hit the next mutating request of any guest; the others
+	// wait for a request of one kind, or about one guest.
+	p := mutatingPaths[len(mutatingPaths)-1]
+	switch rng.IntN(4) {
+	case 0:
+		p = mutatingPaths[rng.IntN(len(mutatingPaths))]
+	case 1:
+		p = mutatingPaths[rng.IntN(len(mutatingPaths))]
+		vmid = 0
+	case 2:
+	default:
 		vmid = 0
 	}
 	f := pvesim.Fault{Method: p.method, Path: p.path, VMID: vmid}

@@ -417,8 +417,10 @@ func checkNotTerminated(ev evidence) invariant {
 	return inv
 }
 
-// undelivered outcomes say an approval never reached the gate.
-var undelivered = []string{apNotPending, apNoAnswer, apSendFailure}
+// undelivered outcomes say an approval never reached the gate: the guest
+// no longer waited for it (the validator refused it, or its wait ended
+// before it was tried), or no verdict came back.
+var undelivered = []string{apNotPending, apNoAnswer, apSendFailure, "superseded"}
 
 func checkRefusals(ev evidence) invariant {
 	inv := invariant{Name: "every invalid approval refused with the right code"}

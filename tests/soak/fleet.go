@@ -441,11 +441,11 @@ func (f *fleet) approvalLoop(ctx context.Context, rng *rand.Rand) {
 	sem := make(chan struct{}, 4)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for sleep(ctx, jitter(rng, 3*time.Second)) {
+	for sleep(ctx, jitter(rng, 2*time.Second)) {
 		for _, h := range f.hosts {
 			pending := f.pendingGuests(ctx, h)
 			rng.Shuffle(len(pending), func(i, j int) { pending[i], pending[j] = pending[j], pending[i] })
-			for _, p := range pending[:min(3, len(pending))] {
+			for _, p := range pending[:min(4, len(pending))] {
 				kind := pickKind(rng)
 				f.mu.Lock()
 				accepted := acceptedApprovals(f.approvals)
