@@ -105,16 +105,16 @@ func pickFault(rng *rand.Rand) string {
 // returns what it did in a few words. Timed faults (locks, hidden guests)
 // are undone after a while by a goroutine, and in any case by heal.
 func (h *host) inject(rng *rand.Rand, kind string, vmid int) string {
-	// Half the faults hit the next mutating request of any guest; the others
-	// wait for a request of one kind, or about one guest.
+	// Most faults hit the next mutating request of any guest; the others
+	// wait for a request of one kind, about one guest, or both.
 	p := mutatingPaths[len(mutatingPaths)-1]
-	switch rng.IntN(4) {
-	case 0:
+	switch n := rng.IntN(10); {
+	case n == 0:
 		p = mutatingPaths[rng.IntN(len(mutatingPaths))]
-	case 1:
+	case n <= 2:
 		p = mutatingPaths[rng.IntN(len(mutatingPaths))]
 		vmid = 0
-	case 2:
+	case n == 3:
 	default:
 		vmid = 0
 	}

@@ -208,6 +208,17 @@ func destructiveOp(r pvesim.Request) string {
 	return ""
 }
 
+// sameAct reports whether the params a gate decision allowed describe the
+// request: a guest destroy names the guest's kind, which the request's path
+// says too.
+func sameAct(params string, r pvesim.Request) bool {
+	if destructiveOp(r) != gate.OpGuestDestroy {
+		return true
+	}
+	seg := strings.Split(strings.Trim(r.Path, "/"), "/")
+	return params == `{"kind":"`+seg[2]+`"}`
+}
+
 // isCreate reports whether r is a guest create (not a restore).
 func isCreate(r pvesim.Request) bool {
 	seg := strings.Split(strings.Trim(r.Path, "/"), "/")
@@ -268,7 +279,8 @@ func checkDestructiveGated(ev evidence) invariant {
 			var d *gateDecision
 			for i := range he.Decisions {
 				c := &he.Decisions[i]
-				if c.Allowed && c.Op == op && c.Guest == strconv.Itoa(r.VMID) && !c.Time.After(r.Time) && !c.Time.Before(instance) {
+				if c.Allowed && c.Op == op && c.Guest == strconv.Itoa(r.VMID) && !c.Time.After(r.Time) && !c.Time.Before(instance) &&
+					sameAct(c.Params, r) {
 					d = c
 				}
 			}

@@ -12,6 +12,8 @@ import (
 	"github.com/felhom/felhom-agent/workflows/desired"
 )
 
+const qemu = `{"kind":"qemu"}`
+
 var t0 = time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC)
 
 func at(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
@@ -37,8 +39,8 @@ func cleanEvidence() evidence {
 			},
 			TaskExit: map[string]string{"u1": "OK", "u2": "OK", "u3": "OK", "u4": "OK", "u5": "OK"},
 			Decisions: []gateDecision{
-				{Time: at(9), Allowed: true, Code: gate.CodeAllowedSigned, Op: gate.OpGuestDestroy, Host: "h1", Guest: "101", Nonce: "n1"},
-				{Time: at(21), Allowed: true, Code: gate.CodeAllowedBenign, Op: gate.OpGuestDestroy, Host: "h1", Guest: "102", AgentCreated: true},
+				{Time: at(9), Allowed: true, Code: gate.CodeAllowedSigned, Op: gate.OpGuestDestroy, Host: "h1", Guest: "101", Nonce: "n1", Params: qemu},
+				{Time: at(21), Allowed: true, Code: gate.CodeAllowedBenign, Op: gate.OpGuestDestroy, Host: "h1", Guest: "102", AgentCreated: true, Params: qemu},
 			},
 			Admissions: []ledger.Admission{{Key: "k1", VMID: 101}},
 		}},
@@ -94,6 +96,9 @@ func TestInvariantsDetectViolations(t *testing.T) {
 		{"desired state never accepted", 0, func(ev *evidence) { ev.Guests[2].Confirmed = false }},
 		{"destroy without any gate decision", 1, func(ev *evidence) { h1(ev).Decisions = h1(ev).Decisions[1:] }},
 		{"destroy allowed only after the request", 1, func(ev *evidence) { h1(ev).Decisions[0].Time = at(12) }},
+		{"destroy allowed for a guest of another kind", 1, func(ev *evidence) {
+			h1(ev).Decisions[0].Params = `{"kind":"lxc"}`
+		}},
 		{"destroy allowed by a nonce no valid approval carried", 1, func(ev *evidence) {
 			h1(ev).Decisions[0].Nonce = "n2"
 		}},
@@ -109,7 +114,7 @@ func TestInvariantsDetectViolations(t *testing.T) {
 				pvesim.Request{Method: "DELETE", Path: "/nodes/h1/qemu/101", VMID: 101, Status: 200, UPID: "u7", Time: at(42)})
 			h1(ev).TaskExit["u6"], h1(ev).TaskExit["u7"] = "OK", "OK"
 			h1(ev).Decisions = append(h1(ev).Decisions, gateDecision{Time: at(41), Allowed: true, Code: gate.CodeAllowedAdmitted,
-				Op: gate.OpGuestDestroy, Host: "h1", Guest: "101", Nonce: "n1"})
+				Op: gate.OpGuestDestroy, Host: "h1", Guest: "101", Nonce: "n1", Params: qemu})
 		}},
 		{"admission of a forged approval", 2, func(ev *evidence) {
 			h1(ev).Admissions = append(h1(ev).Admissions, ledger.Admission{Key: "k2", VMID: 104})

@@ -17,8 +17,8 @@ import (
 	tlog "go.temporal.io/sdk/log"
 
 	"github.com/felhom/felhom-agent/internal/pvesim"
+	"github.com/felhom/felhom-agent/internal/visibility"
 	"github.com/felhom/felhom-agent/workflows"
-	"github.com/felhom/felhom-agent/workflows/desired"
 )
 
 // fleet is everything the soak runs and what it did to it.
@@ -86,8 +86,7 @@ func newFleet(ctx context.Context, o options, stderr io.Writer) (*fleet, error) 
 		return f, err
 	}
 	f.serverUp = true
-	serverAddr := f.server.addr
-	target := func() string { return serverAddr }
+	target := f.server.frontend
 	if f.hub, err = newProxy(target); err != nil {
 		return f, err
 	}
@@ -310,10 +309,10 @@ func (f *fleet) applyLoop(ctx context.Context, h *host) {
 }
 
 // changeLoop changes random guests' desired states, about one guest in
-// 120 per second (at least one every two seconds).
+// 60 per second (at least one a second).
 func (f *fleet) changeLoop(ctx context.Context, rng *rand.Rand) {
-	every := time.Duration(float64(time.Second) * 120 / float64(len(f.guests)))
-	every = min(every, 2*time.Second)
+	every := time.Duration(float64(time.Second) * 60 / float64(len(f.guests)))
+	every = min(every, time.Second)
 	for sleep(ctx, jitter(rng, every)) {
 		g := f.guests[rng.IntN(len(f.guests))]
 		what := g.change(rng)
@@ -384,7 +383,12 @@ func (f *fleet) ensureServer(ctx context.Context) error {
 		return nil
 	}
 	var err error
-	for range 3 {
+	for try := range 3 {
+		if try > 0 {
+			// The port may have been taken meanwhile: the proxies follow
+			// the server to another one.
+			f.server.forgetAddr()
+		}
 		if err = f.server.start(ctx); err == nil {
 			f.mu.Lock()
 			f.serverUp = true
@@ -443,9 +447,7 @@ func (f *fleet) approvalLoop(ctx context.Context, rng *rand.Rand) {
 	defer wg.Wait()
 	for sleep(ctx, jitter(rng, 2*time.Second)) {
 		for _, h := range f.hosts {
-			pending := f.pendingGuests(ctx, h)
-			rng.Shuffle(len(pending), func(i, j int) { pending[i], pending[j] = pending[j], pending[i] })
-			for _, p := range pending[:min(4, len(pending))] {
+			for _, p := range f.pendingGuests(ctx, rng, h, 4) {
 				kind := pickKind(rng)
 				f.mu.Lock()
 				accepted := acceptedApprovals(f.approvals)
@@ -488,18 +490,25 @@ func acceptedApprovals(all []approvalRecord) []approvalRecord {
 	return out
 }
 
-// pendingGuests are the host's guests whose workflow waits for a signature,
-// as the Temporal server's visibility and the workflows' status say.
-func (f *fleet) pendingGuests(ctx context.Context, h *host) []workflows.GuestStatus {
+// pendingGuests are up to n of the host's guests whose workflow waits for a
+// signature, as the Temporal server's visibility and then the workflows'
+// status say.
+func (f *fleet) pendingGuests(ctx context.Context, rng *rand.Rand, h *host, n int) []workflows.GuestStatus {
+	execs, err := f.list(ctx, visibility.PendingApprovalsQuery+" AND "+visibility.Host+" = '"+h.id+"'")
+	if err != nil {
+		return nil
+	}
+	rng.Shuffle(len(execs), func(i, j int) { execs[i], execs[j] = execs[j], execs[i] })
 	var out []workflows.GuestStatus
-	for _, g := range h.guests {
-		g.mu.Lock()
-		absent := g.spec != nil && g.spec.State == desired.Absent
-		g.mu.Unlock()
-		if !absent {
+	for _, e := range execs {
+		if len(out) == n {
+			break
+		}
+		var vmid int
+		if _, err := fmt.Sscanf(strings.TrimPrefix(e.GetExecution().GetWorkflowId(), "guest/"+h.id+"/"), "%d", &vmid); err != nil {
 			continue
 		}
-		st, err := f.queryStatus(ctx, h.id, g.vmid, 5*time.Second)
+		st, err := f.queryStatus(ctx, h.id, vmid, 5*time.Second)
 		if err == nil && st.Phase == workflows.PhasePending && st.Pending != nil {
 			out = append(out, st)
 		}

@@ -60,13 +60,29 @@ func runServerChild(raw string) int {
 // serverProc is the Temporal server in its child process.
 type serverProc struct {
 	dbPath, logPath string
-	addr            string // the frontend, fixed after the first start
 	cmd             *exec.Cmd
+
+	mu   sync.Mutex
+	addr string // the frontend: kept across restarts unless forgotten
+}
+
+// frontend is where the server listens now.
+func (s *serverProc) frontend() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}
+
+// forgetAddr lets the next start pick a free port.
+func (s *serverProc) forgetAddr() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.addr = ""
 }
 
 // start starts the server and waits until its frontend answers.
 func (s *serverProc) start(ctx context.Context) error {
-	raw, err := json.Marshal(serverChildConfig{DBPath: s.dbPath, Addr: s.addr})
+	raw, err := json.Marshal(serverChildConfig{DBPath: s.dbPath, Addr: s.frontend()})
 	if err != nil {
 		return err
 	}
@@ -106,7 +122,9 @@ func (s *serverProc) start(ctx context.Context) error {
 			_ = cmd.Wait()
 			return fmt.Errorf("Temporal server exited before it was ready (%s); see %s", cmd.ProcessState, s.logPath)
 		}
+		s.mu.Lock()
 		s.addr, s.cmd = addr, cmd
+		s.mu.Unlock()
 		return nil
 	case <-time.After(3 * time.Minute):
 		_ = cmd.Process.Kill()
