@@ -435,10 +435,13 @@ func checkNotTerminated(ev evidence) invariant {
 var undelivered = []string{apNotPending, apNoAnswer, apSendFailure, "superseded"}
 
 func checkRefusals(ev evidence) invariant {
-	inv := invariant{Name: "every invalid approval refused with the right code"}
+	inv := invariant{Name: "every invalid approval the gate verified was refused with the right code"}
 	for _, a := range ev.Approvals {
 		if a.Expected == "" || slices.Contains(undelivered, a.Outcome) {
 			continue
+		}
+		if unverified(ev, a) || readmitted(ev, a) {
+			continue // counted apart
 		}
 		inv.Checked++
 		if a.Outcome == a.Expected {
@@ -451,6 +454,57 @@ func checkRefusals(ev evidence) invariant {
 		inv.violate("%s approval to %s/%d: %s, want %s", a.Kind, a.Host, a.VMID, a.Outcome, a.Expected)
 	}
 	return inv
+}
+
+// readmitted reports whether a replayed approval was honoured as the retry
+// of its own act: its first run was admitted and failed before the act
+// started, and the host, finding the admission for the same act on the same
+// guest instance, let it finish (allowed_admitted). That is the design
+// ("retries of that same act honour the admission"); an approval acting on
+// a second instance is caught by the destructive-request invariant.
+func readmitted(ev evidence, a approvalRecord) bool {
+	if a.Kind != apReplayed || (a.Outcome != apAccepted && a.Outcome != apActionFail) {
+		return false
+	}
+	he := ev.Hosts[a.Host]
+	if he == nil {
+		return false
+	}
+	for _, d := range he.Decisions {
+		if d.Code == gate.CodeAllowedAdmitted && d.Nonce == a.Nonce && d.Guest == strconv.Itoa(a.VMID) && !d.Time.Before(a.Sent) {
+			return true
+		}
+	}
+	return false
+}
+
+// unverified reports whether an approval was answered "accepted" for an
+// act the host allowed without a signature: the gate found it benign (the
+// rollback of a create of the agent's own, never started) and never looked
+// at the approval. The guest workflow still waits for a signature there,
+// since its planner never relies on that exemption, and answers whatever
+// approval unblocks it as accepted. No data is at stake (the act is benign
+// by the host's facts), but the verdict is wrong for an invalid approval;
+// the figures count these apart.
+func unverified(ev evidence, a approvalRecord) bool {
+	if a.Outcome != apAccepted && a.Outcome != apActionFail {
+		return false
+	}
+	he := ev.Hosts[a.Host]
+	if he == nil {
+		return false
+	}
+	benign := false
+	for _, d := range he.Decisions {
+		if d.Nonce == a.Nonce && d.Nonce != "" {
+			return false // the gate did verify it
+		}
+		if d.Code == gate.CodeAllowedBenign && d.Op == a.Op && d.Guest == strconv.Itoa(a.VMID) &&
+			!d.Time.Before(a.Sent) && d.Time.Before(a.Sent.Add(2*time.Minute)) {
+			benign = true
+		}
+	}
+	return benign
 }
 
 func sortedHosts(ev evidence) []string {

@@ -134,6 +134,12 @@ func TestInvariantsDetectViolations(t *testing.T) {
 		}},
 		{"invalid approval refused with another code", 7, func(ev *evidence) { ev.Approvals[1].Outcome = "signature" }},
 		{"invalid approval accepted", 7, func(ev *evidence) { ev.Approvals[2].Outcome = apAccepted }},
+		{"invalid approval accepted, the gate having checked its nonce", 7, func(ev *evidence) {
+			ev.Approvals[2].Outcome, ev.Approvals[2].Op, ev.Approvals[2].Sent = apAccepted, gate.OpGuestDestroy, at(100)
+			h1(ev).Decisions = append(h1(ev).Decisions,
+				gateDecision{Time: at(101), Allowed: true, Code: gate.CodeAllowedBenign, Op: gate.OpGuestDestroy, Host: "h1", Guest: "104", Params: qemu},
+				gateDecision{Time: at(101), Code: "wrong_host", Op: gate.OpGuestDestroy, Host: "h1", Guest: "104", Nonce: "n3", Params: qemu})
+		}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -179,6 +185,42 @@ func TestRetriesThatTookNoEffectAreNotDuplicates(t *testing.T) {
 				t.Errorf("%d violations, want %d", got, c.want)
 			}
 		})
+	}
+}
+
+// An invalid approval answered "accepted" for a destroy the host allowed as
+// benign in the meantime is counted apart, not as a refusal with the wrong
+// code: the gate never looked at it.
+func TestInvalidApprovalForABenignActIsCountedApart(t *testing.T) {
+	ev := cleanEvidence()
+	ev.Approvals[2].Outcome, ev.Approvals[2].Op, ev.Approvals[2].Sent = apAccepted, gate.OpGuestDestroy, at(100)
+	ev.Hosts["h1"].Decisions = append(ev.Hosts["h1"].Decisions,
+		gateDecision{Time: at(101), Allowed: true, Code: gate.CodeAllowedBenign, Op: gate.OpGuestDestroy, Host: "h1", Guest: "104", Params: qemu})
+	if inv := checkRefusals(ev); inv.Violations != 0 {
+		t.Errorf("%d violations: %v", inv.Violations, inv.Examples)
+	}
+	if !unverified(ev, ev.Approvals[2]) {
+		t.Error("not counted as answered for a benign act")
+	}
+	ev.Approvals[2].Sent = at(300) // the benign decision came before it
+	if inv := checkRefusals(ev); inv.Violations != 1 {
+		t.Errorf("%d violations, want 1", inv.Violations)
+	}
+}
+
+// A replayed approval whose first run failed before its act started may
+// finish that act (allowed_admitted): not a refusal with the wrong code.
+func TestReplayHonouredAsARetryIsCountedApart(t *testing.T) {
+	ev := cleanEvidence()
+	ev.Approvals = append(ev.Approvals, approvalRecord{Kind: apReplayed, Host: "h1", VMID: 101, Op: gate.OpGuestDestroy,
+		Nonce: "n1", Key: "k1", Expected: "replay", Outcome: apAccepted, Sent: at(5)})
+	if inv := checkRefusals(ev); inv.Violations != 1 {
+		t.Fatalf("%d violations, want 1: no allowed_admitted carries its nonce", inv.Violations)
+	}
+	ev.Hosts["h1"].Decisions = append(ev.Hosts["h1"].Decisions, gateDecision{Time: at(6), Allowed: true,
+		Code: gate.CodeAllowedAdmitted, Op: gate.OpGuestDestroy, Host: "h1", Guest: "101", Nonce: "n1", Params: qemu})
+	if inv := checkRefusals(ev); inv.Violations != 0 {
+		t.Errorf("%d violations: %v", inv.Violations, inv.Examples)
 	}
 }
 

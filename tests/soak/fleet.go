@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -280,7 +281,23 @@ func (f *fleet) soak(ctx context.Context) (*report, error) {
 		Chaos: f.o.duration.String(), Settled: time.Since(settleStart).Round(time.Second).String(),
 		Total: time.Since(start).Round(time.Second).String(), Invariants: checkInvariants(ev)}
 	f.fillFigures(rep, ev)
+	f.saveEvidence(ev)
 	return rep, nil
+}
+
+// saveEvidence writes what the soak sent and found at the end into the
+// work directory, for a look after a run that found something.
+func (f *fleet) saveEvidence(ev evidence) {
+	for name, v := range map[string]any{"approvals.json": ev.Approvals, "guests.json": ev.Guests,
+		"workflows.json": ev.Workflows, "closed-workflows.json": ev.Closed} {
+		data, err := json.MarshalIndent(v, "", "  ")
+		if err == nil {
+			err = os.WriteFile(filepath.Join(f.dir, name), data, 0o644)
+		}
+		if err != nil {
+			f.logf("save %s: %v", name, err)
+		}
+	}
 }
 
 func (f *fleet) progress() {

@@ -34,6 +34,12 @@ type report struct {
 		WorkflowsOpen  int            `json:"workflows_open"`
 		GuestsPending  int            `json:"guests_waiting_for_a_signature"`
 		GuestsWithSpec int            `json:"guests_with_a_desired_state"`
+		// Unverified counts invalid approvals answered "accepted" for an
+		// act the host allowed unsigned (see unverified).
+		Unverified int `json:"invalid_approvals_accepted_for_benign_acts"`
+		// Readmitted counts replayed approvals honoured as the retry of
+		// their own act (see readmitted).
+		Readmitted int `json:"replayed_approvals_readmitted_for_their_own_act"`
 	} `json:"figures"`
 	// Approvals counts approvals tried: kind → outcome → count.
 	Approvals map[string]map[string]int `json:"approvals"`
@@ -89,6 +95,12 @@ func (f *fleet) fillFigures(rep *report, ev evidence) {
 	}
 	rep.Approvals = map[string]map[string]int{}
 	for _, a := range ev.Approvals {
+		if a.Expected != "" && unverified(ev, a) {
+			rep.Figures.Unverified++
+		}
+		if readmitted(ev, a) {
+			rep.Figures.Readmitted++
+		}
 		if rep.Approvals[a.Kind] == nil {
 			rep.Approvals[a.Kind] = map[string]int{}
 		}
@@ -143,6 +155,8 @@ func (r *report) print(w io.Writer) {
 		row("gate decisions: "+k, fig.GateDecisions[k])
 	}
 	row("ledger admissions", fig.Admissions)
+	row("replayed approvals honoured as the retry of their own act (allowed_admitted)", fig.Readmitted)
+	row("invalid approvals answered \"accepted\" for an act the host allowed unsigned (benign)", fig.Unverified)
 	row("open workflows at the end", fig.WorkflowsOpen)
 	tw.Flush()
 
