@@ -444,12 +444,12 @@ func (f *fleet) cutLoop(ctx context.Context, rng *rand.Rand) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// A cut outlives the chaos phase only until heal.
+			// No cut outlives the chaos phase.
 			t := time.NewTimer(d)
 			defer t.Stop()
 			select {
 			case <-t.C:
-			case <-h.done:
+			case <-ctx.Done():
 			}
 			h.link.setCut(false)
 		}()
