@@ -103,10 +103,7 @@ const (
 	apActionFail  = "accepted_fail" // outcome: accepted, the act failed
 )
 
-var approvalKinds = []struct {
-	kind   string
-	weight int
-}{
+var approvalKinds = []weighted{
 	{apValid, 30}, {apForged, 7}, {apTampered, 7}, {apReplayed, 10}, {apExpired, 7}, {apOverLong, 7},
 	{apOtherGuest, 8}, {apOtherAction, 8}, {apOtherHost, 8}, {apWrongRole, 8},
 }
@@ -138,21 +135,6 @@ func randomNonce() string {
 func approvalKey(ap workflows.Approval) string {
 	sum := sha256.Sum256([]byte(ap.Blob))
 	return hex.EncodeToString(sum[:])
-}
-
-func pickKind(rng *rand.Rand) string {
-	total := 0
-	for _, k := range approvalKinds {
-		total += k.weight
-	}
-	n := rng.IntN(total)
-	for _, k := range approvalKinds {
-		if n < k.weight {
-			return k.kind
-		}
-		n -= k.weight
-	}
-	return apValid
 }
 
 // approvalFor makes an approval of kind for the pending action tpl of

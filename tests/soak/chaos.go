@@ -30,10 +30,7 @@ const (
 
 // faultWeights says how often each kind is picked; a node reboot (every
 // task lost, every guest stopped) is rare.
-var faultWeights = []struct {
-	kind   string
-	weight int
-}{
+var faultWeights = []weighted{
 	{fault5xxBefore, 10}, {fault596Before, 8}, {fault596After, 8}, {faultDropBefore, 8}, {faultDropAfter, 8},
 	{faultSlowReply, 6}, {faultSlowTask, 10}, {faultTaskError, 8}, {faultTaskWarn, 6}, {faultLockTimeout, 8},
 	{faultLostTasks, 1}, {faultGuestLock, 5}, {faultBackupLock, 6}, {faultHidden, 5},
@@ -56,19 +53,12 @@ var mutatingPaths = []struct{ method, path string }{
 	{"", ""}, // any mutating request
 }
 
-// privileges are the API token's privileges where nothing is hidden.
-var privileges = []string{
-	"VM.Allocate", "VM.Audit", "VM.Backup", "VM.Clone", "VM.Config.CDROM", "VM.Config.CPU", "VM.Config.Cloudinit",
-	"VM.Config.Disk", "VM.Config.HWType", "VM.Config.Memory", "VM.Config.Network", "VM.Config.Options",
-	"VM.Console", "VM.Migrate", "VM.PowerMgmt", "VM.Snapshot", "VM.Snapshot.Rollback",
-	"Sys.Audit", "Sys.Console", "Sys.Modify", "Sys.PowerMgmt", "Sys.Syslog",
-	"Datastore.Allocate", "Datastore.AllocateSpace", "Datastore.AllocateTemplate", "Datastore.Audit",
-	"SDN.Allocate", "SDN.Audit", "SDN.Use",
-}
-
 // hostChaos is what the soak did to one host's simulator that it must
 // undo: guest locks it set and guests it hid.
 type hostChaos struct {
+	// privileges are the API token's where nothing is hidden: every one.
+	privileges []string
+
 	mu      sync.Mutex
 	locks   map[int]string // vmid → the lock the soak set
 	hidden  map[int]bool
@@ -79,26 +69,34 @@ func (c *hostChaos) acl() []pvesim.ACL {
 	if len(c.hidden) == 0 {
 		return nil
 	}
-	acl := []pvesim.ACL{{Path: "/", Privileges: privileges, Propagate: true}}
+	acl := []pvesim.ACL{{Path: "/", Privileges: c.privileges, Propagate: true}}
 	for vmid := range c.hidden {
 		acl = append(acl, pvesim.ACL{Path: fmt.Sprintf("/vms/%d", vmid), Privileges: []string{}})
 	}
 	return acl
 }
 
-func pickFault(rng *rand.Rand) string {
+// weighted is a choice and how often it is made, against the others'
+// weights.
+type weighted struct {
+	name   string
+	weight int
+}
+
+// pick makes a weighted random choice.
+func pick(rng *rand.Rand, choices []weighted) string {
 	total := 0
-	for _, f := range faultWeights {
-		total += f.weight
+	for _, c := range choices {
+		total += c.weight
 	}
 	n := rng.IntN(total)
-	for _, f := range faultWeights {
-		if n < f.weight {
-			return f.kind
+	for _, c := range choices {
+		if n < c.weight {
+			return c.name
 		}
-		n -= f.weight
+		n -= c.weight
 	}
-	return fault5xxBefore
+	return choices[0].name
 }
 
 // inject arms one fault of kind on h, about vmid (0: any guest), and

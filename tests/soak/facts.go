@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -186,29 +187,44 @@ func (f *fleet) hostFacts(h *host) (*hostEvidence, error) {
 // taskExit asks the simulator, as a client would, for a task's exit
 // status; "" while it runs.
 func taskExit(h *host, upid string) (string, error) {
-	req, err := http.NewRequest(http.MethodGet, h.sim.URL()+"/nodes/"+h.sim.Node()+"/tasks/"+url.PathEscape(upid)+"/status", nil)
-	if err != nil {
-		return "", err
-	}
-	req.Header.Set("Authorization", "PVEAPIToken="+h.sim.TokenID()+"="+h.sim.TokenSecret())
-	resp, err := h.sim.HTTPClient().Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "unknown task (" + resp.Status + ")", nil
-	}
 	var body struct {
 		Data struct {
 			Status     string `json:"status"`
 			ExitStatus string `json:"exitstatus"`
 		} `json:"data"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		return "", fmt.Errorf("task %s: %w", upid, err)
+	err := simGet(h, "/nodes/"+h.sim.Node()+"/tasks/"+url.PathEscape(upid)+"/status", &body)
+	var status *httpStatusError
+	if errors.As(err, &status) {
+		return "unknown task (" + status.status + ")", nil
 	}
-	return body.Data.ExitStatus, nil
+	return body.Data.ExitStatus, err
+}
+
+type httpStatusError struct{ status string }
+
+func (e *httpStatusError) Error() string { return e.status }
+
+// simGet GETs path (below the API root) from the host's simulator with its
+// API token and decodes the JSON answer into out.
+func simGet(h *host, path string, out any) error {
+	req, err := http.NewRequest(http.MethodGet, h.sim.URL()+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "PVEAPIToken="+h.sim.TokenID()+"="+h.sim.TokenSecret())
+	resp, err := h.sim.HTTPClient().Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return &httpStatusError{resp.Status}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("GET %s: %w", path, err)
+	}
+	return nil
 }
 
 // readDecisions reads the gate's audit records ("gate decision") from a

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -160,7 +161,31 @@ func (f *fleet) newHost(id string, target func() string) (*host, error) {
 		log: filepath.Join(dir, "worker.log"), done: make(chan struct{}),
 		chaos: hostChaos{locks: map[int]string{}, hidden: map[int]bool{}}}
 	h.env = workerEnv(h, caFile, f.keys)
+	// Every privilege the token holds before any is taken away.
+	if h.chaos.privileges, err = tokenPrivileges(h); err != nil {
+		return nil, err
+	}
 	return h, nil
+}
+
+// tokenPrivileges asks the host's simulator for its API token's privileges
+// on "/", as a client would (GET /access/permissions).
+func tokenPrivileges(h *host) ([]string, error) {
+	var perms struct {
+		Data map[string]map[string]int `json:"data"`
+	}
+	if err := simGet(h, "/access/permissions?path=%2F", &perms); err != nil {
+		return nil, fmt.Errorf("privileges of the API token: %w", err)
+	}
+	var out []string
+	for priv := range perms.Data["/"] {
+		out = append(out, priv)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("simulator %s lists no privileges for its API token", h.id)
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 func (f *fleet) logf(format string, args ...any) {
@@ -344,7 +369,7 @@ func (f *fleet) changeLoop(ctx context.Context, rng *rand.Rand) {
 func (f *fleet) faultLoop(ctx context.Context, rng *rand.Rand) {
 	for sleep(ctx, jitter(rng, time.Duration(float64(1500*time.Millisecond)/f.o.faultRate))) {
 		h := f.hosts[rng.IntN(len(f.hosts))]
-		kind := pickFault(rng)
+		kind := pick(rng, faultWeights)
 		if what := h.inject(rng, kind, h.randomGuest(rng)); what != "" {
 			f.mu.Lock()
 			f.fig.Faults[kind]++
@@ -465,7 +490,7 @@ func (f *fleet) approvalLoop(ctx context.Context, rng *rand.Rand) {
 	for sleep(ctx, jitter(rng, 2*time.Second)) {
 		for _, h := range f.hosts {
 			for _, p := range f.pendingGuests(ctx, rng, h, 4) {
-				kind := pickKind(rng)
+				kind := pick(rng, approvalKinds)
 				f.mu.Lock()
 				accepted := acceptedApprovals(f.approvals)
 				f.mu.Unlock()
