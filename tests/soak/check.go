@@ -447,8 +447,12 @@ func checkRefusals(ev evidence) invariant {
 		if a.Outcome == a.Expected {
 			continue
 		}
-		// A replayed approval near its end may expire on its way.
-		if a.Kind == apReplayed && a.Outcome == "expired" && !a.Sent.Add(time.Minute).Before(a.Expires) {
+		// A replayed approval near its end may expire on its way; an
+		// expired one whose admission the host's ledger still holds is
+		// refused as a replay, since the ledger is consulted before the
+		// time window (the admission lapses at the next compaction).
+		if a.Kind == apReplayed && (a.Outcome == "expired" && !a.Sent.Add(time.Minute).Before(a.Expires) ||
+			a.Outcome == "replay" && a.Expected == "expired") {
 			continue
 		}
 		inv.violate("%s approval to %s/%d: %s, want %s", a.Kind, a.Host, a.VMID, a.Outcome, a.Expected)
@@ -478,14 +482,18 @@ func readmitted(ev evidence, a approvalRecord) bool {
 	return false
 }
 
-// unverified reports whether an approval was answered "accepted" for an
-// act the host allowed without a signature: the gate found it benign (the
-// rollback of a create of the agent's own, never started) and never looked
-// at the approval. The guest workflow still waits for a signature there,
-// since its planner never relies on that exemption, and answers whatever
-// approval unblocks it as accepted. No data is at stake (the act is benign
-// by the host's facts), but the verdict is wrong for an invalid approval;
-// the figures count these apart.
+// unverified reports whether an invalid approval was answered "accepted"
+// although the gate never verified it: no gate decision carries its nonce
+// from the moment it was sent, and either the host allowed the act as
+// benign meanwhile (the rollback of a create of the agent's own, never
+// started: the gate does not look at an approval there) or the step failed
+// before it reached the gate (the workflow answers "accepted, but the
+// action failed" to any failure that is not a refusal). The guest workflow
+// waits for a signature for such a destroy all the same, since its planner
+// never relies on the rollback exemption, and answers whatever approval
+// unblocks it as accepted. No data is at stake (the act is benign by the
+// host's facts, or did not happen), but the verdict is wrong for an
+// invalid approval; the figures count these apart.
 func unverified(ev evidence, a approvalRecord) bool {
 	if a.Outcome != apAccepted && a.Outcome != apActionFail {
 		return false
@@ -494,17 +502,17 @@ func unverified(ev evidence, a approvalRecord) bool {
 	if he == nil {
 		return false
 	}
+	within := func(t time.Time) bool { return !t.Before(a.Sent) && t.Before(a.Sent.Add(2*time.Minute)) }
 	benign := false
 	for _, d := range he.Decisions {
-		if d.Nonce == a.Nonce && d.Nonce != "" {
-			return false // the gate did verify it
+		if d.Nonce != "" && d.Nonce == a.Nonce && within(d.Time) {
+			return false // the gate did look at it
 		}
-		if d.Code == gate.CodeAllowedBenign && d.Op == a.Op && d.Guest == strconv.Itoa(a.VMID) &&
-			!d.Time.Before(a.Sent) && d.Time.Before(a.Sent.Add(2*time.Minute)) {
+		if d.Code == gate.CodeAllowedBenign && d.Op == a.Op && d.Guest == strconv.Itoa(a.VMID) && within(d.Time) {
 			benign = true
 		}
 	}
-	return benign
+	return benign || a.Outcome == apActionFail
 }
 
 func sortedHosts(ev evidence) []string {

@@ -134,6 +134,9 @@ func TestInvariantsDetectViolations(t *testing.T) {
 		}},
 		{"invalid approval refused with another code", 7, func(ev *evidence) { ev.Approvals[1].Outcome = "signature" }},
 		{"invalid approval accepted", 7, func(ev *evidence) { ev.Approvals[2].Outcome = apAccepted }},
+		{"replay refused as replay when it had expired before it was admitted", 7, func(ev *evidence) {
+			ev.Approvals[2].Outcome = "replay" // an other_host approval: wrong_host comes first
+		}},
 		{"invalid approval accepted, the gate having checked its nonce", 7, func(ev *evidence) {
 			ev.Approvals[2].Outcome, ev.Approvals[2].Op, ev.Approvals[2].Sent = apAccepted, gate.OpGuestDestroy, at(100)
 			h1(ev).Decisions = append(h1(ev).Decisions,
@@ -205,6 +208,24 @@ func TestInvalidApprovalForABenignActIsCountedApart(t *testing.T) {
 	ev.Approvals[2].Sent = at(300) // the benign decision came before it
 	if inv := checkRefusals(ev); inv.Violations != 1 {
 		t.Errorf("%d violations, want 1", inv.Violations)
+	}
+	// A replay of an approval the gate admitted earlier, for a destroy the
+	// host allowed as benign this time: the earlier decision with its nonce
+	// does not count as looking at it now.
+	ev = cleanEvidence()
+	ev.Approvals = append(ev.Approvals, approvalRecord{Kind: apReplayed, Host: "h1", VMID: 101, Op: gate.OpGuestDestroy,
+		Nonce: "n1", Key: "k1", Expected: "replay", Outcome: apAccepted, Sent: at(100)})
+	ev.Hosts["h1"].Decisions = append(ev.Hosts["h1"].Decisions,
+		gateDecision{Time: at(101), Allowed: true, Code: gate.CodeAllowedBenign, Op: gate.OpGuestDestroy, Host: "h1", Guest: "101", Params: qemu})
+	if inv := checkRefusals(ev); inv.Violations != 0 {
+		t.Errorf("replay for a benign act: %d violations: %v", inv.Violations, inv.Examples)
+	}
+	// Answered "accepted, but the action failed" with no decision at all:
+	// the step failed before the gate.
+	ev = cleanEvidence()
+	ev.Approvals[2].Outcome, ev.Approvals[2].Sent = apActionFail, at(100)
+	if inv := checkRefusals(ev); inv.Violations != 0 {
+		t.Errorf("failed before the gate: %d violations: %v", inv.Violations, inv.Examples)
 	}
 }
 

@@ -34,8 +34,8 @@ type report struct {
 		WorkflowsOpen  int            `json:"workflows_open"`
 		GuestsPending  int            `json:"guests_waiting_for_a_signature"`
 		GuestsWithSpec int            `json:"guests_with_a_desired_state"`
-		// Unverified counts invalid approvals answered "accepted" for an
-		// act the host allowed unsigned (see unverified).
+		// Unverified counts invalid approvals answered "accepted" that the
+		// gate never looked at (see unverified).
 		Unverified int `json:"invalid_approvals_accepted_for_benign_acts"`
 		// Readmitted counts replayed approvals honoured as the retry of
 		// their own act (see readmitted).
@@ -156,7 +156,7 @@ func (r *report) print(w io.Writer) {
 	}
 	row("ledger admissions", fig.Admissions)
 	row("replayed approvals honoured as the retry of their own act (allowed_admitted)", fig.Readmitted)
-	row("invalid approvals answered \"accepted\" for an act the host allowed unsigned (benign)", fig.Unverified)
+	row("invalid approvals answered \"accepted\" the gate never looked at (benign act, or failed before the gate)", fig.Unverified)
 	row("open workflows at the end", fig.WorkflowsOpen)
 	tw.Flush()
 
