@@ -440,7 +440,7 @@ func checkRefusals(ev evidence) invariant {
 		if a.Expected == "" || slices.Contains(undelivered, a.Outcome) {
 			continue
 		}
-		if unverified(ev, a) || readmitted(ev, a) {
+		if unverified(ev, a) || readmitted(ev, a) || unconsumed(ev, a) {
 			continue // counted apart
 		}
 		inv.Checked++
@@ -480,6 +480,38 @@ func readmitted(ev evidence, a approvalRecord) bool {
 		}
 	}
 	return false
+}
+
+// unconsumed reports whether a replayed approval was accepted because the
+// host had never consumed it: when it was first sent, the host allowed the
+// act as benign (the rollback of its own fresh create) without looking at
+// it, so its nonce was never spent and no admission was written. Sent again
+// within its window to a later instance under the same VMID, it is a valid
+// approval for "destroy guest N", which names no instance, and the host
+// admits it for that instance. That is what the design says (an approval is
+// bound to an instance when it is admitted), but not what the operator who
+// signed it saw; the figures count these apart.
+func unconsumed(ev evidence, a approvalRecord) bool {
+	if a.Kind != apReplayed || (a.Outcome != apAccepted && a.Outcome != apActionFail) {
+		return false
+	}
+	he := ev.Hosts[a.Host]
+	if he == nil {
+		return false
+	}
+	admittedNow := false
+	for _, d := range he.Decisions {
+		if d.Nonce != a.Nonce {
+			continue
+		}
+		if d.Code == gate.CodeAllowedSigned && d.Time.Before(a.Sent) {
+			return false // consumed before: this replay had to be refused
+		}
+		if d.Code == gate.CodeAllowedSigned && d.Guest == strconv.Itoa(a.VMID) {
+			admittedNow = true
+		}
+	}
+	return admittedNow
 }
 
 // unverified reports whether an invalid approval was answered "accepted"

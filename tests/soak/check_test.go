@@ -234,14 +234,32 @@ func TestInvalidApprovalForABenignActIsCountedApart(t *testing.T) {
 func TestReplayHonouredAsARetryIsCountedApart(t *testing.T) {
 	ev := cleanEvidence()
 	ev.Approvals = append(ev.Approvals, approvalRecord{Kind: apReplayed, Host: "h1", VMID: 101, Op: gate.OpGuestDestroy,
-		Nonce: "n1", Key: "k1", Expected: "replay", Outcome: apAccepted, Sent: at(5)})
+		Nonce: "n1", Key: "k1", Expected: "replay", Outcome: apAccepted, Sent: at(15)})
 	if inv := checkRefusals(ev); inv.Violations != 1 {
 		t.Fatalf("%d violations, want 1: no allowed_admitted carries its nonce", inv.Violations)
 	}
-	ev.Hosts["h1"].Decisions = append(ev.Hosts["h1"].Decisions, gateDecision{Time: at(6), Allowed: true,
+	ev.Hosts["h1"].Decisions = append(ev.Hosts["h1"].Decisions, gateDecision{Time: at(16), Allowed: true,
 		Code: gate.CodeAllowedAdmitted, Op: gate.OpGuestDestroy, Host: "h1", Guest: "101", Nonce: "n1", Params: qemu})
 	if inv := checkRefusals(ev); inv.Violations != 0 {
 		t.Errorf("%d violations: %v", inv.Violations, inv.Examples)
+	}
+}
+
+// A replayed approval the host never consumed (its first act was benign)
+// and admitted now is counted apart; one consumed before must be refused.
+func TestReplayOfAnUnconsumedApprovalIsCountedApart(t *testing.T) {
+	ev := cleanEvidence()
+	ev.Approvals = append(ev.Approvals, approvalRecord{Kind: apReplayed, Host: "h1", VMID: 104, Op: gate.OpGuestDestroy,
+		Nonce: "n9", Key: "k9", Expected: "replay", Outcome: apAccepted, Sent: at(100)})
+	ev.Hosts["h1"].Decisions = append(ev.Hosts["h1"].Decisions, gateDecision{Time: at(101), Allowed: true,
+		Code: gate.CodeAllowedSigned, Op: gate.OpGuestDestroy, Host: "h1", Guest: "104", Nonce: "n9", Params: qemu})
+	if inv := checkRefusals(ev); inv.Violations != 0 {
+		t.Errorf("never consumed before: %d violations: %v", inv.Violations, inv.Examples)
+	}
+	ev.Hosts["h1"].Decisions = append(ev.Hosts["h1"].Decisions, gateDecision{Time: at(50), Allowed: true,
+		Code: gate.CodeAllowedSigned, Op: gate.OpGuestDestroy, Host: "h1", Guest: "104", Nonce: "n9", Params: qemu})
+	if inv := checkRefusals(ev); inv.Violations != 1 {
+		t.Errorf("consumed before: %d violations, want 1", inv.Violations)
 	}
 }
 

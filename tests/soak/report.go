@@ -40,6 +40,10 @@ type report struct {
 		// Readmitted counts replayed approvals honoured as the retry of
 		// their own act (see readmitted).
 		Readmitted int `json:"replayed_approvals_readmitted_for_their_own_act"`
+		// Unconsumed counts replayed approvals first sent for a benign act,
+		// never consumed, and admitted for a later instance (see
+		// unconsumed).
+		Unconsumed int `json:"replayed_approvals_never_consumed_admitted_later"`
 	} `json:"figures"`
 	// Approvals counts approvals tried: kind → outcome → count.
 	Approvals map[string]map[string]int `json:"approvals"`
@@ -101,6 +105,9 @@ func (f *fleet) fillFigures(rep *report, ev evidence) {
 		if readmitted(ev, a) {
 			rep.Figures.Readmitted++
 		}
+		if unconsumed(ev, a) {
+			rep.Figures.Unconsumed++
+		}
 		if rep.Approvals[a.Kind] == nil {
 			rep.Approvals[a.Kind] = map[string]int{}
 		}
@@ -156,6 +163,7 @@ func (r *report) print(w io.Writer) {
 	}
 	row("ledger admissions", fig.Admissions)
 	row("replayed approvals honoured as the retry of their own act (allowed_admitted)", fig.Readmitted)
+	row("replayed approvals never consumed (first sent for a benign act), admitted for a later instance", fig.Unconsumed)
 	row("invalid approvals answered \"accepted\" the gate never looked at (benign act, or failed before the gate)", fig.Unverified)
 	row("open workflows at the end", fig.WorkflowsOpen)
 	tw.Flush()
