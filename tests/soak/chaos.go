@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -74,6 +75,15 @@ func (c *hostChaos) acl() []pvesim.ACL {
 		acl = append(acl, pvesim.ACL{Path: fmt.Sprintf("/vms/%d", vmid), Privileges: []string{}})
 	}
 	return acl
+}
+
+// faultKindNames lists the fault kinds, for a usage error.
+func faultKindNames() string {
+	names := make([]string, len(faultWeights))
+	for i, w := range faultWeights {
+		names[i] = w.name
+	}
+	return strings.Join(names, ", ")
 }
 
 // weighted is a choice and how often it is made, against the others'

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -367,9 +368,10 @@ func (f *fleet) changeLoop(ctx context.Context, rng *rand.Rand) {
 
 // faultLoop injects a simulator fault on a random host every 1.5s / rate.
 func (f *fleet) faultLoop(ctx context.Context, rng *rand.Rand) {
+	kinds := slices.DeleteFunc(slices.Clone(faultWeights), func(w weighted) bool { return f.o.skipFaults[w.name] })
 	for sleep(ctx, jitter(rng, time.Duration(float64(1500*time.Millisecond)/f.o.faultRate))) {
 		h := f.hosts[rng.IntN(len(f.hosts))]
-		kind := pick(rng, faultWeights)
+		kind := pick(rng, kinds)
 		if what := h.inject(rng, kind, h.randomGuest(rng)); what != "" {
 			f.mu.Lock()
 			f.fig.Faults[kind]++

@@ -41,6 +41,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -70,10 +72,12 @@ type options struct {
 	guests    int
 	seed      int64
 	faultRate float64
-	jsonOut   bool
-	dir       string
-	keep      bool
-	verbose   bool
+	// skipFaults are fault kinds not injected.
+	skipFaults map[string]bool
+	jsonOut    bool
+	dir        string
+	keep       bool
+	verbose    bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -90,6 +94,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.guests, "guests", 60, "number of guests (VMIDs) in total, spread over the hosts; about two thirds exist at the start")
 	fs.Int64Var(&o.seed, "seed", 0, "seed of the random choices (0: from the clock; the seed used is printed)")
 	fs.Float64Var(&o.faultRate, "fault-rate", 1, "multiplies how often faults, kills, restarts and cuts happen (0: none, only changes and approvals)")
+	var skip string
+	fs.StringVar(&skip, "skip-faults", "", "comma-separated simulator fault `kinds` not to inject (the names the figures use, e.g. lost_tasks_node_reboot)")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the report as JSON instead of tables")
 	fs.StringVar(&o.dir, "dir", "", "work directory for the server's database, the hosts' files and the logs (default: a new temporary directory)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (it is always kept when an invariant is violated)")
@@ -115,6 +121,20 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.faultRate < 0 || o.faultRate > 20 {
 		bad = append(bad, fmt.Errorf("--fault-rate: %g is outside 0-20", o.faultRate))
+	}
+	o.skipFaults = map[string]bool{}
+	for kind := range strings.SplitSeq(skip, ",") {
+		if kind = strings.TrimSpace(kind); kind == "" {
+			continue
+		}
+		if !slices.ContainsFunc(faultWeights, func(w weighted) bool { return w.name == kind }) {
+			bad = append(bad, fmt.Errorf("--skip-faults: %q is not a fault kind (%s)", kind, faultKindNames()))
+			continue
+		}
+		o.skipFaults[kind] = true
+	}
+	if len(o.skipFaults) == len(faultWeights) {
+		bad = append(bad, errors.New("--skip-faults: every fault kind skipped; use --fault-rate 0 for no faults"))
 	}
 	if o.seed == 0 {
 		o.seed = time.Now().UnixNano()

@@ -36,6 +36,14 @@ func TestParseFlagsNamesEveryBadFlag(t *testing.T) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
 	}
+	if _, err := parseFlags([]string{"--skip-faults", "drop_after,no_such_fault"}, &stderr); err == nil ||
+		!strings.Contains(err.Error(), `--skip-faults: "no_such_fault" is not a fault kind`) {
+		t.Errorf("unknown fault kind: %v", err)
+	}
+	if o, err := parseFlags([]string{"--skip-faults", "lost_tasks_node_reboot, drop_after"}, &stderr); err != nil ||
+		!o.skipFaults["lost_tasks_node_reboot"] || !o.skipFaults["drop_after"] || len(o.skipFaults) != 2 {
+		t.Errorf("skip two kinds: %v, %v", o.skipFaults, err)
+	}
 	if _, err := parseFlags([]string{"extra"}, &stderr); err == nil || !strings.Contains(err.Error(), `unexpected argument "extra"`) {
 		t.Errorf("extra argument: %v", err)
 	}
