@@ -277,6 +277,7 @@ func (f *fleet) soak(ctx context.Context) (*report, error) {
 			break
 		}
 		f.event("settle: %d guests not settled yet", open)
+		f.wakeFailed(ctx, finals)
 		time.Sleep(3 * time.Second)
 	}
 	stopApply()
@@ -309,6 +310,25 @@ func (f *fleet) soak(ctx context.Context) (*report, error) {
 	f.fillFigures(rep, ev)
 	f.saveEvidence(ev)
 	return rep, nil
+}
+
+// wakeFailed asks every guest whose last pass failed to read its guest
+// again now, as an operator would with the reconcile signal once a fault
+// is fixed: a failed guest otherwise retries on its own only after
+// RetryEvery (five minutes), and a desired state equal to the last one
+// does not start a pass.
+func (f *fleet) wakeFailed(ctx context.Context, finals []guestFinal) {
+	for _, g := range finals {
+		if g.Phase != workflows.PhaseFailed {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := f.tc.SignalWorkflow(sctx, workflows.GuestWorkflowID(g.Host, g.VMID), "", workflows.SignalReconcile, "soak: settling")
+		cancel()
+		if err != nil {
+			f.event("reconcile %s/%d: %v", g.Host, g.VMID, err)
+		}
+	}
 }
 
 // saveEvidence writes what the soak sent and found at the end into the
