@@ -248,6 +248,59 @@ func TestHostileControlPlaneMatrix(t *testing.T) {
 			},
 		},
 		{
+			name: "approval delivered with a benign rollback, replayed on the next instance at the VMID",
+			attack: func(t *testing.T, h *harness) error {
+				// The approval accompanies the rollback of a fresh create,
+				// which needs none: the act runs, and the approval is spent.
+				h.createVM(150, false)
+				approval := h.approve(gate.OpGuestDestroy, "150", map[string]any{"kind": "qemu"})
+				if _, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 150, Approval: approval}); err != nil {
+					t.Fatalf("rollback with an approval: %v", err)
+				}
+				h.gone(t, 150)
+				// The next instance at VMID 150 is started: customer data.
+				h.createVM(150, false)
+				if _, err := run[TaskResult](h, h.act.StartGuest, GuestInput{VMID: 150}); err != nil {
+					t.Fatal(err)
+				}
+				_, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 150, Approval: approval})
+				return err
+			},
+			code:   "replay",
+			intact: guestExists(150),
+			legit: func(t *testing.T, h *harness) {
+				// A benign rollback with an approval for another act still
+				// runs, and leaves that approval unused.
+				h.createVM(160, false)
+				other := h.approve(gate.OpGuestDestroy, "161", map[string]any{"kind": "qemu"})
+				if _, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 160, Approval: other}); err != nil {
+					t.Fatalf("rollback with a refused approval: %v", err)
+				}
+				h.gone(t, 160)
+				h.createVM(161, false)
+				if _, err := run[TaskResult](h, h.act.StartGuest, GuestInput{VMID: 161}); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 161, Approval: other}); err != nil {
+					t.Fatalf("the unused approval for its own act: %v", err)
+				}
+				h.gone(t, 161)
+				// A signed destroy of the started guest works, once.
+				approval := h.approve(gate.OpGuestDestroy, "150", map[string]any{"kind": "qemu"})
+				if _, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 150, Approval: approval}); err != nil {
+					t.Fatalf("signed destroy: %v", err)
+				}
+				h.gone(t, 150)
+				h.createVM(150, false)
+				if _, err := run[TaskResult](h, h.act.StartGuest, GuestInput{VMID: 150}); err != nil {
+					t.Fatal(err)
+				}
+				_, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 150, Approval: approval})
+				wantErr(t, err, "replay", false)
+				guestExists(150)(t, h)
+			},
+		},
+		{
 			name: "benign config that reallocates an existing disk",
 			attack: func(t *testing.T, h *harness) error {
 				h.addVM(customerVM(101, "stopped"))

@@ -36,6 +36,11 @@ import (
 // never started lapses with its op. Once the act completed, or failed for
 // good after it started, the admission is Done: the same approval then
 // authorises nothing, and a retry of that act only reports it done.
+//
+// An approval that comes with an act the gate classifies Benign is passed to
+// Decide all the same: the gate verifies and spends it (the act runs
+// whatever it says), so it cannot be admitted later for another instance at
+// the same VMID. Nothing is admitted for a benign act.
 
 // act is an admitted approval's act in this attempt.
 type act struct {
@@ -115,8 +120,14 @@ func (a *Proxmox) authorize(ctx context.Context, what string, action gate.Action
 	if err != nil {
 		return ctx, nil, a.refused(what, action, err)
 	}
-	if dec.Op == nil {
-		return ctx, nil, nil // benign: nothing signed, nothing to admit
+	if dec.Class == gate.Benign {
+		// Nothing to admit: the act needs no signature. An approval that
+		// came with it was spent by the gate when it held, so it cannot be
+		// admitted later for another instance at this VMID.
+		if dec.ApprovalCode != "" {
+			a.log().Info("gate: benign act came with an approval", "op", action.Op, "guest", action.GuestID, "approval_code", dec.ApprovalCode)
+		}
+		return ctx, nil, nil
 	}
 	if a.Ledger == nil {
 		return ctx, nil, temporal.NewNonRetryableApplicationError(what+": no provenance ledger to record the admission in", ErrTypeLedger, nil)

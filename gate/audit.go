@@ -37,10 +37,18 @@ func (g *Gate) audit(ctx context.Context, req Request, d Decision, err error) {
 			slog.String("sig_alg", v.SigAlgorithm),
 			slog.Time("expires_at", v.Op.ExpiresAt)))
 	}
+	if d.ApprovalCode != "" {
+		attrs = append(attrs, slog.String("approval_code", d.ApprovalCode))
+	}
 	level := slog.LevelInfo
 	if err != nil {
 		level = slog.LevelWarn
 		attrs = append(attrs, slog.String("error", err.Error()))
+	}
+	if d.ApprovalErr != nil {
+		// A benign act ran, but the approval that came with it was refused.
+		level = slog.LevelWarn
+		attrs = append(attrs, slog.String("approval_error", d.ApprovalErr.Error()))
 	}
 	g.log.LogAttrs(ctx, level, "gate decision", attrs...)
 	if g.observe != nil {

@@ -20,7 +20,9 @@
 // instance, never a backup. signers.rotate and every unknown op are
 // Destructive.
 //
-// Gate.Decide allows a Benign action unsigned. A Destructive action needs an
+// Gate.Decide allows a Benign action unsigned; an approval that comes with
+// it is still verified, and spent when it holds (see "Admissions"). A
+// Destructive action needs an
 // Approval (raw blob + armored SSHSIG) that passes the Verifier, whose signer
 // role permits the op (a recovery key may only rotate signers; an
 // operational key may approve any destructive op, including a planned
@@ -52,6 +54,12 @@
 //     the guest instance it was admitted for, and only for that same action
 //     on that same instance. A Readmit skips the time window and the nonce,
 //     which the admission passed and spent; everything else runs again.
+//   - An approval that came with an act Decide allows as Benign is never
+//     admitted: Decide spent it already when it verified
+//     (Decision.ApprovalCode is CodeApprovalConsumed), and the act runs
+//     whatever its ApprovalCode says, since it needs no signature. The
+//     executor passes every approval it received to the gate, benign act or
+//     not, so that none outlives the act it was given for.
 //
 // # Admissions
 //
@@ -63,6 +71,22 @@
 // after the op expired; an admission whose act never started lapses with
 // the op; a Done one authorises nothing more. Admissions are keyed by the
 // signed bytes, never by ids the Temporal server hands out.
+//
+// An approval delivered for an act that is Benign when it arrives (the
+// rollback of a fresh create, say) is consumed by that act too: Decide runs
+// the whole pipeline on it, role and binding included, and spends its nonce
+// when everything holds. The op names a guest by VMID, not an instance, so an
+// approval left unspent there would be admitted for the next instance at that
+// VMID, a started customer guest, within its validity. The benign act runs
+// whether or not its approval verifies; Decision.ApprovalCode and the audit
+// record's approval_code say which ("approval_consumed", or the refusal's
+// code with approval_error), and a refused approval keeps its nonce unused
+// like every rejection. A nonce store failure does not block the benign act
+// (refusing it would not record the nonce either); the approval may then stay
+// unspent, but the failed store refuses every destructive act until it is
+// reopened. Not closed by this: an approval that a hostile Temporal server
+// withholds from the host and keeps for a later instance of the guest was
+// never seen here; only an op that named the guest instance would close it.
 //
 // # Verify pipeline
 //

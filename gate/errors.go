@@ -72,6 +72,10 @@ const (
 	CodeAllowedSigned = "allowed_signed" // destructive action with a verified, bound op
 	// CodeAllowedAdmitted: a retry of an act this host admitted before (Readmit).
 	CodeAllowedAdmitted = "allowed_admitted"
+	// CodeApprovalConsumed is a Decision's ApprovalCode when a benign
+	// action came with an approval that passed every check: its nonce is
+	// spent, so it authorises nothing more.
+	CodeApprovalConsumed = "approval_consumed"
 )
 
 // Code returns the stable snake_case code of err: "" for nil, one of the

@@ -35,6 +35,16 @@ type Decision struct {
 	// Op is the signed op once its signature verified, also when a later
 	// check refused it (for the record). Only Allowed grants anything.
 	Op *VerifiedOp
+	// ApprovalCode is, for a Benign action that came with an approval,
+	// what became of the approval: CodeApprovalConsumed when it passed
+	// every check and its nonce is now spent, CodeAllowedAdmitted for a
+	// Readmit of an approval spent before, or the rejection's code when it
+	// was refused (ApprovalErr says why). It is "" when no approval came,
+	// and for a Destructive action, whose Code already says it.
+	ApprovalCode string
+	// ApprovalErr is the refusal of a Benign action's approval, wrapping
+	// its sentinel like Decide's error; nil otherwise.
+	ApprovalErr error
 }
 
 // Gate decides whether actions may run. It is safe for concurrent use.
@@ -77,10 +87,22 @@ func New(v *Verifier, logger *slog.Logger, opts ...Option) *Gate {
 
 // Decide returns a Decision with Allowed set and a nil error when the action
 // may run. Otherwise the error wraps the rejection's sentinel (errors.Is) and
-// the Decision carries its Code. Benign actions are allowed unsigned. A
-// destructive action needs an approval whose op passes the verifier, whose
-// signer's role permits the op, and whose op, host, guest and params name
-// exactly this action; its nonce is burnt only when all of that holds.
+// the Decision carries its Code. A destructive action needs an approval whose
+// op passes the verifier, whose signer's role permits the op, and whose op,
+// host, guest and params name exactly this action; its nonce is burnt only
+// when all of that holds.
+//
+// A benign action is allowed unsigned. An approval that comes with it anyway
+// is checked by the same pipeline and, when it holds, spent: an approval is
+// consumed by the act it was given for, benign or not, so that it cannot
+// destroy a later instance of the guest the op names (the op names no
+// instance). The benign act is allowed whatever became of the approval, since
+// it needs none; Decision.ApprovalCode and ApprovalErr report it. A refused
+// approval keeps its nonce unused, as every rejection does. A nonce store
+// failure (code nonce_store) leaves the nonce perhaps unrecorded; it does not
+// block the benign act, because refusing the act would not record the nonce
+// either, and the same store refuses every destructive act until it works
+// again (a FileNonceStore refuses every Use until reopened).
 func (g *Gate) Decide(ctx context.Context, req Request) (Decision, error) {
 	d, err := g.decide(ctx, req, false)
 	g.audit(ctx, req, d, err)
@@ -89,19 +111,46 @@ func (g *Gate) Decide(ctx context.Context, req Request) (Decision, error) {
 
 func (g *Gate) decide(ctx context.Context, req Request, admitted bool) (Decision, error) {
 	d := Decision{Class: Classify(req.Action, req.Provenance, g.now())}
+	signed := req.Approval != nil && (len(req.Approval.Blob) != 0 || len(req.Approval.Signature) != 0)
 	if d.Class == Benign {
 		d.Allowed, d.Code = true, CodeAllowedBenign
+		if !signed {
+			return d, nil
+		}
+		// The act needs no signature: the approval's outcome is recorded,
+		// never returned as the decision's error.
+		vop, code, err := g.verifyApproval(ctx, req, admitted)
+		d.Op, d.ApprovalCode, d.ApprovalErr = vop, code, err
+		if err == nil && !admitted {
+			d.ApprovalCode = CodeApprovalConsumed
+		}
 		return d, nil
 	}
-	reject := func(err error) (Decision, error) {
-		d.Code = Code(err)
+	if !signed || len(req.Approval.Blob) == 0 || len(req.Approval.Signature) == 0 {
+		d.Code = Code(ErrPendingSignature)
+		return d, fmt.Errorf("%w: %s", ErrPendingSignature, describe(req.Action))
+	}
+	vop, code, err := g.verifyApproval(ctx, req, admitted)
+	d.Op = vop
+	if err != nil {
+		d.Code = code
 		return d, err
 	}
-	if req.Approval == nil || len(req.Approval.Blob) == 0 || len(req.Approval.Signature) == 0 {
-		return reject(fmt.Errorf("%w: %s", ErrPendingSignature, describe(req.Action)))
+	d.Allowed, d.Code = true, code
+	return d, nil
+}
+
+// verifyApproval runs the verify pipeline with the gate's role and binding
+// checks on req's approval, spending its nonce unless admitted (Readmit).
+// The code is CodeAllowedSigned, CodeAllowedAdmitted or the rejection's.
+func (g *Gate) verifyApproval(ctx context.Context, req Request, admitted bool) (*VerifiedOp, string, error) {
+	if len(req.Approval.Blob) == 0 || len(req.Approval.Signature) == 0 {
+		err := fmt.Errorf("%w: the approval lacks its op or its signature", ErrPendingSignature)
+		return nil, Code(err), err
 	}
 	if g.verifier == nil {
-		return reject(fmt.Errorf("%w: no signer keys are pinned on this host", ErrUnknownSigner))
+		err := fmt.Errorf("%w: no signer keys are pinned on this host", ErrUnknownSigner)
+		return nil, Code(err), err
 	}
 	check := func(v *VerifiedOp) error {
 		if !v.Signer.Role.permits(v.Op.Op) {
@@ -121,15 +170,13 @@ func (g *Gate) decide(ctx context.Context, req Request, admitted bool) (Decision
 	} else {
 		vop, err = g.verifier.verify(ctx, req.Approval.Signature, req.Approval.Blob, check)
 	}
-	d.Op = vop
 	if err != nil {
-		return reject(err)
+		return vop, Code(err), err
 	}
-	d.Allowed, d.Code = true, CodeAllowedSigned
 	if admitted {
-		d.Code = CodeAllowedAdmitted
+		return vop, CodeAllowedAdmitted, nil
 	}
-	return d, nil
+	return vop, CodeAllowedSigned, nil
 }
 
 // Readmit decides a retry of an act this host already admitted: it runs

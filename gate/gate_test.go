@@ -501,6 +501,7 @@ func TestEveryRejectionLeavesTheNonceUnused(t *testing.T) {
 	at := func(nb, exp time.Duration) func(*Op) {
 		return func(o *Op) { o.NotBefore, o.ExpiresAt = now.Add(nb), now.Add(exp) }
 	}
+	rollback := Provenance{AgentCreated: true, CreatedAt: now.Add(-time.Minute)}
 	tests := []struct {
 		name   string
 		key    *testKey
@@ -533,6 +534,12 @@ func TestEveryRejectionLeavesTheNonceUnused(t *testing.T) {
 			if Code(err) != tt.code {
 				t.Fatalf("Decide err = %v (%s), want %s", err, Code(err), tt.code)
 			}
+			// The same approval with the benign rollback of a fresh create:
+			// the act is allowed, the approval refused with the same code.
+			d, err := g.Decide(ctx, Request{Action: action, Provenance: rollback, Approval: approve(t, *tt.key, op)})
+			if err != nil || !d.Allowed || d.Code != CodeAllowedBenign || d.ApprovalCode != tt.code || Code(d.ApprovalErr) != tt.code {
+				t.Fatalf("benign Decide = %+v, %v; want allowed_benign with approval code %s", d, err, tt.code)
+			}
 			if store.uses != before {
 				t.Fatalf("the nonce store was asked %d times for a refused op", store.uses-before)
 			}
@@ -556,5 +563,73 @@ func TestEveryRejectionLeavesTheNonceUnused(t *testing.T) {
 		if !errors.Is(err, ErrNonceStore) || d.Allowed || d.Code != "nonce_store" {
 			t.Fatalf("Decide with a failing store = %+v, %v; want refused with nonce_store", d, err)
 		}
+		// The benign act needs no signature: a store that cannot spend the
+		// approval does not block it, and the decision says so.
+		d, err = g.Decide(ctx, Request{Action: destroyAction(), Provenance: rollback, Approval: approve(t, opKey, destroyOp("store-fails"))})
+		if err != nil || !d.Allowed || d.Code != CodeAllowedBenign || d.ApprovalCode != "nonce_store" || !errors.Is(d.ApprovalErr, ErrNonceStore) {
+			t.Fatalf("benign Decide with a failing store = %+v, %v; want allowed_benign, approval nonce_store", d, err)
+		}
 	})
+}
+
+// TestDecideBenignSpendsItsApproval: an approval that comes with a benign act
+// is verified and spent by it, so it cannot be admitted later for a
+// destructive act on another instance at the same VMID (the op names no
+// instance).
+func TestDecideBenignSpendsItsApproval(t *testing.T) {
+	var logs bytes.Buffer
+	g := newGate(t, NewMemoryNonceStore(), slog.New(slog.NewJSONHandler(&logs, nil)))
+	ctx := context.Background()
+	rollback := Provenance{AgentCreated: true, CreatedAt: now.Add(-time.Minute)}
+	ap := approve(t, opKey, destroyOp("benign-spent"))
+
+	d, err := g.Decide(ctx, Request{Action: destroyAction(), Provenance: rollback, Approval: ap})
+	if err != nil || !d.Allowed || d.Class != Benign || d.Code != CodeAllowedBenign || d.ApprovalCode != CodeApprovalConsumed || d.ApprovalErr != nil || d.Op == nil {
+		t.Fatalf("benign rollback with a valid approval = %+v, %v; want allowed_benign, approval consumed", d, err)
+	}
+	// The next instance at the VMID was started: destroying it is
+	// destructive, and the approval is used up.
+	d, err = g.Decide(ctx, Request{Action: destroyAction(), Provenance: Provenance{InUse: true}, Approval: ap})
+	if !errors.Is(err, ErrReplay) || d.Allowed || d.Code != "replay" {
+		t.Fatalf("the spent approval on a started guest = %+v, %v; want refused with replay", d, err)
+	}
+	// Presented again with the benign act, the act runs and the approval
+	// is reported a replay.
+	d, err = g.Decide(ctx, Request{Action: destroyAction(), Provenance: rollback, Approval: ap})
+	if err != nil || !d.Allowed || d.ApprovalCode != "replay" || !errors.Is(d.ApprovalErr, ErrReplay) {
+		t.Fatalf("benign rollback with a spent approval = %+v, %v; want allowed, approval replay", d, err)
+	}
+	// A benign act without an approval reports none.
+	d, err = g.Decide(ctx, Request{Action: destroyAction(), Provenance: rollback})
+	if err != nil || !d.Allowed || d.ApprovalCode != "" || d.ApprovalErr != nil || d.Op != nil {
+		t.Fatalf("benign rollback without an approval = %+v, %v", d, err)
+	}
+
+	var records []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var r map[string]any
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		records = append(records, r)
+	}
+	want := []struct{ level, code, approval string }{
+		{"INFO", "allowed_benign", "approval_consumed"},
+		{"WARN", "replay", ""},
+		{"WARN", "allowed_benign", "replay"},
+		{"INFO", "allowed_benign", ""},
+	}
+	if len(records) != len(want) {
+		t.Fatalf("%d audit records for %d decisions:\n%s", len(records), len(want), logs.String())
+	}
+	for i, w := range want {
+		r := records[i]
+		approval, _ := r["approval_code"].(string)
+		if r["level"] != w.level || r["code"] != w.code || approval != w.approval {
+			t.Errorf("record %d = %v, want %+v", i, r, w)
+		}
+	}
+	if records[2]["approval_error"] == nil {
+		t.Errorf("refused approval's reason not in the audit record: %v", records[2])
+	}
 }
