@@ -52,6 +52,9 @@ type gateDecision struct {
 	Params       string
 	AgentCreated bool
 	Nonce        string
+	// ApprovalCode is the gate's verdict on an approval that came with a
+	// benign act: approval_consumed, or the refusal's code.
+	ApprovalCode string
 }
 
 // guestFinal is one guest at the end: desired (the soak's), observed
@@ -444,7 +447,13 @@ func checkRefusals(ev evidence) invariant {
 			continue // counted apart
 		}
 		inv.Checked++
-		if a.Outcome == a.Expected {
+		outcome := a.Outcome
+		if code, ok := benignVerdict(ev, a); ok {
+			// The act was benign and ran; the gate's verdict on the
+			// approval that came with it is its own record's.
+			outcome = code
+		}
+		if outcome == a.Expected {
 			continue
 		}
 		// A replayed approval near its end may expire on its way; an
@@ -455,9 +464,27 @@ func checkRefusals(ev evidence) invariant {
 			a.Outcome == "replay" && a.Expected == "expired") {
 			continue
 		}
-		inv.violate("%s approval to %s/%d: %s, want %s", a.Kind, a.Host, a.VMID, a.Outcome, a.Expected)
+		inv.violate("%s approval to %s/%d: %s, want %s", a.Kind, a.Host, a.VMID, outcome, a.Expected)
 	}
 	return inv
+}
+
+// benignVerdict is the gate's verdict on approval a when it came with an
+// act the gate allowed as benign: the gate verifies such an approval all
+// the same, and spends it when it holds (approval_consumed), so that it
+// cannot act later on another instance of the guest.
+func benignVerdict(ev evidence, a approvalRecord) (string, bool) {
+	he := ev.Hosts[a.Host]
+	if he == nil || a.Nonce == "" {
+		return "", false
+	}
+	for _, d := range he.Decisions {
+		if d.Code == gate.CodeAllowedBenign && d.ApprovalCode != "" && d.Nonce == a.Nonce &&
+			d.Guest == strconv.Itoa(a.VMID) && !d.Time.Before(a.Sent) {
+			return d.ApprovalCode, true
+		}
+	}
+	return "", false
 }
 
 // readmitted reports whether a replayed approval was honoured as the retry

@@ -286,3 +286,29 @@ func TestReplayCodeFollowsThePipelineOrder(t *testing.T) {
 		t.Errorf("another host: %s, want wrong_host", got)
 	}
 }
+
+// An approval that came with a benign act is verified by the gate all the
+// same: its audit record's approval code is the verdict the checker
+// compares, whatever the workflow answered.
+func TestBenignActCarriesTheGatesVerdictOnItsApproval(t *testing.T) {
+	for _, tt := range []struct {
+		name, approvalCode string
+		violations         int
+	}{
+		{"refused with the expected code", "wrong_host", 0},
+		{"refused with another code", "binding_mismatch", 1},
+		{"consumed although invalid", gate.CodeApprovalConsumed, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := cleanEvidence()
+			a := &ev.Approvals[2] // wrong_host expected
+			a.Outcome, a.Op, a.Sent = apAccepted, gate.OpGuestDestroy, at(100)
+			ev.Hosts["h1"].Decisions = append(ev.Hosts["h1"].Decisions,
+				gateDecision{Time: at(101), Allowed: true, Code: gate.CodeAllowedBenign, Op: gate.OpGuestDestroy, Host: "h1",
+					Guest: "104", Params: qemu, Nonce: a.Nonce, ApprovalCode: tt.approvalCode})
+			if inv := checkRefusals(ev); inv.Violations != tt.violations {
+				t.Errorf("%d violations, want %d: %v", inv.Violations, tt.violations, inv.Examples)
+			}
+		})
+	}
+}

@@ -248,6 +248,7 @@ func readDecisions(path string) ([]gateDecision, error) {
 			Msg        string    `json:"msg"`
 			Allowed    bool      `json:"allowed"`
 			Code       string    `json:"code"`
+			Approval   string    `json:"approval_code"`
 			Op         string    `json:"op"`
 			HostID     string    `json:"host_id"`
 			GuestID    string    `json:"guest_id"`
@@ -263,7 +264,7 @@ func readDecisions(path string) ([]gateDecision, error) {
 			continue // a line cut short by a kill
 		}
 		out = append(out, gateDecision{Time: rec.Time, Allowed: rec.Allowed, Code: rec.Code, Op: rec.Op, Host: rec.HostID,
-			Guest: rec.GuestID, Params: rec.Params, AgentCreated: rec.Provenance.AgentCreated, Nonce: rec.Signed.Nonce})
+			Guest: rec.GuestID, Params: rec.Params, AgentCreated: rec.Provenance.AgentCreated, Nonce: rec.Signed.Nonce, ApprovalCode: rec.Approval})
 	}
 	return out, sc.Err()
 }
