@@ -2,8 +2,11 @@ package activities
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
+	"time"
 
 	"go.temporal.io/sdk/temporal"
 
@@ -141,7 +144,27 @@ func (a *Proxmox) power(ctx context.Context, what, action string, vmid int, kind
 		return TaskResult{}, notFound(what, vmid)
 	}
 	p, has := resumed(ctx)
-	if res, ok, err := a.resumeTask(ctx, p, has, action, vmid, powerTaskTypes(kind, action)...); ok {
+	res, ok, err := a.resumeTask(ctx, p, has, action, vmid, powerTaskTypes(kind, action)...)
+	if ok && err == nil && st.Status != powerGoal[action] {
+		// The recorded task ended OK but the guest is not as it asked. If
+		// the node booted since the task started, the reboot undid it
+		// (pve stops every guest at shutdown, pve-guests starts only the
+		// onboot ones): waiting for the state again would time out on
+		// every attempt, for ever. Deciding afresh from the status read
+		// above sends the request once more, and records the new task,
+		// which the next attempt resumes. Failing instead would not help:
+		// the next attempt would find the same task in its heartbeat.
+		// Otherwise the state may still come (the HA stack acts after its
+		// task ended), so it is waited for as before. Only this path
+		// reads the node's status.
+		var undone bool
+		if undone, err = a.bootedSince(ctx, res.UPID); err == nil && undone {
+			a.log().Warn("recorded task ended before the node last booted; acting again", "phase", action, "upid", res.UPID,
+				"vmid", vmid, "status", st.Status)
+			ok = false
+		}
+	}
+	if ok {
 		if err == nil {
 			err = a.reached(ctx, what, action, kind, vmid, res.UPID, params)
 		}
@@ -157,7 +180,7 @@ func (a *Proxmox) power(ctx context.Context, what, action string, vmid int, kind
 	if g.Status == skipIf {
 		return TaskResult{AlreadyDone: true}, a.handOverIf(ctx, action, vmid, kind)
 	}
-	res, err := a.runGuestTask(ctx, action, taskType(kind, action), vmid, action == "reboot",
+	res, err = a.runGuestTask(ctx, action, taskType(kind, action), vmid, action == "reboot",
 		"POST", a.guestPath(kind, vmid)+"/status/"+action, params)
 	if err == nil && !ownTaskLeftState(res.UPID, kind, action) {
 		err = a.reached(ctx, what, action, kind, vmid, res.UPID, params)
@@ -166,6 +189,35 @@ func (a *Proxmox) power(ctx context.Context, what, action string, vmid int, kind
 		err = a.handOverIf(ctx, action, vmid, kind)
 	}
 	return res, err
+}
+
+// bootedSince reports whether the node booted after task upid started. A
+// reboot kills every running task, so a task that ended OK and started
+// before the boot also ended before it. The boot is now minus the node's
+// uptime (whole seconds, so at most a second late: a task started before
+// the boot always counts; one started within a second after it may too,
+// and then its request is only sent again). The host's clock is the node's:
+// the agent runs on the node.
+func (a *Proxmox) bootedSince(ctx context.Context, upid string) (bool, error) {
+	info, err := parseUPID(upid)
+	if err != nil || info.Start.IsZero() {
+		return false, err
+	}
+	var st *struct {
+		Uptime json.Number `json:"uptime"`
+	}
+	if err := a.Client.Get(ctx, "/nodes/"+url.PathEscape(a.Node)+"/status", &st); err != nil {
+		return false, err
+	}
+	if st == nil {
+		return false, malformed("status of node %s is null", a.Node)
+	}
+	up, err := st.Uptime.Int64()
+	if err != nil || up < 0 {
+		return false, malformed("status of node %s has uptime %q", a.Node, st.Uptime)
+	}
+	boot := a.now().Add(-time.Duration(up) * time.Second)
+	return info.Start.Before(boot), nil
 }
 
 // ownTaskLeftState reports whether upid is the guest's own task for action

@@ -24,9 +24,16 @@ func (s *Server) nodeList() []map[string]any {
 		"node": s.cfg.Node, "id": "node/" + s.cfg.Node, "type": "node", "status": "online",
 		"level": "", "maxcpu": nodeMaxCPU, "maxmem": uint64(nodeMaxMem), "mem": s.usedMemory(),
 		"maxdisk": uint64(nodeMaxDisk), "disk": uint64(12 << 30), "cpu": 0.02,
-		"uptime":          uint64(time.Since(s.bootTime).Seconds()) + 86400,
+		"uptime":          s.uptime(),
 		"ssl_fingerprint": "",
 	}}
+}
+
+// uptime is the node's uptime in whole seconds on Config.Clock, as
+// /proc/uptime gives it to pve: now minus it is when the node last booted
+// (RebootNode). s.mu held.
+func (s *Server) uptime() uint64 {
+	return uint64(max(0, s.cfg.Clock().Sub(s.bootClock)) / time.Second)
 }
 
 // usedMemory; s.mu held.
@@ -45,7 +52,7 @@ func (s *Server) nodeStatus() map[string]any {
 	defer s.mu.Unlock()
 	used := s.usedMemory()
 	return map[string]any{
-		"uptime":     uint64(time.Since(s.bootTime).Seconds()) + 86400,
+		"uptime":     s.uptime(),
 		"kversion":   "Linux 6.14.8-2-pve #1 SMP PREEMPT_DYNAMIC PMX 6.14.8-2",
 		"pveversion": "pve-manager/9.1.1/42b7a4ac0b3e4d2a",
 		"cpu":        0.02, "wait": 0.0, "idle": 0,
@@ -123,7 +130,7 @@ func (s *Server) clusterResources(c *call) (any, *apiError) {
 		out = append(out, map[string]any{"id": "node/" + s.cfg.Node, "type": "node", "node": s.cfg.Node,
 			"status": "online", "maxcpu": nodeMaxCPU, "maxmem": uint64(nodeMaxMem), "mem": s.usedMemory(),
 			"maxdisk": uint64(nodeMaxDisk), "disk": uint64(12 << 30), "level": "",
-			"uptime": uint64(time.Since(s.bootTime).Seconds()) + 86400})
+			"uptime": s.uptime()})
 	}
 	if typ == "" || typ == "storage" {
 		for i := range storages {

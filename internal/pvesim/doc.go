@@ -94,7 +94,9 @@
 //     "unexpected status" afterwards, a create leaves its guest locked
 //     "create" without its config (marker, name) and with its allocated
 //     disks, a destroy leaves a config locked "destroyed" after freeing the
-//     disks; FaultHoldTask holds a task where the reboot should hit it;
+//     disks, and the node's uptime (/nodes/{node}/status, on
+//     Config.Clock; a day at Start) starts again from zero; FaultHoldTask
+//     holds a task where the reboot should hit it;
 //   - 596 while pvedaemon is busy: FaultHTTPError with Status 596; a 596
 //     for a call pvedaemon went on to execute (pveproxy gives up after
 //     30 s): FaultHTTPErrorAfter;

@@ -10,7 +10,7 @@ import "time"
 // disks it had allocated, a destroy leaves a config holding only the lock
 // "destroyed" after it freed the disks. Guests stop; those with onboot=1
 // start again, as pve-guests does at boot. Config locks stay, since they
-// are in the config files.
+// are in the config files. The node's uptime starts again from zero.
 //
 // It returns when every task has stopped.
 func (s *Server) RebootNode() {
@@ -29,7 +29,7 @@ func (s *Server) RebootNode() {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.bootTime = time.Now()
+	s.bootTime, s.bootClock = time.Now(), s.cfg.Clock()
 	for _, g := range s.guests {
 		s.setRunning(g, false)
 	}

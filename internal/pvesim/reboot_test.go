@@ -4,7 +4,9 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	proxmox "github.com/luthermonson/go-proxmox"
 
@@ -117,5 +119,35 @@ func TestRebootNodeStartsOnbootGuests(t *testing.T) {
 		if g, _ := srv.Guest(vmid); g.Status != want {
 			t.Errorf("guest %d %s after the reboot, want %s", vmid, g.Status, want)
 		}
+	}
+}
+
+// The node's status gives its uptime on the node's clock, so that now
+// minus it is the last boot: a day at Start, zero again after a reboot.
+func TestRebootNodeRestartsUptime(t *testing.T) {
+	var mu sync.Mutex
+	at := time.Unix(1_800_000_000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return at }
+	advance := func(d time.Duration) { mu.Lock(); at = at.Add(d); mu.Unlock() }
+	srv, client := newSim(t, pvesim.Config{StrictPVE: true, Clock: clock})
+	uptime := func() uint64 {
+		t.Helper()
+		n, err := client.Node(context.Background(), "pve1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.Uptime
+	}
+	advance(90 * time.Second)
+	if got, want := uptime(), uint64(86400+90); got != want {
+		t.Fatalf("uptime %d before the reboot, want %d", got, want)
+	}
+	srv.RebootNode()
+	if got := uptime(); got != 0 {
+		t.Fatalf("uptime %d right after the reboot, want 0", got)
+	}
+	advance(1500 * time.Millisecond)
+	if got := uptime(); got != 1 {
+		t.Fatalf("uptime %d 1.5s after the reboot, want 1 (whole seconds)", got)
 	}
 }

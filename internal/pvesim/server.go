@@ -133,7 +133,10 @@ type Server struct {
 	calls     atomic.Int64 // every API request received, reads included
 	taskPolls atomic.Int64 // GETs of a task's status
 	faults    []*activeFault
-	bootTime  time.Time
+	bootTime  time.Time // real time of the last boot, for pstart
+	// bootClock is the last boot on Config.Clock, the node's uptime's
+	// origin: a day before Start, then each RebootNode.
+	bootClock time.Time
 }
 
 // Start starts a simulated node listening on cfg.Addr.
@@ -185,6 +188,7 @@ func Start(cfg Config) (*Server, error) {
 		acl:      cfg.TokenACL,
 		bootTime: time.Now(),
 	}
+	s.bootClock = cfg.Clock().Add(-24 * time.Hour)
 	if cfg.StateFile != "" {
 		if err := s.loadState(); err != nil {
 			return nil, err
