@@ -128,7 +128,9 @@ func TestInvariantsDetectViolations(t *testing.T) {
 				VMID: 103, Status: 596, Fault: pvesim.FaultHTTPErrorAfter, UPID: "u8", Time: at(60)})
 			h1(ev).TaskExit["u8"] = "OK"
 		}},
-		{"workflow waiting on nothing", 5, func(ev *evidence) { ev.Workflows[0].OpenTimers = 0 }},
+		{"workflow waiting on nothing", 5, func(ev *evidence) {
+			ev.Workflows[0].OpenTimers, ev.Workflows[0].Phase = 0, workflows.PhaseConverging
+		}},
 		{"workflow terminated", 6, func(ev *evidence) {
 			ev.Closed = append(ev.Closed, closedWorkflow{ID: "guest/h1/105", Status: "Terminated"})
 		}},
@@ -307,6 +309,32 @@ func TestBenignActCarriesTheGatesVerdictOnItsApproval(t *testing.T) {
 				gateDecision{Time: at(101), Allowed: true, Code: gate.CodeAllowedBenign, Op: gate.OpGuestDestroy, Host: "h1",
 					Guest: "104", Params: qemu, Nonce: a.Nonce, ApprovalCode: tt.approvalCode})
 			if inv := checkRefusals(ev); inv.Violations != tt.violations {
+				t.Errorf("%d violations, want %d: %v", inv.Violations, tt.violations, inv.Examples)
+			}
+		})
+	}
+}
+
+// A converged guest workflow keeps no timer of its own: the host
+// workflow's listing wakes it. It is stuck only when that host workflow is
+// not live.
+func TestConvergedGuestWaitsOnItsHostWorkflow(t *testing.T) {
+	for _, tt := range []struct {
+		name       string
+		guest      workflowFinal
+		host       workflowFinal
+		violations int
+	}{
+		{"converged, host polling", workflowFinal{ID: "guest/h1/103", Phase: workflows.PhaseConverged}, workflowFinal{ID: "host/h1", PendingActivities: 1}, 0},
+		{"converged, host on its timer", workflowFinal{ID: "guest/h1/103", Phase: workflows.PhaseConverged}, workflowFinal{ID: "host/h1", OpenTimers: 1}, 0},
+		{"converged, host idle", workflowFinal{ID: "guest/h1/103", Phase: workflows.PhaseConverged}, workflowFinal{ID: "host/h1"}, 2},
+		{"converged, another host's workflow live", workflowFinal{ID: "guest/h1/103", Phase: workflows.PhaseConverged}, workflowFinal{ID: "host/h2", OpenTimers: 1}, 1},
+		{"converging, nothing pending", workflowFinal{ID: "guest/h1/103", Phase: workflows.PhaseConverging}, workflowFinal{ID: "host/h1", OpenTimers: 1}, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := cleanEvidence()
+			ev.Workflows = []workflowFinal{tt.guest, tt.host}
+			if inv := checkNotStuck(ev); inv.Violations != tt.violations {
 				t.Errorf("%d violations, want %d: %v", inv.Violations, tt.violations, inv.Examples)
 			}
 		})
