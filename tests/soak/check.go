@@ -466,6 +466,12 @@ func checkRefusals(ev evidence) invariant {
 		inv.Checked++
 		outcome := a.Outcome
 		if code, ok := benignVerdict(ev, a); ok {
+			if code == gate.CodeAllowedAdmitted {
+				// A replay that found its own admission for this act on
+				// this instance: honoured as the act's retry, as
+				// readmitted counts apart.
+				continue
+			}
 			// The act was benign and ran; the gate's verdict on the
 			// approval that came with it is its own record's.
 			outcome = code

@@ -300,6 +300,7 @@ func TestBenignActCarriesTheGatesVerdictOnItsApproval(t *testing.T) {
 		{"refused with the expected code", "wrong_host", 0},
 		{"refused with another code", "binding_mismatch", 1},
 		{"consumed although invalid", gate.CodeApprovalConsumed, 1},
+		{"honoured as the retry of its admitted act", gate.CodeAllowedAdmitted, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ev := cleanEvidence()
