@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/felhom/felhom-agent/activities/ledger"
 	"github.com/felhom/felhom-agent/gate"
 	"github.com/felhom/felhom-agent/internal/pvesim"
 )
@@ -87,6 +88,73 @@ func TestRetryAfterNonceSpentCompletesTheAct(t *testing.T) {
 		_, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 101, Approval: approval})
 		wantErr(t, err, "replay", false)
 		guestExists(101)(t, h)
+		if n := h.nonces.Len(); n != 1 {
+			t.Fatalf("%d nonces spent, want 1", n)
+		}
+	})
+
+	t.Run("crash after the intent, before Decide", func(t *testing.T) {
+		// The intent is on disk and the nonce unspent: the retry spends it.
+		h := newHarness(t, pvesim.Config{})
+		h.addVM(customerVM(101, "running"))
+		approval := h.approve(gate.OpGuestDestroy, "101", map[string]any{"kind": "qemu"})
+		g, err := h.act.readGuest(t.Context(), 101, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		digest, err := actionDigest(gate.Action{Op: gate.OpGuestDestroy, HostID: hostID, GuestID: "101", Params: map[string]any{"kind": "qemu"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.ledger.Intend(ledger.Admission{Key: approvalKey(approval), Action: digest, VMID: 101, Instance: instanceOf(g)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 101, Approval: approval}); err != nil {
+			t.Fatalf("retry after the crash: %v", err)
+		}
+		h.gone(t, 101)
+		if n := h.nonces.Len(); n != 1 {
+			t.Fatalf("%d nonces spent, want 1", n)
+		}
+		if ad, _ := h.ledger.Admission(approvalKey(approval)); ad.State != ledger.Done {
+			t.Fatalf("admission after the act: %+v", ad)
+		}
+	})
+
+	t.Run("refused approval leaves no intent", func(t *testing.T) {
+		h := newHarness(t, pvesim.Config{})
+		h.addVM(customerVM(101, "running"))
+		approval := h.approve(gate.OpGuestDestroy, "101", map[string]any{"kind": "lxc"}) // binds another act
+		_, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 101, Approval: approval})
+		wantErr(t, err, "binding_mismatch", false)
+		if ad, ok := h.ledger.Admission(approvalKey(approval)); ok {
+			t.Fatalf("refused approval left %+v", ad)
+		}
+		if n := h.nonces.Len(); n != 0 {
+			t.Fatalf("%d nonces spent, want 0", n)
+		}
+	})
+
+	t.Run("benign act drops an intent", func(t *testing.T) {
+		// A benign act spends the approval and is admitted nowhere: no
+		// intent may outlive it to explain that spend.
+		h := newHarness(t, pvesim.Config{})
+		h.createVM(150, true)
+		approval := h.approve(gate.OpGuestDestroy, "150", map[string]any{"kind": "qemu"})
+		g, err := h.act.readGuest(t.Context(), 150, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.ledger.Intend(ledger.Admission{Key: approvalKey(approval), Action: "x", VMID: 150, Instance: instanceOf(g)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 150, Approval: approval}); err != nil {
+			t.Fatal(err)
+		}
+		h.gone(t, 150)
+		if ad, ok := h.ledger.Admission(approvalKey(approval)); ok {
+			t.Fatalf("benign act left %+v", ad)
+		}
 		if n := h.nonces.Len(); n != 1 {
 			t.Fatalf("%d nonces spent, want 1", n)
 		}
