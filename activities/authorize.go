@@ -31,7 +31,7 @@ import (
 //
 // An approval authorises one act on one guest instance. Decide admits it
 // once (its nonce is spent) and the admission is fsync'd before anything is
-// sent. The act's first mutating request marks it Started (launch calls
+// sent (see "Intents" below for the step between the two). The act's first mutating request marks it Started (launch calls
 // startAct); a retry of the same act on the same instance is re-verified by
 // Readmit (every stage but the time window and the nonce) and proceeds; it
 // may finish a Started act whenever it runs, while an admission whose act
@@ -43,6 +43,58 @@ import (
 // Decide all the same: the gate verifies and spends it (the act runs
 // whatever it says), so it cannot be admitted later for another instance at
 // the same VMID. Nothing is admitted for a benign act.
+//
+// # Intents
+//
+// Decide spends the nonce last in its pipeline (an order the gate keeps),
+// and only then can the admission be written. So that a crash between the
+// two does not cost the operator a second signature, the executor first
+// writes an intent (ledger.Intended: key, action digest, VMID, instance),
+// and only while Gate.NonceSpent says the nonce is unspent. admitMu makes
+// "lookup, intent, Decide, admit" one step in this process; the ledger and
+// the nonce store are each locked to one process. Hence the invariant: an
+// intent on disk was written while its nonce was unspent, and the next
+// spend of that nonce was this host's Decide of this approval for the
+// intent's act. (A benign act drops an intent before its Decide, so its
+// spend never meets one. The executor tells benign from destructive with
+// gate.Classify on its own clock; should the gate's Decide, a moment later,
+// classify the act otherwise, an intent written for it is dropped right
+// after that Decide instead.) The interleavings of a destructive act:
+//
+//   - killed before the intent: nothing on disk, the nonce unspent; the
+//     retry starts afresh.
+//   - killed after the intent, before Decide spent the nonce: the retry
+//     finds the intent, Decide spends the nonce, the intent is promoted.
+//   - Decide refused (any code but replay): the nonce stays unspent, as
+//     for every rejection; this attempt's intent is dropped. A refusal that
+//     finds an earlier attempt's intent leaves it: the nonce is still
+//     unspent, and it lapses IntentRetention after it was written.
+//   - killed after Decide spent the nonce, before the admission was written
+//     (killpoint.NonceSpent): the retry's Decide answers replay; with the
+//     intent for the same action digest, VMID and instance, completeIntent
+//     re-verifies the approval (Gate.Readmit: every stage but window and
+//     nonce), refuses it if it expired, and promotes the intent. The act
+//     then runs once, under the one nonce.
+//   - killed after the admission: the readmit path below, as before.
+//   - the admission's write failed (ledger error) after the spend: the same
+//     as the kill after the spend, once the ledger works again.
+//
+// A hostile control plane replaying the blob: on another host the gate
+// refuses it (wrong host) and that host's nonce store has no intent; on
+// this host for another guest instance at the VMID, or with another
+// action, completeIntent finds the intent bound to something else and the
+// spent nonce stays a replay; an intent whose nonce is unspent and that
+// names another act is moot and is replaced, as the approval never acted.
+// It can make the host write an intent (one fsync, and one more to drop it)
+// for an approval that will be refused, since the lookup does not verify
+// the signature; intents lapse, and compaction drops them. Not covered: two
+// different signed ops that carry the same nonce (the operator's tool draws
+// each nonce at random, so only a deliberate reuse makes them). If the
+// first one's attempt is killed between its intent and its Decide and the
+// second one then spends the nonce, the first one's retry finds the nonce
+// spent and its own intent, and is completed: two acts under one nonce,
+// each signed by the operator. Recording the nonce in the intent and
+// refusing a completion when another admission holds it would close that.
 
 // act is an admitted approval's act in this attempt.
 type act struct {
@@ -142,7 +194,7 @@ var afterNonceSpent func(op string) error
 
 // decide asks the gate to admit req's approval and records the admission.
 // intent is the intent an earlier attempt recorded for this approval, nil
-// for none. See "Intents" in the package doc for the interleavings.
+// for none. See "Intents" at the top of this file for the interleavings.
 func (a *Proxmox) decide(ctx context.Context, what string, req gate.Request, g Guest, key string, intent *ledger.Admission) (context.Context, *act, error) {
 	action := req.Action
 	var digest string

@@ -54,7 +54,8 @@
 //
 // Compaction (rewriting the log with only live state, through a synced
 // temporary file and a rename) happens when the ledger is opened; it drops
-// admissions whose op expired, and started ones StartedRetention later.
+// admissions whose op expired, started ones StartedRetention later, and
+// intents IntentRetention after they were written.
 package ledger
 
 import (
