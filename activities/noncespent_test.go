@@ -42,6 +42,35 @@ func crashAfterNonceSpent(t *testing.T, h *harness, approval *gate.Approval) {
 	h.act = h.newActivities(filepath.Join(h.keyDir, "provenance.log"), filepath.Join(h.keyDir, "nonces.log"))
 }
 
+// wantLedger checks what the host holds for approval after an attempt: its
+// admission's state ("" for none) and the number of nonces spent.
+func wantLedger(t *testing.T, h *harness, approval *gate.Approval, state ledger.AdmissionState, nonces int) {
+	t.Helper()
+	if ad, _ := h.ledger.Admission(approvalKey(approval)); ad.State != state {
+		t.Fatalf("admission %+v, want state %q", ad, state)
+	}
+	if n := h.nonces.Len(); n != nonces {
+		t.Fatalf("%d nonces spent, want %d", n, nonces)
+	}
+}
+
+// intend writes the intent an attempt for action on the live guest vmid
+// would have written for approval.
+func intend(t *testing.T, h *harness, vmid int, approval *gate.Approval, action gate.Action) {
+	t.Helper()
+	g, err := h.act.readGuest(t.Context(), vmid, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest, err := actionDigest(action)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.ledger.Intend(ledger.Admission{Key: approvalKey(approval), Action: digest, VMID: vmid, Instance: instanceOf(g)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestRetryAfterNonceSpentCompletesTheAct: a worker killed after the gate
 // spent an approval's nonce and before the admission was written leaves the
 // intent the executor wrote before Decide; the retry of that act on that
@@ -98,27 +127,12 @@ func TestRetryAfterNonceSpentCompletesTheAct(t *testing.T) {
 		h := newHarness(t, pvesim.Config{})
 		h.addVM(customerVM(101, "running"))
 		approval := h.approve(gate.OpGuestDestroy, "101", map[string]any{"kind": "qemu"})
-		g, err := h.act.readGuest(t.Context(), 101, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		digest, err := actionDigest(gate.Action{Op: gate.OpGuestDestroy, HostID: hostID, GuestID: "101", Params: map[string]any{"kind": "qemu"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := h.ledger.Intend(ledger.Admission{Key: approvalKey(approval), Action: digest, VMID: 101, Instance: instanceOf(g)}); err != nil {
-			t.Fatal(err)
-		}
+		intend(t, h, 101, approval, gate.Action{Op: gate.OpGuestDestroy, HostID: hostID, GuestID: "101", Params: map[string]any{"kind": "qemu"}})
 		if _, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 101, Approval: approval}); err != nil {
 			t.Fatalf("retry after the crash: %v", err)
 		}
 		h.gone(t, 101)
-		if n := h.nonces.Len(); n != 1 {
-			t.Fatalf("%d nonces spent, want 1", n)
-		}
-		if ad, _ := h.ledger.Admission(approvalKey(approval)); ad.State != ledger.Done {
-			t.Fatalf("admission after the act: %+v", ad)
-		}
+		wantLedger(t, h, approval, ledger.Done, 1)
 	})
 
 	t.Run("refused approval leaves no intent", func(t *testing.T) {
@@ -127,12 +141,7 @@ func TestRetryAfterNonceSpentCompletesTheAct(t *testing.T) {
 		approval := h.approve(gate.OpGuestDestroy, "101", map[string]any{"kind": "lxc"}) // binds another act
 		_, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 101, Approval: approval})
 		wantErr(t, err, "binding_mismatch", false)
-		if ad, ok := h.ledger.Admission(approvalKey(approval)); ok {
-			t.Fatalf("refused approval left %+v", ad)
-		}
-		if n := h.nonces.Len(); n != 0 {
-			t.Fatalf("%d nonces spent, want 0", n)
-		}
+		wantLedger(t, h, approval, "", 0)
 	})
 
 	t.Run("benign act drops an intent", func(t *testing.T) {
@@ -141,23 +150,12 @@ func TestRetryAfterNonceSpentCompletesTheAct(t *testing.T) {
 		h := newHarness(t, pvesim.Config{})
 		h.createVM(150, true)
 		approval := h.approve(gate.OpGuestDestroy, "150", map[string]any{"kind": "qemu"})
-		g, err := h.act.readGuest(t.Context(), 150, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := h.ledger.Intend(ledger.Admission{Key: approvalKey(approval), Action: "x", VMID: 150, Instance: instanceOf(g)}); err != nil {
-			t.Fatal(err)
-		}
+		intend(t, h, 150, approval, gate.Action{Op: gate.OpGuestDestroy, HostID: hostID, GuestID: "150", Params: map[string]any{"kind": "qemu"}})
 		if _, err := run[TaskResult](h, h.act.DestroyGuest, DestroyGuestInput{VMID: 150, Approval: approval}); err != nil {
 			t.Fatal(err)
 		}
 		h.gone(t, 150)
-		if ad, ok := h.ledger.Admission(approvalKey(approval)); ok {
-			t.Fatalf("benign act left %+v", ad)
-		}
-		if n := h.nonces.Len(); n != 1 {
-			t.Fatalf("%d nonces spent, want 1", n)
-		}
+		wantLedger(t, h, approval, "", 1)
 	})
 
 	t.Run("without the intent the retry is a replay", func(t *testing.T) {

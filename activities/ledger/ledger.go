@@ -445,22 +445,28 @@ func (l *Ledger) Admit(ad Admission) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if prev, ok := l.admissions[ad.Key]; ok {
-		if prev.Action != ad.Action || prev.Instance != ad.Instance || prev.VMID != ad.VMID {
-			return ErrAdmissionConflict
-		}
-		if prev.State != Intended {
-			return nil
-		}
+	if prev, ok, err := l.heldLocked(ad); err != nil || (ok && prev.State != Intended) {
+		return err
 	}
 	ad.State, ad.At, ad.StartedAt = Admitted, l.now().UTC(), time.Time{}
 	return l.append(record{Op: opAdmit, Admission: &ad})
 }
 
+// heldLocked returns what the ledger holds for ad.Key, and
+// ErrAdmissionConflict when that is bound to another act or instance.
+func (l *Ledger) heldLocked(ad Admission) (Admission, bool, error) {
+	prev, ok := l.admissions[ad.Key]
+	if ok && (prev.Action != ad.Action || prev.Instance != ad.Instance || prev.VMID != ad.VMID) {
+		return prev, ok, ErrAdmissionConflict
+	}
+	return prev, ok, nil
+}
+
 // IntentRetention is how long an intent (state Intended) survives
-// compaction: long enough for the activity's retries, short enough that
-// intents of refused approvals do not pile up.
-const IntentRetention = 24 * time.Hour
+// compaction: the longest validity a host may accept for an op
+// (gate.MaxValidityLimit, 7 days), so that a retry within the op's validity
+// still finds it.
+const IntentRetention = 7 * 24 * time.Hour
 
 // Intend durably records that the executor is about to ask the gate to
 // admit the approval ad.Key for ad.Action on ad.Instance: the intent (state
@@ -476,11 +482,8 @@ func (l *Ledger) Intend(ad Admission) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if prev, ok := l.admissions[ad.Key]; ok {
-		if prev.Action != ad.Action || prev.Instance != ad.Instance || prev.VMID != ad.VMID {
-			return ErrAdmissionConflict
-		}
-		return nil
+	if _, ok, err := l.heldLocked(ad); err != nil || ok {
+		return err
 	}
 	ad.State, ad.At, ad.StartedAt = Intended, l.now().UTC(), time.Time{}
 	ad.ExpiresAt = ad.At.Add(IntentRetention)
