@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -29,7 +31,7 @@ import (
 //
 // An approval authorises one act on one guest instance. Decide admits it
 // once (its nonce is spent) and the admission is fsync'd before anything is
-// sent. The act's first mutating request marks it Started (launch calls
+// sent (see "Intents" below for the step between the two). The act's first mutating request marks it Started (launch calls
 // startAct); a retry of the same act on the same instance is re-verified by
 // Readmit (every stage but the time window and the nonce) and proceeds; it
 // may finish a Started act whenever it runs, while an admission whose act
@@ -41,6 +43,58 @@ import (
 // Decide all the same: the gate verifies and spends it (the act runs
 // whatever it says), so it cannot be admitted later for another instance at
 // the same VMID. Nothing is admitted for a benign act.
+//
+// # Intents
+//
+// Decide spends the nonce last in its pipeline (an order the gate keeps),
+// and only then can the admission be written. So that a crash between the
+// two does not cost the operator a second signature, the executor first
+// writes an intent (ledger.Intended: key, action digest, VMID, instance),
+// and only while Gate.NonceSpent says the nonce is unspent. admitMu makes
+// "lookup, intent, Decide, admit" one step in this process; the ledger and
+// the nonce store are each locked to one process. Hence the invariant: an
+// intent on disk was written while its nonce was unspent, and the next
+// spend of that nonce was this host's Decide of this approval for the
+// intent's act. (A benign act drops an intent before its Decide, so its
+// spend never meets one. The executor tells benign from destructive with
+// gate.Classify on its own clock; should the gate's Decide, a moment later,
+// classify the act otherwise, an intent written for it is dropped right
+// after that Decide instead.) The interleavings of a destructive act:
+//
+//   - killed before the intent: nothing on disk, the nonce unspent; the
+//     retry starts afresh.
+//   - killed after the intent, before Decide spent the nonce: the retry
+//     finds the intent, Decide spends the nonce, the intent is promoted.
+//   - Decide refused (any code but replay): the nonce stays unspent, as
+//     for every rejection; this attempt's intent is dropped. A refusal that
+//     finds an earlier attempt's intent leaves it: the nonce is still
+//     unspent, and it lapses IntentRetention after it was written.
+//   - killed after Decide spent the nonce, before the admission was written
+//     (killpoint.NonceSpent): the retry's Decide answers replay; with the
+//     intent for the same action digest, VMID and instance, completeIntent
+//     re-verifies the approval (Gate.Readmit: every stage but window and
+//     nonce), refuses it if it expired, and promotes the intent. The act
+//     then runs once, under the one nonce.
+//   - killed after the admission: the readmit path below, as before.
+//   - the admission's write failed (ledger error) after the spend: the same
+//     as the kill after the spend, once the ledger works again.
+//
+// A hostile control plane replaying the blob: on another host the gate
+// refuses it (wrong host) and that host's nonce store has no intent; on
+// this host for another guest instance at the VMID, or with another
+// action, completeIntent finds the intent bound to something else and the
+// spent nonce stays a replay; an intent whose nonce is unspent and that
+// names another act is moot and is replaced, as the approval never acted.
+// It can make the host write an intent (one fsync, and one more to drop it)
+// for an approval that will be refused, since the lookup does not verify
+// the signature; intents lapse, and compaction drops them. Not covered: two
+// different signed ops that carry the same nonce (the operator's tool draws
+// each nonce at random, so only a deliberate reuse makes them). If the
+// first one's attempt is killed between its intent and its Decide and the
+// second one then spends the nonce, the first one's retry finds the nonce
+// spent and its own intent, and is completed: two acts under one nonce,
+// each signed by the operator. Recording the nonce in the intent and
+// refusing a completion when another admission holds it would close that.
 
 // act is an admitted approval's act in this attempt.
 type act struct {
@@ -111,16 +165,91 @@ func (a *Proxmox) authorize(ctx context.Context, what string, action gate.Action
 	}
 	req := gate.Request{Action: action, Provenance: a.provenanceOf(g), Approval: approval, RequireRole: role}
 	key := approvalKey(approval)
+	if key == "" || a.Ledger == nil {
+		return a.decide(ctx, what, req, g, key, nil)
+	}
+	admitMu.Lock()
+	defer admitMu.Unlock()
+	ad, ok := a.Ledger.Admission(key)
+	if ok && ad.State != ledger.Intended {
+		return a.readmit(ctx, what, req, g, ad)
+	}
+	var found *ledger.Admission
+	if ok {
+		found = &ad
+	}
+	return a.decide(ctx, what, req, g, key, found)
+}
+
+// admitMu makes "is the nonce unspent? record the intent; Decide" one step
+// for every approval of this process (the ledger and the nonce store are
+// each held by one process), so no other spend of a nonce falls between an
+// intent and its Decide.
+var admitMu sync.Mutex
+
+// afterNonceSpent, when set (by tests), is called where killpoint.NonceSpent
+// is reached; a non-nil error ends the attempt there as a crash would, with
+// nothing more written.
+var afterNonceSpent func(op string) error
+
+// decide asks the gate to admit req's approval and records the admission.
+// intent is the intent an earlier attempt recorded for this approval, nil
+// for none. See "Intents" at the top of this file for the interleavings.
+func (a *Proxmox) decide(ctx context.Context, what string, req gate.Request, g Guest, key string, intent *ledger.Admission) (context.Context, *act, error) {
+	action := req.Action
+	var digest string
+	wrote := false
 	if key != "" && a.Ledger != nil {
-		if ad, ok := a.Ledger.Admission(key); ok {
-			return a.readmit(ctx, what, req, g, ad)
+		if gate.Classify(action, req.Provenance, a.now()) != gate.Destructive {
+			// A benign act is never admitted. Drop an intent first, so
+			// that a spend by this act never meets an intent on disk.
+			if intent != nil {
+				if err := a.Ledger.Drop(key); err != nil {
+					return ctx, nil, temporal.NewNonRetryableApplicationError(what+": drop an intent: "+err.Error(), ErrTypeLedger, err)
+				}
+				intent = nil
+			}
+		} else {
+			var err error
+			if digest, err = actionDigest(action); err != nil {
+				return ctx, nil, badInput(what, "action params: %v", err)
+			}
+			cur := ledger.Admission{Key: key, Action: digest, VMID: g.VMID, Instance: instanceOf(g)}
+			spent, known := a.Gate.NonceSpent(req.Approval)
+			if intent != nil && !sameAct(*intent, cur) && known && !spent {
+				// The intent's attempt never spent the nonce: it is moot.
+				if err := a.Ledger.Drop(key); err != nil {
+					return ctx, nil, temporal.NewNonRetryableApplicationError(what+": drop an intent: "+err.Error(), ErrTypeLedger, err)
+				}
+				intent = nil
+			}
+			if intent == nil && known && !spent {
+				// Record the intent only while the nonce is unspent: a
+				// spent nonce with an intent then means that this
+				// approval spent it, for the intent's act.
+				if err := a.Ledger.Intend(cur); err != nil {
+					return ctx, nil, temporal.NewNonRetryableApplicationError(what+": record the intent to admit: "+err.Error(), ErrTypeLedger, err)
+				}
+				wrote = true
+			}
 		}
 	}
 	dec, err := a.Gate.Decide(ctx, req)
 	if err != nil {
+		if errors.Is(err, gate.ErrReplay) && intent != nil {
+			return a.completeIntent(ctx, what, req, g, digest, *intent)
+		}
+		if wrote {
+			// Every refusal but a replay leaves the nonce unspent; a
+			// replay here means a spend this intent does not explain.
+			a.dropIntent(key)
+		}
 		return ctx, nil, a.refused(what, action, err)
 	}
 	if dec.Class == gate.Benign {
+		if wrote || intent != nil {
+			a.dropIntent(key)
+		}
 		// Nothing to admit: the act needs no signature. An approval that
 		// came with it was spent by the gate when it held, so it cannot be
 		// admitted later for another instance at this VMID.
@@ -132,19 +261,73 @@ func (a *Proxmox) authorize(ctx context.Context, what string, action gate.Action
 	if a.Ledger == nil {
 		return ctx, nil, temporal.NewNonRetryableApplicationError(what+": no provenance ledger to record the admission in", ErrTypeLedger, nil)
 	}
-	digest, err := actionDigest(action)
-	if err != nil {
-		return ctx, nil, badInput(what, "action params: %v", err)
+	killpoint.Reach(killpoint.NonceSpent, action.Op)
+	if afterNonceSpent != nil {
+		if err := afterNonceSpent(action.Op); err != nil {
+			return ctx, nil, err
+		}
 	}
-	ad := ledger.Admission{Key: key, Action: digest, VMID: g.VMID, Instance: instanceOf(g), ExpiresAt: dec.Op.Op.ExpiresAt}
+	if digest == "" {
+		if digest, err = actionDigest(action); err != nil {
+			return ctx, nil, badInput(what, "action params: %v", err)
+		}
+	}
+	return a.admit(ctx, what, action.Op, ledger.Admission{Key: key, Action: digest, VMID: g.VMID, Instance: instanceOf(g), ExpiresAt: dec.Op.Op.ExpiresAt})
+}
+
+// admit records the admission ad (promoting its intent, if any) and
+// returns the act it authorises.
+func (a *Proxmox) admit(ctx context.Context, what, op string, ad ledger.Admission) (context.Context, *act, error) {
 	if err := a.Ledger.Admit(ad); err != nil {
-		// The nonce is spent and the admission is not on disk: a retry is
-		// refused as a replay. Fail-safe; the operator signs again.
+		// The nonce is spent and the admission is not on disk. With an
+		// intent on disk a retry completes it; without one it is refused
+		// as a replay. Fail-safe either way.
 		return ctx, nil, temporal.NewNonRetryableApplicationError(what+": record admission: "+err.Error(), ErrTypeLedger, err)
 	}
-	killpoint.Reach(killpoint.GateAccepted, action.Op)
-	at := &act{key: key, state: ledger.Admitted}
+	killpoint.Reach(killpoint.GateAccepted, op)
+	at := &act{key: ad.Key, state: ledger.Admitted}
 	return context.WithValue(ctx, actContextKey{}, at), at, nil
+}
+
+// completeIntent admits an approval whose nonce is spent while the ledger
+// holds this host's intent for it: the crashed attempt that wrote the
+// intent spent the nonce and died before Admit. The retry must be the same
+// act (action digest) on the same guest instance as the intent, and the
+// approval must pass every check of the gate but the time window and the
+// nonce (Readmit) and not have expired; anything else stays a replay.
+func (a *Proxmox) completeIntent(ctx context.Context, what string, req gate.Request, g Guest, digest string, intent ledger.Admission) (context.Context, *act, error) {
+	if digest == "" || !sameAct(intent, ledger.Admission{Action: digest, VMID: g.VMID, Instance: instanceOf(g)}) {
+		return ctx, nil, a.refused(what, req.Action, fmt.Errorf(
+			"%w: this approval's nonce was spent for another act or guest instance; sign the act again", gate.ErrReplay))
+	}
+	dec, err := a.Gate.Readmit(ctx, req)
+	if err != nil {
+		return ctx, nil, a.refused(what, req.Action, err)
+	}
+	if dec.Class == gate.Benign || dec.Op == nil {
+		return ctx, nil, a.refused(what, req.Action, fmt.Errorf(
+			"%w: this approval's nonce is spent and the act needs none", gate.ErrReplay))
+	}
+	if now := a.now(); !now.Before(dec.Op.Op.ExpiresAt) {
+		return ctx, nil, a.refused(what, req.Action, fmt.Errorf(
+			"%w: its nonce was spent, but it expired at %s before it was admitted", gate.ErrExpired, dec.Op.Op.ExpiresAt.Format(gate.TimeLayout)))
+	}
+	a.log().Info("gate: approval's nonce was spent by a crashed attempt of this act; admitting it", "op", req.Action.Op, "guest", req.Action.GuestID)
+	return a.admit(ctx, what, req.Action.Op, ledger.Admission{Key: intent.Key, Action: digest, VMID: g.VMID, Instance: instanceOf(g), ExpiresAt: dec.Op.Op.ExpiresAt})
+}
+
+// sameAct reports whether two admissions bind the same act on the same
+// guest instance.
+func sameAct(x, y ledger.Admission) bool {
+	return x.Action == y.Action && x.VMID == y.VMID && x.Instance == y.Instance
+}
+
+// dropIntent removes an intent the gate's answer made moot. Failing to is
+// harmless: an intent grants nothing alone and lapses.
+func (a *Proxmox) dropIntent(key string) {
+	if err := a.Ledger.Drop(key); err != nil {
+		a.log().Warn("ledger: could not drop an intent", "err", err)
+	}
 }
 
 // readmit decides a retry of an approval this host admitted before.

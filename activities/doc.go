@@ -89,14 +89,18 @@
 // stopped: its destroy, a restore over it, and a config change that detaches,
 // frees or shrinks one of its disks (Proxmox would refuse the change after the
 // approval was spent). An approval authorises one act on one guest instance:
-// its admission is fsync'd in the ledger right after the gate spent its nonce,
-// keyed by the signed bytes and bound to the action and the instance; it is
-// marked Started before the act's first mutating request and Done after. A
-// retry of that same act on that same instance is re-verified (everything but
-// the time window and the nonce) and proceeds; a completed act is reported done
-// and never run again. If the process dies between the gate burning the nonce
-// and the admission reaching the disk, the retry is refused as a replay:
-// fail-safe, the operator signs again.
+// before the gate is asked, an intent (the approval's key, the action and the
+// instance) is fsync'd in the ledger while the approval's nonce is still
+// unspent; right after the gate spent the nonce, the intent becomes the
+// admission, keyed by the signed bytes and bound to the action and the
+// instance; it is marked Started before the act's first mutating request and
+// Done after. A retry of that same act on that same instance is re-verified
+// (everything but the time window and the nonce) and proceeds; a completed act
+// is reported done and never run again. If the process dies between the gate
+// spending the nonce and the admission reaching the disk, the retry finds the
+// spent nonce and the intent for that act on that instance and completes the
+// admission with the one approval; for any other act or instance the spent
+// nonce stays a replay (authorize.go lists every interleaving).
 //
 // SetConfig takes the planner's "name" for a container as its "hostname".
 //

@@ -25,6 +25,7 @@ import (
 type Gate interface {
 	Decide(ctx context.Context, req gate.Request) (gate.Decision, error)
 	Readmit(ctx context.Context, req gate.Request) (gate.Decision, error)
+	NonceSpent(approval *gate.Approval) (spent, known bool)
 }
 
 // Guest kinds, as Proxmox names them in API paths.

@@ -108,6 +108,15 @@ func (p *PinnedSigners) Readmit(ctx context.Context, req gate.Request) (gate.Dec
 	return g.Readmit(ctx, req)
 }
 
+// NonceSpent asks the gate built from the current keys (they share the
+// host's nonce store).
+func (p *PinnedSigners) NonceSpent(approval *gate.Approval) (spent, known bool) {
+	p.mu.Lock()
+	g := p.gate
+	p.mu.Unlock()
+	return g.NonceSpent(approval)
+}
+
 // Current returns the pinned keys.
 func (p *PinnedSigners) Current() (operational, recovery []string) {
 	p.mu.Lock()

@@ -72,6 +72,17 @@
 // the op; a Done one authorises nothing more. Admissions are keyed by the
 // signed bytes, never by ids the Temporal server hands out.
 //
+// The executor records an intent to admit before it calls Decide, and only
+// while Gate.NonceSpent says the nonce is unspent, under one lock with that
+// Decide. Decide still spends the nonce last, after every other stage. A
+// worker killed after Decide spent the nonce and before the admission was
+// written leaves the intent: the retry's Decide answers ErrReplay, and the
+// executor may then Readmit the approval for the intent's act on the
+// intent's guest instance, because the host-local nonce store can only have
+// been spent, after that intent, by this host's Decide of this approval.
+// NonceSpent grants nothing: it parses the blob without verifying it and
+// looks the nonce up.
+//
 // An approval delivered for an act that is Benign when it arrives (the
 // rollback of a fresh create, say) is consumed by that act too: Decide runs
 // the whole pipeline on it, role and binding included, and spends its nonce

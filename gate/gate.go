@@ -236,3 +236,30 @@ func (r Role) permits(op string) bool {
 	}
 	return false
 }
+
+// spentLookup is a NonceStore that can tell whether a nonce is recorded
+// without recording it.
+type spentLookup interface {
+	Spent(nonce string) bool
+}
+
+// NonceSpent reports whether the nonce named in approval's op is recorded
+// as spent in this host's nonce store. known is false when the blob does not
+// parse or the store cannot tell. It verifies nothing and grants nothing: an
+// executor asks it, under the same lock as the Decide that follows, to learn
+// whether a nonce is still unspent before it records its intent to have
+// Decide spend it (see "Admissions" in the package doc).
+func (g *Gate) NonceSpent(approval *Approval) (spent, known bool) {
+	if g.verifier == nil || approval == nil {
+		return false, false
+	}
+	lookup, ok := g.verifier.nonces.(spentLookup)
+	if !ok {
+		return false, false
+	}
+	op, err := ParseOp(approval.Blob)
+	if err != nil {
+		return false, false
+	}
+	return lookup.Spent(op.Nonce), true
+}

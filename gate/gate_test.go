@@ -633,3 +633,37 @@ func TestDecideBenignSpendsItsApproval(t *testing.T) {
 		t.Errorf("refused approval's reason not in the audit record: %v", records[2])
 	}
 }
+
+func TestNonceSpent(t *testing.T) {
+	ctx := context.Background()
+	file, err := OpenFileNonceStore(filepath.Join(t.TempDir(), "nonces"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	for name, store := range map[string]NonceStore{"memory": NewMemoryNonceStore(), "file": file, "no lookup": useOnly{NewMemoryNonceStore()}} {
+		t.Run(name, func(t *testing.T) {
+			g := newGate(t, store, slog.New(slog.DiscardHandler))
+			_, lookup := store.(spentLookup)
+			ap := approve(t, opKey, destroyOp("spent-"+strings.ReplaceAll(name, " ", "-")))
+			if spent, known := g.NonceSpent(ap); spent || known != lookup {
+				t.Fatalf("before Decide: spent %v known %v", spent, known)
+			}
+			if _, err := g.Decide(ctx, Request{Action: destroyAction(), Approval: ap}); err != nil {
+				t.Fatal(err)
+			}
+			if spent, known := g.NonceSpent(ap); spent != lookup || known != lookup {
+				t.Fatalf("after Decide: spent %v known %v", spent, known)
+			}
+			if spent, known := g.NonceSpent(&Approval{Blob: []byte("not json"), Signature: ap.Signature}); spent || known {
+				t.Fatalf("garbage blob: spent %v known %v", spent, known)
+			}
+		})
+	}
+	if spent, known := New(nil, nil).NonceSpent(&Approval{}); spent || known {
+		t.Fatalf("gate without a verifier: spent %v known %v", spent, known)
+	}
+}
+
+// useOnly is a NonceStore that cannot tell whether a nonce is spent.
+type useOnly struct{ NonceStore }

@@ -186,3 +186,11 @@ func (s *FileNonceStore) Close() error {
 	defer s.mu.Unlock()
 	return s.log.Close()
 }
+
+// Spent reports whether nonce is recorded as used (see Gate.NonceSpent).
+func (s *FileNonceStore) Spent(nonce string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.used[nonce]
+	return ok
+}

@@ -57,3 +57,11 @@ func (s *MemoryNonceStore) Len() int {
 	defer s.mu.Unlock()
 	return len(s.used)
 }
+
+// Spent reports whether nonce is recorded as used (see Gate.NonceSpent).
+func (s *MemoryNonceStore) Spent(nonce string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.used[nonce]
+	return ok
+}

@@ -41,12 +41,21 @@
 // approval's signed bytes and bound to the action and instance; it moves
 // Admitted → Started (before the act's first mutating request) → Done. A
 // retry of the same act leans on it instead of being refused as a replay;
-// nothing else can. Records written by earlier versions (keyed by workflow
+// nothing else can.
+//
+// Before the gate is asked to spend an approval's nonce the executor writes
+// an intent (Intend, state Intended): the approval's key, act and instance,
+// written while the nonce is unspent. The gate spends the nonce, then Admit
+// promotes the intent. A crash between the two leaves a spent nonce and an
+// intent; the retry of that act, and only of that act on that instance,
+// finds both and completes the admission (see the activities package).
+// Records written by earlier versions (keyed by workflow
 // run) replay into entries and admissions that match nothing.
 //
 // Compaction (rewriting the log with only live state, through a synced
 // temporary file and a rename) happens when the ledger is opened; it drops
-// admissions whose op expired, and started ones StartedRetention later.
+// admissions whose op expired, started ones StartedRetention later, and
+// intents IntentRetention after they were written.
 package ledger
 
 import (
@@ -126,6 +135,8 @@ const (
 	opAdmit    op = "admitted"
 	opStart    op = "act_started"
 	opDone     op = "act_done"
+	opIntend   op = "admit_intended"
+	opDrop     op = "intent_dropped"
 )
 
 // record is one line of the log. Records written by earlier versions carry
@@ -150,6 +161,10 @@ type record struct {
 type AdmissionState string
 
 const (
+	// Intended: the executor is about to ask the gate to admit the approval
+	// (see Intend); the gate may or may not have spent its nonce. It grants
+	// nothing by itself and lapses IntentRetention after it was written.
+	Intended AdmissionState = "intended"
 	// Admitted: the gate accepted the approval (its nonce is spent) and no
 	// request of the act has been sent yet. It lapses at ExpiresAt.
 	Admitted AdmissionState = "admitted"
@@ -293,8 +308,18 @@ func (l *Ledger) apply(r record) {
 			ad.State, ad.StartedAt = Started, r.At
 			l.admissions[r.Key] = ad
 		}
+	case opIntend:
+		if r.Admission != nil {
+			if _, ok := l.admissions[r.Admission.Key]; !ok {
+				l.admissions[r.Admission.Key] = *r.Admission
+			}
+		}
+	case opDrop:
+		if ad, ok := l.admissions[r.Key]; ok && ad.State == Intended {
+			delete(l.admissions, r.Key)
+		}
 	case opDone:
-		if ad, ok := l.admissions[r.Key]; ok {
+		if ad, ok := l.admissions[r.Key]; ok && ad.State != Intended {
 			ad.State, ad.Failed = Done, r.Failed
 			l.admissions[r.Key] = ad
 		}
@@ -420,14 +445,61 @@ func (l *Ledger) Admit(ad Admission) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if prev, ok := l.admissions[ad.Key]; ok {
-		if prev.Action != ad.Action || prev.Instance != ad.Instance || prev.VMID != ad.VMID {
-			return ErrAdmissionConflict
-		}
-		return nil
+	if prev, ok, err := l.heldLocked(ad); err != nil || (ok && prev.State != Intended) {
+		return err
 	}
 	ad.State, ad.At, ad.StartedAt = Admitted, l.now().UTC(), time.Time{}
 	return l.append(record{Op: opAdmit, Admission: &ad})
+}
+
+// heldLocked returns what the ledger holds for ad.Key, and
+// ErrAdmissionConflict when that is bound to another act or instance.
+func (l *Ledger) heldLocked(ad Admission) (Admission, bool, error) {
+	prev, ok := l.admissions[ad.Key]
+	if ok && (prev.Action != ad.Action || prev.Instance != ad.Instance || prev.VMID != ad.VMID) {
+		return prev, ok, ErrAdmissionConflict
+	}
+	return prev, ok, nil
+}
+
+// IntentRetention is how long an intent (state Intended) survives
+// compaction: the longest validity a host may accept for an op
+// (gate.MaxValidityLimit, 7 days), so that a retry within the op's validity
+// still finds it.
+const IntentRetention = 7 * 24 * time.Hour
+
+// Intend durably records that the executor is about to ask the gate to
+// admit the approval ad.Key for ad.Action on ad.Instance: the intent (state
+// Intended). The caller writes it only while the approval's nonce is
+// unspent and before the gate may spend it, so that a retry finding the
+// nonce spent and this intent knows the spend was this approval's, for this
+// act. Admit promotes it; Drop removes it. Intending an approval the ledger
+// holds already is a no-op when the binding matches, ErrAdmissionConflict
+// otherwise.
+func (l *Ledger) Intend(ad Admission) error {
+	if ad.Key == "" || ad.Action == "" {
+		return fmt.Errorf("ledger: intend: key and action are required")
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok, err := l.heldLocked(ad); err != nil || ok {
+		return err
+	}
+	ad.State, ad.At, ad.StartedAt = Intended, l.now().UTC(), time.Time{}
+	ad.ExpiresAt = ad.At.Add(IntentRetention)
+	return l.append(record{Op: opIntend, Admission: &ad})
+}
+
+// Drop durably removes the intent under key: the gate refused the approval
+// without spending its nonce, or the act turned out to need no admission.
+// Anything but an intent is left alone.
+func (l *Ledger) Drop(key string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if ad, ok := l.admissions[key]; !ok || ad.State != Intended {
+		return nil
+	}
+	return l.append(record{Op: opDrop, Key: key})
 }
 
 // Admission returns the admission of the approval key, if any.
@@ -452,6 +524,8 @@ func (l *Ledger) StartAct(key string) error {
 		return nil
 	case ad.State == Done:
 		return fmt.Errorf("ledger: start act: admission %.12s is used up", key)
+	case ad.State == Intended:
+		return fmt.Errorf("ledger: start act: approval %.12s is not admitted", key)
 	}
 	return l.append(record{Op: opStart, Key: key})
 }
@@ -462,7 +536,7 @@ func (l *Ledger) FinishAct(key string, failed bool) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	ad, ok := l.admissions[key]
-	if !ok || ad.State == Done {
+	if !ok || ad.State == Done || ad.State == Intended {
 		return nil
 	}
 	return l.append(record{Op: opDone, Key: key, Failed: failed})
@@ -511,6 +585,12 @@ func (l *Ledger) compactLocked() error {
 			continue
 		}
 		state := ad.State
+		if state == Intended {
+			if err := add(record{Op: opIntend, Admission: &ad, At: ad.At}); err != nil {
+				return err
+			}
+			continue
+		}
 		ad.State = Admitted
 		rs := []record{{Op: opAdmit, Admission: &ad, At: ad.At}}
 		switch state {

@@ -355,3 +355,88 @@ func TestAdmissions(t *testing.T) {
 		}
 	}
 }
+
+func TestIntents(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "prov.ledger")
+	at := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	clock = func() time.Time { return at }
+	t.Cleanup(func() { clock = time.Now })
+	l := openT(t, path)
+	state := func(l *Ledger, key string) AdmissionState {
+		if ad, ok := l.Admission(key); ok {
+			return ad.State
+		}
+		return "gone"
+	}
+	exp := at.Add(time.Hour)
+	intent := func(key string) Admission {
+		return Admission{Key: key, Action: "destroy-101", VMID: 101, Instance: "i-1"}
+	}
+	for _, k := range []string{"promoted", "dropped", "kept", "lapsing"} {
+		if err := l.Intend(intent(k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Intend(intent("kept")); err != nil {
+		t.Fatalf("intending the same act again: %v", err)
+	}
+	other := intent("kept")
+	other.Instance = "i-2"
+	if err := l.Intend(other); !errors.Is(err, ErrAdmissionConflict) {
+		t.Fatalf("intent for another instance: err = %v, want ErrAdmissionConflict", err)
+	}
+	if err := l.Admit(Admission{Key: "kept", Action: "destroy-101", VMID: 101, Instance: "i-2", ExpiresAt: exp}); !errors.Is(err, ErrAdmissionConflict) {
+		t.Fatalf("admitting an intent for another instance: err = %v, want ErrAdmissionConflict", err)
+	}
+	// An intent grants nothing: it cannot start or finish an act.
+	if err := l.StartAct("kept"); err == nil {
+		t.Fatal("StartAct of an intent succeeded")
+	}
+	if err := l.FinishAct("kept", false); err != nil || state(l, "kept") != Intended {
+		t.Fatalf("FinishAct of an intent: %v, state %s", err, state(l, "kept"))
+	}
+	p := intent("promoted")
+	p.ExpiresAt = exp
+	if err := l.Admit(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Drop("dropped"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Drop("promoted"); err != nil || state(l, "promoted") != Admitted {
+		t.Fatalf("Drop of an admission: %v, state %s", err, state(l, "promoted"))
+	}
+	for i := 0; i < 300; i++ { // churn: the next open compacts
+		if err := l.BeginCreate(Entry{VMID: 500, Kind: "qemu", Instance: "churn"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	l = openT(t, path)
+	want := map[string]AdmissionState{"promoted": Admitted, "dropped": "gone", "kept": Intended, "lapsing": Intended}
+	for k, w := range want {
+		if got := state(l, k); got != w {
+			t.Errorf("after reopen: %s is %s, want %s", k, got, w)
+		}
+	}
+	if ad, _ := l.Admission("promoted"); !ad.ExpiresAt.Equal(exp) || ad.Instance != "i-1" {
+		t.Errorf("promoted after reopen = %+v", ad)
+	}
+	l.Close()
+
+	at = at.Add(IntentRetention + time.Minute) // intents lapse
+	l = openT(t, path)
+	for i := 0; i < 300; i++ {
+		if err := l.BeginCreate(Entry{VMID: 500, Kind: "qemu", Instance: "churn"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	l = openT(t, path)
+	defer l.Close()
+	for _, k := range []string{"kept", "lapsing", "promoted"} {
+		if got := state(l, k); got != "gone" {
+			t.Errorf("past IntentRetention: %s is %s, want gone", k, got)
+		}
+	}
+}
