@@ -42,8 +42,8 @@ const crashMatrixParallel = 48
 type crashKind struct {
 	name string
 	// phase is the activity phase of the mutating request, the label of
-	// every kill point but GateAccepted; op is the gated op, if any, the
-	// label of GateAccepted; activity is the step's activity type, the
+	// every kill point but NonceSpent and GateAccepted; op is the gated op,
+	// if any, the label of those two; activity is the step's activity type, the
 	// label of ActivityDone.
 	phase, op, activity string
 	// request is the mutating request the step sends (pvesim pattern).
@@ -218,7 +218,7 @@ func TestCrashMatrix(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, k := range crashKinds {
 		for _, point := range killpoint.Points {
-			if point == killpoint.GateAccepted && k.op == "" {
+			if (point == killpoint.NonceSpent || point == killpoint.GateAccepted) && k.op == "" {
 				continue // a benign step passes no gate
 			}
 			wg.Go(func() {
@@ -247,7 +247,7 @@ func runCrashCase(t *testing.T, point string, k crashKind) {
 
 	label := k.phase
 	switch point {
-	case killpoint.GateAccepted:
+	case killpoint.NonceSpent, killpoint.GateAccepted:
 		label = k.op
 	case killpoint.ActivityDone:
 		label = k.activity
@@ -272,7 +272,7 @@ func runCrashCase(t *testing.T, point string, k crashKind) {
 	// after the POST, before or after its task id reached the server.
 	reqs := sim.RequestsMatching(k.method, k.path)
 	sent := len(reqs)
-	if want := map[bool]int{true: 0, false: 1}[point == killpoint.GateAccepted || point == killpoint.BeforePost]; sent != want {
+	if want := map[bool]int{true: 0, false: 1}[point == killpoint.NonceSpent || point == killpoint.GateAccepted || point == killpoint.BeforePost]; sent != want {
 		t.Fatalf("%s %s reached the simulator %d times before the kill at %s, want %d", k.method, k.path, sent, point, want)
 	}
 	if sent == 1 {

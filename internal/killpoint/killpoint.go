@@ -54,10 +54,9 @@ const (
 	ActivityDone = "activity-done"
 )
 
-// Points lists the kill points the crash matrix runs for every mutation
-// kind. NonceSpent is left out: it is reached only by a signed destructive
-// step, and the matrix does not run it yet.
-var Points = []string{GateAccepted, BeforePost, AfterPost, TaskWait, TaskDone, ActivityDone}
+// Points lists every kill point. NonceSpent and GateAccepted are reached
+// only by a signed destructive step.
+var Points = []string{NonceSpent, GateAccepted, BeforePost, AfterPost, TaskWait, TaskDone, ActivityDone}
 
 // matches reports whether spec (Env's value) names point with label.
 func matches(spec, point, label string) bool {
