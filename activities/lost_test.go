@@ -2,11 +2,13 @@ package activities
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/felhom/felhom-agent/activities/ledger"
+	"github.com/felhom/felhom-agent/gate"
 	"github.com/felhom/felhom-agent/internal/pvesim"
 )
 
@@ -146,4 +148,103 @@ func TestLostDestroy(t *testing.T) {
 	if n := h.mutations("DELETE", "/nodes/*/qemu/101"); n != 1 {
 		t.Fatalf("%d destroy requests, want the lost one only", n)
 	}
+}
+
+// TestLostDestroyOfContainer follows a signed destroy of the agent's
+// container through two node reboots: the first loses the stop, the second
+// the destroy itself, after it freed the disks. Each retry decides from
+// the guest's state under the same admission; what the lost destroy left
+// (a config locked "destroyed") is refused by every later step, before the
+// gate, with the pct commands only root can run, and once root ran them
+// the VMID takes a new guest of the agent's.
+func TestLostDestroyOfContainer(t *testing.T) {
+	h := newHarness(t, pvesim.Config{})
+	in := CreateContainerInput{VMID: 250, Hostname: "db", OSTemplate: "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst",
+		MemoryMiB: 512, Cores: 1, RootFS: "local-lvm:4"}
+	if _, err := run[CreateResult](h, h.act.CreateContainer, in); err != nil {
+		t.Fatal(err)
+	}
+	first, _ := h.ledger.Entry(250)
+	if _, err := run[TaskResult](h, h.act.StartGuest, GuestInput{VMID: 250, Kind: KindLXC}); err != nil {
+		t.Fatal(err)
+	}
+	destroy := DestroyGuestInput{VMID: 250, Approval: h.approve(gate.OpGuestDestroy, "250", map[string]any{"kind": "lxc"})}
+
+	// Reboot one: the stop is lost.
+	var recorded []Progress
+	recorded, err := h.runDuringRebootFrom(recorded, "/nodes/*/lxc/250/status/stop", h.act.DestroyGuest, destroy)
+	wantErr(t, err, ErrTypeTaskLost, true)
+	// Reboot two: the retry, under the same admission, sends the destroy,
+	// and that is lost too.
+	recorded, err = h.runDuringRebootFrom(recorded, "/nodes/*/lxc/250", h.act.DestroyGuest, destroy)
+	wantErr(t, err, ErrTypeTaskLost, true)
+	if g, ok := h.guest(250); !ok || g.Lock != "destroyed" {
+		t.Fatalf("guest %+v (exists %v), want the lost destroy's remnant", g, ok)
+	}
+	if slices.ContainsFunc(h.srv.Volumes(), func(v string) bool { return strings.Contains(v, "-250-") }) {
+		t.Fatalf("volumes left by the destroy: %v", h.srv.Volumes())
+	}
+
+	// The next attempt, and any later step, meets the remnant: refused, not
+	// retryable, naming root's commands, nothing sent.
+	sent := h.mutations("", "")
+	const advice = "pct unlock 250 && pct destroy 250 --purge"
+	_, err = runIn[TaskResult](h.retryWith(recorded, true), h.act.DestroyGuest, destroy)
+	wantErr(t, err, ErrTypeInterrupted, false)
+	if !strings.Contains(err.Error(), advice) {
+		t.Errorf("error %q does not name %q", err, advice)
+	}
+	_, err = run[TaskResult](h, h.act.SetConfig, SetConfigInput{VMID: 250, Kind: KindLXC, Set: map[string]any{"memory": 1024}})
+	wantErr(t, err, ErrTypeInterrupted, false)
+	if !strings.Contains(err.Error(), advice) {
+		t.Errorf("error %q does not name %q", err, advice)
+	}
+	if n := h.mutations("", ""); n != sent {
+		t.Fatalf("%d requests sent to a remnant only root can clear", n-sent)
+	}
+
+	// Root runs the commands; the next create takes the VMID afresh.
+	if err := h.srv.SetLock(250, ""); err != nil {
+		t.Fatal(err)
+	}
+	upid, err := h.act.postTask(context.Background(), "DELETE", "/nodes/pve1/lxc/250", map[string]any{"purge": 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done, ok := h.srv.TaskDone(upid); ok {
+		<-done
+	}
+	res, err := run[CreateResult](h, h.act.CreateContainer, in)
+	if err != nil {
+		t.Fatalf("create after root's clean-up: %v", err)
+	}
+	if res.AlreadyDone {
+		t.Fatal("the create after root's clean-up sent nothing")
+	}
+	g, _ := h.guest(250)
+	if p := h.prov(250); !p.AgentCreated || markerOf(g.Description) == first.Instance {
+		t.Fatalf("recreated guest %q (provenance %+v), want a new instance of the agent's", g.Description, p)
+	}
+}
+
+// runDuringRebootFrom is runDuringReboot for an attempt that finds the
+// last of recorded as its heartbeat details; it returns recorded with the
+// attempt's own heartbeats added.
+func (h *harness) runDuringRebootFrom(recorded []Progress, path string, fn, in any) ([]Progress, error) {
+	h.t.Helper()
+	hook := pvesim.NewHook()
+	h.srv.Inject(pvesim.Fault{Path: path, Kind: pvesim.FaultHoldTask, Hook: hook})
+	e := h.recordingEnv(&recorded)
+	if len(recorded) > 0 {
+		e.SetHeartbeatDetails(recorded[len(recorded)-1])
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := runIn[TaskResult](e, fn, in)
+		done <- err
+	}()
+	<-hook.Hit()
+	h.srv.RebootNode()
+	hook.Release()
+	return recorded, <-done
 }
