@@ -91,6 +91,9 @@ func TestRecordedHistoriesReplay(t *testing.T) {
 		"guest-cost-continue-as-new", "guest-cost-signals", "guest-cost-superseded", "guest-cost-failure-retry",
 		"guest-cost-conflict", "guest-cost-pending-continue-as-new", "guest-cost-pending-carried", "guest-cost-cancelled",
 		"guest-cost-restore-job", "guest-cost-destroy-job",
+		// Waits that cancel their timer when work ends them first
+		// (versionGuestWaits, versionHostWaits).
+		"guest-waits-woken", "host-waits-notified",
 		"job-through-guest-wipe", "job-through-guest-rejected", "job-through-guest-restore", "job-on-host-rotate",
 	}
 	have := map[string]bool{}

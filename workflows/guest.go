@@ -54,6 +54,12 @@ const versionGuestLoop = "guest-linear-loop"
 //     create and the start.
 const versionGuestCost workflow.Version = 2
 
+// versionGuestWaits is the version of versionGuestLoop whose wait for work
+// cancels its timer when work comes first (awaitOrTimeout) instead of
+// leaving it to fire into an empty workflow task. It keeps everything of
+// versionGuestCost.
+const versionGuestWaits workflow.Version = 3
+
 // legacyResync is the resync interval runs before versionGuestCost used
 // by default and carried, as if asked for, into the input of the run they
 // continued as new into; such a run does not keep it.
@@ -72,11 +78,11 @@ const legacyResync = time.Hour
 // actions and a pending action to the next run. A cancellation ends the
 // workflow where it is: nothing is rolled back.
 func GuestReconcileWorkflow(ctx workflow.Context, in GuestInput) error {
-	v := workflow.GetVersion(ctx, versionGuestLoop, workflow.DefaultVersion, versionGuestCost)
+	v := workflow.GetVersion(ctx, versionGuestLoop, workflow.DefaultVersion, versionGuestWaits)
 	if v == workflow.DefaultVersion {
 		return legacyGuestReconcile(ctx, in)
 	}
-	g, err := startGuest(ctx, in, v >= versionGuestCost)
+	g, err := startGuest(ctx, in, v)
 	if err != nil {
 		return err
 	}
@@ -144,6 +150,8 @@ type guest struct {
 	// (zero: none).
 	cheap  bool
 	resync time.Duration
+	// cancelWaits is versionGuestWaits' path: see awaitOrTimeout.
+	cancelWaits bool
 	// announcement is a desired-state notice for the host workflow that the
 	// next read carries, and expectAbsent tells that read the guest was not
 	// there (versionGuestCost).
@@ -158,7 +166,8 @@ type guestSignals struct {
 
 // startGuest builds the run's state from its input, registers the message
 // handlers and makes the state visible.
-func startGuest(ctx workflow.Context, in GuestInput, cheap bool) (*guest, error) {
+func startGuest(ctx workflow.Context, in GuestInput, v workflow.Version) (*guest, error) {
+	cheap := v >= versionGuestCost
 	in = in.withDefaults()
 	in = guestInputFloors(ctx, in)
 	// The resync a cheap run keeps is the one its input asked for, raised
@@ -167,7 +176,7 @@ func startGuest(ctx workflow.Context, in GuestInput, cheap bool) (*guest, error)
 	if resync == legacyResync {
 		resync = 0
 	}
-	g := &guest{in: in, generation: in.Generation, recent: in.Recent, phase: PhaseWaiting}
+	g := &guest{in: in, generation: in.Generation, recent: in.Recent, phase: PhaseWaiting, cancelWaits: v >= versionGuestWaits}
 	if cheap {
 		// A new workflow's guest is usually yet to be created; a continued
 		// run's was there.
@@ -227,11 +236,15 @@ func (g *guest) waitForWork(ctx workflow.Context) (work, error) {
 		woken := func() bool {
 			return g.signals.waiting() || g.jobs.len() > 0 || (g.spec != nil && g.readAgain) || g.shouldContinueAsNew(ctx)
 		}
+		wait := workflow.AwaitWithTimeout
+		if g.cancelWaits {
+			wait = awaitOrTimeout
+		}
 		var err error
 		if g.spec == nil || (g.cheap && g.nextPass.IsZero()) {
 			err = workflow.Await(ctx, woken)
 		} else {
-			_, err = workflow.AwaitWithTimeout(ctx, g.nextPass.Sub(workflow.Now(ctx)), woken)
+			_, err = wait(ctx, g.nextPass.Sub(workflow.Now(ctx)), woken)
 		}
 		if err != nil {
 			return 0, err

@@ -77,6 +77,12 @@ type HostStatus struct {
 // legacyHostWorkflow.
 const versionHostLoop = "host-loop-by-history"
 
+// versionHostWaits is the version of versionHostLoop whose wait for the
+// next pass cancels its timer when a notice or a setting ends it first
+// (awaitOrTimeout); at version 1 every notice left a timer to fire into an
+// empty workflow task.
+const versionHostWaits workflow.Version = 2
+
 // HostWorkflow supervises one host: at its interval it lists every guest of
 // the node in one Proxmox call, compares the listing with the desired set,
 // and wakes, in one activity, the guest workflows that drifted, except those
@@ -87,13 +93,15 @@ const versionHostLoop = "host-loop-by-history"
 // continues as new when its history is long, carrying the desired set, the
 // interval and the time of the last pass.
 func HostWorkflow(ctx workflow.Context, in HostInput) error {
-	if workflow.GetVersion(ctx, versionHostLoop, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+	v := workflow.GetVersion(ctx, versionHostLoop, workflow.DefaultVersion, versionHostWaits)
+	if v == workflow.DefaultVersion {
 		return legacyHostWorkflow(ctx, in)
 	}
 	h, err := startHost(ctx, in)
 	if err != nil {
 		return err
 	}
+	h.cancelWaits = v >= versionHostWaits
 	for {
 		err := h.waitForNextPass(ctx)
 		if errors.Is(err, errContinueAsNew) {
@@ -112,6 +120,8 @@ type hostState struct {
 	status    HostStatus
 	notices   workflow.ReceiveChannel
 	configure workflow.ReceiveChannel
+	// cancelWaits is versionHostWaits' path: see awaitOrTimeout.
+	cancelWaits bool
 }
 
 func startHost(ctx workflow.Context, in HostInput) (*hostState, error) {
@@ -164,7 +174,11 @@ func (h *hostState) waitForNextPass(ctx workflow.Context) error {
 			return nil
 		}
 		woken := func() bool { return h.notices.Len() > 0 || h.configure.Len() > 0 || h.shouldContinueAsNew(ctx) }
-		if _, err := workflow.AwaitWithTimeout(ctx, next.Sub(now), woken); err != nil {
+		wait := workflow.AwaitWithTimeout
+		if h.cancelWaits {
+			wait = awaitOrTimeout
+		}
+		if _, err := wait(ctx, next.Sub(now), woken); err != nil {
 			return err
 		}
 	}

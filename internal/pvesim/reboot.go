@@ -1,6 +1,9 @@
 package pvesim
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // RebootNode simulates the node going down and coming back, as a power cut
 // or a kernel update would: every task's worker dies with it, so each task
@@ -69,4 +72,24 @@ func (s *Server) destroyedRemnant(vmid int, unreferenced bool) {
 	s.freeGuestVolumes(g, unreferenced, nil)
 	g.conf = map[string]string{"lock": "destroyed"}
 	g.pending, g.pendingDelete = nil, nil
+}
+
+// PurgeAsRoot removes a guest as root does on the node's shell to clear
+// what only root may (`pct unlock N && pct destroy N --purge`, or `qm`'s
+// same commands): its config and every disk it names go, whatever its lock,
+// with no request through the API and so nothing in the request log. It is
+// the operator's clean-up of a lost destroy's remnant (lock "destroyed").
+func (s *Server) PurgeAsRoot(vmid int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g := s.guests[vmid]
+	if g == nil {
+		return fmt.Errorf("pvesim: no guest %d", vmid)
+	}
+	s.setRunning(g, false)
+	s.freeGuestVolumes(g, false, nil)
+	delete(s.guests, vmid)
+	delete(s.ha, vmid)
+	s.changed()
+	return nil
 }

@@ -151,3 +151,36 @@ func TestRebootNodeRestartsUptime(t *testing.T) {
 		t.Fatalf("uptime %d 1.5s after the reboot, want 1 (whole seconds)", got)
 	}
 }
+
+// Root clears a lost destroy's remnant on the node's shell: the guest and
+// its disks go, the VMID is free, and nothing reaches the request log.
+func TestPurgeAsRootClearsARemnant(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{StrictPVE: true})
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Disks: map[string]string{"scsi0": "local-lvm:vm-101-disk-0,size=8G"}}))
+	hook := pvesim.NewHook()
+	srv.Inject(pvesim.Fault{Path: "/nodes/*/qemu/101", Kind: pvesim.FaultHoldTask, Hook: hook})
+	task, err := vmOf(t, client, 101).Delete(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-hook.Hit()
+	srv.RebootNode()
+	finished(t, task)
+	hook.Release()
+	if g, _ := srv.Guest(101); g.Lock != "destroyed" {
+		t.Fatalf("guest %+v, want the remnant locked destroyed", g)
+	}
+	logged := len(srv.Requests())
+	if err := srv.PurgeAsRoot(101); err != nil {
+		t.Fatal(err)
+	}
+	if g, exists := srv.Guest(101); exists {
+		t.Fatalf("guest %+v still there after root purged it", g)
+	}
+	if n := len(srv.Requests()); n != logged {
+		t.Fatalf("%d requests logged by root's shell commands, want none", n-logged)
+	}
+	if err := srv.PurgeAsRoot(101); err == nil {
+		t.Fatal("purging a guest that is gone: no error")
+	}
+}

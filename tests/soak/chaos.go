@@ -223,8 +223,12 @@ func (h *host) unhide(vmid int) {
 	h.sim.SetTokenACL(h.chaos.acl())
 }
 
-// heal undoes every fault: armed faults, locks the soak set, hidden guests.
-func (h *host) heal() {
+// heal undoes every fault: armed faults, locks the soak set, hidden guests,
+// and, playing root on the node's shell, what a destroy lost in a node
+// reboot left (a config locked "destroyed", which only root may clear; the
+// agent refuses to touch it and names the commands). It returns how many
+// such remnants root purged.
+func (h *host) heal() (purged int) {
 	h.sim.ClearFaults()
 	h.chaos.mu.Lock()
 	locks := make([]int, 0, len(h.chaos.locks))
@@ -238,4 +242,10 @@ func (h *host) heal() {
 		h.unlock(vmid)
 	}
 	h.link.setCut(false)
+	for _, g := range h.sim.Guests() {
+		if g.Lock == "destroyed" && h.sim.PurgeAsRoot(g.VMID) == nil {
+			purged++
+		}
+	}
+	return purged
 }

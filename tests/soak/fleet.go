@@ -55,6 +55,9 @@ type figures struct {
 	LongestCut     string         `json:"longest_network_cut"`
 	longestCut     time.Duration
 	CutsOverHB     int `json:"network_cuts_longer_than_heartbeat_timeout"`
+	// RootPurges counts remnants of destroys lost in node reboots (locked
+	// "destroyed") that the soak, playing root, purged when it healed.
+	RootPurges int `json:"remnants_purged_by_root"`
 }
 
 func newFleet(ctx context.Context, o options, stderr io.Writer) (*fleet, error) {
@@ -247,7 +250,12 @@ func (f *fleet) soak(ctx context.Context) (*report, error) {
 
 	f.logf("healing: faults cleared, locks and ACLs undone, links healed, every process up")
 	for _, h := range f.hosts {
-		h.heal()
+		if n := h.heal(); n > 0 {
+			f.logf("%s: root purged %d remnant(s) of destroys lost in node reboots", h.id, n)
+			f.mu.Lock()
+			f.fig.RootPurges += n
+			f.mu.Unlock()
+		}
 	}
 	if err := f.ensureServer(ctx); err != nil {
 		return nil, err

@@ -1,0 +1,106 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
+
+	"github.com/felhom/felhom-agent/internal/pvesim"
+	"github.com/felhom/felhom-agent/worker"
+	"github.com/felhom/felhom-agent/workflows"
+	"github.com/felhom/felhom-agent/workflows/desired"
+)
+
+// openTimers counts the timers a history started and neither fired nor
+// cancelled.
+func openTimers(evs []*historypb.HistoryEvent) int {
+	open := map[string]bool{}
+	for _, e := range evs {
+		switch e.GetEventType() {
+		case enumspb.EVENT_TYPE_TIMER_STARTED:
+			open[e.GetTimerStartedEventAttributes().GetTimerId()] = true
+		case enumspb.EVENT_TYPE_TIMER_FIRED:
+			delete(open, e.GetTimerFiredEventAttributes().GetTimerId())
+		case enumspb.EVENT_TYPE_TIMER_CANCELED:
+			delete(open, e.GetTimerCanceledEventAttributes().GetTimerId())
+		}
+	}
+	return len(open)
+}
+
+// countEvents counts the events of one type.
+func countEvents(evs []*historypb.HistoryEvent, typ enumspb.EventType) int {
+	n := 0
+	for _, e := range evs {
+		if e.GetEventType() == typ {
+			n++
+		}
+	}
+	return n
+}
+
+// A guest with a two-hourly resync, woken four times before it: each wake-up
+// reads the guest and waits again, and the timer of the wait it ended is
+// cancelled, not left to fire an hour later into an empty workflow task.
+func TestWokenGuestCancelsItsWaitTimer(t *testing.T) {
+	host := uniqueHost("pve-gwait")
+	sim := startSim(t, host)
+	must(t, sim.AddVM(pvesim.Guest{VMID: 211, Name: "web", Status: "running", MemoryMiB: 512, Cores: 1}))
+	a := startAgent(t, host, sim, newOperatorKey(t, "ed25519").Pub)
+	id := workflows.GuestWorkflowID(host, 211)
+	spec := desired.Spec{Host: host, VMID: 211, Kind: desired.QEMU, Name: "web", State: desired.Running, Memory: "512", Cores: 1}
+	startGuestWorkflow(t, a, workflows.GuestInput{Host: host, VMID: 211, Desired: &spec, ResyncEvery: 2 * time.Hour})
+	a.waitPhase(t, 211, workflows.PhaseConverged)
+	for i := range 4 {
+		reads := countEvents(runEvents(t, a.client, id, ""), enumspb.EVENT_TYPE_ACTIVITY_TASK_COMPLETED)
+		must(t, a.client.SignalWorkflow(context.Background(), id, "", workflows.SignalReconcile, fmt.Sprintf("wake %d", i)))
+		waitFor(t, "the read after the wake-up", func() bool {
+			evs := runEvents(t, a.client, id, "")
+			return countEvents(evs, enumspb.EVENT_TYPE_ACTIVITY_TASK_COMPLETED) > reads && openTimers(evs) > 0
+		})
+	}
+	evs := runEvents(t, a.client, id, "")
+	if n := openTimers(evs); n != 1 {
+		t.Errorf("%d timers open after four wake-ups, want the current wait's one", n)
+	}
+	if n := countEvents(evs, enumspb.EVENT_TYPE_TIMER_CANCELED); n != 4 {
+		t.Errorf("%d timers cancelled, want one per wake-up (4)", n)
+	}
+	recordHistory(t, a.client, id, "", "guest-waits-woken")
+}
+
+// A host workflow on an hourly interval takes the desired-state notices of
+// five new guests between two passes: each ends its wait, and the wait's
+// timer is cancelled rather than left to fire.
+func TestNotifiedHostCancelsItsWaitTimer(t *testing.T) {
+	host := uniqueHost("pve-hwait")
+	sim := startSim(t, host)
+	a := startAgentWith(t, host, sim, func(c *worker.Config) { c.DriftCheckInterval = time.Hour }, newOperatorKey(t, "ed25519").Pub)
+	waitFor(t, "the first host pass", func() bool { return !a.hostStatus(t).LastPass.IsZero() })
+	for vmid := 221; vmid < 226; vmid++ {
+		must(t, sim.AddVM(pvesim.Guest{VMID: vmid, Name: fmt.Sprintf("g%d", vmid), Status: "running", MemoryMiB: 512, Cores: 1}))
+		a.applySpec(t, desired.Spec{Host: host, VMID: vmid, Kind: desired.QEMU, Name: fmt.Sprintf("g%d", vmid),
+			State: desired.Running, Memory: "512", Cores: 1})
+		a.waitPhase(t, vmid, workflows.PhaseConverged)
+	}
+	id := workflows.HostWorkflowID(host)
+	waitFor(t, "the five notices", func() bool {
+		return countEvents(runEvents(t, a.client, id, ""), enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED) >= 5
+	})
+	waitFor(t, "the host waiting again", func() bool {
+		evs := runEvents(t, a.client, id, "")
+		return len(evs) > 0 && evs[len(evs)-1].GetEventType() == enumspb.EVENT_TYPE_TIMER_STARTED
+	})
+	evs := runEvents(t, a.client, id, "")
+	if n := countEvents(evs, enumspb.EVENT_TYPE_TIMER_CANCELED); n == 0 {
+		t.Errorf("no timer cancelled after %d notices", countEvents(evs, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED))
+	}
+	if n := openTimers(evs); n != 1 {
+		t.Errorf("%d timers open, want the current wait's one", n)
+	}
+	recordHistory(t, a.client, id, "", "host-waits-notified")
+}
