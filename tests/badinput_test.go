@@ -206,8 +206,8 @@ func TestHostilePayloadsToTheWorkflows(t *testing.T) {
 	if hostStatus.Interval < workflows.MinDriftCheckInterval {
 		t.Errorf("host workflow's interval is %s: a hostile configure was taken", hostStatus.Interval)
 	}
-	recordHistory(t, a.client, id, "", "guest-loop-hostile-payloads")
-	recordHistory(t, a.client, hostID, "", "host-loop-hostile-payloads")
+	recordHistory(t, a.client, id, "", "guest-local-read-hostile-payloads")
+	recordHistory(t, a.client, hostID, "", "host-waits-hostile-payloads")
 
 	// The genuine approval still works, once.
 	if v := a.approve(t, 140, signWithSSHKeygen(t, ops, opFor(before.Pending.OpTemplate))); !v.Accepted {
@@ -247,7 +247,7 @@ func TestHostileStartInputsAreRaisedToTheirFloors(t *testing.T) {
 	a.waitPhase(t, 150, workflows.PhaseConverged)
 	guestID := workflows.GuestWorkflowID(host, 150)
 	waitFor(t, "the resync timer after the pass", func() bool {
-		return followedBy(runEvents(t, a.client, guestID, ""), enumspb.EVENT_TYPE_ACTIVITY_TASK_COMPLETED, enumspb.EVENT_TYPE_TIMER_STARTED)
+		return eventFollowedBy(runEvents(t, a.client, guestID, ""), stepDone, ofType(enumspb.EVENT_TYPE_TIMER_STARTED))
 	})
 
 	hostID := workflows.HostWorkflowID(host) + "-floor"
@@ -275,6 +275,6 @@ func TestHostileStartInputsAreRaisedToTheirFloors(t *testing.T) {
 	if hostStatus.Interval != workflows.MinDriftCheckInterval {
 		t.Errorf("host workflow's interval is %s, want the floor %s", hostStatus.Interval, workflows.MinDriftCheckInterval)
 	}
-	recordHistory(t, a.client, guestID, "", "guest-loop-input-floors")
-	recordHistory(t, a.client, hostID, "", "host-loop-input-floors")
+	recordHistory(t, a.client, guestID, "", "guest-local-read-input-floors")
+	recordHistory(t, a.client, hostID, "", "host-waits-input-floors")
 }

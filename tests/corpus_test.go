@@ -39,15 +39,33 @@ func runEvents(t *testing.T, c client.Client, workflowID, runID string) []*histo
 // followedBy reports whether an event of type first is followed, later,
 // by one of type then.
 func followedBy(evs []*historypb.HistoryEvent, first, then enumspb.EventType) bool {
+	return eventFollowedBy(evs, ofType(first), ofType(then))
+}
+
+// eventFollowedBy reports whether an event that first matches is followed,
+// later, by one that then matches.
+func eventFollowedBy(evs []*historypb.HistoryEvent, first, then func(*historypb.HistoryEvent) bool) bool {
 	seen := false
 	for _, e := range evs {
-		if e.GetEventType() == first {
+		if first(e) {
 			seen = true
-		} else if seen && e.GetEventType() == then {
+		} else if seen && then(e) {
 			return true
 		}
 	}
 	return false
+}
+
+func ofType(typ enumspb.EventType) func(*historypb.HistoryEvent) bool {
+	return func(e *historypb.HistoryEvent) bool { return e.GetEventType() == typ }
+}
+
+// stepDone matches the end of a step: a completed activity, or the marker
+// of a completed local activity (the guest's read at
+// versionGuestLocalRead).
+func stepDone(e *historypb.HistoryEvent) bool {
+	return e.GetEventType() == enumspb.EVENT_TYPE_ACTIVITY_TASK_COMPLETED ||
+		e.GetMarkerRecordedEventAttributes().GetMarkerName() == "LocalActivity" && e.GetMarkerRecordedEventAttributes().GetFailure() == nil
 }
 
 func startGuestWorkflow(t *testing.T, a *agent, in workflows.GuestInput) client.WorkflowRun {
@@ -72,11 +90,16 @@ func TestGuestLoopSignalsAndTimers(t *testing.T) {
 	startGuestWorkflow(t, a, workflows.GuestInput{Host: host, VMID: 201, Desired: &spec, ResyncEvery: 2 * time.Second})
 	a.waitPhase(t, 201, workflows.PhaseConverged)
 	waitFor(t, "a fired resync timer and the read after it", func() bool {
-		return followedBy(runEvents(t, a.client, id, ""), enumspb.EVENT_TYPE_TIMER_FIRED, enumspb.EVENT_TYPE_ACTIVITY_TASK_COMPLETED)
+		return eventFollowedBy(runEvents(t, a.client, id, ""), ofType(enumspb.EVENT_TYPE_TIMER_FIRED), stepDone)
 	})
 	ctx := context.Background()
 	must(t, a.client.SignalWorkflow(ctx, id, "", workflows.SignalApprove, workflows.Approval{Blob: "x", Signature: "y"}))
+	reads := countSteps(runEvents(t, a.client, id, ""))
 	must(t, a.client.SignalWorkflow(ctx, id, "", workflows.SignalReconcile, "test"))
+	// The wake-up's pass ends before the refused desired state is sent: a
+	// pass that finds the guest converged clears the last error.
+	waitFor(t, "the wake-up's read", func() bool { return countSteps(runEvents(t, a.client, id, "")) > reads })
+	a.waitPhase(t, 201, workflows.PhaseConverged)
 	bad := spec
 	bad.Memory = "lots"
 	must(t, a.client.SignalWorkflow(ctx, id, "", workflows.SignalSetDesired, bad))
@@ -93,7 +116,7 @@ func TestGuestLoopSignalsAndTimers(t *testing.T) {
 	if st.Generation != 2 {
 		t.Errorf("generation %d, want 2: only the changed desired state counts", st.Generation)
 	}
-	recordHistory(t, a.client, id, "", "guest-cost-signals")
+	recordHistory(t, a.client, id, "", "guest-local-read-signals")
 }
 
 // A wait for a signature, a refused approval, then a new desired state
@@ -115,7 +138,7 @@ func TestGuestLoopSupersededWait(t *testing.T) {
 	if _, ok := sim.Guest(202); !ok {
 		t.Fatal("the guest was destroyed")
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 202), "", "guest-cost-superseded")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 202), "", "guest-local-read-superseded")
 }
 
 // A start that fails twice: the first time a wake-up came during the failed
@@ -139,10 +162,10 @@ func TestGuestLoopFailureAndRetryTime(t *testing.T) {
 	if n := countRequests(sim, "POST", "/qemu/203/status/start"); n != 3 {
 		t.Errorf("%d starts, want 3 (recent %+v)", n, st.Recent)
 	}
-	if !followedBy(runEvents(t, a.client, id, ""), enumspb.EVENT_TYPE_TIMER_FIRED, enumspb.EVENT_TYPE_ACTIVITY_TASK_COMPLETED) {
+	if !eventFollowedBy(runEvents(t, a.client, id, ""), ofType(enumspb.EVENT_TYPE_TIMER_FIRED), stepDone) {
 		t.Error("no retry timer fired")
 	}
-	recordHistory(t, a.client, id, "", "guest-cost-failure-retry")
+	recordHistory(t, a.client, id, "", "guest-local-read-failure-retry")
 }
 
 // A disk larger than the spec: the other steps run, the guest ends in
@@ -162,7 +185,7 @@ func TestGuestLoopConflict(t *testing.T) {
 	if st.Pending != nil {
 		t.Errorf("pending %+v: nothing can shrink a disk, nothing should wait for it", st.Pending)
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 206), "", "guest-cost-conflict")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 206), "", "guest-local-read-conflict")
 }
 
 // A guest waiting for a signature continues as new when its history is
@@ -200,8 +223,8 @@ func TestGuestLoopContinuesAsNewWhilePending(t *testing.T) {
 	if _, ok := sim.Guest(207); ok {
 		t.Fatal("guest 207 still exists")
 	}
-	recordHistory(t, a.client, id, first.GetRunID(), "guest-cost-pending-continue-as-new")
-	recordHistory(t, a.client, id, "", "guest-cost-pending-carried")
+	recordHistory(t, a.client, id, first.GetRunID(), "guest-local-read-pending-continue-as-new")
+	recordHistory(t, a.client, id, "", "guest-local-read-pending-carried")
 }
 
 // A cancelled guest workflow ends, cancelled, where it was.
@@ -221,7 +244,7 @@ func TestGuestLoopCancelled(t *testing.T) {
 	if _, ok := sim.Guest(208); !ok {
 		t.Fatal("guest 208 was destroyed")
 	}
-	recordHistory(t, a.client, id, "", "guest-cost-cancelled")
+	recordHistory(t, a.client, id, "", "guest-local-read-cancelled")
 }
 
 // A host workflow that continues as new by history length, with notices
@@ -247,5 +270,5 @@ func TestHostLoopContinuesAsNew(t *testing.T) {
 	if hs.Interval != time.Second || !slices.Contains(hs.Managed, 204) {
 		t.Errorf("after continue-as-new: %+v, want interval 1s and guest 204 managed", hs)
 	}
-	recordHistory(t, c, workflows.HostWorkflowID(host), run.GetRunID(), "host-loop-continue-as-new")
+	recordHistory(t, c, workflows.HostWorkflowID(host), run.GetRunID(), "host-waits-continue-as-new")
 }

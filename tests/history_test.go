@@ -92,8 +92,18 @@ func TestRecordedHistoriesReplay(t *testing.T) {
 		"guest-cost-conflict", "guest-cost-pending-continue-as-new", "guest-cost-pending-carried", "guest-cost-cancelled",
 		"guest-cost-restore-job", "guest-cost-destroy-job",
 		// Waits that cancel their timer when work ends them first
-		// (versionGuestWaits, versionHostWaits).
-		"guest-waits-woken", "host-waits-notified",
+		// (versionGuestWaits, versionHostWaits): the host loop's branches
+		// at that version.
+		"guest-waits-woken", "host-waits-notified", "host-waits-drift", "host-waits-continue-as-new",
+		"host-waits-holding", "host-waits-configure", "host-waits-hostile-payloads", "host-waits-input-floors",
+		// The guest loop whose read is a local activity
+		// (versionGuestLocalRead), on every branch.
+		"guest-local-read-converge", "guest-local-read-rejected-approvals", "guest-local-read-destroy-approved",
+		"guest-local-read-compensation", "guest-local-read-continue-as-new", "guest-local-read-signals",
+		"guest-local-read-superseded", "guest-local-read-failure-retry", "guest-local-read-conflict",
+		"guest-local-read-pending-continue-as-new", "guest-local-read-pending-carried", "guest-local-read-cancelled",
+		"guest-local-read-restore-job", "guest-local-read-destroy-job", "guest-local-read-woken",
+		"guest-local-read-hostile-payloads", "guest-local-read-input-floors",
 		"job-through-guest-wipe", "job-through-guest-rejected", "job-through-guest-restore", "job-on-host-rotate",
 	}
 	have := map[string]bool{}

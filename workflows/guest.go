@@ -60,6 +60,14 @@ const versionGuestCost workflow.Version = 2
 // versionGuestCost.
 const versionGuestWaits workflow.Version = 3
 
+// versionGuestLocalRead is the version of versionGuestLoop that reads the
+// guest at the start of a pass as a local activity (localReadStep): the
+// read runs inside the workflow task that planned the pass, and the plan's
+// first step is scheduled in that same task, instead of a round trip
+// through the server (an activity task and one more workflow task per
+// pass). It keeps everything of versionGuestWaits.
+const versionGuestLocalRead workflow.Version = 4
+
 // legacyResync is the resync interval runs before versionGuestCost used
 // by default and carried, as if asked for, into the input of the run they
 // continued as new into; such a run does not keep it.
@@ -78,7 +86,7 @@ const legacyResync = time.Hour
 // actions and a pending action to the next run. A cancellation ends the
 // workflow where it is: nothing is rolled back.
 func GuestReconcileWorkflow(ctx workflow.Context, in GuestInput) error {
-	v := workflow.GetVersion(ctx, versionGuestLoop, workflow.DefaultVersion, versionGuestWaits)
+	v := workflow.GetVersion(ctx, versionGuestLoop, workflow.DefaultVersion, versionGuestLocalRead)
 	if v == workflow.DefaultVersion {
 		return legacyGuestReconcile(ctx, in)
 	}
@@ -152,6 +160,8 @@ type guest struct {
 	resync time.Duration
 	// cancelWaits is versionGuestWaits' path: see awaitOrTimeout.
 	cancelWaits bool
+	// localRead is versionGuestLocalRead's path: see observe.
+	localRead bool
 	// announcement is a desired-state notice for the host workflow that the
 	// next read carries, and expectAbsent tells that read the guest was not
 	// there (versionGuestCost).
@@ -176,7 +186,7 @@ func startGuest(ctx workflow.Context, in GuestInput, v workflow.Version) (*guest
 	if resync == legacyResync {
 		resync = 0
 	}
-	g := &guest{in: in, generation: in.Generation, recent: in.Recent, phase: PhaseWaiting, cancelWaits: v >= versionGuestWaits}
+	g := &guest{in: in, generation: in.Generation, recent: in.Recent, phase: PhaseWaiting, cancelWaits: v >= versionGuestWaits, localRead: v >= versionGuestLocalRead}
 	if cheap {
 		// A new workflow's guest is usually yet to be created; a continued
 		// run's was there.
@@ -493,7 +503,12 @@ func (g *guest) observe(ctx workflow.Context) (Observation, error) {
 		in.Announce = g.announcement
 	}
 	var obs Observation
-	err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, readStep), ActivityObserveGuest, in).Get(ctx, &obs)
+	var err error
+	if g.localRead {
+		err = workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, localReadStep), ActivityObserveGuest, in).Get(ctx, &obs)
+	} else {
+		err = workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, readStep), ActivityObserveGuest, in).Get(ctx, &obs)
+	}
 	if err == nil && g.announcement == in.Announce {
 		g.announcement = nil
 	}

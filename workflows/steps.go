@@ -27,6 +27,17 @@ var (
 		StartToCloseTimeout: time.Minute,
 		RetryPolicy:         &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second, MaximumAttempts: 10},
 	}
+	// localReadStep is readStep for a read that runs as a local activity,
+	// in the worker that runs the workflow task: one read of one guest,
+	// short, changing nothing, so nothing is lost when a worker dies in it
+	// (the next workflow task reads again). Its attempts are readStep's, in
+	// at most ten minutes; the SDK keeps the workflow task alive meanwhile
+	// and waits between later attempts on a timer.
+	localReadStep = workflow.LocalActivityOptions{
+		ScheduleToCloseTimeout: 10 * time.Minute,
+		StartToCloseTimeout:    time.Minute,
+		RetryPolicy:            readStep.RetryPolicy,
+	}
 	// benignStep changes a guest without an approval. A lost worker is
 	// noticed within the heartbeat timeout and the retry resumes the task.
 	benignStep = workflow.ActivityOptions{
