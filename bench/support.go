@@ -159,26 +159,10 @@ func (e *env) startChild(ctx context.Context, h *host, dir string) error {
 		return err
 	}
 	cfg := h.cfg
-	environ := []string{
-		childEnv + "=1",
-		"FELHOM_HOST_ID=" + cfg.HostID,
-		"FELHOM_TEMPORAL_ADDRESS=" + cfg.Temporal.Address,
-		"FELHOM_TEMPORAL_NAMESPACE=" + cfg.Temporal.Namespace,
-		"FELHOM_PROXMOX_URL=" + cfg.Proxmox.URL,
-		"FELHOM_PROXMOX_NODE=" + cfg.Proxmox.Node,
-		"FELHOM_PROXMOX_TOKEN_ID=" + cfg.Proxmox.TokenID,
-		"FELHOM_PROXMOX_TOKEN_SECRET=" + cfg.Proxmox.TokenSecret,
-		"FELHOM_PROXMOX_CA_FILE=" + caFile,
-		"FELHOM_SIGNERS_OPERATIONAL=" + strings.Join(cfg.Signers.Operational, "\n"),
-		"FELHOM_NONCE_STORE=" + cfg.NonceStore,
-		"FELHOM_PROVENANCE_LEDGER=" + cfg.ProvenanceLedger,
-		"FELHOM_PINNED_SIGNERS=" + cfg.PinnedSigners,
-		"FELHOM_METRICS_ADDRESS=" + cfg.Metrics.Address,
-		"FELHOM_SHUTDOWN_TIMEOUT=" + cfg.ShutdownTimeout.String(),
-		"FELHOM_DRIFT_CHECK_INTERVAL=" + cfg.DriftCheckInterval.String(),
-	}
+	cfg.Proxmox.CAFile = caFile
+	environ := append([]string{childEnv + "=1"}, cfg.Environ()...)
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "FELHOM_") && !strings.HasPrefix(kv, childEnv+"=") {
+		if !strings.HasPrefix(kv, worker.EnvPrefix) && !strings.HasPrefix(kv, childEnv+"=") {
 			environ = append(environ, kv)
 		}
 	}

@@ -209,28 +209,12 @@ func simCAFile(t *testing.T, sim *pvesim.Server) string {
 // as in production: the rest of this process's environment, without its
 // FELHOM_* variables and without a kill point.
 func childEnviron(cfg worker.Config, caFile string) []string {
-	env := []string{
-		"FELHOM_HOST_ID=" + cfg.HostID,
-		"FELHOM_TEMPORAL_ADDRESS=" + cfg.Temporal.Address,
-		"FELHOM_TEMPORAL_NAMESPACE=" + cfg.Temporal.Namespace,
-		"FELHOM_PROXMOX_URL=" + cfg.Proxmox.URL,
-		"FELHOM_PROXMOX_NODE=" + cfg.Proxmox.Node,
-		"FELHOM_PROXMOX_TOKEN_ID=" + cfg.Proxmox.TokenID,
-		"FELHOM_PROXMOX_TOKEN_SECRET=" + cfg.Proxmox.TokenSecret,
-		"FELHOM_PROXMOX_CA_FILE=" + caFile,
-		"FELHOM_SIGNERS_OPERATIONAL=" + strings.Join(cfg.Signers.Operational, "\n"),
-		"FELHOM_NONCE_STORE=" + cfg.NonceStore,
-		"FELHOM_PROVENANCE_LEDGER=" + cfg.ProvenanceLedger,
-		"FELHOM_PINNED_SIGNERS=" + cfg.PinnedSigners,
-		"FELHOM_METRICS_ADDRESS=off",
-		"FELHOM_SHUTDOWN_TIMEOUT=" + cfg.ShutdownTimeout.String(),
-		"FELHOM_LOG_LEVEL=debug",
-	}
-	if cfg.DriftCheckInterval != worker.Defaults().DriftCheckInterval {
-		env = append(env, "FELHOM_DRIFT_CHECK_INTERVAL="+cfg.DriftCheckInterval.String())
-	}
+	cfg.Proxmox.CAFile = caFile
+	cfg.Metrics.Address = "off"
+	cfg.Log.Level = "debug"
+	env := cfg.Environ()
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "FELHOM_") && !strings.HasPrefix(kv, killpoint.Env+"=") {
+		if !strings.HasPrefix(kv, worker.EnvPrefix) && !strings.HasPrefix(kv, killpoint.Env+"=") {
 			env = append(env, kv)
 		}
 	}

@@ -274,6 +274,36 @@ func (c *Config) ApplyEnv(environ []string) error {
 	return errors.Join(errs...)
 }
 
+// Environ is c as FELHOM_* variables (os.Environ form): one for each
+// setting that differs from Defaults, so that ApplyEnv of the result on
+// Defaults gives c again. It is how a worker's configuration is handed to
+// a child process without a file.
+func (c Config) Environ() []string {
+	var env []string
+	def := Defaults()
+	defaults := map[string]reflect.Value{}
+	walkFields(reflect.ValueOf(&def).Elem(), EnvPrefix, func(key string, f reflect.Value) { defaults[key] = f })
+	walkFields(reflect.ValueOf(&c).Elem(), EnvPrefix, func(key string, f reflect.Value) {
+		if reflect.DeepEqual(f.Interface(), defaults[key].Interface()) {
+			return
+		}
+		env = append(env, key+"="+formatField(f))
+	})
+	return env
+}
+
+// formatField is setField's inverse.
+func formatField(f reflect.Value) string {
+	switch {
+	case f.Type() == reflect.TypeFor[time.Duration]():
+		return time.Duration(f.Int()).String()
+	case f.Kind() == reflect.Slice:
+		return strings.Join(f.Interface().([]string), "\n")
+	default:
+		return fmt.Sprint(f.Interface())
+	}
+}
+
 // envPath is the YAML path of the setting the known variable key sets.
 func envPath(key string) string {
 	var path string

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -336,5 +337,42 @@ func TestEnvKeysNameEveryLeafField(t *testing.T) {
 		if !slices.Contains(keys, want) {
 			t.Errorf("EnvKeys lacks %s", want)
 		}
+	}
+}
+
+// Environ hands every setting over: each leaf set to something other than
+// its default comes back from ApplyEnv on the defaults, and the defaults
+// need no variable at all.
+func TestEnvironRoundTripsThroughApplyEnv(t *testing.T) {
+	if env := Defaults().Environ(); len(env) != 0 {
+		t.Fatalf("the defaults as variables: %q, want none", env)
+	}
+	c := Defaults()
+	walkFields(reflect.ValueOf(&c).Elem(), EnvPrefix, func(key string, f reflect.Value) {
+		switch {
+		case f.Type() == reflect.TypeFor[time.Duration]():
+			f.SetInt(f.Int() + int64(3*time.Second))
+		case f.Kind() == reflect.String:
+			f.SetString("value of " + key)
+		case f.Kind() == reflect.Int:
+			f.SetInt(f.Int() + 7)
+		case f.Kind() == reflect.Bool:
+			f.SetBool(!f.Bool())
+		case f.Kind() == reflect.Slice:
+			f.Set(reflect.ValueOf([]string{"first of " + key, "second"}))
+		default:
+			t.Fatalf("%s: no test value for %s", key, f.Type())
+		}
+	})
+	env := c.Environ()
+	if len(env) != len(EnvKeys()) {
+		t.Errorf("%d variables for %d settings: %q", len(env), len(EnvKeys()), env)
+	}
+	got := Defaults()
+	if err := got.ApplyEnv(env); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, c) {
+		t.Errorf("through the environment:\n got %+v\nwant %+v", got, c)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/felhom/felhom-agent/internal/pvesim"
+	"github.com/felhom/felhom-agent/worker"
 )
 
 // host is one simulated Proxmox host: its simulator, its worker process
@@ -47,28 +48,24 @@ func (h *host) snapDir() string    { return filepath.Join(h.dir, "snapshots") }
 
 // workerEnv is the FELHOM_* environment of the host's worker.
 func workerEnv(h *host, caFile string, k *keys) []string {
-	env := []string{
-		"FELHOM_HOST_ID=" + h.id,
-		"FELHOM_TEMPORAL_ADDRESS=" + h.link.addr(),
-		"FELHOM_TEMPORAL_NAMESPACE=default",
-		"FELHOM_PROXMOX_URL=" + h.sim.URL(),
-		"FELHOM_PROXMOX_NODE=" + h.sim.Node(),
-		"FELHOM_PROXMOX_TOKEN_ID=" + h.sim.TokenID(),
-		"FELHOM_PROXMOX_TOKEN_SECRET=" + h.sim.TokenSecret(),
-		"FELHOM_PROXMOX_CA_FILE=" + caFile,
-		"FELHOM_SIGNERS_OPERATIONAL=" + k.operational.pub,
-		"FELHOM_SIGNERS_RECOVERY=" + k.recovery.pub,
-		"FELHOM_NONCE_STORE=" + h.noncePath(),
-		"FELHOM_PROVENANCE_LEDGER=" + h.ledgerPath(),
-		"FELHOM_PINNED_SIGNERS=" + filepath.Join(h.dir, "signers.json"),
-		"FELHOM_METRICS_ADDRESS=off",
-		"FELHOM_SHUTDOWN_TIMEOUT=5s",
-		"FELHOM_DRIFT_CHECK_INTERVAL=15s",
-		"FELHOM_LOG_LEVEL=info",
-		"FELHOM_LOG_FORMAT=json",
-	}
+	cfg := worker.Defaults()
+	cfg.HostID = h.id
+	cfg.Temporal.Address = h.link.addr()
+	cfg.Temporal.Namespace = "default"
+	cfg.Proxmox.URL, cfg.Proxmox.Node = h.sim.URL(), h.sim.Node()
+	cfg.Proxmox.TokenID, cfg.Proxmox.TokenSecret = h.sim.TokenID(), h.sim.TokenSecret()
+	cfg.Proxmox.CAFile = caFile
+	cfg.Signers.Operational = []string{k.operational.pub}
+	cfg.Signers.Recovery = []string{k.recovery.pub}
+	cfg.NonceStore, cfg.ProvenanceLedger = h.noncePath(), h.ledgerPath()
+	cfg.PinnedSigners = filepath.Join(h.dir, "signers.json")
+	cfg.Metrics.Address = "off"
+	cfg.ShutdownTimeout = 5 * time.Second
+	cfg.DriftCheckInterval = 15 * time.Second
+	cfg.Log.Level, cfg.Log.Format = "info", "json"
+	env := cfg.Environ()
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "FELHOM_") {
+		if !strings.HasPrefix(kv, worker.EnvPrefix) {
 			env = append(env, kv)
 		}
 	}
