@@ -184,6 +184,24 @@ func dataVM(vmid int) pvesim.Guest {
 }
 
 // runGuest asks for stoppedVM(vmid, name) to run.
+// startCutAfterPost runs the guest vmid, which is stopped, and cuts link
+// while its start request is in the simulator: the request is served and
+// takes effect, and its answer, or what the worker does with it, is lost in
+// the cut.
+func (p *partitionedHost) startCutAfterPost(t *testing.T, vmid int, name string, link *netns.Link) {
+	t.Helper()
+	post := pvesim.NewHook()
+	p.sim.Inject(pvesim.Fault{Method: "POST", Path: fmt.Sprintf("/nodes/*/qemu/%d/status/start", vmid), Kind: pvesim.FaultHold, Hook: post})
+	p.runGuest(t, vmid, name)
+	waitHit(t, "the start request", post)
+	cut(t, link)
+	post.Release()
+	waitFor(t, "the start to take effect behind the cut", func() bool {
+		g, _ := p.sim.Guest(vmid)
+		return g.Status == "running"
+	})
+}
+
 func (p *partitionedHost) runGuest(t *testing.T, vmid int, name string) {
 	t.Helper()
 	p.start(t, desired.Spec{Host: p.host, VMID: vmid, Kind: desired.QEMU, Name: name, State: desired.Running, Memory: "1024", Cores: 1})
@@ -300,17 +318,7 @@ func (p *partitionedHost) checkOnce(t *testing.T, vmid int, step, method, pathSu
 func testPartitionBeforePost(t *testing.T) {
 	p := newPartitionedHost(t, "pve-part-pre", pvesim.Config{TaskDuration: time.Second},
 		stoppedVM(101, "db"))
-	post := pvesim.NewHook()
-	p.sim.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu/101/status/start", Kind: pvesim.FaultHold, Hook: post})
-	p.runGuest(t, 101, "db")
-
-	waitHit(t, "the start request", post)
-	cut(t, p.temporal)
-	post.Release()
-	waitFor(t, "the start to take effect during the partition", func() bool {
-		g, _ := p.sim.Guest(101)
-		return g.Status == "running"
-	})
+	p.startCutAfterPost(t, 101, "db", p.temporal)
 	p.waitAttempt(t, 101, workflows.ActivityStartGuest, 2)
 	if _, prog, _ := p.pendingStep(t, 101, workflows.ActivityStartGuest); prog.UPID != "" {
 		t.Fatalf("the server holds task %s: the heartbeat crossed the cut link, the test proves nothing", prog.UPID)
@@ -623,18 +631,7 @@ func testApprovalSentWhileCutOff(t *testing.T) {
 func testProxmoxPartition(t *testing.T) {
 	p := newPartitionedHost(t, "pve-part-pve", pvesim.Config{TaskDuration: time.Second},
 		stoppedVM(150, "mail"))
-	post := pvesim.NewHook()
-	p.sim.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu/150/status/start", Kind: pvesim.FaultHold, Hook: post})
-	p.runGuest(t, 150, "mail")
-
-	waitHit(t, "the start request", post)
-	cut(t, p.proxmox)
-	post.Release()
-	// The released request is served; its answer is lost in the cut.
-	waitFor(t, "the start to take effect on the cut-off node", func() bool {
-		g, _ := p.sim.Guest(150)
-		return g.Status == "running"
-	})
+	p.startCutAfterPost(t, 150, "mail", p.proxmox)
 	pa := p.waitAttempt(t, 150, workflows.ActivityStartGuest, 3)
 	if f := pa.GetLastFailure(); f == nil || f.GetTimeoutFailureInfo() != nil {
 		t.Errorf("last failure of the step while Proxmox is unreachable: %v, want a Proxmox request error, not a timeout on the Temporal side", f)
