@@ -271,7 +271,7 @@ func readDecisions(path string) ([]gateDecision, error) {
 
 // readAdmissions replays every copy of the host's ledger (taken before each
 // worker start, which compacts it) and the ledger itself, and returns each
-// admission once, in its latest state.
+// admission once, as it was admitted.
 func readAdmissions(h *host) ([]ledger.Admission, error) {
 	files, _ := filepath.Glob(filepath.Join(h.snapDir(), "*-provenance.log"))
 	sort.Strings(files)
@@ -293,7 +293,11 @@ func readAdmissions(h *host) ([]ledger.Admission, error) {
 			if err := json.Unmarshal(rec, &r); err != nil {
 				return err
 			}
-			if r.Admission != nil {
+			// Only admissions: an intent ("admit_intended", written before
+			// the gate is asked, for any approval that comes with a
+			// destructive act) admits nothing until an "admitted" record
+			// promotes it.
+			if r.Admission != nil && r.Op == "admitted" {
 				if _, seen := byKey[r.Admission.Key]; !seen {
 					order = append(order, r.Admission.Key)
 					byKey[r.Admission.Key] = *r.Admission
