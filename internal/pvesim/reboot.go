@@ -75,10 +75,14 @@ func (s *Server) destroyedRemnant(vmid int, unreferenced bool) {
 }
 
 // PurgeAsRoot removes a guest as root does on the node's shell to clear
-// what only root may (`pct unlock N && pct destroy N --purge`, or `qm`'s
-// same commands): its config and every disk it names go, whatever its lock,
+// what only root may (`pct unlock N && pct destroy N --purge
+// --destroy-unreferenced-disks 1`, or `qm`'s same commands): its config,
+// every disk it names and its unreferenced volumes go, whatever its lock,
 // with no request through the API and so nothing in the request log. It is
-// the operator's clean-up of a lost destroy's remnant (lock "destroyed").
+// the operator's clean-up of what a task lost in a node reboot left: a
+// destroy's config locked "destroyed", a create's locked "create". Like an
+// operator who looked at the node's active tasks first, it refuses while a
+// task of the guest runs (a create in progress is locked "create" too).
 func (s *Server) PurgeAsRoot(vmid int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -86,8 +90,13 @@ func (s *Server) PurgeAsRoot(vmid int) error {
 	if g == nil {
 		return fmt.Errorf("pvesim: no guest %d", vmid)
 	}
+	for _, t := range s.tasks {
+		if t.vmid == vmid && t.running {
+			return fmt.Errorf("pvesim: task %s of guest %d is running", t.upid, vmid)
+		}
+	}
 	s.setRunning(g, false)
-	s.freeGuestVolumes(g, false, nil)
+	s.freeGuestVolumes(g, true, nil)
 	delete(s.guests, vmid)
 	delete(s.ha, vmid)
 	s.changed()

@@ -184,3 +184,33 @@ func TestPurgeAsRootClearsARemnant(t *testing.T) {
 		t.Fatal("purging a guest that is gone: no error")
 	}
 }
+
+// A create lost in a reboot leaves a config locked "create" and the disks
+// it had allocated, which no config names: root's purge takes both. While
+// the create runs, its guest looks the same, and root's purge refuses.
+func TestPurgeAsRootClearsALostCreateNotARunningOne(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{StrictPVE: true})
+	hook := pvesim.NewHook()
+	srv.Inject(pvesim.Fault{Path: "/nodes/*/qemu", Kind: pvesim.FaultHoldTask, Hook: hook})
+	task, err := postTask(t, client, "/nodes/pve1/qemu", map[string]any{"vmid": 101, "name": "app", "memory": "512",
+		"scsi0": "local-lvm:8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-hook.Hit()
+	if err := srv.PurgeAsRoot(101); err == nil || !strings.Contains(err.Error(), "running") {
+		t.Fatalf("purge during the create: %v, want a refusal naming the running task", err)
+	}
+	srv.RebootNode()
+	finished(t, task)
+	hook.Release()
+	if g, _ := srv.Guest(101); g.Lock != "create" || !slices.Contains(srv.Volumes(), "local-lvm:vm-101-disk-0") {
+		t.Fatalf("guest %+v, volumes %v: want the lost create's remnant and its disk", g, srv.Volumes())
+	}
+	if err := srv.PurgeAsRoot(101); err != nil {
+		t.Fatal(err)
+	}
+	if _, exists := srv.Guest(101); exists || slices.Contains(srv.Volumes(), "local-lvm:vm-101-disk-0") {
+		t.Fatalf("after root's purge: guest there %v, volumes %v", exists, srv.Volumes())
+	}
+}

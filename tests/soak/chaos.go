@@ -224,10 +224,12 @@ func (h *host) unhide(vmid int) {
 }
 
 // heal undoes every fault: armed faults, locks the soak set, hidden guests,
-// and, playing root on the node's shell, what a destroy lost in a node
-// reboot left (a config locked "destroyed", which only root may clear; the
-// agent refuses to touch it and names the commands). It returns how many
-// such remnants root purged.
+// and, playing root on the node's shell, what a task lost in a node reboot
+// left: a destroy's config locked "destroyed", a create's locked "create"
+// with the disks it had allocated. Only root may clear those; the agent
+// refuses to touch them and names the commands. A create still running is
+// locked "create" too: PurgeAsRoot leaves a guest whose task runs. It
+// returns how many remnants root purged.
 func (h *host) heal() (purged int) {
 	h.sim.ClearFaults()
 	h.chaos.mu.Lock()
@@ -243,7 +245,7 @@ func (h *host) heal() (purged int) {
 	}
 	h.link.setCut(false)
 	for _, g := range h.sim.Guests() {
-		if g.Lock == "destroyed" && h.sim.PurgeAsRoot(g.VMID) == nil {
+		if (g.Lock == "destroyed" || g.Lock == "create") && h.sim.PurgeAsRoot(g.VMID) == nil {
 			purged++
 		}
 	}

@@ -55,8 +55,9 @@ type figures struct {
 	LongestCut     string         `json:"longest_network_cut"`
 	longestCut     time.Duration
 	CutsOverHB     int `json:"network_cuts_longer_than_heartbeat_timeout"`
-	// RootPurges counts remnants of destroys lost in node reboots (locked
-	// "destroyed") that the soak, playing root, purged when it healed.
+	// RootPurges counts remnants of creates and destroys lost in node
+	// reboots (locked "create" or "destroyed") that the soak, playing root,
+	// purged when it healed.
 	RootPurges int `json:"remnants_purged_by_root"`
 }
 
@@ -251,7 +252,7 @@ func (f *fleet) soak(ctx context.Context) (*report, error) {
 	f.logf("healing: faults cleared, locks and ACLs undone, links healed, every process up")
 	for _, h := range f.hosts {
 		if n := h.heal(); n > 0 {
-			f.logf("%s: root purged %d remnant(s) of destroys lost in node reboots", h.id, n)
+			f.logf("%s: root purged %d remnant(s) of creates and destroys lost in node reboots", h.id, n)
 			f.mu.Lock()
 			f.fig.RootPurges += n
 			f.mu.Unlock()

@@ -156,7 +156,7 @@ func (r *report) print(w io.Writer) {
 	row("Temporal server kills and restarts (SIGKILL)", fig.ServerRestarts)
 	row("network cuts host-server", fig.NetworkCuts)
 	row(fmt.Sprintf("  longer than the heartbeat timeout (longest %s)", fig.LongestCut), fig.CutsOverHB)
-	row("lost destroys' remnants purged by root at the end (locked \"destroyed\")", fig.RootPurges)
+	row("remnants of lost creates and destroys purged by root at the end (locked \"create\", \"destroyed\")", fig.RootPurges)
 	row("mutating requests to Proxmox", fig.Requests)
 	row("destructive requests that took effect", fig.Destroys)
 	for _, k := range sortedKeys(fig.GateDecisions) {
