@@ -2,6 +2,7 @@ package devserver_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -168,12 +169,51 @@ func TestFrontendListensOnTheConfiguredAddress(t *testing.T) {
 			if tc.notOn == "" {
 				return
 			}
-			if conn, err := net.Dial("tcp", net.JoinHostPort(tc.notOn, port)); err == nil {
-				conn.Close()
-				t.Errorf("the frontend also answers on %s:%s: it ignores the configured address", tc.notOn, port)
+			// Another process of a shared machine may listen on that
+			// address and port; only a socket of this process counts.
+			if ownListener(t, tc.notOn, port) {
+				t.Errorf("the frontend also listens on %s:%s: it ignores the configured address", tc.notOn, port)
 			}
 		})
 	}
+}
+
+// ownListener reports whether this process has a TCP socket listening on
+// ip:port (IPv4): a LISTEN row of /proc/net/tcp with that local address
+// whose inode is one of this process's open sockets.
+func ownListener(t *testing.T, ip, port string) bool {
+	t.Helper()
+	mine := map[string]bool{}
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		if link, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil {
+			if inode, ok := strings.CutPrefix(link, "socket:["); ok {
+				mine[strings.TrimSuffix(inode, "]")] = true
+			}
+		}
+	}
+	addr := net.ParseIP(ip).To4()
+	p, err := strconv.Atoi(port)
+	if addr == nil || err != nil {
+		t.Fatalf("bad address %s:%s", ip, port)
+	}
+	// /proc/net/tcp writes the address as the 32-bit word in host order
+	// (little-endian here), then the port.
+	want := strings.ToUpper(fmt.Sprintf("%02x%02x%02x%02x:%04x", addr[3], addr[2], addr[1], addr[0], p))
+	table, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(table), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 9 && f[1] == want && f[3] == "0A" && mine[f[9]] {
+			return true
+		}
+	}
+	return false
 }
 
 func TestRetentionBelowServerMinimumIsRejected(t *testing.T) {
@@ -320,5 +360,21 @@ func TestPostgresRefusesAFrontendPortAboveSmallint(t *testing.T) {
 	_, err := devserver.Start(context.Background(), devserver.Config{FrontendAddr: addr, Postgres: &devserver.Postgres{}})
 	if err == nil || !strings.Contains(err.Error(), "above 32767") {
 		t.Fatalf("Start on PostgreSQL with frontend %s: %v, want a refusal naming the port limit", addr, err)
+	}
+}
+
+// ownListener finds this process's listener and only at its address.
+func TestOwnListenerFindsThisProcesssSocket(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	if !ownListener(t, "127.0.0.1", port) {
+		t.Errorf("listener on 127.0.0.1:%s not found", port)
+	}
+	if ownListener(t, "127.0.0.2", port) {
+		t.Errorf("listener on 127.0.0.1:%s reported on 127.0.0.2", port)
 	}
 }
