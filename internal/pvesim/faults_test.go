@@ -96,6 +96,11 @@ func TestFaultsOnStart(t *testing.T) {
 			if tt.fault.VMID == 0 && tt.fault.Method == "" && reqs[0].Fault != tt.fault.Kind {
 				t.Errorf("recorded fault %q", reqs[0].Fault)
 			}
+			refusedBefore := tt.fault.VMID == 0 && tt.fault.Method == "" &&
+				(tt.fault.Kind == pvesim.FaultHTTPError || tt.fault.Kind == pvesim.FaultDropBefore)
+			if reqs[0].Served == refusedBefore {
+				t.Errorf("recorded served=%v, want %v", reqs[0].Served, !refusedBefore)
+			}
 		})
 	}
 }
@@ -365,5 +370,24 @@ func TestFaultOnAVolumeIDWithASlash(t *testing.T) {
 	}
 	if got := srv.RequestsMatching("DELETE", "/nodes/pve1/storage/local/content/**"); len(got) != 1 || got[0].Path != "/nodes/pve1/storage/local/content/"+archive {
 		t.Fatalf("recorded %+v", got)
+	}
+}
+
+// A fault "after the side effect" on a request the route refuses (a
+// synchronous config change of a locked guest): the client gets the 596 all
+// the same, but nothing happened, and the record says so.
+func TestFaultAfterARefusedRequestRecordsItUnserved(t *testing.T) {
+	srv, client := newSim(t, pvesim.Config{StrictPVE: true})
+	mustAdd(t, srv.AddVM(pvesim.Guest{VMID: 101, Cores: 1, Lock: "snapshot"}))
+	srv.Inject(pvesim.Fault{Path: "/nodes/*/qemu/101/config", Kind: pvesim.FaultHTTPErrorAfter})
+	// (go-proxmox reports no error for a bodiless 596 to a request whose
+	// answer it does not read; the record holds the status.)
+	_ = client.Put(context.Background(), "/nodes/pve1/qemu/101/config", map[string]any{"cores": 2}, nil)
+	reqs := srv.RequestsMatching("PUT", "/nodes/*/qemu/101/config")
+	if len(reqs) != 1 || reqs[0].Status != 596 || reqs[0].Fault != pvesim.FaultHTTPErrorAfter || reqs[0].Served {
+		t.Fatalf("recorded %+v, want one 596 after the fact, not served", reqs)
+	}
+	if g, _ := srv.Guest(101); g.Cores != 1 {
+		t.Fatalf("the locked guest has %d cores, want 1", g.Cores)
 	}
 }

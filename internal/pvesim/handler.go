@@ -23,6 +23,7 @@ type call struct {
 	params url.Values
 	fault  *Fault // a task-level or lock fault for this call
 	upid   string // task started by this call
+	served bool   // its route ran and succeeded
 }
 
 func (c *call) param(name string) string { return c.params.Get(name) }
@@ -96,7 +97,7 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 	var kind FaultKind
 	var hook *Hook
 	reply := func(status int, data any, aerr *apiError) (int, FaultKind) {
-		s.finishRecord(recIdx, status, c.upid, kind)
+		s.finishRecord(recIdx, status, c.upid, kind, c.served)
 		switch {
 		case status == 0:
 			dropConnection(w)
@@ -149,6 +150,7 @@ func (s *Server) serve(w http.ResponseWriter, c *call, vmid int, perr error, rec
 		}
 	}
 	data, aerr := s.safeRoute(c)
+	c.served = aerr == nil
 	if f != nil && f.Kind == FaultDropAfter {
 		return reply(0, nil, nil)
 	}

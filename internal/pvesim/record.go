@@ -23,6 +23,12 @@ type Request struct {
 	UPID string
 	// Fault names the injected fault kind that hit this request, if any.
 	Fault FaultKind
+	// Served is whether the request's route ran and succeeded, so that its
+	// side effect happened (for a task, that it started: its exit status
+	// says the rest), whatever the client was answered: true under a fault
+	// "after" the side effect only when the route itself did not refuse
+	// the request (a locked guest, say).
+	Served bool
 }
 
 func (s *Server) record(r Request) int {
@@ -32,7 +38,7 @@ func (s *Server) record(r Request) int {
 	return len(s.requests) - 1
 }
 
-func (s *Server) finishRecord(i int, status int, upid string, fault FaultKind) {
+func (s *Server) finishRecord(i int, status int, upid string, fault FaultKind, served bool) {
 	if i < 0 {
 		return
 	}
@@ -43,6 +49,7 @@ func (s *Server) finishRecord(i int, status int, upid string, fault FaultKind) {
 	}
 	s.requests[i].Status = status
 	s.requests[i].UPID = upid
+	s.requests[i].Served = served
 	if fault != "" {
 		s.requests[i].Fault = fault
 	}

@@ -232,14 +232,10 @@ func isCreate(r pvesim.Request) bool {
 // fault that strikes after the side effect) and the task it started, if
 // any, ended OK or with warnings.
 func effective(r pvesim.Request, exit map[string]string) bool {
-	served := r.Status >= 200 && r.Status < 300
-	switch r.Fault {
-	case pvesim.FaultHTTPErrorAfter, pvesim.FaultDropAfter, pvesim.FaultRawReplyAfter, pvesim.FaultDelayAfter, pvesim.FaultHoldAfter:
-		served = true
-	case pvesim.FaultHTTPError, pvesim.FaultDropBefore, pvesim.FaultRawReply:
-		served = false
-	}
-	if !served {
+	// Served, not the answer: a fault "after the side effect" answers 596
+	// or drops the connection once the request was served, yet a request
+	// its route refused (a locked guest) did nothing under it either.
+	if !r.Served {
 		return false
 	}
 	if r.UPID == "" {

@@ -30,12 +30,12 @@ func cleanEvidence() evidence {
 	return evidence{
 		Hosts: map[string]*hostEvidence{"h1": {
 			Requests: []pvesim.Request{
-				{Method: "POST", Path: "/nodes/h1/qemu/101/status/stop", VMID: 101, Status: 200, UPID: "u1", Time: at(10)},
-				{Method: "DELETE", Path: "/nodes/h1/qemu/101", VMID: 101, Status: 200, UPID: "u2", Time: at(11)},
-				{Method: "POST", Path: "/nodes/h1/qemu", VMID: 102, Form: url.Values{"vmid": {"102"}}, Status: 200, UPID: "u3", Time: at(20)},
-				{Method: "DELETE", Path: "/nodes/h1/qemu/102", VMID: 102, Status: 200, UPID: "u4", Time: at(22)},
+				{Method: "POST", Path: "/nodes/h1/qemu/101/status/stop", VMID: 101, Status: 200, Served: true, UPID: "u1", Time: at(10)},
+				{Method: "DELETE", Path: "/nodes/h1/qemu/101", VMID: 101, Status: 200, Served: true, UPID: "u2", Time: at(11)},
+				{Method: "POST", Path: "/nodes/h1/qemu", VMID: 102, Form: url.Values{"vmid": {"102"}}, Status: 200, Served: true, UPID: "u3", Time: at(20)},
+				{Method: "DELETE", Path: "/nodes/h1/qemu/102", VMID: 102, Status: 200, Served: true, UPID: "u4", Time: at(22)},
 				{Method: "POST", Path: "/nodes/h1/qemu/103/status/start", VMID: 103, Status: 0, Fault: pvesim.FaultDropBefore, Time: at(30)},
-				{Method: "POST", Path: "/nodes/h1/qemu/103/status/start", VMID: 103, Status: 200, UPID: "u5", Time: at(31)},
+				{Method: "POST", Path: "/nodes/h1/qemu/103/status/start", VMID: 103, Status: 200, Served: true, UPID: "u5", Time: at(31)},
 			},
 			TaskExit: map[string]string{"u1": "OK", "u2": "OK", "u3": "OK", "u4": "OK", "u5": "OK"},
 			Decisions: []gateDecision{
@@ -110,8 +110,8 @@ func TestInvariantsDetectViolations(t *testing.T) {
 		}},
 		{"one approval destroying two instances", 1, func(ev *evidence) {
 			h1(ev).Requests = append(h1(ev).Requests,
-				pvesim.Request{Method: "POST", Path: "/nodes/h1/qemu", VMID: 101, Form: url.Values{"vmid": {"101"}}, Status: 200, UPID: "u6", Time: at(40)},
-				pvesim.Request{Method: "DELETE", Path: "/nodes/h1/qemu/101", VMID: 101, Status: 200, UPID: "u7", Time: at(42)})
+				pvesim.Request{Method: "POST", Path: "/nodes/h1/qemu", VMID: 101, Form: url.Values{"vmid": {"101"}}, Status: 200, Served: true, UPID: "u6", Time: at(40)},
+				pvesim.Request{Method: "DELETE", Path: "/nodes/h1/qemu/101", VMID: 101, Status: 200, Served: true, UPID: "u7", Time: at(42)})
 			h1(ev).TaskExit["u6"], h1(ev).TaskExit["u7"] = "OK", "OK"
 			h1(ev).Decisions = append(h1(ev).Decisions, gateDecision{Time: at(41), Allowed: true, Code: gate.CodeAllowedAdmitted,
 				Op: gate.OpGuestDestroy, Host: "h1", Guest: "101", Nonce: "n1", Params: qemu})
@@ -125,7 +125,7 @@ func TestInvariantsDetectViolations(t *testing.T) {
 		}},
 		{"start sent twice with effect", 4, func(ev *evidence) {
 			h1(ev).Requests = append(h1(ev).Requests, pvesim.Request{Method: "POST", Path: "/nodes/h1/qemu/103/status/start",
-				VMID: 103, Status: 596, Fault: pvesim.FaultHTTPErrorAfter, UPID: "u8", Time: at(60)})
+				VMID: 103, Status: 596, Fault: pvesim.FaultHTTPErrorAfter, Served: true, UPID: "u8", Time: at(60)})
 			h1(ev).TaskExit["u8"] = "OK"
 		}},
 		{"workflow waiting on nothing", 5, func(ev *evidence) {
@@ -168,7 +168,10 @@ func TestInvariantsDetectViolations(t *testing.T) {
 // starts makes the second one a new step.
 func TestRetriesThatTookNoEffectAreNotDuplicates(t *testing.T) {
 	start := func(s int, status int, fault pvesim.FaultKind, upid string) pvesim.Request {
-		return pvesim.Request{Method: "POST", Path: "/nodes/h1/qemu/103/status/start", VMID: 103, Status: status, Fault: fault, UPID: upid, Time: at(s)}
+		// Served as the simulator records it: a 2xx, or a fault that
+		// strikes after the (here unrefused) side effect.
+		served := status == 200 || fault == pvesim.FaultDropAfter || fault == pvesim.FaultHTTPErrorAfter
+		return pvesim.Request{Method: "POST", Path: "/nodes/h1/qemu/103/status/start", VMID: 103, Status: status, Fault: fault, Served: served, UPID: upid, Time: at(s)}
 	}
 	cases := []struct {
 		name    string
@@ -181,6 +184,9 @@ func TestRetriesThatTookNoEffectAreNotDuplicates(t *testing.T) {
 		{"dropped after, then done again", []pvesim.Request{start(1, 0, pvesim.FaultDropAfter, "c"), start(2, 200, "", "b")}, nil, 1},
 		{"done, node rebooted, done", []pvesim.Request{start(1, 200, "", "b"), start(5, 200, "", "c")}, []time.Time{at(3)}, 0},
 		{"done twice", []pvesim.Request{start(1, 200, "", "b"), start(5, 200, "", "c")}, nil, 1},
+		{"596 after a request the guest's lock refused, then done", []pvesim.Request{
+			{Method: "POST", Path: "/nodes/h1/qemu/103/status/start", VMID: 103, Status: 596, Fault: pvesim.FaultHTTPErrorAfter, Time: at(1)},
+			start(2, 200, "", "b")}, nil, 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
