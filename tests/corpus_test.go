@@ -94,11 +94,11 @@ func TestGuestLoopSignalsAndTimers(t *testing.T) {
 	})
 	ctx := context.Background()
 	must(t, a.client.SignalWorkflow(ctx, id, "", workflows.SignalApprove, workflows.Approval{Blob: "x", Signature: "y"}))
-	reads := countSteps(runEvents(t, a.client, id, ""))
+	reads := countEvents(runEvents(t, a.client, id, ""), stepDone)
 	must(t, a.client.SignalWorkflow(ctx, id, "", workflows.SignalReconcile, "test"))
 	// The wake-up's pass ends before the refused desired state is sent: a
 	// pass that finds the guest converged clears the last error.
-	waitFor(t, "the wake-up's read", func() bool { return countSteps(runEvents(t, a.client, id, "")) > reads })
+	waitFor(t, "the wake-up's read", func() bool { return countEvents(runEvents(t, a.client, id, ""), stepDone) > reads })
 	a.waitPhase(t, 201, workflows.PhaseConverged)
 	bad := spec
 	bad.Memory = "lots"

@@ -32,22 +32,11 @@ func openTimers(evs []*historypb.HistoryEvent) int {
 	return len(open)
 }
 
-// countEvents counts the events of one type.
-func countEvents(evs []*historypb.HistoryEvent, typ enumspb.EventType) int {
+// countEvents counts the events that match.
+func countEvents(evs []*historypb.HistoryEvent, match func(*historypb.HistoryEvent) bool) int {
 	n := 0
 	for _, e := range evs {
-		if e.GetEventType() == typ {
-			n++
-		}
-	}
-	return n
-}
-
-// countSteps counts the steps a history saw end (stepDone).
-func countSteps(evs []*historypb.HistoryEvent) int {
-	n := 0
-	for _, e := range evs {
-		if stepDone(e) {
+		if match(e) {
 			n++
 		}
 	}
@@ -67,18 +56,18 @@ func TestWokenGuestCancelsItsWaitTimer(t *testing.T) {
 	startGuestWorkflow(t, a, workflows.GuestInput{Host: host, VMID: 211, Desired: &spec, ResyncEvery: 2 * time.Hour})
 	a.waitPhase(t, 211, workflows.PhaseConverged)
 	for i := range 4 {
-		reads := countSteps(runEvents(t, a.client, id, ""))
+		reads := countEvents(runEvents(t, a.client, id, ""), stepDone)
 		must(t, a.client.SignalWorkflow(context.Background(), id, "", workflows.SignalReconcile, fmt.Sprintf("wake %d", i)))
 		waitFor(t, "the read after the wake-up", func() bool {
 			evs := runEvents(t, a.client, id, "")
-			return countSteps(evs) > reads && openTimers(evs) > 0
+			return countEvents(evs, stepDone) > reads && openTimers(evs) > 0
 		})
 	}
 	evs := runEvents(t, a.client, id, "")
 	if n := openTimers(evs); n != 1 {
 		t.Errorf("%d timers open after four wake-ups, want the current wait's one", n)
 	}
-	if n := countEvents(evs, enumspb.EVENT_TYPE_TIMER_CANCELED); n != 4 {
+	if n := countEvents(evs, ofType(enumspb.EVENT_TYPE_TIMER_CANCELED)); n != 4 {
 		t.Errorf("%d timers cancelled, want one per wake-up (4)", n)
 	}
 	recordHistory(t, a.client, id, "", "guest-local-read-woken")
@@ -100,15 +89,15 @@ func TestNotifiedHostCancelsItsWaitTimer(t *testing.T) {
 	}
 	id := workflows.HostWorkflowID(host)
 	waitFor(t, "the five notices", func() bool {
-		return countEvents(runEvents(t, a.client, id, ""), enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED) >= 5
+		return countEvents(runEvents(t, a.client, id, ""), ofType(enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)) >= 5
 	})
 	waitFor(t, "the host waiting again", func() bool {
 		evs := runEvents(t, a.client, id, "")
 		return len(evs) > 0 && evs[len(evs)-1].GetEventType() == enumspb.EVENT_TYPE_TIMER_STARTED
 	})
 	evs := runEvents(t, a.client, id, "")
-	if n := countEvents(evs, enumspb.EVENT_TYPE_TIMER_CANCELED); n == 0 {
-		t.Errorf("no timer cancelled after %d notices", countEvents(evs, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED))
+	if n := countEvents(evs, ofType(enumspb.EVENT_TYPE_TIMER_CANCELED)); n == 0 {
+		t.Errorf("no timer cancelled after %d notices", countEvents(evs, ofType(enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)))
 	}
 	if n := openTimers(evs); n != 1 {
 		t.Errorf("%d timers open, want the current wait's one", n)

@@ -228,9 +228,9 @@ func isCreate(r pvesim.Request) bool {
 	return r.Method == http.MethodPost && len(seg) == 3 && (seg[2] == "qemu" || seg[2] == "lxc") && r.Form.Get("force") == ""
 }
 
-// effective reports whether r took effect: Proxmox served it (a 2xx, or a
-// fault that strikes after the side effect) and the task it started, if
-// any, ended OK or with warnings.
+// effective reports whether r took effect: Proxmox served it (r.Served, as
+// the simulator recorded it) and the task it started, if any, ended OK or
+// with warnings.
 func effective(r pvesim.Request, exit map[string]string) bool {
 	// Served, not the answer: a fault "after the side effect" answers 596
 	// or drops the connection once the request was served, yet a request
