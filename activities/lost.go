@@ -72,7 +72,7 @@ func remnantAdvice(what string, g Guest, node string) string {
 	if g.Lock == "destroyed" {
 		return fmt.Sprintf("%s: a destroy of guest %d was interrupted (its node lost the task) after it freed the disks; "+
 			"what is left is a config locked \"destroyed\", which only root can remove: on node %s run "+
-			"`%s unlock %d && %s destroy %d --purge`", what, g.VMID, node, tool, g.VMID, tool, g.VMID)
+			"`%s unlock %d && %s destroy %d --purge`, then send the guest's workflow the reconcile signal, which reads it again", what, g.VMID, node, tool, g.VMID, tool, g.VMID)
 	}
 	return fmt.Sprintf("%s: a create of guest %d was interrupted (its node lost the task); what is left is a config "+
 		"locked \"create\" without the agent's instance marker, and the disks the create had allocated. Only root can "+

@@ -104,6 +104,14 @@ func TestRecordedHistoriesReplay(t *testing.T) {
 		"guest-local-read-pending-continue-as-new", "guest-local-read-pending-carried", "guest-local-read-cancelled",
 		"guest-local-read-restore-job", "guest-local-read-destroy-job", "guest-local-read-woken",
 		"guest-local-read-hostile-payloads", "guest-local-read-input-floors",
+		// The guest loop whose wait for a signature ends on a reconcile
+		// (versionGuestRereadHeld), on every branch.
+		"guest-held-reread-converge", "guest-held-reread-rejected-approvals", "guest-held-reread-destroy-approved",
+		"guest-held-reread-compensation", "guest-held-reread-continue-as-new", "guest-held-reread-signals",
+		"guest-held-reread-superseded", "guest-held-reread-failure-retry", "guest-held-reread-conflict",
+		"guest-held-reread-pending-continue-as-new", "guest-held-reread-pending-carried", "guest-held-reread-cancelled",
+		"guest-held-reread-restore-job", "guest-held-reread-destroy-job", "guest-held-reread-woken",
+		"guest-held-reread-hostile-payloads", "guest-held-reread-input-floors", "guest-held-reread-reconciled",
 		"job-through-guest-wipe", "job-through-guest-rejected", "job-through-guest-restore", "job-on-host-rotate",
 	}
 	have := map[string]bool{}

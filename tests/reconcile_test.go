@@ -226,7 +226,7 @@ func TestDestroyWaitsForAMatchingSSHKeygenSignature(t *testing.T) {
 	if st := a.guestStatus(t, 140); st.Phase != workflows.PhasePending {
 		t.Fatalf("phase after refusals = %s, want still pending", st.Phase)
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 140), "", "guest-local-read-rejected-approvals")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 140), "", "guest-held-reread-rejected-approvals")
 
 	// The right signature, sent as a plain signal as the temporal CLI would.
 	good := signWithSSHKeygen(t, ops, opFor(tpl))
@@ -238,7 +238,7 @@ func TestDestroyWaitsForAMatchingSSHKeygenSignature(t *testing.T) {
 	if n := countRequests(sim, "DELETE", "/qemu/140"); n != 1 {
 		t.Errorf("destroy was sent %d times, want once", n)
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 140), "", "guest-local-read-destroy-approved")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 140), "", "guest-held-reread-destroy-approved")
 	if ids := a.pendingByVisibility(t); len(ids) != 0 {
 		waitFor(t, "the pending flag to clear", func() bool { return len(a.pendingByVisibility(t)) == 0 })
 	}
@@ -280,7 +280,7 @@ func TestFailedCreateIsRolledBackWithoutASignature(t *testing.T) {
 	if st.Pending != nil {
 		t.Errorf("the rollback waited for a signature: %+v", st.Pending)
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 150), "", "guest-local-read-compensation")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 150), "", "guest-held-reread-compensation")
 }
 
 // TestAbsentAfterConvergeNeedsASignatureInTheCreatingRun: the run that
@@ -406,7 +406,7 @@ func TestGuestWorkflowContinuesAsNewWithItsState(t *testing.T) {
 	if len(st.Recent) == 0 {
 		t.Error("recent actions were not carried over")
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 170), run.GetRunID(), "guest-local-read-continue-as-new")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 170), run.GetRunID(), "guest-held-reread-continue-as-new")
 }
 
 func TestSignedJobRunsOnceAndItsNonceCannotBeReplayed(t *testing.T) {
@@ -498,4 +498,46 @@ func (a *agent) tryHostStatus() (workflows.HostStatus, error) {
 		return hs, err
 	}
 	return hs, v.Get(&hs)
+}
+
+// A reconcile ends the wait for a signature: the guest is read and planned
+// again. Nothing changed keeps the same action pending, with its Since and
+// its last rejection; a guest that root removed by hand meanwhile needs no
+// destroy any more, and the workflow converges without one.
+func TestReconcileReplansAGuestWaitingForASignature(t *testing.T) {
+	host := uniqueHost("pve-reread")
+	sim := startSim(t, host)
+	must(t, sim.AddVM(pvesim.Guest{VMID: 142, Name: "customer", Status: "stopped", MemoryMiB: 512, Cores: 1}))
+	ops := newOperatorKey(t, "ed25519")
+	stranger := newOperatorKey(t, "ed25519")
+	a := startAgent(t, host, sim, ops.Pub)
+	id := workflows.GuestWorkflowID(host, 142)
+
+	a.applySpec(t, desired.Spec{Host: host, VMID: 142, State: desired.Absent})
+	held := a.waitPhase(t, 142, workflows.PhasePending)
+	if v := a.approve(t, 142, signWithSSHKeygen(t, stranger, opFor(held.Pending.OpTemplate))); v.Code != "unknown_signer" {
+		t.Fatalf("stranger's approval: verdict %+v, want unknown_signer", v)
+	}
+
+	reads := countEvents(runEvents(t, a.client, id, ""), stepDone)
+	must(t, a.client.SignalWorkflow(context.Background(), id, "", workflows.SignalReconcile, "look again"))
+	waitFor(t, "the read the reconcile asked for", func() bool {
+		return countEvents(runEvents(t, a.client, id, ""), stepDone) > reads
+	})
+	st := a.waitPhase(t, 142, workflows.PhasePending)
+	if st.Pending == nil || !st.Pending.Since.Equal(held.Pending.Since) || st.Pending.LastRejection != "unknown_signer" {
+		t.Fatalf("pending after a reconcile that changed nothing = %+v, want the same as before (%+v, last rejection unknown_signer)", st.Pending, held.Pending)
+	}
+
+	must(t, sim.PurgeAsRoot(142))
+	must(t, a.client.SignalWorkflow(context.Background(), id, "", workflows.SignalReconcile, "root removed it"))
+	st = a.waitPhase(t, 142, workflows.PhaseConverged)
+	if st.Pending != nil {
+		t.Errorf("pending after the guest is gone = %+v, want none", st.Pending)
+	}
+	if n := countRequests(sim, "DELETE", "/qemu/142"); n != 0 {
+		t.Errorf("%d DELETE requests for a guest root removed, want none", n)
+	}
+	waitFor(t, "the pending flag to clear", func() bool { return len(a.pendingByVisibility(t)) == 0 })
+	recordHistory(t, a.client, id, "", "guest-held-reread-reconciled")
 }

@@ -68,6 +68,16 @@ const versionGuestWaits workflow.Version = 3
 // pass). It keeps everything of versionGuestWaits.
 const versionGuestLocalRead workflow.Version = 4
 
+// versionGuestRereadHeld is the version of versionGuestLoop whose wait for
+// a signature also ends on a reconcile (errReread): the pass reads the guest
+// and plans again. The same action planned again stays pending as it was
+// (holdForSignature keeps its Since and last rejection); a guest that needs
+// no destroy any more (root removed it by hand, say) converges instead of
+// waiting for a signature nothing would use. Earlier runs wake only for a new
+// desired state, a job, an approval or a continue-as-new. It keeps
+// everything of versionGuestLocalRead.
+const versionGuestRereadHeld workflow.Version = 5
+
 // legacyResync is the resync interval runs before versionGuestCost used
 // by default and carried, as if asked for, into the input of the run they
 // continued as new into; such a run does not keep it.
@@ -80,13 +90,14 @@ const legacyResync = time.Hour
 //	it is destructive, then run it → continue as new when the history is long
 //
 // Work is a new desired state, a wake-up, the resync or retry time, or a
-// signed job for this guest, which runs between two passes (jobs.go). The
-// wait, and the wait for an approval, also end when the run should continue
-// as new, which carries the desired state, the generation, the recent
+// signed job for this guest, which runs between two passes (jobs.go). A
+// wake-up (the reconcile signal) also ends a wait for an approval: the pass
+// reads and plans again. The wait, and the wait for an approval, also end
+// when the run should continue as new, which carries the desired state, the generation, the recent
 // actions and a pending action to the next run. A cancellation ends the
 // workflow where it is: nothing is rolled back.
 func GuestReconcileWorkflow(ctx workflow.Context, in GuestInput) error {
-	v := workflow.GetVersion(ctx, versionGuestLoop, workflow.DefaultVersion, versionGuestLocalRead)
+	v := workflow.GetVersion(ctx, versionGuestLoop, workflow.DefaultVersion, versionGuestRereadHeld)
 	if v == workflow.DefaultVersion {
 		return legacyGuestReconcile(ctx, in)
 	}
@@ -127,6 +138,7 @@ var (
 	errSuperseded    = errors.New("the desired state changed")
 	errJobQueued     = errors.New("a signed job on this guest runs first")
 	errContinueAsNew = errors.New("the run continues as new")
+	errReread        = errors.New("a reconcile asked to read the guest again")
 )
 
 // guest is the state of one guest workflow run.
@@ -162,6 +174,8 @@ type guest struct {
 	cancelWaits bool
 	// localRead is versionGuestLocalRead's path: see observe.
 	localRead bool
+	// rereadHeld is versionGuestRereadHeld's path: see awaitApproval.
+	rereadHeld bool
 	// announcement is a desired-state notice for the host workflow that the
 	// next read carries, and expectAbsent tells that read the guest was not
 	// there (versionGuestCost).
@@ -186,7 +200,7 @@ func startGuest(ctx workflow.Context, in GuestInput, v workflow.Version) (*guest
 	if resync == legacyResync {
 		resync = 0
 	}
-	g := &guest{in: in, generation: in.Generation, recent: in.Recent, phase: PhaseWaiting, cancelWaits: v >= versionGuestWaits, localRead: v >= versionGuestLocalRead}
+	g := &guest{in: in, generation: in.Generation, recent: in.Recent, phase: PhaseWaiting, cancelWaits: v >= versionGuestWaits, localRead: v >= versionGuestLocalRead, rereadHeld: v >= versionGuestRereadHeld}
 	if cheap {
 		// A new workflow's guest is usually yet to be created; a continued
 		// run's was there.
@@ -318,7 +332,7 @@ func (g *guest) reconcile(ctx workflow.Context) error {
 		}
 		res, err := g.take(ctx, action, gen, known)
 		switch {
-		case errors.Is(err, errSuperseded), errors.Is(err, errJobQueued), errors.Is(err, errContinueAsNew):
+		case errors.Is(err, errSuperseded), errors.Is(err, errJobQueued), errors.Is(err, errContinueAsNew), errors.Is(err, errReread):
 			g.readAgain = true
 			return nil
 		case err != nil && ctx.Err() != nil:
@@ -422,9 +436,12 @@ func (g *guest) holdForSignature(ctx workflow.Context, action desired.Action) {
 
 // awaitApproval waits for an approval of the pending action. It ends
 // without one when the desired state changes (errSuperseded), when a signed
-// job on this guest is queued (errJobQueued), when the run should continue
-// as new (errContinueAsNew: nothing is queued then), or when the workflow is
-// cancelled.
+// job on this guest is queued (errJobQueued), on versionGuestRereadHeld's
+// path when a reconcile asks for a new read (errReread: the action stays
+// pending for the next pass to hold again or let go), when the run should
+// continue as new (errContinueAsNew: nothing is queued then), or when the
+// workflow is cancelled. An approval already queued is tried before a
+// reconcile is honoured.
 func (g *guest) awaitApproval(ctx workflow.Context, gen int) (*approvalRequest, error) {
 	for {
 		if err := ctx.Err(); err != nil {
@@ -440,6 +457,8 @@ func (g *guest) awaitApproval(ctx workflow.Context, gen int) (*approvalRequest, 
 			return nil, errJobQueued
 		case g.approvals.len() > 0:
 			return g.approvals.pop(), nil
+		case g.rereadHeld && g.readAgain:
+			return nil, errReread
 		case g.shouldContinueAsNew(ctx):
 			return nil, errContinueAsNew
 		}
@@ -453,10 +472,15 @@ func (g *guest) awaitApproval(ctx workflow.Context, gen int) (*approvalRequest, 
 }
 
 // endHold ends the wait for a signature. Approvals still queued are
-// answered; the pending action is kept only for the next run.
+// answered; the pending action is kept only for the next run, or for the
+// next pass after a reconcile.
 func (g *guest) endHold(ctx workflow.Context, why error) {
 	switch {
 	case errors.Is(why, errContinueAsNew):
+		return
+	case errors.Is(why, errReread):
+		// Kept: the next pass holds it again, unchanged, if it still plans it.
+		workflow.GetLogger(ctx).Info("reconcile while waiting for a signature: reading the guest again", "op", g.pending.Action.Op)
 		return
 	case errors.Is(why, errSuperseded):
 		workflow.GetLogger(ctx).Info("desired state changed while waiting for a signature: planning again", "op", g.pending.Action.Op)

@@ -27,7 +27,9 @@ const (
 	// destructive action. The Update answers with the host's verdict.
 	SignalApprove = "approve"
 	UpdateApprove = "approve"
-	// SignalReconcile asks the workflow to re-read its guest now.
+	// SignalReconcile asks the workflow to re-read its guest now, also while
+	// an action waits for a signature (the guest is planned again). Its
+	// payload, a string, is only logged.
 	SignalReconcile = "reconcile"
 	// UpdateRunJob carries a SignedJobInput: a signed one-shot operation on
 	// this guest (guest.destroy, guest.restore, volume.wipe), which the

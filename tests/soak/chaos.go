@@ -229,8 +229,8 @@ func (h *host) unhide(vmid int) {
 // with the disks it had allocated. Only root may clear those; the agent
 // refuses to touch them and names the commands. A create still running is
 // locked "create" too: PurgeAsRoot leaves a guest whose task runs. It
-// returns how many remnants root purged.
-func (h *host) heal() (purged int) {
+// returns the guests whose remnants root purged.
+func (h *host) heal() (purged []int) {
 	h.sim.ClearFaults()
 	h.chaos.mu.Lock()
 	locks := make([]int, 0, len(h.chaos.locks))
@@ -246,7 +246,7 @@ func (h *host) heal() (purged int) {
 	h.link.setCut(false)
 	for _, g := range h.sim.Guests() {
 		if (g.Lock == "destroyed" || g.Lock == "create") && h.sim.PurgeAsRoot(g.VMID) == nil {
-			purged++
+			purged = append(purged, g.VMID)
 		}
 	}
 	return purged

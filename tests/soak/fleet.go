@@ -250,11 +250,13 @@ func (f *fleet) soak(ctx context.Context) (*report, error) {
 	}
 
 	f.logf("healing: faults cleared, locks and ACLs undone, links healed, every process up")
+	purged := map[*host][]int{}
 	for _, h := range f.hosts {
-		if n := h.heal(); n > 0 {
-			f.logf("%s: root purged %d remnant(s) of creates and destroys lost in node reboots", h.id, n)
+		if vmids := h.heal(); len(vmids) > 0 {
+			f.logf("%s: root purged %d remnant(s) of creates and destroys lost in node reboots: %v", h.id, len(vmids), vmids)
+			purged[h] = vmids
 			f.mu.Lock()
-			f.fig.RootPurges += n
+			f.fig.RootPurges += len(vmids)
 			f.mu.Unlock()
 		}
 	}
@@ -266,6 +268,7 @@ func (f *fleet) soak(ctx context.Context) (*report, error) {
 			return nil, err
 		}
 	}
+	f.wakePurged(ctx, purged)
 	settleStart := time.Now()
 	deadline := settleStart.Add(f.o.settle)
 	// Every desired state is sent once more: a guest whose last pass failed
@@ -336,6 +339,23 @@ func (f *fleet) wakeFailed(ctx context.Context, finals []guestFinal) {
 		cancel()
 		if err != nil {
 			f.event("reconcile %s/%d: %v", g.Host, g.VMID, err)
+		}
+	}
+}
+
+// wakePurged sends the reconcile signal to each guest whose remnant root
+// purged, as root does after clearing one by hand: the workflow reads the
+// guest again, also one that waits for the signature of a destroy the
+// remnant made it plan (a guest that is gone needs none).
+func (f *fleet) wakePurged(ctx context.Context, purged map[*host][]int) {
+	for h, vmids := range purged {
+		for _, vmid := range vmids {
+			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := f.tc.SignalWorkflow(sctx, workflows.GuestWorkflowID(h.id, vmid), "", workflows.SignalReconcile, "soak: root purged a remnant")
+			cancel()
+			if err != nil {
+				f.event("reconcile %s/%d: %v", h.id, vmid, err)
+			}
 		}
 	}
 }
