@@ -41,11 +41,12 @@ func continuedInput(t *testing.T, env *testsuite.TestWorkflowEnvironment) (Guest
 // the desired state, the generation, the recent actions and the pending
 // action with the time it has been pending since. After nine days the
 // approval still runs the destroy. The history length is modelled as the
-// server counts it: a signal and a workflow task, four events, per wake-up.
+// server counts it: a signal, a workflow task and the marker of the read the
+// wake-up asks for, five events, per wake-up.
 func TestGuestPendingForNineDaysStaysWithinItsHistoryBound(t *testing.T) {
 	const (
 		bound          = 2000
-		eventsPerWake  = 4
+		eventsPerWake  = 5
 		nineDays       = 9 * 24 * time.Hour
 		startingEvents = 12
 	)
@@ -297,6 +298,48 @@ func TestGuestApprovalWithAChangedDesiredStateIsSuperseded(t *testing.T) {
 	wantCancelled(t, env)
 	if ops := h.ops(); len(ops) != 0 {
 		t.Errorf("executed %v, want nothing", ops)
+	}
+}
+
+// A reconcile while an action waits for a signature reads the guest again:
+// still wanted, the action stays pending since the same time; an approval
+// that came with the reconcile is tried first, not dropped. Once the guest
+// is gone, the next reconcile finds nothing to do.
+func TestGuestReconcileWhileHeldPlansAgain(t *testing.T) {
+	h := &fakeHost{guest: runningWeb(), acceptBlob: "good"}
+	env := newEnv(t, h)
+	var since time.Time
+	var reads int
+	env.RegisterDelayedCallback(func() {
+		st := queryStatus(t, env)
+		if st.Phase != PhasePending || st.Pending == nil {
+			t.Fatalf("status %+v, want the destroy pending", st)
+		}
+		since, reads = st.Pending.Since, h.reads
+		env.SignalWorkflow(SignalReconcile, "look again")
+	}, time.Minute)
+	env.RegisterDelayedCallback(func() {
+		st := queryStatus(t, env)
+		if h.reads != reads+1 || st.Phase != PhasePending || st.Pending == nil || !st.Pending.Since.Equal(since) {
+			t.Errorf("after a reconcile: %d reads, status %+v; want one read and the destroy pending since %s", h.reads-reads, st, since)
+		}
+		env.SignalWorkflowSkippingWorkflowTask(SignalReconcile, "and again")
+		approveUpdate(t, env, "good", func(v ApprovalVerdict) {
+			if !v.Accepted {
+				t.Errorf("the approval sent with a reconcile: %+v, want accepted", v)
+			}
+		})
+	}, 2*time.Minute)
+	env.RegisterDelayedCallback(func() {
+		if st := queryStatus(t, env); st.Phase != PhaseConverged || st.Pending != nil {
+			t.Errorf("status %+v, want converged with nothing pending", st)
+		}
+		env.CancelWorkflow()
+	}, 3*time.Minute)
+	env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Absent)})
+	wantCancelled(t, env)
+	if got := strings.Join(h.ops(), ","); got != desired.OpDestroy {
+		t.Errorf("executed %q, want the one approved destroy", got)
 	}
 }
 
