@@ -260,10 +260,7 @@ func (g *guest) waitForWork(ctx workflow.Context) (work, error) {
 		woken := func() bool {
 			return g.signals.waiting() || g.jobs.len() > 0 || (g.spec != nil && g.readAgain) || g.shouldContinueAsNew(ctx)
 		}
-		wait := workflow.AwaitWithTimeout
-		if g.cancelWaits {
-			wait = awaitOrTimeout
-		}
+		wait := timedWait(g.cancelWaits)
 		var err error
 		if g.spec == nil || (g.cheap && g.nextPass.IsZero()) {
 			err = workflow.Await(ctx, woken)

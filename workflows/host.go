@@ -174,10 +174,7 @@ func (h *hostState) waitForNextPass(ctx workflow.Context) error {
 			return nil
 		}
 		woken := func() bool { return h.notices.Len() > 0 || h.configure.Len() > 0 || h.shouldContinueAsNew(ctx) }
-		wait := workflow.AwaitWithTimeout
-		if h.cancelWaits {
-			wait = awaitOrTimeout
-		}
+		wait := timedWait(h.cancelWaits)
 		if _, err := wait(ctx, next.Sub(now), woken); err != nil {
 			return err
 		}

@@ -29,3 +29,13 @@ func awaitOrTimeout(ctx workflow.Context, d time.Duration, cond func() bool) (bo
 	}
 	return cond(), nil
 }
+
+// timedWait is the wait with a timeout a run uses: awaitOrTimeout when its
+// version cancels timers (cancelTimers), else the AwaitWithTimeout whose
+// commands the histories of earlier runs hold.
+func timedWait(cancelTimers bool) func(workflow.Context, time.Duration, func() bool) (bool, error) {
+	if cancelTimers {
+		return awaitOrTimeout
+	}
+	return workflow.AwaitWithTimeout
+}
