@@ -9,28 +9,12 @@ import (
 	enumspb "go.temporal.io/api/enums/v1"
 	historypb "go.temporal.io/api/history/v1"
 
+	"github.com/felhom/felhom-agent/internal/historyfacts"
 	"github.com/felhom/felhom-agent/internal/pvesim"
 	"github.com/felhom/felhom-agent/worker"
 	"github.com/felhom/felhom-agent/workflows"
 	"github.com/felhom/felhom-agent/workflows/desired"
 )
-
-// openTimers counts the timers a history started and neither fired nor
-// cancelled.
-func openTimers(evs []*historypb.HistoryEvent) int {
-	open := map[string]bool{}
-	for _, e := range evs {
-		switch e.GetEventType() {
-		case enumspb.EVENT_TYPE_TIMER_STARTED:
-			open[e.GetTimerStartedEventAttributes().GetTimerId()] = true
-		case enumspb.EVENT_TYPE_TIMER_FIRED:
-			delete(open, e.GetTimerFiredEventAttributes().GetTimerId())
-		case enumspb.EVENT_TYPE_TIMER_CANCELED:
-			delete(open, e.GetTimerCanceledEventAttributes().GetTimerId())
-		}
-	}
-	return len(open)
-}
 
 // countEvents counts the events that match.
 func countEvents(evs []*historypb.HistoryEvent, match func(*historypb.HistoryEvent) bool) int {
@@ -60,11 +44,11 @@ func TestWokenGuestCancelsItsWaitTimer(t *testing.T) {
 		must(t, a.client.SignalWorkflow(context.Background(), id, "", workflows.SignalReconcile, fmt.Sprintf("wake %d", i)))
 		waitFor(t, "the read after the wake-up", func() bool {
 			evs := runEvents(t, a.client, id, "")
-			return countEvents(evs, stepDone) > reads && openTimers(evs) > 0
+			return countEvents(evs, stepDone) > reads && historyfacts.OpenTimers(evs) > 0
 		})
 	}
 	evs := runEvents(t, a.client, id, "")
-	if n := openTimers(evs); n != 1 {
+	if n := historyfacts.OpenTimers(evs); n != 1 {
 		t.Errorf("%d timers open after four wake-ups, want the current wait's one", n)
 	}
 	if n := countEvents(evs, ofType(enumspb.EVENT_TYPE_TIMER_CANCELED)); n != 4 {
@@ -99,7 +83,7 @@ func TestNotifiedHostCancelsItsWaitTimer(t *testing.T) {
 	if n := countEvents(evs, ofType(enumspb.EVENT_TYPE_TIMER_CANCELED)); n == 0 {
 		t.Errorf("no timer cancelled after %d notices", countEvents(evs, ofType(enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)))
 	}
-	if n := openTimers(evs); n != 1 {
+	if n := historyfacts.OpenTimers(evs); n != 1 {
 		t.Errorf("%d timers open, want the current wait's one", n)
 	}
 	recordHistory(t, a.client, id, "", "host-waits-notified")

@@ -15,11 +15,13 @@ import (
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
 	workflowpb "go.temporal.io/api/workflow/v1"
 	"go.temporal.io/api/workflowservice/v1"
 
 	"github.com/felhom/felhom-agent/activities/ledger"
 	"github.com/felhom/felhom-agent/internal/appendlog"
+	"github.com/felhom/felhom-agent/internal/historyfacts"
 	"github.com/felhom/felhom-agent/workflows"
 	"github.com/felhom/felhom-agent/workflows/desired"
 )
@@ -138,22 +140,15 @@ func (f *fleet) openTimers(ctx context.Context, id, run string) (int, error) {
 	hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	it := f.tc.GetWorkflowHistory(hctx, id, run, false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
-	open := map[string]bool{}
+	var evs []*historypb.HistoryEvent
 	for it.HasNext() {
 		ev, err := it.Next()
 		if err != nil {
 			return 0, err
 		}
-		switch ev.GetEventType() {
-		case enumspb.EVENT_TYPE_TIMER_STARTED:
-			open[ev.GetTimerStartedEventAttributes().GetTimerId()] = true
-		case enumspb.EVENT_TYPE_TIMER_FIRED:
-			delete(open, ev.GetTimerFiredEventAttributes().GetTimerId())
-		case enumspb.EVENT_TYPE_TIMER_CANCELED:
-			delete(open, ev.GetTimerCanceledEventAttributes().GetTimerId())
-		}
+		evs = append(evs, ev)
 	}
-	return len(open), nil
+	return historyfacts.OpenTimers(evs), nil
 }
 
 // hostFacts reads what happened on a host whose worker is stopped: the
