@@ -77,7 +77,34 @@ func (h *Host) CreateGuest(ctx context.Context, in workflows.CreateGuestInput) (
 		out.After = &after
 		h.Proxmox.remember(g)
 	}
-	return out, err
+	if err != nil || !in.Start {
+		return out, err
+	}
+	return h.startCreated(ctx, in.GuestRef, out)
+}
+
+// startCreated is the start that follows a create in the same step
+// (CreateGuestInput.Start): the same request, task and checks as the
+// StartGuest step, one activity fewer. A retry of the step finds the
+// create done (the ledger and the guest's marker decide, see create) and
+// starts the guest if it still needs it. A failed start is returned as
+// workflows.ErrTypeStartAfterCreate, retryable as the start's own error
+// was, so that the workflow knows the guest exists.
+func (h *Host) startCreated(ctx context.Context, ref workflows.GuestRef, created workflows.ExecuteResult) (workflows.ExecuteResult, error) {
+	start := workflows.StartGuestInput{GuestRef: ref}
+	if a := created.After; a != nil && a.Guest.Status == "stopped" {
+		start.Known = &workflows.KnownState{Kind: a.Guest.Kind, Status: a.Guest.Status}
+	}
+	res, err := h.StartGuest(ctx, start)
+	if err != nil {
+		return created, temporal.NewApplicationErrorWithOptions(err.Error(), workflows.ErrTypeStartAfterCreate,
+			temporal.ApplicationErrorOptions{NonRetryable: isNonRetryable(err), Cause: err})
+	}
+	created.Start = &res
+	if created.After != nil {
+		created.After.Guest.Status = res.Status
+	}
+	return created, nil
 }
 
 // StartGuest starts a guest; a running guest is success. With Known, its

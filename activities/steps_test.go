@@ -283,3 +283,59 @@ func TestPerOperationActivitiesRefuseAnotherHost(t *testing.T) {
 		t.Fatalf("operations for another host sent %d requests: %+v", n, h.srv.Requests())
 	}
 }
+
+// A create step asked to start its guest (CreateGuestInput.Start) creates
+// and starts it as the two steps would: two mutating requests, the ledger's
+// hand-over, the guest running. A start that fails there is
+// ErrTypeStartAfterCreate, retryable as the start's own error, with the
+// guest created; the retry of the step creates nothing and starts it.
+func TestCreateGuestThenStart(t *testing.T) {
+	ref := workflows.GuestRef{Host: hostID, VMID: 101}
+	in := workflows.CreateGuestInput{GuestRef: ref, Kind: desired.QEMU, Name: "web", MemoryMiB: 1024, Cores: 2,
+		Disks: map[string]string{"scsi0": "local-lvm:4"}, Start: true, ExpectAbsent: true}
+
+	t.Run("both succeed", func(t *testing.T) {
+		h := newHarness(t, pvesim.Config{})
+		host := &Host{Proxmox: h.act}
+		res, err := runIn[workflows.ExecuteResult](h.hostEnv(), host.CreateGuest, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g, ok := h.guest(101); !ok || g.Status != "running" {
+			t.Fatalf("guest = %+v, want it created and running", g)
+		}
+		if res.Start == nil || res.Start.Status != "running" || res.After == nil || res.After.Guest.Status != "running" {
+			t.Errorf("result %+v (start %+v), want the start's result and the guest running", res, res.Start)
+		}
+		if n, m := h.mutations("POST", "/nodes/*/qemu"), h.mutations("POST", "/nodes/*/qemu/101/status/start"); n != 1 || m != 1 {
+			t.Errorf("%d creates and %d starts sent, want one of each", n, m)
+		}
+		if e, ok := h.act.Ledger.Entry(101); !ok || !e.HandedOver {
+			t.Errorf("ledger entry %+v, want the started guest handed over", e)
+		}
+	})
+
+	t.Run("the start fails", func(t *testing.T) {
+		h := newHarness(t, pvesim.Config{})
+		host := &Host{Proxmox: h.act}
+		h.srv.Inject(pvesim.Fault{Method: "POST", Path: "/nodes/*/qemu/101/status/start", Kind: pvesim.FaultHTTPError, Status: 503})
+		_, err := runIn[workflows.ExecuteResult](h.hostEnv(), host.CreateGuest, in)
+		wantErr(t, err, workflows.ErrTypeStartAfterCreate, true)
+		if g, ok := h.guest(101); !ok || g.Status != "stopped" {
+			t.Fatalf("guest = %+v, want it created and stopped", g)
+		}
+		if e, ok := h.act.Ledger.Entry(101); !ok || e.HandedOver {
+			t.Errorf("ledger entry %+v, want the agent's create, not handed over (its rollback stays benign)", e)
+		}
+		res, err := runIn[workflows.ExecuteResult](h.hostEnv(), host.CreateGuest, in)
+		if err != nil {
+			t.Fatalf("retry: %v", err)
+		}
+		if g, ok := h.guest(101); !ok || g.Status != "running" || res.Start == nil {
+			t.Fatalf("after the retry guest = %+v, result %+v, want it running", g, res)
+		}
+		if n := h.mutations("POST", "/nodes/*/qemu"); n != 1 {
+			t.Errorf("%d creates sent, want 1: the retry finds its own guest", n)
+		}
+	})
+}

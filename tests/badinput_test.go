@@ -206,7 +206,7 @@ func TestHostilePayloadsToTheWorkflows(t *testing.T) {
 	if hostStatus.Interval < workflows.MinDriftCheckInterval {
 		t.Errorf("host workflow's interval is %s: a hostile configure was taken", hostStatus.Interval)
 	}
-	recordHistory(t, a.client, id, "", "guest-held-reread-hostile-payloads")
+	recordHistory(t, a.client, id, "", "guest-create-starts-hostile-payloads")
 	recordHistory(t, a.client, hostID, "", "host-waits-hostile-payloads")
 
 	// The genuine approval still works, once.
@@ -275,6 +275,6 @@ func TestHostileStartInputsAreRaisedToTheirFloors(t *testing.T) {
 	if hostStatus.Interval != workflows.MinDriftCheckInterval {
 		t.Errorf("host workflow's interval is %s, want the floor %s", hostStatus.Interval, workflows.MinDriftCheckInterval)
 	}
-	recordHistory(t, a.client, guestID, "", "guest-held-reread-input-floors")
+	recordHistory(t, a.client, guestID, "", "guest-create-starts-input-floors")
 	recordHistory(t, a.client, hostID, "", "host-waits-input-floors")
 }

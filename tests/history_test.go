@@ -112,6 +112,14 @@ func TestRecordedHistoriesReplay(t *testing.T) {
 		"guest-held-reread-pending-continue-as-new", "guest-held-reread-pending-carried", "guest-held-reread-cancelled",
 		"guest-held-reread-restore-job", "guest-held-reread-destroy-job", "guest-held-reread-woken",
 		"guest-held-reread-hostile-payloads", "guest-held-reread-input-floors", "guest-held-reread-reconciled",
+		// The guest loop whose create step starts the guest too
+		// (versionGuestCreateStarts), on every branch.
+		"guest-create-starts-converge", "guest-create-starts-rejected-approvals", "guest-create-starts-destroy-approved",
+		"guest-create-starts-compensation", "guest-create-starts-continue-as-new", "guest-create-starts-signals",
+		"guest-create-starts-superseded", "guest-create-starts-failure-retry", "guest-create-starts-conflict",
+		"guest-create-starts-pending-continue-as-new", "guest-create-starts-pending-carried", "guest-create-starts-cancelled",
+		"guest-create-starts-restore-job", "guest-create-starts-destroy-job", "guest-create-starts-woken",
+		"guest-create-starts-hostile-payloads", "guest-create-starts-input-floors", "guest-create-starts-reconciled",
 		"job-through-guest-wipe", "job-through-guest-rejected", "job-through-guest-restore", "job-on-host-rotate",
 	}
 	have := map[string]bool{}

@@ -226,7 +226,7 @@ func TestDestroyWaitsForAMatchingSSHKeygenSignature(t *testing.T) {
 	if st := a.guestStatus(t, 140); st.Phase != workflows.PhasePending {
 		t.Fatalf("phase after refusals = %s, want still pending", st.Phase)
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 140), "", "guest-held-reread-rejected-approvals")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 140), "", "guest-create-starts-rejected-approvals")
 
 	// The right signature, sent as a plain signal as the temporal CLI would.
 	good := signWithSSHKeygen(t, ops, opFor(tpl))
@@ -238,7 +238,7 @@ func TestDestroyWaitsForAMatchingSSHKeygenSignature(t *testing.T) {
 	if n := countRequests(sim, "DELETE", "/qemu/140"); n != 1 {
 		t.Errorf("destroy was sent %d times, want once", n)
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 140), "", "guest-held-reread-destroy-approved")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 140), "", "guest-create-starts-destroy-approved")
 	if ids := a.pendingByVisibility(t); len(ids) != 0 {
 		waitFor(t, "the pending flag to clear", func() bool { return len(a.pendingByVisibility(t)) == 0 })
 	}
@@ -280,7 +280,7 @@ func TestFailedCreateIsRolledBackWithoutASignature(t *testing.T) {
 	if st.Pending != nil {
 		t.Errorf("the rollback waited for a signature: %+v", st.Pending)
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 150), "", "guest-held-reread-compensation")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 150), "", "guest-create-starts-compensation")
 }
 
 // TestAbsentAfterConvergeNeedsASignatureInTheCreatingRun: the run that
@@ -406,7 +406,7 @@ func TestGuestWorkflowContinuesAsNewWithItsState(t *testing.T) {
 	if len(st.Recent) == 0 {
 		t.Error("recent actions were not carried over")
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 170), run.GetRunID(), "guest-held-reread-continue-as-new")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 170), run.GetRunID(), "guest-create-starts-continue-as-new")
 }
 
 func TestSignedJobRunsOnceAndItsNonceCannotBeReplayed(t *testing.T) {
@@ -539,5 +539,5 @@ func TestReconcileReplansAGuestWaitingForASignature(t *testing.T) {
 		t.Errorf("%d DELETE requests for a guest root removed, want none", n)
 	}
 	waitFor(t, "the pending flag to clear", func() bool { return len(a.pendingByVisibility(t)) == 0 })
-	recordHistory(t, a.client, id, "", "guest-held-reread-reconciled")
+	recordHistory(t, a.client, id, "", "guest-create-starts-reconciled")
 }

@@ -54,7 +54,7 @@ func TestWokenGuestCancelsItsWaitTimer(t *testing.T) {
 	if n := countEvents(evs, ofType(enumspb.EVENT_TYPE_TIMER_CANCELED)); n != 4 {
 		t.Errorf("%d timers cancelled, want one per wake-up (4)", n)
 	}
-	recordHistory(t, a.client, id, "", "guest-held-reread-woken")
+	recordHistory(t, a.client, id, "", "guest-create-starts-woken")
 }
 
 // A host workflow on an hourly interval takes the desired-state notices of

@@ -131,10 +131,18 @@ type CreateGuestInput struct {
 	// without asking the cluster first (Proxmox refuses to create over a
 	// guest, and the step then names it). A hint, as ObserveInput's.
 	ExpectAbsent bool `json:"expect_absent,omitempty"`
+	// Start asks the host to start the guest once it is created, in the
+	// same activity: the plan's start that follows a create
+	// (versionGuestCreateStarts). Starting is benign; the host checks it
+	// as it checks a StartGuest step.
+	Start bool `json:"start,omitempty"`
 }
 
-// ShutdownGuestInput shuts a guest down cleanly, and stops it when that
-// does not finish within TimeoutSeconds and ForceStop is set.
+// ErrTypeStartAfterCreate is the error type of a create step whose create
+// succeeded and whose start (CreateGuestInput.Start) failed; the cause is
+// the start's error.
+const ErrTypeStartAfterCreate = "StartAfterCreate"
+
 // StartGuestInput starts a guest; Known, when set, is its state after the
 // step before (a create).
 type StartGuestInput struct {
@@ -142,6 +150,8 @@ type StartGuestInput struct {
 	Known *KnownState `json:"known,omitempty"`
 }
 
+// ShutdownGuestInput shuts a guest down cleanly, and stops it when that
+// does not finish within TimeoutSeconds and ForceStop is set.
 type ShutdownGuestInput struct {
 	GuestRef
 	TimeoutSeconds int  `json:"timeout_seconds,omitempty"`
@@ -200,6 +210,9 @@ type ExecuteResult struct {
 	// After is the guest as a create left it, from the read that recorded
 	// it in the host's ledger.
 	After *Observation `json:"after,omitempty"`
+	// Start is the result of the start that followed a create in the same
+	// step (CreateGuestInput.Start).
+	Start *ExecuteResult `json:"start,omitempty"`
 }
 
 // GuestSummary is one guest of a node listing, enough to detect drift.

@@ -78,6 +78,17 @@ const versionGuestLocalRead workflow.Version = 4
 // everything of versionGuestLocalRead.
 const versionGuestRereadHeld workflow.Version = 5
 
+// versionGuestCreateStarts is the version of versionGuestLoop that hands a
+// plan's start that follows its create to the create's step
+// (CreateGuestInput.Start): a new running guest costs one activity and one
+// workflow task less. The two are recorded as two actions, as before. A
+// start that fails after its create is ErrTypeStartAfterCreate, and the
+// guest is rolled back as when a start step fails after a create. What the
+// pair gives up is the check for a new desired state between the two: one
+// that arrives during the create is planned after the start. It keeps
+// everything of versionGuestRereadHeld.
+const versionGuestCreateStarts workflow.Version = 6
+
 // legacyResync is the resync interval runs before versionGuestCost used
 // by default and carried, as if asked for, into the input of the run they
 // continued as new into; such a run does not keep it.
@@ -97,7 +108,7 @@ const legacyResync = time.Hour
 // actions and a pending action to the next run. A cancellation ends the
 // workflow where it is: nothing is rolled back.
 func GuestReconcileWorkflow(ctx workflow.Context, in GuestInput) error {
-	v := workflow.GetVersion(ctx, versionGuestLoop, workflow.DefaultVersion, versionGuestRereadHeld)
+	v := workflow.GetVersion(ctx, versionGuestLoop, workflow.DefaultVersion, versionGuestCreateStarts)
 	if v == workflow.DefaultVersion {
 		return legacyGuestReconcile(ctx, in)
 	}
@@ -176,6 +187,8 @@ type guest struct {
 	localRead bool
 	// rereadHeld is versionGuestRereadHeld's path: see awaitApproval.
 	rereadHeld bool
+	// createStarts is versionGuestCreateStarts' path: see reconcile.
+	createStarts bool
 	// announcement is a desired-state notice for the host workflow that the
 	// next read carries, and expectAbsent tells that read the guest was not
 	// there (versionGuestCost).
@@ -200,7 +213,7 @@ func startGuest(ctx workflow.Context, in GuestInput, v workflow.Version) (*guest
 	if resync == legacyResync {
 		resync = 0
 	}
-	g := &guest{in: in, generation: in.Generation, recent: in.Recent, phase: PhaseWaiting, cancelWaits: v >= versionGuestWaits, localRead: v >= versionGuestLocalRead, rereadHeld: v >= versionGuestRereadHeld}
+	g := &guest{in: in, generation: in.Generation, recent: in.Recent, phase: PhaseWaiting, cancelWaits: v >= versionGuestWaits, localRead: v >= versionGuestLocalRead, rereadHeld: v >= versionGuestRereadHeld, createStarts: v >= versionGuestCreateStarts}
 	if cheap {
 		// A new workflow's guest is usually yet to be created; a continued
 		// run's was there.
@@ -322,10 +335,39 @@ func (g *guest) reconcile(ctx workflow.Context) error {
 	if g.cheap {
 		known = &obs
 	}
-	for _, action := range plan.Actions {
+	for i := 0; i < len(plan.Actions); i++ {
+		action := plan.Actions[i]
 		if g.generation != gen {
 			g.readAgain = true // plan again for the new desired state
 			return nil
+		}
+		if g.createStarts && startsAfter(plan.Actions, i) {
+			// The create's step starts the guest too (versionGuestCreateStarts).
+			start := plan.Actions[i+1]
+			i++
+			res, err := g.createAndStart(ctx, action, known)
+			switch {
+			case err != nil && ctx.Err() != nil:
+				return ctx.Err()
+			case isStartAfterCreate(err):
+				g.record(ctx, action, "done", res.Detail)
+				g.record(ctx, start, "failed", err.Error())
+				g.compensate(ctx, start)
+				return g.fail(ctx, start.Op+": "+err.Error())
+			case err != nil:
+				g.record(ctx, action, "failed", err.Error())
+				return g.fail(ctx, action.Op+": "+err.Error())
+			}
+			g.record(ctx, action, "done", res.Detail)
+			created = true
+			known = learn(known, action, res)
+			if res.Start != nil {
+				g.record(ctx, start, "done", res.Start.Detail)
+				known = learn(known, start, *res.Start)
+			} else {
+				known = nil // a host that did not say: the next pass reads
+			}
+			continue
 		}
 		res, err := g.take(ctx, action, gen, known)
 		switch {
@@ -379,6 +421,31 @@ func learn(known *Observation, action desired.Action, res ExecuteResult) *Observ
 		return nil
 	}
 	return &next
+}
+
+// startsAfter reports whether plan action i is a create that the next
+// action, a start needing no signature, follows.
+func startsAfter(actions []desired.Action, i int) bool {
+	return i+1 < len(actions) && actions[i].Op == desired.OpCreate && !actions[i].Destructive &&
+		actions[i+1].Op == desired.OpStart && !actions[i+1].Destructive
+}
+
+// createAndStart runs a create whose step also starts the guest.
+func (g *guest) createAndStart(ctx workflow.Context, create desired.Action, known *Observation) (ExecuteResult, error) {
+	return g.runWith(ctx, create, nil, known, func(in any) any {
+		if c, ok := in.(CreateGuestInput); ok {
+			c.Start = true
+			return c
+		}
+		return in
+	})
+}
+
+// isStartAfterCreate reports a create step that created its guest and
+// failed to start it.
+func isStartAfterCreate(err error) bool {
+	var ae *temporal.ApplicationError
+	return errors.As(err, &ae) && ae.Type() == ErrTypeStartAfterCreate
 }
 
 // take runs one action of the plan; a destructive one waits for an
@@ -504,12 +571,20 @@ func (g *guest) run(ctx workflow.Context, action desired.Action, approval *Appro
 // runKnowing is run with the guest's state as the step before left it, if
 // known, handed to the step as a hint (withHints).
 func (g *guest) runKnowing(ctx workflow.Context, action desired.Action, approval *Approval, known *Observation) (ExecuteResult, error) {
+	return g.runWith(ctx, action, approval, known, nil)
+}
+
+// runWith is runKnowing with the step's input changed by adjust, if set.
+func (g *guest) runWith(ctx workflow.Context, action desired.Action, approval *Approval, known *Observation, adjust func(any) any) (ExecuteResult, error) {
 	s, err := stepFor(action, approval)
 	if err != nil {
 		return ExecuteResult{}, temporal.NewNonRetryableApplicationError(err.Error(), "NoStep", err)
 	}
 	if known != nil {
 		s.input = withHints(s.input, known.Guest)
+	}
+	if adjust != nil {
+		s.input = adjust(s.input)
 	}
 	var res ExecuteResult
 	err = workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, s.options), s.activity, s.input).Get(ctx, &res)

@@ -1,13 +1,11 @@
 package workflows
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"testing"
 	"time"
 
-	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
@@ -357,15 +355,13 @@ func TestGuestCancellationIsHonoured(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := &fakeHost{blockStart: true}
 			env := newEnv(t, h)
-			env.SetOnActivityStartedListener(func(info *activity.Info, _ context.Context, _ converter.EncodedValues) {
-				if info.ActivityType.Name != ActivityStartGuest {
-					return
-				}
+			// The start runs in the create's step (versionGuestCreateStarts).
+			h.onStart = func() {
 				if tt.longHistory {
 					env.SetCurrentHistoryLength(1 << 20)
 				}
 				env.CancelWorkflow()
-			})
+			}
 			env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Running)})
 			if err := env.GetWorkflowError(); !temporal.IsCanceledError(err) {
 				t.Fatalf("workflow ended with %v, want cancelled", err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/mock"
 	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 
@@ -35,8 +36,10 @@ type fakeHost struct {
 	// reads counts ObserveGuest calls; announced the desired-state notices
 	// sent to the host workflow.
 	reads, announced int
-	// blockStart holds StartGuest until the activity is cancelled.
+	// blockStart holds StartGuest until the activity is cancelled; onStart
+	// runs when a start begins, in its own step or in a create's.
 	blockStart bool
+	onStart    func()
 	// fresh: the fake created the guest and never started it, so that,
 	// as on a real host, destroying it is the benign rollback.
 	fresh bool
@@ -118,14 +121,31 @@ func (h *fakeHost) apply(op string, params map[string]any, destructive bool, app
 func (h *fakeHost) CreateGuest(ctx context.Context, in CreateGuestInput) (ExecuteResult, error) {
 	res, err := h.apply(desired.OpCreate, map[string]any{"kind": string(in.Kind), "memory": in.MemoryMiB, "cores": in.Cores, "name": in.Name}, false, nil)
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if in.ExpectAbsent {
 		h.hints = append(h.hints, "create:expect-absent")
 	}
 	if err == nil && h.reports {
 		res.After = &Observation{Guest: h.guest, Provenance: Provenance{AgentCreated: true}}
 	}
-	return res, err
+	h.mu.Unlock()
+	if err != nil || !in.Start {
+		return res, err
+	}
+	// The start in the create's step, as the host's (startCreated).
+	start := StartGuestInput{GuestRef: in.GuestRef}
+	if res.After != nil {
+		start.Known = &KnownState{Kind: res.After.Guest.Kind, Status: res.After.Guest.Status}
+	}
+	started, err := h.StartGuest(ctx, start)
+	if err != nil {
+		return res, temporal.NewApplicationErrorWithOptions(err.Error(), ErrTypeStartAfterCreate,
+			temporal.ApplicationErrorOptions{NonRetryable: true, Cause: err})
+	}
+	res.Start = &started
+	if res.After != nil {
+		res.After.Guest.Status = started.Status
+	}
+	return res, nil
 }
 
 func (h *fakeHost) StartGuest(ctx context.Context, in StartGuestInput) (ExecuteResult, error) {
@@ -133,6 +153,9 @@ func (h *fakeHost) StartGuest(ctx context.Context, in StartGuestInput) (ExecuteR
 		h.mu.Lock()
 		h.hints = append(h.hints, "start:"+string(k.Kind)+"/"+k.Status)
 		h.mu.Unlock()
+	}
+	if h.onStart != nil {
+		h.onStart()
 	}
 	if h.blockStart {
 		select {
@@ -414,5 +437,48 @@ func TestGuestWorkflowActsOnADesiredStateThatArrivedDuringAFailedPass(t *testing
 	s.run(GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Running)})
 	if failed != 1 {
 		t.Errorf("the start failed %d times, want once", failed)
+	}
+}
+
+// A new guest's create step starts it too (versionGuestCreateStarts): one
+// activity, two recorded actions. When that start fails, the guest the
+// step created is rolled back, as after a start step of its own.
+func TestGuestCreateStepStartsTheGuest(t *testing.T) {
+	for _, failStart := range []bool{false, true} {
+		t.Run(map[bool]string{false: "started", true: "start fails"}[failStart], func(t *testing.T) {
+			h := &fakeHost{reports: true}
+			if failStart {
+				h.failOp = desired.OpStart
+			}
+			env := newEnv(t, h)
+			var activities []string
+			env.SetOnActivityStartedListener(func(info *activity.Info, _ context.Context, _ converter.EncodedValues) {
+				activities = append(activities, info.ActivityType.Name)
+			})
+			env.RegisterDelayedCallback(func() {
+				st := queryStatus(t, env)
+				var recent []string
+				for _, r := range st.Recent {
+					recent = append(recent, r.Action.Op+":"+r.Result)
+				}
+				want, phase := "guest.create:done,guest.start:done", PhaseConverged
+				if failStart {
+					want, phase = "guest.create:done,guest.start:failed,guest.destroy:compensated", PhaseFailed
+				}
+				if got := strings.Join(recent, ","); got != want || st.Phase != phase {
+					t.Errorf("recent %s, phase %s; want %s, %s", got, st.Phase, want, phase)
+				}
+				env.CancelWorkflow()
+			}, time.Minute)
+			env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Running)})
+			wantCancelled(t, env)
+			want := ActivityCreateGuest
+			if failStart {
+				want += "," + ActivityDestroyGuest
+			}
+			if got := strings.Join(activities, ","); got != want {
+				t.Errorf("activities %s, want %s", got, want)
+			}
+		})
 	}
 }
