@@ -11,9 +11,9 @@ func TestNextPoll(t *testing.T) {
 	}{
 		{0, time.Second, MinPollInterval},
 		{40 * time.Millisecond, time.Second, MinPollInterval},
-		{800 * time.Millisecond, time.Second, 100 * time.Millisecond},
-		{2 * time.Second, time.Second, 250 * time.Millisecond},
-		{10 * time.Second, time.Second, time.Second},
+		{1200 * time.Millisecond, time.Second, 100 * time.Millisecond},
+		{3 * time.Second, time.Second, 250 * time.Millisecond},
+		{20 * time.Second, time.Second, time.Second},
 		{time.Hour, 0, DefaultPollInterval},
 		{time.Second, 5 * time.Millisecond, 5 * time.Millisecond}, // a maximum below the minimum wins
 	}
@@ -24,7 +24,7 @@ func TestNextPoll(t *testing.T) {
 	}
 }
 
-// A poll comes at most an eighth of the time waited after the task's end
+// A poll comes at most a twelfth of the time waited after the task's end
 // (once past the minimum interval), and the gap never exceeds the maximum:
 // the waits' overshoot is bounded, whatever the task's length.
 func TestNextPollBoundsTheOvershoot(t *testing.T) {
@@ -36,7 +36,7 @@ func TestNextPollBoundsTheOvershoot(t *testing.T) {
 			polls++
 		}
 		over := at - length
-		if bound := max(MinPollInterval, min(length/8, time.Second)); over > bound {
+		if bound := max(MinPollInterval, min(length/12, time.Second)); over > bound {
 			t.Errorf("a %s task is seen %s after its end", length, over)
 		}
 		t.Logf("a %s task: %d polls, seen %s after its end", length, polls, over)

@@ -145,6 +145,10 @@ func (e *env) startHost(ctx context.Context, id string, s hostSetup) (*host, err
 	cfg.Metrics.Address = "127.0.0.1:0"
 	cfg.ShutdownTimeout = 5 * time.Second
 	cfg.Signers.Operational = []string{e.key.pub}
+	// The direct loop's concurrency: --concurrency guests in flight per
+	// host, each with at most one request to Proxmox.
+	cfg.MaxConcurrentActivities = e.opts.concurrency
+	cfg.Proxmox.MaxConcurrentRequests = e.opts.concurrency
 	if s.drift > 0 {
 		cfg.DriftCheckInterval = s.drift
 	}

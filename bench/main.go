@@ -69,8 +69,9 @@ Flags:
   --task RANGE         simulated Proxmox task duration: "0", "2s", or a range
                        "1s-3s" drawn per task, seeded (default 0)
   --concurrency N      desired states (and floor workflows) in flight at
-                       once, and guests in flight in each host's direct
-                       loop (default 32)
+                       once; guests in flight in each host's direct loop;
+                       and each worker's max_concurrent_activities and
+                       proxmox.max_concurrent_requests (default 32)
   --phases LIST        comma list of converge, steady, approval, crash,
                        memory, replay (default converge,steady,approval,replay)
   --db KIND            Temporal's store: file (SQLite file, WAL,
