@@ -3,6 +3,7 @@ package pveclient
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -126,4 +127,69 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// rendezvousAPI answers /version once want requests are in flight at once,
+// so that a round of want concurrent requests needs want connections; it
+// counts the connections the client opens.
+type rendezvousAPI struct {
+	want     int32
+	inFlight atomic.Int32
+	mu       sync.Mutex
+	release  chan struct{}
+	opened   atomic.Int32
+}
+
+func (r *rendezvousAPI) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	r.mu.Lock()
+	release := r.release
+	if r.inFlight.Add(1) == r.want {
+		close(release)
+		r.release = make(chan struct{})
+		r.inFlight.Store(0)
+	}
+	r.mu.Unlock()
+	select {
+	case <-release:
+	case <-req.Context().Done():
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write([]byte(`{"data":{"version":"8.2.4"}}`))
+}
+
+// A burst of MaxConcurrent requests leaves its connections open for the
+// next: a host's TLS handshakes are paid once, not after every burst (the
+// standard transport keeps only two idle connections per host).
+func TestConnectionsReusedAcrossBursts(t *testing.T) {
+	for _, limit := range []int{2, 8, 32} {
+		api := &rendezvousAPI{want: int32(limit), release: make(chan struct{})}
+		srv := httptest.NewUnstartedServer(api)
+		srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				api.opened.Add(1)
+			}
+		}
+		srv.StartTLS()
+		client := must(New(Config{
+			URL: srv.URL + "/api2/json", TokenID: "felhom@pve!agent", TokenSecret: "s", InsecureSkipVerify: true,
+			MaxConcurrent: limit,
+		}))
+		const rounds = 3
+		for round := range rounds {
+			errs := make(chan error, limit)
+			for range limit {
+				go func() { var v map[string]any; errs <- client.Get(context.Background(), "/version", &v) }()
+			}
+			for range limit {
+				if err := <-errs; err != nil {
+					t.Fatalf("limit %d, round %d: %v", limit, round, err)
+				}
+			}
+		}
+		if got := api.opened.Load(); got > int32(limit) {
+			t.Errorf("limit %d: %d rounds of %d requests opened %d connections, want at most %d", limit, rounds, limit, got, limit)
+		}
+		srv.Close()
+	}
 }

@@ -90,6 +90,7 @@ type Config struct {
 	MaxResponseBytes int64
 	// MaxConcurrent bounds the requests in flight at once; zero or less is
 	// no bound. A request beyond it waits for a slot, or for its context.
+	// As many connections are kept open between requests.
 	MaxConcurrent int
 	// KeepAlive, when set, is called with a request's context just before the
 	// request is sent and every KeepAliveInterval while it waits for a slot.
@@ -99,6 +100,10 @@ type Config struct {
 	// it was sent (the wait for a slot is not counted).
 	Observe func(method string, status int, took time.Duration)
 }
+
+// idleConnsUnbounded is how many idle connections to the host are kept
+// open when MaxConcurrent sets no bound.
+const idleConnsUnbounded = 32
 
 // KeepAliveInterval is how often KeepAlive is called for a request waiting
 // for a slot.
@@ -153,6 +158,13 @@ func New(cfg Config) (*proxmox.Client, error) {
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tlsConf
+	// Keep a connection per request slot open between bursts: the standard
+	// transport keeps two per host, so every burst of activities would pay
+	// its TLS handshakes again, on both sides.
+	tr.MaxIdleConnsPerHost = idleConnsUnbounded
+	if cfg.MaxConcurrent > 0 {
+		tr.MaxIdleConnsPerHost = cfg.MaxConcurrent
+	}
 	hc := &http.Client{
 		// The timeout is the limiter's, not http.Client's: a request waiting
 		// for a slot has not started yet.

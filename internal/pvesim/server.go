@@ -210,7 +210,9 @@ func Start(cfg Config) (*Server, error) {
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ErrorLog:     slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 	}
-	transport := &http.Transport{ForceAttemptHTTP2: false}
+	// Callers send many requests at once (the benchmark's direct loop); keep
+	// their connections open between bursts, as pveclient does.
+	transport := &http.Transport{ForceAttemptHTTP2: false, MaxIdleConnsPerHost: 64}
 	scheme := "http"
 	if cfg.TLS == TLSSelfSigned {
 		cert, pool, err := selfSignedCert(ln.Addr())
