@@ -132,7 +132,9 @@ func TestStepHints(t *testing.T) {
 			if tt.errType != "" {
 				wantErr(t, err, tt.errType, false)
 			}
-			polls := len(h.srv.ReadsMatching("/nodes/*/tasks/*/status"))
+			// task polls: a task's status, and the node's active tasks
+			// the wait's TaskWatch lists
+			polls := len(h.srv.ReadsMatching("/nodes/*/tasks/*/status")) + len(h.srv.ReadsMatching("/nodes/*/tasks"))
 			if n := len(h.srv.Reads()) + len(h.srv.Requests()) - polls; n != tt.calls {
 				t.Errorf("%d Proxmox requests besides %d polls, want %d: %+v %+v", n, polls, tt.calls, h.srv.Reads(), h.srv.Requests())
 			}

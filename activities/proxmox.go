@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	proxmox "github.com/luthermonson/go-proxmox"
@@ -73,6 +74,9 @@ type Proxmox struct {
 
 	// confirmed remembers the guests a confirmed listing read (listing.go).
 	confirmed confirmCache
+	// watch waits on the node's tasks for every wait at once (taskwatch.go).
+	watch     *TaskWatch
+	watchOnce sync.Once
 }
 
 // Progress is the heartbeat detail of a mutating activity: the Proxmox task
@@ -202,11 +206,13 @@ func (a *Proxmox) launch(ctx context.Context, phase, method, path string, params
 	return upid, nil
 }
 
-// wait polls the task until it stops (at once, then as NextPoll says),
-// heartbeating on every poll, and
-// returns a *TaskError when it failed. It honours ctx: a cancelled or timed
-// out activity stops waiting at once (the task itself keeps running on the
-// host, and the next attempt resumes waiting on it).
+// wait reads the task's status until it stops: at once, then each time
+// the node's TaskWatch says the task no longer runs (as soon as its own
+// polls by NextPoll would have seen it), and at least every
+// KeepAliveEvery, heartbeating on every read. It returns a *TaskError when
+// the task failed. It honours ctx: a cancelled or timed out activity stops waiting at
+// once (the task itself keeps running on the host, and the next attempt
+// resumes waiting on it).
 func (a *Proxmox) wait(ctx context.Context, phase, upid string) (res TaskResult, err error) {
 	info, err := parseUPID(upid)
 	if err != nil {
@@ -216,14 +222,12 @@ func (a *Proxmox) wait(ctx context.Context, phase, upid string) (res TaskResult,
 		start := time.Now()
 		defer func() { a.OnTaskWait(info.Type, waitOutcome(ctx, err), time.Since(start)) }()
 	}
-	interval := a.PollInterval
-	if interval <= 0 {
-		interval = DefaultPollInterval
-	}
 	path := fmt.Sprintf("/nodes/%s/tasks/%s/status", url.PathEscape(info.Node), url.PathEscape(upid))
 	started := time.Now()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
+	alive := time.NewTicker(KeepAliveEvery)
+	defer alive.Stop()
+	check, stop := closedCheck, func() {}
+	defer func() { stop() }()
 	for {
 		select {
 		case <-ctx.Done():
@@ -234,8 +238,13 @@ func (a *Proxmox) wait(ctx context.Context, phase, upid string) (res TaskResult,
 			// heartbeat timeout; it resumes waiting on the recorded task.
 			return TaskResult{}, temporal.NewApplicationError(
 				fmt.Sprintf("%s: worker stopping while task %s runs; the next attempt resumes it", phase, upid), ErrTypeWorkerStopping)
-		case <-timer.C:
+		case <-alive.C:
+			// Read anyway: a listing can lag (a task whose pvedaemon
+			// restarted before it reaped the task stays listed as running
+			// until the node's next task), and the read heartbeats.
+		case <-check:
 		}
+		stop()
 		var st *taskStatus
 		if err := a.Client.Get(ctx, path, &st); err != nil {
 			return TaskResult{}, err
@@ -257,8 +266,22 @@ func (a *Proxmox) wait(ctx context.Context, phase, upid string) (res TaskResult,
 			return TaskResult{UPID: upid, ExitStatus: st.ExitStatus}, nil
 		}
 		killpoint.Reach(killpoint.TaskWait, phase)
-		timer.Reset(NextPoll(time.Since(started), interval))
+		check, stop = a.tasks(info.Node).Await(upid, started)
 	}
+}
+
+// closedCheck is a check that is due at once.
+var closedCheck = func() <-chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// tasks returns the watch of node's tasks: the worker's own node's, shared
+// by all its waits; a UPID of another node (which only a forged heartbeat
+// could give) gets a watch of its own for this wait.
+func (a *Proxmox) tasks(node string) *TaskWatch {
+	a.watchOnce.Do(func() { a.watch = NewTaskWatch(a.Client, a.Node, a.PollInterval) })
+	if node != a.Node {
+		return NewTaskWatch(a.Client, node, a.PollInterval)
+	}
+	return a.watch
 }
 
 // waitOutcome names how a wait ended, for OnTaskWait.

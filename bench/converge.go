@@ -210,6 +210,7 @@ func (e *env) directLoop(ctx context.Context, hosts []*host, plan map[string]map
 	type loop struct {
 		client *proxmox.Client
 		node   string
+		watch  *activities.TaskWatch
 		guests [][]pvesim.Request // each guest's requests, by VMID
 	}
 	var loops []loop
@@ -225,6 +226,7 @@ func (e *env) directLoop(ctx context.Context, hosts []*host, plan map[string]map
 			client: proxmox.NewClient(sim.URL(), proxmox.WithHTTPClient(sim.HTTPClient()), proxmox.WithAPIToken(sim.TokenID(), sim.TokenSecret())),
 			node:   h.id,
 		}
+		l.watch = activities.NewTaskWatch(l.client, l.node, activities.DefaultPollInterval)
 		vmids := make([]int, 0, len(plan[h.id]))
 		for vmid := range plan[h.id] {
 			vmids = append(vmids, vmid)
@@ -248,7 +250,7 @@ func (e *env) directLoop(ctx context.Context, hosts []*host, plan map[string]map
 				}
 				mutations.Add(1)
 				if upid != "" {
-					if err := waitTask(ctx, l.client, l.node, upid); err != nil {
+					if err := waitTask(ctx, l.client, l.watch, l.node, upid); err != nil {
 						return err
 					}
 				}
@@ -293,19 +295,12 @@ func send(ctx context.Context, c *proxmox.Client, r pvesim.Request) (string, err
 	return "", nil
 }
 
-// waitTask polls a task's status as the agent's activities do: at once,
-// then as activities.NextPoll says.
-func waitTask(ctx context.Context, c *proxmox.Client, node, upid string) error {
+// waitTask reads a task's status as the agent's activities do: at once,
+// then each time the host's TaskWatch says the task no longer runs.
+func waitTask(ctx context.Context, c *proxmox.Client, watch *activities.TaskWatch, node, upid string) error {
 	path := fmt.Sprintf("/nodes/%s/tasks/%s/status", url.PathEscape(node), url.PathEscape(upid))
 	started := time.Now()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
 	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timer.C:
-		}
 		var st struct {
 			Status     string `json:"status"`
 			ExitStatus string `json:"exitstatus"`
@@ -319,7 +314,13 @@ func waitTask(ctx context.Context, c *proxmox.Client, node, upid string) error {
 			}
 			return nil
 		}
-		timer.Reset(activities.NextPoll(time.Since(started), activities.DefaultPollInterval))
+		check, stop := watch.Await(upid, started)
+		select {
+		case <-ctx.Done():
+			stop()
+			return ctx.Err()
+		case <-check:
+		}
 	}
 }
 

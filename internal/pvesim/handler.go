@@ -70,7 +70,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	params, perr := readParams(r)
 	c.params = params
-	if r.Method == http.MethodGet && len(c.segs) == 5 && c.segs[0] == "nodes" && c.segs[2] == "tasks" && c.segs[4] == "status" {
+	if r.Method == http.MethodGet && len(c.segs) >= 3 && c.segs[0] == "nodes" && c.segs[2] == "tasks" &&
+		(len(c.segs) == 5 && c.segs[4] == "status" || len(c.segs) == 3 && params.Get("source") == "active") {
 		s.taskPolls.Add(1)
 	}
 

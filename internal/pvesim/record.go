@@ -87,7 +87,8 @@ func (s *Server) RequestsMatching(method, pattern string) []Request {
 func (s *Server) Calls() int64 { return s.calls.Load() }
 
 // TaskPolls is how many of the Calls read a task's status
-// (GET /nodes/{node}/tasks/{upid}/status), since start.
+// (GET /nodes/{node}/tasks/{upid}/status) or listed the node's active tasks
+// (GET /nodes/{node}/tasks?source=active), since start.
 func (s *Server) TaskPolls() int64 { return s.taskPolls.Load() }
 
 // ResetRequests forgets the recorded requests and reads.

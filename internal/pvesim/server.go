@@ -131,7 +131,7 @@ type Server struct {
 	requests  []Request
 	reads     []Request    // with RecordReads
 	calls     atomic.Int64 // every API request received, reads included
-	taskPolls atomic.Int64 // GETs of a task's status
+	taskPolls atomic.Int64 // GETs of a task's status or of the active tasks
 	faults    []*activeFault
 	bootTime  time.Time // real time of the last boot, for pstart
 	// bootClock is the last boot on Config.Clock, the node's uptime's
