@@ -35,7 +35,7 @@ type convergeResult struct {
 	activities   int // activities scheduled by them (local ones included)
 	requests     float64
 	calls        int64 // Proxmox API calls, reads included
-	polls        int64 // of which task status reads
+	polls        int64 // of which task status reads and active-task listings
 	mutations    int   // mutating Proxmox requests answered 2xx
 	critical     time.Duration
 
@@ -122,7 +122,7 @@ func (e *env) converge(ctx context.Context, r *report) (*convergeResult, error) 
 	r.add("converge", "activities per guest", float64(res.activities)/n, "", "scheduled, local ones included")
 	r.add("converge", "worker requests per guest", res.requests/n, "", "every RPC of the workers to the server")
 	r.add("converge", "proxmox calls per guest", float64(res.calls)/n, "", "every API request, reads and task polls included")
-	r.add("converge", "proxmox task polls per guest", float64(res.polls)/n, "", "of the calls, reads of a task's status")
+	r.add("converge", "proxmox task polls per guest", float64(res.polls)/n, "", "of the calls, reads of a task's status and listings of active tasks")
 	r.add("converge", "proxmox mutations per guest", float64(res.mutations)/n, "", "POST/PUT/DELETE answered 2xx")
 	r.add("reference", "direct loop time", res.loopElapsed.Seconds(), "s", "the same mutations with go-proxmox, no Temporal, --concurrency guests at a time per host")
 	r.add("reference", "direct loop proxmox calls per guest", float64(res.loopCalls)/n, "", "")

@@ -313,7 +313,8 @@ func simCalls(hosts []*host) int64 {
 	return n
 }
 
-// simPolls sums the task status reads the simulators of hosts received.
+// simPolls sums the task status reads and active-task listings the
+// simulators of hosts received.
 func simPolls(hosts []*host) int64 {
 	var n int64
 	for _, h := range hosts {

@@ -113,7 +113,8 @@ Columns of the table:
                                    reads and task polls included
              proxmox task polls per guest
                                    of those calls, the reads of a task's
-                                   status
+                                   status and the listings of the node's
+                                   active tasks
              proxmox mutations per guest
                                    POST/PUT/DELETE answered 2xx
              direct loop, critical path, bare-Temporal floor
