@@ -274,8 +274,9 @@ func (a *Proxmox) wait(ctx context.Context, phase, upid string) (res TaskResult,
 var closedCheck = func() <-chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // tasks returns the watch of node's tasks: the worker's own node's, shared
-// by all its waits; a UPID of another node (which only a forged heartbeat
-// could give) gets a watch of its own for this wait.
+// by all its waits. A recorded UPID of another node is never resumed
+// (resumeTask), so only a Proxmox answer naming another node could ask
+// for one; it gets a watch of its own for this wait.
 func (a *Proxmox) tasks(node string) *TaskWatch {
 	a.watchOnce.Do(func() { a.watch = NewTaskWatch(a.Client, a.Node, a.PollInterval) })
 	if node != a.Node {
