@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/url"
 	"slices"
 	"strings"
@@ -38,6 +39,9 @@ type convergeResult struct {
 	polls        int64 // of which task status reads and active-task listings
 	mutations    int   // mutating Proxmox requests answered 2xx
 	critical     time.Duration
+	submitted    time.Duration // until the last desired state was accepted
+	hist         historyStats
+	ops          map[string]float64 // worker requests by operation
 
 	loopElapsed   time.Duration
 	loopCalls     int64
@@ -74,6 +78,7 @@ func (e *env) converge(ctx context.Context, r *report) (*convergeResult, error) 
 	if err := e.submit(ctx, specs, workflows.GuestInput{}); err != nil {
 		return nil, err
 	}
+	res.submitted = time.Since(start)
 	if err := e.waitGuests(ctx, hosts, workflows.PhaseConverged, len(specs)); err != nil {
 		return nil, err
 	}
@@ -87,13 +92,14 @@ func (e *env) converge(ctx context.Context, r *report) (*convergeResult, error) 
 	if !hist.lastConverged.IsZero() {
 		res.elapsed = hist.lastConverged.Sub(start)
 	}
-	res.workflowTask, res.activities = hist.workflowTasks, hist.activities
+	res.workflowTask, res.activities, res.hist = hist.workflowTasks, hist.activities, hist
 	settleMetrics(ctx)
 	after, err := scrapeAll(ctx, hosts)
 	if err != nil {
 		return nil, err
 	}
-	res.requests = after.sub(before).requests
+	used := after.sub(before)
+	res.requests, res.ops = used.requests, used.ops
 	for _, h := range hosts {
 		res.critical = max(res.critical, h.tasks.criticalPath())
 	}
@@ -121,6 +127,25 @@ func (e *env) converge(ctx context.Context, r *report) (*convergeResult, error) 
 	r.add("converge", "workflow tasks per guest", float64(res.workflowTask)/n, "", "WorkflowTaskCompleted in the guest histories")
 	r.add("converge", "activities per guest", float64(res.activities)/n, "", "scheduled, local ones included")
 	r.add("converge", "worker requests per guest", res.requests/n, "", "every RPC of the workers to the server")
+	for _, op := range slices.Sorted(maps.Keys(res.ops)) {
+		if v := res.ops[op] / n; v >= 0.01 {
+			r.add("converge", "… "+op, v, "", "")
+		}
+	}
+	r.add("converge", "last desired state accepted", res.submitted.Seconds(), "s", "when the last Update-With-Start returned; the rest of the time is the last guests' own work")
+	for _, st := range []struct {
+		name  string
+		times []time.Duration
+		note  string
+	}{
+		{"guest start to first step", res.hist.toFirstStep, "desired state accepted, guest read, plan: workflow tasks and the server's queues"},
+		{"guest in steps", res.hist.inSteps, "its step activities, started to completed: Proxmox requests and task waits"},
+		{"guest last step to converged", res.hist.toConverged, "the workflow task that records it"},
+	} {
+		slices.Sort(st.times)
+		r.add("converge", st.name+" p50", ms(percentile(st.times, 50)), "ms", st.note)
+		r.add("converge", st.name+" p99", ms(percentile(st.times, 99)), "ms", "")
+	}
 	r.add("converge", "proxmox calls per guest", float64(res.calls)/n, "", "every API request, reads and task polls included")
 	r.add("converge", "proxmox task polls per guest", float64(res.polls)/n, "", "of the calls, reads of a task's status and listings of active tasks")
 	r.add("converge", "proxmox mutations per guest", float64(res.mutations)/n, "", "POST/PUT/DELETE answered 2xx")
@@ -157,6 +182,19 @@ func mutationsByGuest(reqs []pvesim.Request) map[int][]pvesim.Request {
 type historyStats struct {
 	workflowTasks, activities int
 	lastConverged             time.Time // latest upsert of FelhomPhase=converged
+	// Where each guest's time went, one entry per guest that converged:
+	// from its run's start to its first step scheduled (the desired state
+	// accepted, the guest read, the plan), in its steps (activities
+	// started to completed: Proxmox requests and task waits), and from its
+	// last step to converged.
+	toFirstStep, inSteps, toConverged []time.Duration
+}
+
+// guestTimes is one guest history's share of historyStats' durations.
+type guestTimes struct {
+	started, firstScheduled, lastCompleted, converged time.Time
+	inSteps                                           time.Duration
+	stepStarted                                       map[int64]time.Time // ActivityTaskStarted by event ID
 }
 
 func (e *env) historyStats(ctx context.Context, specs []desired.Spec) (historyStats, error) {
@@ -167,17 +205,31 @@ func (e *env) historyStats(ctx context.Context, specs []desired.Spec) (historySt
 	converged := `"` + workflows.PhaseConverged + `"`
 	err := forEach(ctx, len(specs), e.opts.concurrency, func(ctx context.Context, i int) error {
 		var st historyStats
+		gt := guestTimes{stepStarted: map[int64]time.Time{}}
 		it := e.client.GetWorkflowHistory(ctx, workflows.GuestWorkflowID(specs[i].Host, specs[i].VMID), "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 		for it.HasNext() {
 			ev, err := it.Next()
 			if err != nil {
 				return err
 			}
+			at := ev.GetEventTime().AsTime()
 			switch ev.GetEventType() {
+			case enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+				gt.started = at
 			case enumspb.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
 				st.workflowTasks++
+			case enumspb.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+				gt.stepStarted[ev.GetEventId()] = at
+			case enumspb.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+				if s, ok := gt.stepStarted[ev.GetActivityTaskCompletedEventAttributes().GetStartedEventId()]; ok {
+					gt.inSteps += at.Sub(s)
+				}
+				gt.lastCompleted = at
 			case enumspb.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
 				st.activities++
+				if gt.firstScheduled.IsZero() {
+					gt.firstScheduled = at
+				}
 			case enumspb.EVENT_TYPE_MARKER_RECORDED:
 				if ev.GetMarkerRecordedEventAttributes().GetMarkerName() == "LocalActivity" {
 					st.activities++
@@ -185,12 +237,18 @@ func (e *env) historyStats(ctx context.Context, specs []desired.Spec) (historySt
 			case enumspb.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
 				p := ev.GetUpsertWorkflowSearchAttributesEventAttributes().GetSearchAttributes().GetIndexedFields()[visibility.Phase]
 				if p != nil && string(p.GetData()) == converged {
-					st.lastConverged = ev.GetEventTime().AsTime()
+					st.lastConverged = at
+					gt.converged = at
 				}
 			}
 		}
 		mu.Lock()
 		defer mu.Unlock()
+		if !gt.started.IsZero() && !gt.firstScheduled.IsZero() && !gt.lastCompleted.IsZero() && gt.converged.After(gt.lastCompleted) {
+			sum.toFirstStep = append(sum.toFirstStep, gt.firstScheduled.Sub(gt.started))
+			sum.inSteps = append(sum.inSteps, gt.inSteps)
+			sum.toConverged = append(sum.toConverged, gt.converged.Sub(gt.lastCompleted))
+		}
 		sum.workflowTasks += st.workflowTasks
 		sum.activities += st.activities
 		if st.lastConverged.After(sum.lastConverged) {

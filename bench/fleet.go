@@ -325,13 +325,31 @@ func simPolls(hosts []*host) int64 {
 
 // workerCounts are the SDK's counters of a worker, from its /metrics.
 type workerCounts struct {
-	requests      float64 // temporal_request + temporal_long_request: every RPC to the server
-	workflowTasks float64 // workflow tasks processed
-	activities    float64 // activity attempts executed (local ones included)
+	requests      float64            // temporal_request + temporal_long_request: every RPC to the server
+	workflowTasks float64            // workflow tasks processed
+	activities    float64            // activity attempts executed (local ones included)
+	ops           map[string]float64 // requests by operation (RecordActivityTaskHeartbeat, ...)
 }
 
 func (a workerCounts) sub(b workerCounts) workerCounts {
-	return workerCounts{a.requests - b.requests, a.workflowTasks - b.workflowTasks, a.activities - b.activities}
+	ops := map[string]float64{}
+	for op, v := range a.ops {
+		ops[op] = v - b.ops[op]
+	}
+	return workerCounts{a.requests - b.requests, a.workflowTasks - b.workflowTasks, a.activities - b.activities, ops}
+}
+
+// add adds b's counts to a's.
+func (a *workerCounts) add(b workerCounts) {
+	a.requests += b.requests
+	a.workflowTasks += b.workflowTasks
+	a.activities += b.activities
+	for op, v := range b.ops {
+		if a.ops == nil {
+			a.ops = map[string]float64{}
+		}
+		a.ops[op] += v
+	}
 }
 
 // scrapeAll sums the counters of every host's worker. The SDK reports to
@@ -344,9 +362,7 @@ func scrapeAll(ctx context.Context, hosts []*host) (workerCounts, error) {
 		if err != nil {
 			return sum, fmt.Errorf("metrics of %s: %w", h.id, err)
 		}
-		sum.requests += c.requests
-		sum.workflowTasks += c.workflowTasks
-		sum.activities += c.activities
+		sum.add(c)
 	}
 	return sum, nil
 }
@@ -398,6 +414,12 @@ func scrape(ctx context.Context, url string) (workerCounts, error) {
 		switch name {
 		case "temporal_request", "temporal_request_total", "temporal_long_request", "temporal_long_request_total":
 			c.requests += v
+			if op, ok := label(rest, "operation"); ok {
+				if c.ops == nil {
+					c.ops = map[string]float64{}
+				}
+				c.ops[op] += v
+			}
 		case "temporal_workflow_task_execution_latency_count", "temporal_workflow_task_execution_latency_seconds_count":
 			c.workflowTasks += v
 		case "temporal_activity_execution_latency_count", "temporal_activity_execution_latency_seconds_count",
@@ -406,6 +428,22 @@ func scrape(ctx context.Context, url string) (workerCounts, error) {
 		}
 	}
 	return c, nil
+}
+
+// label returns the value of label name in a Prometheus sample's label
+// list (the text after "{").
+func label(labels, name string) (string, bool) {
+	for rest := labels; ; {
+		_, after, ok := strings.Cut(rest, name+`="`)
+		if !ok {
+			return "", false
+		}
+		if i := len(rest) - len(after) - len(name) - 2; i == 0 || rest[i-1] == ',' {
+			v, _, ok := strings.Cut(after, `"`)
+			return v, ok
+		}
+		rest = after
+	}
 }
 
 // hostDir is where host id keeps its stores.

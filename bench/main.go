@@ -107,7 +107,17 @@ Columns of the table:
              worker requests per guest
                                    RPCs of the workers to the Temporal server
                                    (the SDK's temporal_request and
-                                   temporal_long_request counters)
+                                   temporal_long_request counters); the
+                                   "…" rows below it split them by operation
+             last desired state accepted
+                                   when the last Update-With-Start returned
+             guest start to first step, in steps, last step to converged
+                                   p50 and p99 over the guests, from their
+                                   histories: workflow start to the first
+                                   step activity scheduled; step activities
+                                   started to completed (Proxmox requests
+                                   and task waits); last step completed to
+                                   the "converged" upsert
              proxmox calls per guest
                                    every request the simulators received,
                                    reads and task polls included

@@ -62,6 +62,31 @@ func TestConvergeCountsAreConsistent(t *testing.T) {
 	if res.requests <= 0 {
 		t.Errorf("%v worker requests", res.requests)
 	}
+	var byOp float64
+	for _, v := range res.ops {
+		byOp += v
+	}
+	if byOp != res.requests {
+		t.Errorf("worker requests by operation sum to %v, all of them are %v", byOp, res.requests)
+	}
+	if res.ops["RespondWorkflowTaskCompleted"] < float64(res.guests) {
+		t.Errorf("%v RespondWorkflowTaskCompleted for %d guests", res.ops["RespondWorkflowTaskCompleted"], res.guests)
+	}
+	// Each guest's time is split into its stages, and its steps include
+	// its tasks.
+	for name, times := range map[string][]time.Duration{"to first step": res.hist.toFirstStep, "in steps": res.hist.inSteps, "to converged": res.hist.toConverged} {
+		if len(times) != res.guests {
+			t.Errorf("%s: %d guests' times, want %d", name, len(times), res.guests)
+		}
+	}
+	for _, d := range res.hist.inSteps {
+		if d < 20*time.Millisecond {
+			t.Errorf("a guest spent %s in steps, less than its two tasks of at least 10ms", d)
+		}
+	}
+	if res.submitted <= 0 || res.submitted > res.elapsed {
+		t.Errorf("last desired state accepted after %s of a %s converge", res.submitted, res.elapsed)
+	}
 	// The direct loop made exactly the agent's mutations.
 	if res.loopMutations != res.mutations {
 		t.Errorf("direct loop made %d mutations, the agent %d", res.loopMutations, res.mutations)
@@ -178,6 +203,24 @@ func TestParseRange(t *testing.T) {
 		lo, hi, err := parseRange(tt.in)
 		if (err != nil) != tt.wantErr || (err == nil && (lo != tt.lo || hi != tt.hi)) {
 			t.Errorf("parseRange(%q) = %s, %s, %v", tt.in, lo, hi, err)
+		}
+	}
+}
+
+func TestLabel(t *testing.T) {
+	for _, tc := range []struct {
+		labels, name, want string
+		ok                 bool
+	}{
+		{`namespace="default",operation="PollWorkflowTaskQueue"} 3`, "operation", "PollWorkflowTaskQueue", true},
+		{`operation="Check",x="y"} 1`, "operation", "Check", true},
+		{`suboperation="No",operation="Yes"} 1`, "operation", "Yes", true},
+		{`suboperation="No"} 1`, "operation", "", false},
+		{`} 1`, "operation", "", false},
+	} {
+		got, ok := label(tc.labels, tc.name)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("label(%q, %q) = %q, %v; want %q, %v", tc.labels, tc.name, got, ok, tc.want, tc.ok)
 		}
 	}
 }
