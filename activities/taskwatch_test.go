@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/felhom/felhom-agent/internal/pvesim"
+	"github.com/felhom/felhom-agent/internal/testwait"
 )
 
 // watchedWait waits on upid as Proxmox.wait does, counting the reads of its
@@ -129,11 +130,5 @@ func TestTaskWatchStop(t *testing.T) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testwait.For(t, what, 10*time.Second, 5*time.Millisecond, cond)
 }

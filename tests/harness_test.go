@@ -21,6 +21,7 @@ import (
 
 	"github.com/felhom/felhom-agent/internal/devserver/devservertest"
 	"github.com/felhom/felhom-agent/internal/pvesim"
+	"github.com/felhom/felhom-agent/internal/testwait"
 	"github.com/felhom/felhom-agent/worker"
 	"github.com/felhom/felhom-agent/workflows"
 )
@@ -242,13 +243,7 @@ func newOperatorKey(t *testing.T, typ string) operatorKey {
 // waitFor polls cond until it holds, failing the test after 60s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	testwait.For(t, what, 60*time.Second, 200*time.Millisecond, cond)
 }
 
 // uniqueHost names a test's host apart from every earlier run against the

@@ -18,6 +18,7 @@ import (
 
 	"go.temporal.io/sdk/client"
 
+	"github.com/felhom/felhom-agent/internal/testwait"
 	"github.com/felhom/felhom-agent/internal/visibility"
 	"github.com/felhom/felhom-agent/workflows"
 	"github.com/felhom/felhom-agent/workflows/desired"
@@ -190,13 +191,7 @@ func TestDevRunsEverythingAndKeepsItsDataAcrossARestart(t *testing.T) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	testwait.For(t, what, 60*time.Second, 200*time.Millisecond, cond)
 }
 
 // TestDevRestartAfterSIGKILL: dev killed with SIGKILL (no shutdown at all)

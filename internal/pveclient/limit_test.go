@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/felhom/felhom-agent/internal/testwait"
 )
 
 // blockingAPI answers /version only when released, counting the requests
@@ -42,13 +44,7 @@ func (b *blockingAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testwait.For(t, what, 10*time.Second, 5*time.Millisecond, cond)
 }
 
 type keepAliveKey struct{}
