@@ -1,8 +1,8 @@
 package testwait
 
 import (
+	"fmt"
 	"runtime"
-	"strings"
 	"testing"
 	"time"
 )
@@ -17,10 +17,7 @@ type fakeT struct {
 func (f *fakeT) Helper() {}
 
 func (f *fakeT) Fatalf(format string, args ...any) {
-	f.failed = format
-	if len(args) > 0 {
-		f.failed = strings.ReplaceAll(format, "%s", args[0].(string))
-	}
+	f.failed = fmt.Sprintf(format, args...)
 	runtime.Goexit()
 }
 
