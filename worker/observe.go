@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/uber-go/tally/v4"
 	tallyprom "github.com/uber-go/tally/v4/prometheus"
 	"go.temporal.io/sdk/client"
@@ -80,7 +82,13 @@ func StartMetrics(addr string, log *slog.Logger) (*Metrics, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metrics: address %s is not available (set metrics.address): %w", addr, err)
 	}
-	reporter := tallyprom.NewReporter(tallyprom.Options{})
+	// A registry of its own, not Prometheus's default: a second worker in
+	// the same process (a restart, a test) would otherwise register every
+	// series again, which panics. It serves the Go runtime's and the
+	// process's series too, as the default one does.
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reporter := tallyprom.NewReporter(tallyprom.Options{Registerer: registry})
 	sanitize := tallyprom.DefaultSanitizerOpts
 	// Label values may hold any text in Prometheus; keep task queue and
 	// workflow names as operators wrote them (felhom-host-pve1).
