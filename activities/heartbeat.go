@@ -15,26 +15,31 @@ import (
 // Heartbeats of an attempt.
 //
 // Temporal times an attempt out when it has not heartbeaten for the
-// activity's HeartbeatTimeout, and starts the next attempt beside it if the
-// first is only slow. So an attempt heartbeats as it starts, before Proxmox
-// requests (pveclient calls KeepAlive), while a request waits for one of the
-// host's request slots, and while it waits on a task; the Proxmox client's
-// timeout is kept below the heartbeat timeout (worker/config.go), so no
-// single request outlasts it.
+// activity's HeartbeatTimeout, counted from the attempt's start, and starts
+// the next attempt beside it if the first is only slow. So an attempt
+// heartbeats before Proxmox requests (pveclient calls KeepAlive), while a
+// request waits for one of the host's request slots, and while it waits on
+// a task; the Proxmox client's timeout is kept below the heartbeat timeout
+// (worker/config.go), so no single request outlasts it.
 //
 // A heartbeat replaces the details the server holds: a mutating step's
 // Progress names the Proxmox task a retry resumes. Every heartbeat therefore
 // sends the attempt's current Progress: the previous attempt's until this
-// attempt records its own. A heartbeat that only says the attempt is alive
-// is sent at most every KeepAliveEvery, through the SDK, which batches
-// heartbeats and gives each one as long as its batch lasts (most of the
-// heartbeat timeout) to reach the server before it takes the attempt for
-// timed out and cancels it. A new Progress goes through the SDK too (so a
-// batched older one can never overwrite it) and, when the interceptor has a
-// client, also straight to the server at once (client.RecordActivityHeartbeat,
-// bounded by KeepAliveEvery), so that the server knows a task's UPID before
-// the task is first polled; one that did not arrive is sent again at the
-// attempt's next heartbeat.
+// attempt records its own. A retry heartbeats as it starts, with the
+// previous attempt's details; a first attempt, which has none to keep and
+// whose heartbeat timeout has only begun, does not (each heartbeat is a
+// write of the workflow on the server). A heartbeat that only says the
+// attempt is alive is sent at most every KeepAliveEvery, through the SDK,
+// which batches heartbeats and gives each one as long as its batch lasts
+// (most of the heartbeat timeout) to reach the server before it takes the
+// attempt for timed out and cancels it. When the interceptor has a client, a
+// new Progress goes straight to the server at once
+// (client.RecordActivityHeartbeat, bounded by KeepAliveEvery), so that the
+// server knows a task's UPID before the task is first polled; one that did
+// not arrive is sent again at the attempt's next heartbeat. Once the SDK has
+// been handed a heartbeat in the attempt it may hold one batched, so from
+// then on a new Progress goes through the SDK as well, where it replaces
+// the batched one: an older Progress can never overwrite a newer one.
 
 // KeepAliveEvery is the least time between two heartbeats that repeat the
 // same Progress: well within any step's heartbeat timeout, few enough for
@@ -51,6 +56,9 @@ type attemptProgress struct {
 	// batch only); undelivered says the last one did not arrive.
 	deliver     func(context.Context, Progress) error
 	undelivered bool
+	// viaSDK says the SDK was handed a heartbeat in this attempt, so it may
+	// hold a batched one that a new Progress must replace.
+	viaSDK bool
 }
 
 type attemptKey struct{}
@@ -68,29 +76,28 @@ var (
 // Progress also goes straight to the server (see above); c may be nil.
 // Register it in the worker's options.
 func HeartbeatInterceptor(c client.Client) interceptor.WorkerInterceptor {
-	return &heartbeatInterceptor{c: c}
+	if c == nil {
+		return &heartbeatInterceptor{}
+	}
+	return &heartbeatInterceptor{deliver: directHeartbeat(c)}
 }
 
 type heartbeatInterceptor struct {
 	interceptor.WorkerInterceptorBase
-	c client.Client
+	deliver func(context.Context, Progress) error // nil: through the SDK only
 }
 
 func (i *heartbeatInterceptor) InterceptActivity(ctx context.Context, next interceptor.ActivityInboundInterceptor) interceptor.ActivityInboundInterceptor {
-	return &heartbeatInbound{ActivityInboundInterceptorBase: interceptor.ActivityInboundInterceptorBase{Next: next}, c: i.c}
+	return &heartbeatInbound{ActivityInboundInterceptorBase: interceptor.ActivityInboundInterceptorBase{Next: next}, deliver: i.deliver}
 }
 
 type heartbeatInbound struct {
 	interceptor.ActivityInboundInterceptorBase
-	c client.Client
+	deliver func(context.Context, Progress) error
 }
 
 func (i *heartbeatInbound) ExecuteActivity(ctx context.Context, in *interceptor.ExecuteActivityInput) (any, error) {
-	var deliver func(context.Context, Progress) error
-	if i.c != nil {
-		deliver = directHeartbeat(i.c)
-	}
-	res, err := i.Next.ExecuteActivity(startAttempt(ctx, deliver), in)
+	res, err := i.Next.ExecuteActivity(startAttempt(ctx, i.deliver), in)
 	if err == nil {
 		killpoint.Reach(killpoint.ActivityDone, activity.GetInfo(ctx).ActivityType.Name)
 	}
@@ -111,19 +118,27 @@ func directHeartbeat(c client.Client) func(context.Context, Progress) error {
 	}
 }
 
-// startAttempt heartbeats once with the previous attempt's details and
-// returns ctx carrying them for KeepAlive and recordProgress.
+// startAttempt heartbeats once with the previous attempt's details, if it
+// left any, and returns ctx carrying them for KeepAlive and recordProgress.
+//
+// Whether there are details is the server's word; it decides nothing but
+// this heartbeat. Withheld, the attempt heartbeats later (at its first
+// Progress or KeepAlive) and what the server held stays as it was.
 func startAttempt(ctx context.Context, deliver func(context.Context, Progress) error) context.Context {
 	at := &attemptProgress{known: true, deliver: deliver}
-	if activity.HasHeartbeatDetails(ctx) {
-		// Details this package did not write are left alone: they cannot be
-		// sent back as they were.
-		at.known = activity.GetHeartbeatDetails(ctx, &at.p) == nil
-	}
 	ctx = context.WithValue(ctx, attemptKey{}, at)
 	at.mu.Lock()
+	defer at.mu.Unlock()
+	if !activity.HasHeartbeatDetails(ctx) {
+		// The heartbeat timeout has just begun: the start is the attempt's
+		// first sign of life.
+		at.sent = heartbeatClock()
+		return ctx
+	}
+	// Details this package did not write are left alone: they cannot be
+	// sent back as they were.
+	at.known = activity.GetHeartbeatDetails(ctx, &at.p) == nil
 	at.send(ctx, heartbeatClock())
-	at.mu.Unlock()
 	return ctx
 }
 
@@ -159,6 +174,13 @@ func recordProgress(ctx context.Context, p Progress) {
 		return
 	}
 	at.p, at.known = p, true
+	if fresh && at.deliver != nil && !at.viaSDK {
+		// The SDK holds nothing that could overwrite it: one write, straight
+		// to the server.
+		at.undelivered = at.deliver(ctx, p) != nil
+		at.sent = now
+		return
+	}
 	at.send(ctx, now)
 	if fresh && at.deliver != nil {
 		at.undelivered = at.deliver(ctx, p) != nil
@@ -175,5 +197,5 @@ func (at *attemptProgress) send(ctx context.Context, now time.Time) {
 	default:
 		recordHeartbeat(ctx, at.p)
 	}
-	at.sent = now
+	at.sent, at.viaSDK = now, true
 }

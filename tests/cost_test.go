@@ -37,6 +37,13 @@ const maxCallsPerGuest = 6
 // was a step of its own.
 const maxWorkflowTasksPerGuest = 2
 
+// maxHeartbeatsPerGuest bounds the heartbeats the worker sends to converge
+// a new guest: one per Proxmox task, its UPID, which a retry resumes (the
+// create's and the start's). Each is a write of the guest's workflow on the
+// server. It was 3 while every attempt also heartbeat as it started, which
+// a first attempt, with no details to keep, does not need.
+const maxHeartbeatsPerGuest = 2
+
 // callShape names a recorded call by what it does: the method and the path
 // with the node, VMIDs and UPIDs taken out.
 func callShape(r pvesim.Request) string {
@@ -77,7 +84,10 @@ func TestConvergeCostsAFewProxmoxCallsPerGuest(t *testing.T) {
 	sim, err := pvesim.Start(pvesim.Config{StrictPVE: true, Node: host, RecordReads: true})
 	must(t, err)
 	t.Cleanup(func() { sim.Close() })
-	a := startAgentWith(t, host, sim, func(c *worker.Config) { c.DriftCheckInterval = time.Hour }, newOperatorKey(t, "ed25519").Pub)
+	a := startAgentWith(t, host, sim, func(c *worker.Config) {
+		c.DriftCheckInterval = time.Hour
+		c.Metrics.Address = "127.0.0.1:0"
+	}, newOperatorKey(t, "ed25519").Pub)
 	// The host workflow's first pass lists the node; wait for it so that
 	// what follows is the guests' own cost.
 	waitFor(t, "the host workflow's first pass", func() bool {
@@ -85,6 +95,10 @@ func TestConvergeCostsAFewProxmoxCallsPerGuest(t *testing.T) {
 		return err == nil && !st.LastPass.IsZero()
 	})
 	sim.ResetRequests()
+	heartbeats := func() float64 {
+		return metricSum(a.scrape(t), "temporal_request", `operation="RecordActivityTaskHeartbeat"`)
+	}
+	heartbeatsBefore := heartbeats()
 
 	for i := range guests {
 		a.applySpec(t, desired.Spec{Host: host, VMID: 200 + i, Kind: desired.QEMU, Name: fmt.Sprintf("g%d", i),
@@ -131,7 +145,17 @@ func TestConvergeCostsAFewProxmoxCallsPerGuest(t *testing.T) {
 		seq = append(seq, strings.TrimPrefix(ev.GetEventType().String(), "EVENT_TYPE_"))
 	}
 	t.Logf("guest 200's history: %s", strings.Join(seq, " "))
-	t.Logf("%d calls for %d guests (%d listings); %.2f workflow tasks per guest", len(calls), guests, listings, float64(tasks)/guests)
+	// The SDK's counters reach /metrics at the scope's next report (a
+	// second): wait until the steps' completions show there.
+	waitFor(t, "the steps' completions in the worker's metrics", func() bool {
+		return metricSum(a.scrape(t), "temporal_request", `operation="RespondActivityTaskCompleted"`) >= guests
+	})
+	beats := heartbeats() - heartbeatsBefore
+	t.Logf("%d calls for %d guests (%d listings); %.2f workflow tasks and %.2f heartbeats per guest",
+		len(calls), guests, listings, float64(tasks)/guests, beats/guests)
+	if beats > maxHeartbeatsPerGuest*guests {
+		t.Errorf("%.0f heartbeats for %d guests, want at most %d per guest (one per task: its UPID)", beats, guests, maxHeartbeatsPerGuest)
+	}
 
 	// The host workflow may list the node once meanwhile; a guest's steps
 	// never do.

@@ -51,6 +51,24 @@ func metricValue(text, name string, want ...string) float64 {
 	return -1
 }
 
+// metricSum is the sum of every series of name (or name_total) whose labels
+// include every label of want: a counter the SDK keeps per task queue or
+// activity type, in all.
+func metricSum(text, name string, want ...string) float64 {
+	line := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(?:_total)?(\{[^}]*\})? (\S+)$`)
+	var sum float64
+	for _, m := range line.FindAllStringSubmatch(text, -1) {
+		ok := true
+		for _, w := range want {
+			ok = ok && strings.Contains(m[1], w)
+		}
+		if v, err := strconv.ParseFloat(m[2], 64); ok && err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
 // The agent's own metrics follow what it does: guests by phase and pending
 // approvals, the gate's decisions by code, Proxmox requests and task waits,
 // and the stores' fsyncs; the SDK's series are served beside them.
