@@ -30,18 +30,19 @@ import (
 // convergeResult is what the converge phase measured; the test checks its
 // counts.
 type convergeResult struct {
-	guests       int
-	elapsed      time.Duration
-	workflowTask int // WorkflowTaskCompleted events of the guest workflows
-	activities   int // activities scheduled by them (local ones included)
-	requests     float64
-	calls        int64 // Proxmox API calls, reads included
-	polls        int64 // of which task status reads and active-task listings
-	mutations    int   // mutating Proxmox requests answered 2xx
-	critical     time.Duration
-	submitted    time.Duration // until the last desired state was accepted
-	hist         historyStats
-	ops          map[string]float64 // worker requests by operation
+	guests    int
+	elapsed   time.Duration
+	requests  float64
+	calls     int64 // Proxmox API calls, reads included
+	polls     int64 // of which task status reads and active-task listings
+	mutations int   // mutating Proxmox requests answered 2xx
+	critical  time.Duration
+	submitted time.Duration      // until the last desired state was accepted
+	hist      historyStats       // workflow tasks, activities and times, from the guest histories
+	ops       map[string]float64 // worker requests by operation
+	// CPU time used while converging: the worker processes', and this
+	// process's (the server, the simulators, the driver).
+	workerCPU, serverCPU time.Duration
 
 	loopElapsed   time.Duration
 	loopCalls     int64
@@ -74,6 +75,11 @@ func (e *env) converge(ctx context.Context, r *report) (*convergeResult, error) 
 		h.tasks.reset()
 	}
 	calls0, polls0 := simCalls(hosts), simPolls(hosts)
+	workerCPU0, err := workersCPU(hosts)
+	if err != nil {
+		return nil, err
+	}
+	serverCPU0 := selfCPU()
 	start := time.Now()
 	if err := e.submit(ctx, specs, workflows.GuestInput{}); err != nil {
 		return nil, err
@@ -83,6 +89,12 @@ func (e *env) converge(ctx context.Context, r *report) (*convergeResult, error) 
 		return nil, err
 	}
 	detected := time.Since(start)
+	res.serverCPU = selfCPU() - serverCPU0
+	workerCPU1, err := workersCPU(hosts)
+	if err != nil {
+		return nil, err
+	}
+	res.workerCPU = workerCPU1 - workerCPU0
 	res.calls, res.polls = simCalls(hosts)-calls0, simPolls(hosts)-polls0
 	hist, err := e.historyStats(ctx, specs)
 	if err != nil {
@@ -92,7 +104,7 @@ func (e *env) converge(ctx context.Context, r *report) (*convergeResult, error) 
 	if !hist.lastConverged.IsZero() {
 		res.elapsed = hist.lastConverged.Sub(start)
 	}
-	res.workflowTask, res.activities, res.hist = hist.workflowTasks, hist.activities, hist
+	res.hist = hist
 	settleMetrics(ctx)
 	after, err := scrapeAll(ctx, hosts)
 	if err != nil {
@@ -124,14 +136,16 @@ func (e *env) converge(ctx context.Context, r *report) (*convergeResult, error) 
 	r.add("converge", "guests", n, "", "hosts × guests per host")
 	r.add("converge", "time", secs, "s", "submit of the first desired state to the last guest converged")
 	r.add("converge", "rate", n/secs, "guests/s", "")
-	r.add("converge", "workflow tasks per guest", float64(res.workflowTask)/n, "", "WorkflowTaskCompleted in the guest histories")
-	r.add("converge", "activities per guest", float64(res.activities)/n, "", "scheduled, local ones included")
+	r.add("converge", "workflow tasks per guest", float64(res.hist.workflowTasks)/n, "", "WorkflowTaskCompleted in the guest histories")
+	r.add("converge", "activities per guest", float64(res.hist.activities)/n, "", "scheduled, local ones included")
 	r.add("converge", "worker requests per guest", res.requests/n, "", "every RPC of the workers to the server")
 	for _, op := range slices.Sorted(maps.Keys(res.ops)) {
 		if v := res.ops[op] / n; v >= 0.01 {
 			r.add("converge", "… "+op, v, "", "")
 		}
 	}
+	r.add("converge", "worker CPU per guest", ms(res.workerCPU)/n, "ms", "user and system time of the worker processes while converging")
+	r.add("converge", "server and simulators CPU per guest", ms(res.serverCPU)/n, "ms", "this process: the embedded server, the simulators, the benchmark's driver")
 	r.add("converge", "last desired state accepted", res.submitted.Seconds(), "s", "when the last Update-With-Start returned; the rest of the time is the last guests' own work")
 	for _, st := range []struct {
 		name  string

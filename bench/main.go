@@ -109,6 +109,12 @@ Columns of the table:
                                    (the SDK's temporal_request and
                                    temporal_long_request counters); the
                                    "…" rows below it split them by operation
+             worker CPU per guest, server and simulators CPU per guest
+                                   CPU time (user and system) while
+                                   converging, of the worker processes and of
+                                   the benchmark's own process (the embedded
+                                   server, the simulators, the driver): the
+                                   figures a busy machine disturbs least
              last desired state accepted
                                    when the last Update-With-Start returned
              guest start to first step, in steps, last step to converged

@@ -56,8 +56,8 @@ func TestConvergeCountsAreConsistent(t *testing.T) {
 	if res.calls <= int64(res.mutations) {
 		t.Errorf("%d Proxmox calls for %d mutations: reads were not counted", res.calls, res.mutations)
 	}
-	if res.workflowTask < res.guests || res.activities < res.guests {
-		t.Errorf("%d workflow tasks and %d activities for %d guests", res.workflowTask, res.activities, res.guests)
+	if res.hist.workflowTasks < res.guests || res.hist.activities < res.guests {
+		t.Errorf("%d workflow tasks and %d activities for %d guests", res.hist.workflowTasks, res.hist.activities, res.guests)
 	}
 	if res.requests <= 0 {
 		t.Errorf("%v worker requests", res.requests)
@@ -83,6 +83,9 @@ func TestConvergeCountsAreConsistent(t *testing.T) {
 		if d < 20*time.Millisecond {
 			t.Errorf("a guest spent %s in steps, less than its two tasks of at least 10ms", d)
 		}
+	}
+	if res.workerCPU <= 0 || res.serverCPU <= 0 {
+		t.Errorf("CPU used while converging: workers %s, server and simulators %s; want both above zero", res.workerCPU, res.serverCPU)
 	}
 	if res.submitted <= 0 || res.submitted > res.elapsed {
 		t.Errorf("last desired state accepted after %s of a %s converge", res.submitted, res.elapsed)
