@@ -174,15 +174,15 @@ func recordProgress(ctx context.Context, p Progress) {
 		return
 	}
 	at.p, at.known = p, true
-	if fresh && at.deliver != nil && !at.viaSDK {
+	direct := fresh && at.deliver != nil
+	if direct && !at.viaSDK {
 		// The SDK holds nothing that could overwrite it: one write, straight
 		// to the server.
-		at.undelivered = at.deliver(ctx, p) != nil
 		at.sent = now
-		return
+	} else {
+		at.send(ctx, now)
 	}
-	at.send(ctx, now)
-	if fresh && at.deliver != nil {
+	if direct {
 		at.undelivered = at.deliver(ctx, p) != nil
 	}
 }

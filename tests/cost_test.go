@@ -95,10 +95,10 @@ func TestConvergeCostsAFewProxmoxCallsPerGuest(t *testing.T) {
 		return err == nil && !st.LastPass.IsZero()
 	})
 	sim.ResetRequests()
-	heartbeats := func() float64 {
-		return metricSum(a.scrape(t), "temporal_request", `operation="RecordActivityTaskHeartbeat"`)
+	requests := func(op string) float64 {
+		return metricSum(a.scrape(t), "temporal_request_total", `operation="`+op+`"`)
 	}
-	heartbeatsBefore := heartbeats()
+	heartbeatsBefore, completionsBefore := requests("RecordActivityTaskHeartbeat"), requests("RespondActivityTaskCompleted")
 
 	for i := range guests {
 		a.applySpec(t, desired.Spec{Host: host, VMID: 200 + i, Kind: desired.QEMU, Name: fmt.Sprintf("g%d", i),
@@ -148,9 +148,9 @@ func TestConvergeCostsAFewProxmoxCallsPerGuest(t *testing.T) {
 	// The SDK's counters reach /metrics at the scope's next report (a
 	// second): wait until the steps' completions show there.
 	waitFor(t, "the steps' completions in the worker's metrics", func() bool {
-		return metricSum(a.scrape(t), "temporal_request", `operation="RespondActivityTaskCompleted"`) >= guests
+		return requests("RespondActivityTaskCompleted")-completionsBefore >= guests
 	})
-	beats := heartbeats() - heartbeatsBefore
+	beats := requests("RecordActivityTaskHeartbeat") - heartbeatsBefore
 	t.Logf("%d calls for %d guests (%d listings); %.2f workflow tasks and %.2f heartbeats per guest",
 		len(calls), guests, listings, float64(tasks)/guests, beats/guests)
 	if beats > maxHeartbeatsPerGuest*guests {

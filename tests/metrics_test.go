@@ -35,38 +35,40 @@ func (a *agent) scrape(t *testing.T) string {
 // metricValue is the value of the first series of name whose labels include
 // every label of want ("k=\"v\""), or -1 when there is none.
 func metricValue(text, name string, want ...string) float64 {
-	line := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(\{[^}]*\})? (\S+)$`)
-	for _, m := range line.FindAllStringSubmatch(text, -1) {
-		ok := true
-		for _, w := range want {
-			if !strings.Contains(m[1], w) {
-				ok = false
-			}
-		}
-		if ok {
-			v, _ := strconv.ParseFloat(m[2], 64)
-			return v
-		}
+	if vs := metricSeries(text, name, want...); len(vs) > 0 {
+		return vs[0]
 	}
 	return -1
 }
 
-// metricSum is the sum of every series of name (or name_total) whose labels
-// include every label of want: a counter the SDK keeps per task queue or
-// activity type, in all.
+// metricSum is the sum of every series of name whose labels include every
+// label of want: a counter the SDK keeps per task queue or activity type, in
+// all.
 func metricSum(text, name string, want ...string) float64 {
-	line := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(?:_total)?(\{[^}]*\})? (\S+)$`)
 	var sum float64
+	for _, v := range metricSeries(text, name, want...) {
+		sum += v
+	}
+	return sum
+}
+
+// metricSeries returns the values of the series of name whose labels
+// include every label of want, in the order served.
+func metricSeries(text, name string, want ...string) []float64 {
+	line := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(\{[^}]*\})? (\S+)$`)
+	var vs []float64
 	for _, m := range line.FindAllStringSubmatch(text, -1) {
 		ok := true
 		for _, w := range want {
 			ok = ok && strings.Contains(m[1], w)
 		}
-		if v, err := strconv.ParseFloat(m[2], 64); ok && err == nil {
-			sum += v
+		if !ok {
+			continue
 		}
+		v, _ := strconv.ParseFloat(m[2], 64)
+		vs = append(vs, v)
 	}
-	return sum
+	return vs
 }
 
 // The agent's own metrics follow what it does: guests by phase and pending
