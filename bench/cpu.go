@@ -9,9 +9,9 @@ import (
 	"time"
 )
 
-// CPU time, the figure that a busy or shared machine disturbs least: a run
-// that waits longer on a loaded machine uses about as much CPU as on a
-// quiet one, so two builds' CPU per guest compare where their times swing.
+// CPU time: the work a run did, without its waits. On a shared virtual
+// machine it still swings from run to run (contention costs CPU too), so
+// compare builds over several runs.
 
 // userHZ is the unit of /proc's CPU times: fixed at 100 a second for
 // userspace on Linux, whatever the kernel's own tick.

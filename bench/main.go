@@ -113,8 +113,8 @@ Columns of the table:
                                    CPU time (user and system) while
                                    converging, of the worker processes and of
                                    the benchmark's own process (the embedded
-                                   server, the simulators, the driver): the
-                                   figures a busy machine disturbs least
+                                   server, the simulators, the driver): work
+                                   done, without the waits
              last desired state accepted
                                    when the last Update-With-Start returned
              guest start to first step, in steps, last step to converged
