@@ -9,8 +9,10 @@ import (
 	"strings"
 
 	"go.temporal.io/api/serviceerror"
+	workflowpb "go.temporal.io/api/workflow/v1"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/felhom/felhom-agent/gate"
@@ -155,29 +157,44 @@ func (h *Host) create(ctx context.Context, vmid int, params map[string]any) (wor
 // ListGuests lists every guest of the node, each confirmed by a read of its
 // own when its listing row changed (the listing's figures lag and are
 // shaped unlike the desired state: see GuestSummary and listing.go), and
-// which guest workflows of this host hold (see holdingGuests). A guest
+// which guest workflows of this host hold (see guestWorkflows). A guest
 // whose configuration changed where the listing does not show it has its
 // workflow woken here (wakeChanged).
 //
 // A guest whose workflow is converging is not read: its pass reads it, and
 // the host workflow does not wake it (it is among Holding). So converging
 // a fleet costs the host's listing nothing per guest.
-func (h *Host) ListGuests(ctx context.Context) (_ workflows.ListGuestsResult, err error) {
+//
+// With in.Drift the answer is the verdict on the listing
+// (workflows.JudgeListing) against the desired states the guest workflows
+// publish and those in in.Announced; without them there is nothing to
+// judge against, so a visibility that cannot be read fails the call.
+func (h *Host) ListGuests(ctx context.Context, in workflows.ListGuestsInput) (_ workflows.ListGuestsResult, err error) {
 	what := "list guests of node " + h.Proxmox.Node
 	defer recoverPanic(what, &err)
-	holding := h.holdingGuests(ctx)
+	running, err := h.guestWorkflows(ctx)
+	if err != nil && in.Drift {
+		return workflows.ListGuestsResult{}, fmt.Errorf("%s: read the desired states the guest workflows publish: %w", what, err)
+	}
+	if err != nil {
+		h.Proxmox.log().Warn("cannot tell which guest workflows hold: waking every drifted guest", "err", err)
+	}
+	holding := running.holding()
 	list, changed, err := h.Proxmox.listGuestsSkipping(ctx, holding)
 	if err != nil {
 		return workflows.ListGuestsResult{}, classify(what, err)
 	}
-	out := workflows.ListGuestsResult{Guests: make([]workflows.GuestSummary, 0, len(list)), Holding: holding}
+	guests := make([]workflows.GuestSummary, 0, len(list))
 	for _, g := range list {
-		out.Guests = append(out.Guests, workflows.GuestSummary{
+		guests = append(guests, workflows.GuestSummary{
 			VMID: g.VMID, Kind: desired.Kind(g.Kind), Name: g.Name, Status: g.Status, MemoryMiB: g.MemoryMiB, Cores: g.Cores,
 		})
 	}
-	h.wakeChanged(ctx, changed, out.Holding)
-	return out, nil
+	h.wakeChanged(ctx, changed, holding)
+	if in.Drift {
+		return workflows.JudgeListing(in.Announced, running.desired(), guests, holding), nil
+	}
+	return workflows.ListGuestsResult{Guests: guests, Holding: holding}, nil
 }
 
 // wakeChanged asks the running workflow of each guest in vmids, unless it
@@ -203,39 +220,103 @@ func (h *Host) wakeChanged(ctx context.Context, vmids, holding []int) {
 	}
 }
 
-// holdingGuests returns the VMIDs of this host's running guest workflows
-// that wait for a signature, are in conflict or are converging, from the
-// phase they publish (FelhomPhase). Waking the first two changes nothing
-// until an operator acts; a converging one reads its guest in its pass.
-// The answer is Temporal's, a claim, used only to wake and read fewer
-// guests; when it cannot be read, every guest is read and every drifted one
-// woken, as before.
-func (h *Host) holdingGuests(ctx context.Context) []int {
-	if h.Temporal == nil {
-		return nil
+// guestWorkflow is what Temporal's visibility shows of one running guest
+// workflow of this host: its phase (FelhomPhase) and the desired state it
+// publishes (workflows.MemoDesired), if any.
+type guestWorkflow struct {
+	phase   string
+	desired *desired.Spec
+}
+
+// runningGuests are this host's running guest workflows by VMID.
+type runningGuests map[int]guestWorkflow
+
+// holding returns the VMIDs of the guest workflows that wait for a
+// signature, are in conflict or are converging. Waking the first two
+// changes nothing until an operator acts; a converging one reads its guest
+// in its pass.
+func (r runningGuests) holding() []int {
+	var vmids []int
+	for vmid, w := range r {
+		if w.phase == workflows.PhasePending || w.phase == workflows.PhaseConflict || w.phase == workflows.PhaseConverging {
+			vmids = append(vmids, vmid)
+		}
 	}
-	query := fmt.Sprintf("WorkflowType = 'GuestReconcileWorkflow' AND ExecutionStatus = 'Running' AND %s = '%s' AND %s IN ('%s', '%s', '%s')",
-		visibility.Host, h.Proxmox.HostID, visibility.Phase, workflows.PhasePending, workflows.PhaseConflict, workflows.PhaseConverging)
-	var (
-		vmids []int
-		token []byte
-	)
+	slices.Sort(vmids)
+	return vmids
+}
+
+// desired returns the desired states the guest workflows publish.
+func (r runningGuests) desired() map[int]desired.Spec {
+	out := map[int]desired.Spec{}
+	for vmid, w := range r {
+		if w.desired != nil {
+			out[vmid] = *w.desired
+		}
+	}
+	return out
+}
+
+// guestWorkflows reads this host's running guest workflows from Temporal's
+// visibility. The answer is Temporal's, a claim, used only to wake and
+// read fewer guests and to judge drift, which at most wakes a guest
+// workflow to read its guest and plan against its own desired state; an
+// entry that does not name one of this host's guest workflows, or whose
+// published desired state is not for that guest, is left out (logged).
+func (h *Host) guestWorkflows(ctx context.Context) (runningGuests, error) {
+	if h.Temporal == nil {
+		return nil, nil
+	}
+	query := fmt.Sprintf("WorkflowType = 'GuestReconcileWorkflow' AND ExecutionStatus = 'Running' AND %s = '%s'",
+		visibility.Host, h.Proxmox.HostID)
+	out := runningGuests{}
+	var token []byte
 	for {
 		resp, err := h.Temporal.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{Query: query, NextPageToken: token})
 		if err != nil {
-			h.Proxmox.log().Warn("cannot tell which guest workflows hold: waking every drifted guest", "err", err)
-			return nil
+			return nil, err
 		}
 		for _, e := range resp.GetExecutions() {
-			id := e.GetExecution().GetWorkflowId()
-			if vmid, err := strconv.Atoi(id[strings.LastIndex(id, "/")+1:]); err == nil && id == workflows.GuestWorkflowID(h.Proxmox.HostID, vmid) {
-				vmids = append(vmids, vmid)
+			vmid, w, err := readGuestWorkflow(h.Proxmox.HostID, e)
+			if err != nil {
+				h.Proxmox.log().Warn("guest workflow in visibility ignored", "workflow_id", e.GetExecution().GetWorkflowId(), "err", err)
+				continue
 			}
+			out[vmid] = w
 		}
 		if token = resp.GetNextPageToken(); len(token) == 0 {
-			return vmids
+			return out, nil
 		}
 	}
+}
+
+// readGuestWorkflow reads one visibility record of a guest workflow of
+// host: the VMID its workflow ID names, its phase and its published
+// desired state.
+func readGuestWorkflow(host string, e *workflowpb.WorkflowExecutionInfo) (int, guestWorkflow, error) {
+	id := e.GetExecution().GetWorkflowId()
+	vmid, err := strconv.Atoi(id[strings.LastIndex(id, "/")+1:])
+	if err != nil || id != workflows.GuestWorkflowID(host, vmid) {
+		return 0, guestWorkflow{}, fmt.Errorf("workflow ID %q is not a guest workflow of host %q", id, host)
+	}
+	var w guestWorkflow
+	dc := converter.GetDefaultDataConverter()
+	if p := e.GetSearchAttributes().GetIndexedFields()[visibility.Phase]; p != nil {
+		if err := dc.FromPayload(p, &w.phase); err != nil {
+			return 0, guestWorkflow{}, fmt.Errorf("search attribute %s: %w", visibility.Phase, err)
+		}
+	}
+	if p := e.GetMemo().GetFields()[workflows.MemoDesired]; p != nil {
+		var spec desired.Spec
+		if err := dc.FromPayload(p, &spec); err != nil {
+			return 0, guestWorkflow{}, fmt.Errorf("memo %s: %w", workflows.MemoDesired, err)
+		}
+		if spec.Host != host || spec.VMID != vmid {
+			return 0, guestWorkflow{}, fmt.Errorf("memo %s names guest %s/%d", workflows.MemoDesired, spec.Host, spec.VMID)
+		}
+		w.desired = &spec
+	}
+	return vmid, w, nil
 }
 
 // WakeGuests asks each guest workflow to read its guest again, starting

@@ -167,7 +167,7 @@ func TestListingConfirmedByReads(t *testing.T) {
 		{VMID: 101, Kind: "qemu", Name: "web", Status: "stopped", MemoryMiB: 2048, Cores: 2},
 		{VMID: 102, Kind: "qemu", Status: "stopped", MemoryMiB: 512, Cores: 1},
 	}
-	val, err := h.hostEnv().ExecuteActivity((&Host{Proxmox: h.act}).ListGuests)
+	val, err := h.hostEnv().ExecuteActivity((&Host{Proxmox: h.act}).ListGuests, workflows.ListGuestsInput{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,7 +316,7 @@ func TestListingTakesWhatTheStepsLeft(t *testing.T) {
 	}
 	h.srv.RefreshStats()
 	h.srv.ResetRequests()
-	val, err := h.hostEnv().ExecuteActivity(host.ListGuests)
+	val, err := h.hostEnv().ExecuteActivity(host.ListGuests, workflows.ListGuestsInput{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -206,8 +206,8 @@ func TestHostilePayloadsToTheWorkflows(t *testing.T) {
 	if hostStatus.Interval < workflows.MinDriftCheckInterval {
 		t.Errorf("host workflow's interval is %s: a hostile configure was taken", hostStatus.Interval)
 	}
-	recordHistory(t, a.client, id, "", "guest-create-starts-hostile-payloads")
-	recordHistory(t, a.client, hostID, "", "host-waits-hostile-payloads")
+	recordHistory(t, a.client, id, "", "guest-desired-memo-hostile-payloads")
+	recordHistory(t, a.client, hostID, "", "host-from-guests-hostile-payloads")
 
 	// The genuine approval still works, once.
 	if v := a.approve(t, 140, signWithSSHKeygen(t, ops, opFor(before.Pending.OpTemplate))); !v.Accepted {
@@ -275,6 +275,6 @@ func TestHostileStartInputsAreRaisedToTheirFloors(t *testing.T) {
 	if hostStatus.Interval != workflows.MinDriftCheckInterval {
 		t.Errorf("host workflow's interval is %s, want the floor %s", hostStatus.Interval, workflows.MinDriftCheckInterval)
 	}
-	recordHistory(t, a.client, guestID, "", "guest-create-starts-input-floors")
-	recordHistory(t, a.client, hostID, "", "host-waits-input-floors")
+	recordHistory(t, a.client, guestID, "", "guest-desired-memo-input-floors")
+	recordHistory(t, a.client, hostID, "", "host-from-guests-input-floors")
 }

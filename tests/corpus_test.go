@@ -116,7 +116,7 @@ func TestGuestLoopSignalsAndTimers(t *testing.T) {
 	if st.Generation != 2 {
 		t.Errorf("generation %d, want 2: only the changed desired state counts", st.Generation)
 	}
-	recordHistory(t, a.client, id, "", "guest-create-starts-signals")
+	recordHistory(t, a.client, id, "", "guest-desired-memo-signals")
 }
 
 // A wait for a signature, a refused approval, then a new desired state
@@ -138,7 +138,7 @@ func TestGuestLoopSupersededWait(t *testing.T) {
 	if _, ok := sim.Guest(202); !ok {
 		t.Fatal("the guest was destroyed")
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 202), "", "guest-create-starts-superseded")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 202), "", "guest-desired-memo-superseded")
 }
 
 // A start that fails twice: the first time a wake-up came during the failed
@@ -165,7 +165,7 @@ func TestGuestLoopFailureAndRetryTime(t *testing.T) {
 	if !eventFollowedBy(runEvents(t, a.client, id, ""), ofType(enumspb.EVENT_TYPE_TIMER_FIRED), stepDone) {
 		t.Error("no retry timer fired")
 	}
-	recordHistory(t, a.client, id, "", "guest-create-starts-failure-retry")
+	recordHistory(t, a.client, id, "", "guest-desired-memo-failure-retry")
 }
 
 // A disk larger than the spec: the other steps run, the guest ends in
@@ -185,7 +185,7 @@ func TestGuestLoopConflict(t *testing.T) {
 	if st.Pending != nil {
 		t.Errorf("pending %+v: nothing can shrink a disk, nothing should wait for it", st.Pending)
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 206), "", "guest-create-starts-conflict")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 206), "", "guest-desired-memo-conflict")
 }
 
 // A guest waiting for a signature continues as new when its history is
@@ -223,8 +223,8 @@ func TestGuestLoopContinuesAsNewWhilePending(t *testing.T) {
 	if _, ok := sim.Guest(207); ok {
 		t.Fatal("guest 207 still exists")
 	}
-	recordHistory(t, a.client, id, first.GetRunID(), "guest-create-starts-pending-continue-as-new")
-	recordHistory(t, a.client, id, "", "guest-create-starts-pending-carried")
+	recordHistory(t, a.client, id, first.GetRunID(), "guest-desired-memo-pending-continue-as-new")
+	recordHistory(t, a.client, id, "", "guest-desired-memo-pending-carried")
 }
 
 // A cancelled guest workflow ends, cancelled, where it was.
@@ -244,7 +244,7 @@ func TestGuestLoopCancelled(t *testing.T) {
 	if _, ok := sim.Guest(208); !ok {
 		t.Fatal("guest 208 was destroyed")
 	}
-	recordHistory(t, a.client, id, "", "guest-create-starts-cancelled")
+	recordHistory(t, a.client, id, "", "guest-desired-memo-cancelled")
 }
 
 // A host workflow that continues as new by history length, with notices
@@ -270,5 +270,5 @@ func TestHostLoopContinuesAsNew(t *testing.T) {
 	if hs.Interval != time.Second || !slices.Contains(hs.Managed, 204) {
 		t.Errorf("after continue-as-new: %+v, want interval 1s and guest 204 managed", hs)
 	}
-	recordHistory(t, c, workflows.HostWorkflowID(host), run.GetRunID(), "host-waits-continue-as-new")
+	recordHistory(t, c, workflows.HostWorkflowID(host), run.GetRunID(), "host-from-guests-continue-as-new")
 }

@@ -99,6 +99,7 @@ func TestConvergeCostsAFewProxmoxCallsPerGuest(t *testing.T) {
 		return metricSum(a.scrape(t), "temporal_request_total", `operation="`+op+`"`)
 	}
 	heartbeatsBefore, completionsBefore := requests("RecordActivityTaskHeartbeat"), requests("RespondActivityTaskCompleted")
+	signalsBefore := requests("SignalWorkflowExecution")
 
 	for i := range guests {
 		a.applySpec(t, desired.Spec{Host: host, VMID: 200 + i, Kind: desired.QEMU, Name: fmt.Sprintf("g%d", i),
@@ -155,6 +156,12 @@ func TestConvergeCostsAFewProxmoxCallsPerGuest(t *testing.T) {
 		len(calls), guests, listings, float64(tasks)/guests, beats/guests)
 	if beats > maxHeartbeatsPerGuest*guests {
 		t.Errorf("%.0f heartbeats for %d guests, want at most %d per guest (one per task: its UPID)", beats, guests, maxHeartbeatsPerGuest)
+	}
+	// The host workflow reads the desired states from the guest workflows'
+	// memos at its pass: no guest signals it (one signal, and a workflow
+	// task of the host workflow, per guest before versionGuestDesiredMemo).
+	if n := requests("SignalWorkflowExecution") - signalsBefore; n > 0 {
+		t.Errorf("the worker sent %.0f signals while %d guests converged, want none", n, guests)
 	}
 
 	// The host workflow may list the node once meanwhile; a guest's steps

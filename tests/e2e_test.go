@@ -46,5 +46,5 @@ func TestGuestWorkflowReadsAndStartsAGuest(t *testing.T) {
 	if len(st.Recent) != 1 || st.Recent[0].Action.Op != desired.OpStart || st.Recent[0].Result != "done" {
 		t.Errorf("recent actions = %+v, want one done guest.start", st.Recent)
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 101), "", "guest-create-starts-converge")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 101), "", "guest-desired-memo-converge")
 }

@@ -120,6 +120,18 @@ func TestRecordedHistoriesReplay(t *testing.T) {
 		"guest-create-starts-pending-continue-as-new", "guest-create-starts-pending-carried", "guest-create-starts-cancelled",
 		"guest-create-starts-restore-job", "guest-create-starts-destroy-job", "guest-create-starts-woken",
 		"guest-create-starts-hostile-payloads", "guest-create-starts-input-floors", "guest-create-starts-reconciled",
+		// The guest loop that publishes its desired state in its memo
+		// (versionGuestDesiredMemo), on every branch, and the host loop
+		// that judges its listing against the published desired states
+		// (versionHostFromGuests), notices of older guests included.
+		"guest-desired-memo-converge", "guest-desired-memo-rejected-approvals", "guest-desired-memo-destroy-approved",
+		"guest-desired-memo-compensation", "guest-desired-memo-continue-as-new", "guest-desired-memo-signals",
+		"guest-desired-memo-superseded", "guest-desired-memo-failure-retry", "guest-desired-memo-conflict",
+		"guest-desired-memo-pending-continue-as-new", "guest-desired-memo-pending-carried", "guest-desired-memo-cancelled",
+		"guest-desired-memo-restore-job", "guest-desired-memo-destroy-job", "guest-desired-memo-woken",
+		"guest-desired-memo-hostile-payloads", "guest-desired-memo-input-floors", "guest-desired-memo-reconciled",
+		"host-from-guests-notified", "host-from-guests-drift", "host-from-guests-continue-as-new",
+		"host-from-guests-holding", "host-from-guests-configure", "host-from-guests-hostile-payloads", "host-from-guests-input-floors",
 		"job-through-guest-wipe", "job-through-guest-rejected", "job-through-guest-restore", "job-on-host-rotate",
 	}
 	have := map[string]bool{}

@@ -68,7 +68,7 @@ func TestHostDoesNotWakeAGuestWaitingForASignature(t *testing.T) {
 	if !slices.Contains(hs.Drifted, 192) || !slices.Contains(hs.Holding, 192) {
 		t.Errorf("host status %+v, want 192 drifted and holding", hs)
 	}
-	recordHistory(t, a.client, workflows.HostWorkflowID(host), "", "host-waits-holding")
+	recordHistory(t, a.client, workflows.HostWorkflowID(host), "", "host-from-guests-holding")
 }
 
 // A worker that starts with a changed drift_check_interval hands it to the
@@ -97,5 +97,5 @@ func TestHostWorkflowTakesAChangedIntervalWithoutARestart(t *testing.T) {
 	if got := desc.GetWorkflowExecutionInfo().GetExecution().GetRunId(); got != run {
 		t.Errorf("host workflow run %s, want the one that ran before (%s)", got, run)
 	}
-	recordHistory(t, a.client, workflows.HostWorkflowID(host), "", "host-waits-configure")
+	recordHistory(t, a.client, workflows.HostWorkflowID(host), "", "host-from-guests-configure")
 }

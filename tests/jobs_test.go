@@ -53,7 +53,7 @@ func TestRestoreJobRunsThroughTheGuestWorkflow(t *testing.T) {
 	if !hasRecord(st.Recent, gate.OpGuestRestore, "done") || !hasRecord(st.Recent, desired.OpStart, "done") {
 		t.Errorf("recent %+v, want the job's restore, then a start", st.Recent)
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 190), "", "guest-create-starts-restore-job")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 190), "", "guest-desired-memo-restore-job")
 }
 
 // A destroy job leaves the guest desired absent: its workflow does not
@@ -87,7 +87,7 @@ func TestDestroyJobLeavesTheGuestDesiredAbsent(t *testing.T) {
 	if _, ok := sim.Guest(191); ok || len(sim.RequestsMatching("POST", "/nodes/*/qemu")) != 0 {
 		t.Fatal("the destroyed guest was created again")
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 191), "", "guest-create-starts-destroy-job")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 191), "", "guest-desired-memo-destroy-job")
 }
 
 func hasRecord(recent []workflows.ActionRecord, op, result string) bool {

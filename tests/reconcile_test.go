@@ -226,7 +226,7 @@ func TestDestroyWaitsForAMatchingSSHKeygenSignature(t *testing.T) {
 	if st := a.guestStatus(t, 140); st.Phase != workflows.PhasePending {
 		t.Fatalf("phase after refusals = %s, want still pending", st.Phase)
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 140), "", "guest-create-starts-rejected-approvals")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 140), "", "guest-desired-memo-rejected-approvals")
 
 	// The right signature, sent as a plain signal as the temporal CLI would.
 	good := signWithSSHKeygen(t, ops, opFor(tpl))
@@ -238,7 +238,7 @@ func TestDestroyWaitsForAMatchingSSHKeygenSignature(t *testing.T) {
 	if n := countRequests(sim, "DELETE", "/qemu/140"); n != 1 {
 		t.Errorf("destroy was sent %d times, want once", n)
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 140), "", "guest-create-starts-destroy-approved")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 140), "", "guest-desired-memo-destroy-approved")
 	if ids := a.pendingByVisibility(t); len(ids) != 0 {
 		waitFor(t, "the pending flag to clear", func() bool { return len(a.pendingByVisibility(t)) == 0 })
 	}
@@ -280,7 +280,7 @@ func TestFailedCreateIsRolledBackWithoutASignature(t *testing.T) {
 	if st.Pending != nil {
 		t.Errorf("the rollback waited for a signature: %+v", st.Pending)
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 150), "", "guest-create-starts-compensation")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 150), "", "guest-desired-memo-compensation")
 }
 
 // TestAbsentAfterConvergeNeedsASignatureInTheCreatingRun: the run that
@@ -345,6 +345,17 @@ func TestHostWorkflowWakesOnlyDriftedGuestsAndReportsUnmanaged(t *testing.T) {
 	a.waitPhase(t, 162, workflows.PhaseConverged)
 	waitFor(t, "the host workflow to know guest 162", func() bool { return slices.Contains(a.hostStatus(t).Managed, 162) })
 	startsBefore := countRequests(sim, "POST", "/status/start")
+	// The hub starts a workflow that passes for 199's guest workflow in
+	// visibility and publishes guest 160's desired state, stopped: the host
+	// refuses the record, so 199 stays unmanaged and 160 running.
+	forged := desired.Spec{Host: host, VMID: 160, Kind: desired.QEMU, State: desired.Stopped}
+	_, err = a.client.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{
+		ID: workflows.GuestWorkflowID(host, 199), TaskQueue: "nobody-polls-" + host,
+		Memo:                  map[string]any{workflows.MemoDesired: forged},
+		TypedSearchAttributes: temporal.NewSearchAttributes(visibility.HostKey.ValueSet(host), visibility.PhaseKey.ValueSet(workflows.PhaseConverged)),
+	}, workflows.GuestReconcileWorkflow, workflows.GuestInput{Host: host, VMID: 199})
+	must(t, err)
+	waitHostPasses(t, a, 2)
 
 	// Somebody stops 160 behind the agent's back.
 	must(t, sim.SetStatus(160, "stopped"))
@@ -365,7 +376,7 @@ func TestHostWorkflowWakesOnlyDriftedGuestsAndReportsUnmanaged(t *testing.T) {
 	if _, ok := sim.Guest(199); !ok || countRequests(sim, "DELETE", "/qemu/199") != 0 {
 		t.Error("the unmanaged guest was touched")
 	}
-	recordHistory(t, a.client, workflows.HostWorkflowID(host), "", "host-waits-drift")
+	recordHistory(t, a.client, workflows.HostWorkflowID(host), "", "host-from-guests-drift")
 }
 
 func TestGuestWorkflowContinuesAsNewWithItsState(t *testing.T) {
@@ -406,7 +417,7 @@ func TestGuestWorkflowContinuesAsNewWithItsState(t *testing.T) {
 	if len(st.Recent) == 0 {
 		t.Error("recent actions were not carried over")
 	}
-	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 170), run.GetRunID(), "guest-create-starts-continue-as-new")
+	recordHistory(t, a.client, workflows.GuestWorkflowID(host, 170), run.GetRunID(), "guest-desired-memo-continue-as-new")
 }
 
 func TestSignedJobRunsOnceAndItsNonceCannotBeReplayed(t *testing.T) {
@@ -539,5 +550,5 @@ func TestReconcileReplansAGuestWaitingForASignature(t *testing.T) {
 		t.Errorf("%d DELETE requests for a guest root removed, want none", n)
 	}
 	waitFor(t, "the pending flag to clear", func() bool { return len(a.pendingByVisibility(t)) == 0 })
-	recordHistory(t, a.client, id, "", "guest-create-starts-reconciled")
+	recordHistory(t, a.client, id, "", "guest-desired-memo-reconciled")
 }

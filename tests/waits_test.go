@@ -54,22 +54,22 @@ func TestWokenGuestCancelsItsWaitTimer(t *testing.T) {
 	if n := countEvents(evs, ofType(enumspb.EVENT_TYPE_TIMER_CANCELED)); n != 4 {
 		t.Errorf("%d timers cancelled, want one per wake-up (4)", n)
 	}
-	recordHistory(t, a.client, id, "", "guest-create-starts-woken")
+	recordHistory(t, a.client, id, "", "guest-desired-memo-woken")
 }
 
 // A host workflow on an hourly interval takes the desired-state notices of
-// five new guests between two passes: each ends its wait, and the wait's
-// timer is cancelled rather than left to fire.
+// five guests between two passes, as guest workflows recorded before
+// versionGuestDesiredMemo still send them: each ends its wait, and the
+// wait's timer is cancelled rather than left to fire.
 func TestNotifiedHostCancelsItsWaitTimer(t *testing.T) {
 	host := uniqueHost("pve-hwait")
 	sim := startSim(t, host)
 	a := startAgentWith(t, host, sim, func(c *worker.Config) { c.DriftCheckInterval = time.Hour }, newOperatorKey(t, "ed25519").Pub)
 	waitFor(t, "the first host pass", func() bool { return !a.hostStatus(t).LastPass.IsZero() })
 	for vmid := 221; vmid < 226; vmid++ {
-		must(t, sim.AddVM(pvesim.Guest{VMID: vmid, Name: fmt.Sprintf("g%d", vmid), Status: "running", MemoryMiB: 512, Cores: 1}))
-		a.applySpec(t, desired.Spec{Host: host, VMID: vmid, Kind: desired.QEMU, Name: fmt.Sprintf("g%d", vmid),
-			State: desired.Running, Memory: "512", Cores: 1})
-		a.waitPhase(t, vmid, workflows.PhaseConverged)
+		spec := desired.Spec{Host: host, VMID: vmid, Kind: desired.QEMU, Name: fmt.Sprintf("g%d", vmid), State: desired.Running, MemoryMiB: 512, Cores: 1}
+		must(t, a.client.SignalWorkflow(context.Background(), workflows.HostWorkflowID(host), "", workflows.SignalDesiredChanged,
+			workflows.DesiredNotice{VMID: vmid, Spec: &spec}))
 	}
 	id := workflows.HostWorkflowID(host)
 	waitFor(t, "the five notices", func() bool {
@@ -86,5 +86,5 @@ func TestNotifiedHostCancelsItsWaitTimer(t *testing.T) {
 	if n := historyfacts.OpenTimers(evs); n != 1 {
 		t.Errorf("%d timers open, want the current wait's one", n)
 	}
-	recordHistory(t, a.client, id, "", "host-waits-notified")
+	recordHistory(t, a.client, id, "", "host-from-guests-notified")
 }

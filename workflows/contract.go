@@ -225,17 +225,45 @@ type GuestSummary struct {
 	Cores     int          `json:"cores"`
 }
 
+// ListGuestsInput asks ListGuests for a host workflow's pass. Its zero
+// value, which host workflows before versionHostFromGuests send (they send
+// no input), asks for the listing and the holding guests.
+type ListGuestsInput struct {
+	// Drift asks the host to judge the listing itself against the desired
+	// states the guest workflows publish in their memo (MemoDesired) and
+	// those in Announced, and to answer with the verdict (Managed, Drifted,
+	// Unmanaged, Holding) instead of the listing: a pass's history then
+	// holds a few VMIDs, not every guest of the node.
+	Drift bool `json:"drift,omitempty"`
+	// Announced are the desired states that guest workflows recorded before
+	// versionGuestDesiredMemo announced to the host workflow; a guest's
+	// published desired state takes precedence over its announced one.
+	Announced map[string]desired.Spec `json:"announced,omitempty"`
+}
+
 // ListGuestsResult is every guest of the host's node, from one API call,
-// and the guests whose workflow holds.
+// and the guests whose workflow holds; with ListGuestsInput.Drift, the
+// verdict on the listing instead of the listing.
 type ListGuestsResult struct {
 	Guests []GuestSummary `json:"guests"`
 	// Holding are the guests whose workflow waits for a signature, is in
 	// conflict or is converging (its pass reads the guest itself), as
 	// Temporal's visibility shows them (a claim: it only keeps the host
 	// workflow from waking them, and the host from reading them). Empty
-	// when it could not be read.
+	// when it could not be read. With Drift, only desired guests.
 	Holding []int `json:"holding,omitempty"`
+	// Managed, Drifted and Unmanaged are the verdict asked for by Drift:
+	// the guests with a desired state, those of them the listing shows
+	// otherwise, and the listed guests without one.
+	Managed   []int `json:"managed,omitempty"`
+	Drifted   []int `json:"drifted,omitempty"`
+	Unmanaged []int `json:"unmanaged,omitempty"`
 }
+
+// MemoDesired is the memo field in which a guest workflow since
+// versionGuestDesiredMemo publishes its desired state (a desired.Spec) for
+// the host's pass.
+const MemoDesired = "desired"
 
 // WakeGuestsInput asks for guest workflows to re-read their guests,
 // starting those that do not run.

@@ -89,6 +89,15 @@ const versionGuestRereadHeld workflow.Version = 5
 // everything of versionGuestRereadHeld.
 const versionGuestCreateStarts workflow.Version = 6
 
+// versionGuestDesiredMemo is the version of versionGuestLoop that
+// publishes its desired state in its memo (MemoDesired), where the host's
+// pass reads it (versionHostFromGuests), instead of announcing it to the
+// host workflow through the next read (ObserveInput.Announce): each notice
+// cost the server a signal and the host workflow a workflow task. The memo
+// is written with the phase, which a new desired state changes anyway. It
+// keeps everything of versionGuestCreateStarts.
+const versionGuestDesiredMemo workflow.Version = 7
+
 // legacyResync is the resync interval runs before versionGuestCost used
 // by default and carried, as if asked for, into the input of the run they
 // continued as new into; such a run does not keep it.
@@ -108,7 +117,7 @@ const legacyResync = time.Hour
 // actions and a pending action to the next run. A cancellation ends the
 // workflow where it is: nothing is rolled back.
 func GuestReconcileWorkflow(ctx workflow.Context, in GuestInput) error {
-	v := workflow.GetVersion(ctx, versionGuestLoop, workflow.DefaultVersion, versionGuestCreateStarts)
+	v := workflow.GetVersion(ctx, versionGuestLoop, workflow.DefaultVersion, versionGuestDesiredMemo)
 	if v == workflow.DefaultVersion {
 		return legacyGuestReconcile(ctx, in)
 	}
@@ -177,6 +186,9 @@ type guest struct {
 	// that finds nothing to do resets it.
 	unconverged int
 	published   string // what publish last made visible
+	// publishedGen is the generation of the desired state publish last
+	// wrote to the memo, on desiredMemo's path.
+	publishedGen int
 	// cheap is versionGuestCost's path; resync is the timed resync it keeps
 	// (zero: none).
 	cheap  bool
@@ -189,6 +201,8 @@ type guest struct {
 	rereadHeld bool
 	// createStarts is versionGuestCreateStarts' path: see reconcile.
 	createStarts bool
+	// desiredMemo is versionGuestDesiredMemo's path: see announce.
+	desiredMemo bool
 	// announcement is a desired-state notice for the host workflow that the
 	// next read carries, and expectAbsent tells that read the guest was not
 	// there (versionGuestCost).
@@ -213,7 +227,7 @@ func startGuest(ctx workflow.Context, in GuestInput, v workflow.Version) (*guest
 	if resync == legacyResync {
 		resync = 0
 	}
-	g := &guest{in: in, generation: in.Generation, recent: in.Recent, phase: PhaseWaiting, cancelWaits: v >= versionGuestWaits, localRead: v >= versionGuestLocalRead, rereadHeld: v >= versionGuestRereadHeld, createStarts: v >= versionGuestCreateStarts}
+	g := &guest{in: in, generation: in.Generation, recent: in.Recent, phase: PhaseWaiting, cancelWaits: v >= versionGuestWaits, localRead: v >= versionGuestLocalRead, rereadHeld: v >= versionGuestRereadHeld, createStarts: v >= versionGuestCreateStarts, desiredMemo: v >= versionGuestDesiredMemo}
 	if cheap {
 		// A new workflow's guest is usually yet to be created; a continued
 		// run's was there.
@@ -848,8 +862,13 @@ func (g *guest) acceptSpec(ctx workflow.Context, spec desired.Spec) {
 
 // announce tells the host workflow, which watches the desired set for
 // drift, this guest's desired state. It may not run (yet): the guest still
-// converges, only drift is noticed later.
+// converges, only drift is noticed later. On versionGuestDesiredMemo's path
+// the memo carries it, for the host's next pass.
 func (g *guest) announce(ctx workflow.Context) {
+	if g.desiredMemo {
+		g.publish(ctx)
+		return
+	}
 	notice := DesiredNotice{VMID: g.in.VMID, Spec: g.spec}
 	if g.cheap {
 		g.announcement = &notice // the next read delivers it
@@ -874,8 +893,10 @@ func (g *guest) setPhase(ctx workflow.Context, phase string) {
 }
 
 // publish makes the state visible: search attributes for queries, the memo
-// and current details for the Web UI. Nothing is written when nothing
-// visible changed, so that passes that change nothing cost no events.
+// and current details for the Web UI, and on versionGuestDesiredMemo's path
+// the desired state in the memo for the host's pass. Nothing is written
+// when nothing visible changed, so that passes that change nothing cost no
+// events.
 func (g *guest) publish(ctx workflow.Context) {
 	details := fmt.Sprintf("**%s/%d**: %s", g.in.Host, g.in.VMID, g.phase)
 	if g.pending != nil {
@@ -885,20 +906,29 @@ func (g *guest) publish(ctx workflow.Context) {
 		details += "\n\n" + g.lastErr
 	}
 	workflow.SetCurrentDetails(ctx, details)
-	if details == g.published {
+	newDesired := g.desiredMemo && g.spec != nil && g.publishedGen != g.generation
+	if details == g.published && !newDesired {
 		return
 	}
-	g.published = details
-	err := workflow.UpsertTypedSearchAttributes(ctx,
-		visibility.HostKey.ValueSet(g.in.Host),
-		visibility.GuestKey.ValueSet(strconv.Itoa(g.in.VMID)),
-		visibility.PhaseKey.ValueSet(g.phase),
-		visibility.PendingSignatureKey.ValueSet(g.pending != nil),
-	)
-	if err != nil {
-		workflow.GetLogger(ctx).Warn("upsert search attributes", "error", err)
+	if details != g.published {
+		g.published = details
+		err := workflow.UpsertTypedSearchAttributes(ctx,
+			visibility.HostKey.ValueSet(g.in.Host),
+			visibility.GuestKey.ValueSet(strconv.Itoa(g.in.VMID)),
+			visibility.PhaseKey.ValueSet(g.phase),
+			visibility.PendingSignatureKey.ValueSet(g.pending != nil),
+		)
+		if err != nil {
+			workflow.GetLogger(ctx).Warn("upsert search attributes", "error", err)
+		}
 	}
-	if err := workflow.UpsertMemo(ctx, map[string]any{"host": g.in.Host, "guest": g.in.VMID, "phase": g.phase}); err != nil {
+	memo := map[string]any{"host": g.in.Host, "guest": g.in.VMID, "phase": g.phase}
+	if newDesired {
+		// The memo's fields are merged: the desired state stays until replaced.
+		memo[MemoDesired] = g.spec
+		g.publishedGen = g.generation
+	}
+	if err := workflow.UpsertMemo(ctx, memo); err != nil {
 		workflow.GetLogger(ctx).Warn("upsert memo", "error", err)
 	}
 }

@@ -576,8 +576,8 @@ func TestGuestRunsASignedDestroyJobAndThenDesiresAbsent(t *testing.T) {
 		if st.Phase != PhaseConverged || st.Pending != nil {
 			t.Errorf("status %+v, want converged with nothing pending", st)
 		}
-		if h.announced != announced+1 {
-			t.Errorf("the host workflow was told %d times, want once", h.announced-announced)
+		if h.announced != announced+1 || h.published.State != desired.Absent {
+			t.Errorf("the host workflow was told %d times, last of %+v, want once, of absent", h.announced-announced, h.published)
 		}
 		env.CancelWorkflow()
 	}, 2*time.Minute)
@@ -706,4 +706,32 @@ func TestGuestStepsTellTheNextWhatTheyLeft(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Since versionGuestDesiredMemo a guest publishes its desired state in its
+// memo, once per desired state, and no read carries a notice for the host
+// workflow.
+func TestGuestPublishesItsDesiredStateInItsMemo(t *testing.T) {
+	h := &fakeHost{guest: runningWeb()}
+	env := newEnv(t, h)
+	env.RegisterDelayedCallback(func() {
+		if h.announced != 1 || h.published.State != desired.Running || h.published.VMID != 101 {
+			t.Errorf("memo told the host %d times, last of %+v, want once, of running", h.announced, h.published)
+		}
+		env.SignalWorkflow(SignalSetDesired, *spec(desired.Stopped))
+	}, time.Minute)
+	env.RegisterDelayedCallback(func() {
+		if st := queryStatus(t, env); st.Phase != PhaseConverged || st.Generation != 2 {
+			t.Errorf("status %+v, want converged at generation 2", st)
+		}
+		if h.announced != 2 || h.published.State != desired.Stopped {
+			t.Errorf("memo told the host %d times, last of %+v, want twice, last of stopped", h.announced, h.published)
+		}
+		if h.readNotices != 0 {
+			t.Errorf("%d reads carried a notice for the host workflow, want none", h.readNotices)
+		}
+		env.CancelWorkflow()
+	}, 2*time.Minute)
+	env.ExecuteWorkflow(GuestReconcileWorkflow, GuestInput{Host: "pve1", VMID: 101, Desired: spec(desired.Running)})
+	wantCancelled(t, env)
 }

@@ -33,9 +33,12 @@ type fakeHost struct {
 	// lockedFor fails that many attempts of the next actions as locked.
 	lockedFor int
 	attempts  map[string]int
-	// reads counts ObserveGuest calls; announced the desired-state notices
-	// sent to the host workflow.
-	reads, announced int
+	// reads counts ObserveGuest calls; announced the desired states told
+	// to the host workflow, by a notice or in the memo, and readNotices the
+	// notices among them a read carried (ObserveInput.Announce).
+	reads, announced, readNotices int
+	// published is the desired state the memo last carried.
+	published desired.Spec
 	// blockStart holds StartGuest until the activity is cancelled; onStart
 	// runs when a start begins, in its own step or in a create's.
 	blockStart bool
@@ -58,6 +61,7 @@ func (h *fakeHost) ObserveGuest(ctx context.Context, in ObserveInput) (Observati
 	}
 	if in.Announce != nil {
 		h.announced++ // the host's worker delivers it (versionGuestCost)
+		h.readNotices++
 	}
 	return Observation{Guest: h.guest, Provenance: h.prov}, nil
 }
@@ -216,6 +220,16 @@ func newEnv(t *testing.T, h *fakeHost) *testsuite.TestWorkflowEnvironment {
 	// The host workflow is not running in these tests: telling it fails.
 	env.OnSignalExternalWorkflow(mock.Anything, HostWorkflowID("pve1"), "", SignalDesiredChanged, mock.Anything).Return(nil).Maybe().
 		Run(func(mock.Arguments) { h.mu.Lock(); h.announced++; h.mu.Unlock() })
+	// Since versionGuestDesiredMemo the memo tells the host's pass.
+	env.OnUpsertMemo(mock.Anything).Return(nil).Maybe().Run(func(args mock.Arguments) {
+		memo, _ := args.Get(0).(map[string]any)
+		if spec, ok := memo[MemoDesired].(*desired.Spec); ok {
+			h.mu.Lock()
+			h.announced++
+			h.published = *spec
+			h.mu.Unlock()
+		}
+	})
 	return env
 }
 

@@ -3,6 +3,7 @@ package workflows
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -83,6 +84,16 @@ const versionHostLoop = "host-loop-by-history"
 // empty workflow task.
 const versionHostWaits workflow.Version = 2
 
+// versionHostFromGuests is the version of versionHostLoop whose pass reads
+// the desired set where the guest workflows publish it (their memo, see
+// versionGuestDesiredMemo) and has the host judge the listing against it
+// (ListGuestsInput.Drift): guests no longer announce their desired state,
+// which cost a signal and a workflow task of this workflow per guest, and
+// a pass records a verdict, not the node's whole listing. Notices from
+// guest workflows recorded earlier are still taken and handed to the pass
+// (ListGuestsInput.Announced). It keeps everything of versionHostWaits.
+const versionHostFromGuests workflow.Version = 3
+
 // HostWorkflow supervises one host: at its interval it lists every guest of
 // the node in one Proxmox call, compares the listing with the desired set,
 // and wakes, in one activity, the guest workflows that drifted, except those
@@ -93,7 +104,7 @@ const versionHostWaits workflow.Version = 2
 // continues as new when its history is long, carrying the desired set, the
 // interval and the time of the last pass.
 func HostWorkflow(ctx workflow.Context, in HostInput) error {
-	v := workflow.GetVersion(ctx, versionHostLoop, workflow.DefaultVersion, versionHostWaits)
+	v := workflow.GetVersion(ctx, versionHostLoop, workflow.DefaultVersion, versionHostFromGuests)
 	if v == workflow.DefaultVersion {
 		return legacyHostWorkflow(ctx, in)
 	}
@@ -101,7 +112,7 @@ func HostWorkflow(ctx workflow.Context, in HostInput) error {
 	if err != nil {
 		return err
 	}
-	h.cancelWaits = v >= versionHostWaits
+	h.cancelWaits, h.fromGuests = v >= versionHostWaits, v >= versionHostFromGuests
 	for {
 		err := h.waitForNextPass(ctx)
 		if errors.Is(err, errContinueAsNew) {
@@ -122,6 +133,8 @@ type hostState struct {
 	configure workflow.ReceiveChannel
 	// cancelWaits is versionHostWaits' path: see awaitOrTimeout.
 	cancelWaits bool
+	// fromGuests is versionHostFromGuests' path: see pass.
+	fromGuests bool
 }
 
 func startHost(ctx workflow.Context, in HostInput) (*hostState, error) {
@@ -182,20 +195,33 @@ func (h *hostState) waitForNextPass(ctx workflow.Context) error {
 }
 
 // pass lists the node, finds drift and wakes the drifted guests that do
-// not hold.
+// not hold. On versionHostFromGuests' path the host judges the listing
+// against the desired states the guest workflows publish; before it, the
+// workflow judged it against the notices it took.
 func (h *hostState) pass(ctx workflow.Context) {
 	st := &h.status
 	st.LastPass = workflow.Now(ctx)
 	actx := workflow.WithActivityOptions(ctx, readStep)
 	var list ListGuestsResult
-	if err := workflow.ExecuteActivity(actx, ActivityListGuests).Get(ctx, &list); err != nil {
+	var err error
+	if h.fromGuests {
+		in := ListGuestsInput{Drift: true, Announced: h.in.Desired}
+		err = workflow.ExecuteActivity(actx, ActivityListGuests, in).Get(ctx, &list)
+	} else {
+		err = workflow.ExecuteActivity(actx, ActivityListGuests).Get(ctx, &list)
+	}
+	if err != nil {
 		st.LastError = err.Error()
 		return
 	}
 	st.LastError = ""
-	st.Drifted, st.Unmanaged = drift(h.in.Desired, list.Guests)
-	st.Holding = slices.DeleteFunc(slices.Clone(list.Holding), func(vmid int) bool { return !h.desires(vmid) })
-	slices.Sort(st.Holding)
+	if h.fromGuests {
+		st.Managed, st.Drifted, st.Unmanaged, st.Holding = list.Managed, list.Drifted, list.Unmanaged, list.Holding
+	} else {
+		st.Drifted, st.Unmanaged = drift(h.in.Desired, list.Guests)
+		st.Holding = slices.DeleteFunc(slices.Clone(list.Holding), func(vmid int) bool { return !h.desires(vmid) })
+		slices.Sort(st.Holding)
+	}
 	wake := slices.DeleteFunc(slices.Clone(st.Drifted), func(vmid int) bool { return slices.Contains(st.Holding, vmid) })
 	if len(wake) > 0 {
 		in := WakeGuestsInput{Host: h.in.Host, VMIDs: wake, Reason: "host listing differs from the desired state"}
@@ -235,7 +261,10 @@ func (h *hostState) takeSignals(ctx workflow.Context) {
 			h.in.Desired[strconv.Itoa(n.VMID)] = *n.Spec
 		}
 	}
-	h.status.Managed = sortedVMIDs(h.in.Desired)
+	if !h.fromGuests {
+		// On versionHostFromGuests' path the pass says which guests are managed.
+		h.status.Managed = sortedVMIDs(h.in.Desired)
+	}
 	for {
 		var s HostSettings
 		if !h.configure.ReceiveAsync(&s) {
@@ -265,6 +294,28 @@ func (h *hostState) continueAsNew(ctx workflow.Context) error {
 	next := h.in
 	next.LastPass = h.status.LastPass
 	return workflow.NewContinueAsNewError(ctx, HostWorkflow, next)
+}
+
+// JudgeListing compares a node listing with the desired set: the
+// desired states the guest workflows publish (published, by VMID) over
+// those announced to the host workflow (announced). holding are the guests
+// whose workflow holds; the verdict keeps the desired ones. The listing
+// itself is left out of the result.
+func JudgeListing(announced map[string]desired.Spec, published map[int]desired.Spec, list []GuestSummary, holding []int) ListGuestsResult {
+	want := make(map[string]desired.Spec, len(announced)+len(published))
+	maps.Copy(want, announced)
+	for vmid, spec := range published {
+		want[strconv.Itoa(vmid)] = spec
+	}
+	res := ListGuestsResult{Managed: sortedVMIDs(want)}
+	res.Drifted, res.Unmanaged = drift(want, list)
+	for _, vmid := range holding {
+		if _, ok := want[strconv.Itoa(vmid)]; ok {
+			res.Holding = append(res.Holding, vmid)
+		}
+	}
+	slices.Sort(res.Holding)
+	return res
 }
 
 // drift compares the desired set with a node listing: which desired guests

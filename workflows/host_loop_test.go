@@ -26,16 +26,21 @@ type fakeNode struct {
 	env     *testsuite.TestWorkflowEnvironment
 	guests  []GuestSummary
 	holding []int
-	passes  int
-	wakes   [][]int
-	history int
+	// published are the desired states the guest workflows publish.
+	published map[int]desired.Spec
+	passes    int
+	wakes     [][]int
+	history   int
 }
 
-func (n *fakeNode) ListGuests(ctx context.Context) (ListGuestsResult, error) {
+func (n *fakeNode) ListGuests(ctx context.Context, in ListGuestsInput) (ListGuestsResult, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.passes++
 	n.grow(2 + 6) // the timer that started the pass, then the listing
+	if in.Drift {
+		return JudgeListing(in.Announced, n.published, n.guests, n.holding), nil
+	}
 	return ListGuestsResult{Guests: n.guests, Holding: n.holding}, nil
 }
 
@@ -201,5 +206,57 @@ func TestHostTakesItsSettingsAndNoticesWhileRunning(t *testing.T) {
 	env.ExecuteWorkflow(HostWorkflow, HostInput{Host: "pve1", Interval: time.Hour, Desired: want})
 	if err := env.GetWorkflowError(); !temporal.IsCanceledError(err) {
 		t.Errorf("ended with %v, want cancelled", err)
+	}
+}
+
+// Since versionHostFromGuests a pass judges the listing against the desired
+// states the guest workflows publish, with no notice sent: a published
+// desired state takes precedence over one announced earlier, and a guest
+// with neither is unmanaged, reported and never woken.
+func TestHostJudgesAgainstPublishedDesiredStates(t *testing.T) {
+	want, have := drifted24()
+	published := map[int]desired.Spec{}
+	for key, spec := range want {
+		vmid, _ := strconv.Atoi(key)
+		if vmid > 110 {
+			published[vmid] = spec
+		}
+	}
+	// 101 was announced running, and its workflow now publishes stopped,
+	// as the listing shows it: no drift.
+	published[101] = desired.Spec{Host: "pve1", VMID: 101, Kind: desired.QEMU, State: desired.Stopped}
+	announced := map[string]desired.Spec{"101": want["101"], "102": want["102"]}
+	n := &fakeNode{guests: have, holding: []int{124, 130}, published: published}
+	env := newHostEnv(t, n)
+	var st HostStatus
+	env.RegisterDelayedCallback(func() {
+		v, err := env.QueryWorkflow(QueryHostStatus)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Get(&st); err != nil {
+			t.Fatal(err)
+		}
+		env.CancelWorkflow()
+	}, 30*time.Second)
+	env.ExecuteWorkflow(HostWorkflow, HostInput{Host: "pve1", Interval: time.Minute, Desired: announced})
+	if err := env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("ended with %v, want cancelled", err)
+	}
+	var wantDrifted, wantManaged []int
+	wantManaged = append(wantManaged, 101, 102)
+	wantDrifted = append(wantDrifted, 102)
+	for vmid := 111; vmid <= 124; vmid++ {
+		wantManaged = append(wantManaged, vmid)
+		wantDrifted = append(wantDrifted, vmid)
+	}
+	wantUnmanaged := []int{103, 104, 105, 106, 107, 108, 109, 110}
+	if !slices.Equal(st.Managed, wantManaged) || !slices.Equal(st.Drifted, wantDrifted) ||
+		!slices.Equal(st.Unmanaged, wantUnmanaged) || !slices.Equal(st.Holding, []int{124}) {
+		t.Errorf("status managed %v, drifted %v, unmanaged %v, holding %v; want %v, %v, %v, [124]",
+			st.Managed, st.Drifted, st.Unmanaged, st.Holding, wantManaged, wantDrifted, wantUnmanaged)
+	}
+	if len(n.wakes) != 1 || !slices.Equal(n.wakes[0], wantDrifted[:len(wantDrifted)-1]) {
+		t.Errorf("woke %v, want once the drifted guests but 124, which holds", n.wakes)
 	}
 }
