@@ -60,7 +60,9 @@ type ObserveInput struct {
 	// Announce, when set, is handed to the host workflow as a
 	// SignalDesiredChanged before the read, by the host's worker: the guest
 	// workflow's history holds no signal to deliver and no workflow task
-	// for its delivery.
+	// for its delivery. Only guest workflows recorded from versionGuestCost
+	// to before versionGuestDesiredMemo set it; later ones publish their
+	// desired state in their memo.
 	Announce *DesiredNotice `json:"announce,omitempty"`
 }
 

@@ -47,7 +47,10 @@ type HostInput struct {
 	Host string `json:"host"`
 	// Interval between two listings of the node. Zero means one minute.
 	Interval time.Duration `json:"interval,omitempty"`
-	// Desired is the desired set, carried over by continue-as-new.
+	// Desired is the desired set the guest workflows' notices made,
+	// carried over by continue-as-new. Since versionHostFromGuests it holds
+	// only what guest workflows recorded before versionGuestDesiredMemo
+	// announce; the others publish their desired state in their memo.
 	Desired map[string]desired.Spec `json:"desired,omitempty"`
 	// Passes bounded the passes of a run recorded before versionHostLoop;
 	// runs since continue as new by history size (MaxHistoryEvents).
@@ -95,14 +98,15 @@ const versionHostWaits workflow.Version = 2
 const versionHostFromGuests workflow.Version = 3
 
 // HostWorkflow supervises one host: at its interval it lists every guest of
-// the node in one Proxmox call, compares the listing with the desired set,
-// and wakes, in one activity, the guest workflows that drifted, except those
-// that hold (waiting for a signature or in conflict: a wake-up changes
-// nothing for them, and would only grow their history). A guest on the node
-// that no desired state names is reported, never touched. Between passes it
-// takes the guests' desired-state notices and the worker's settings, and it
-// continues as new when its history is long, carrying the desired set, the
-// interval and the time of the last pass.
+// the node in one Proxmox call, compares the listing with the desired set
+// (the desired states the guest workflows publish, and the notices of
+// older ones), and wakes, in one activity, the guest workflows that
+// drifted, except those that hold (waiting for a signature or in conflict:
+// a wake-up changes nothing for them, and would only grow their history). A
+// guest on the node that no desired state names is reported, never
+// touched. Between passes it takes desired-state notices and the worker's
+// settings, and it continues as new when its history is long, carrying the
+// notices, the interval and the time of the last pass.
 func HostWorkflow(ctx workflow.Context, in HostInput) error {
 	v := workflow.GetVersion(ctx, versionHostLoop, workflow.DefaultVersion, versionHostFromGuests)
 	if v == workflow.DefaultVersion {
