@@ -61,6 +61,10 @@ type HostInput struct {
 	// LastPass is when the previous run last listed the node, carried over
 	// so that the next pass keeps the interval.
 	LastPass time.Time `json:"last_pass,omitzero"`
+	// LastVerdict is the previous run's last verdict on the listing
+	// (versionHostFromGuests), carried over so that the status shows it
+	// until the next pass.
+	LastVerdict *ListGuestsResult `json:"last_verdict,omitempty"`
 }
 
 // HostStatus is what the host-status query returns.
@@ -137,8 +141,10 @@ type hostState struct {
 	configure workflow.ReceiveChannel
 	// cancelWaits is versionHostWaits' path: see awaitOrTimeout.
 	cancelWaits bool
-	// fromGuests is versionHostFromGuests' path: see pass.
+	// fromGuests is versionHostFromGuests' path: see pass; verdict is its
+	// last pass's verdict, which a continue-as-new carries.
 	fromGuests bool
+	verdict    *ListGuestsResult
 }
 
 func startHost(ctx workflow.Context, in HostInput) (*hostState, error) {
@@ -164,6 +170,9 @@ func startHost(ctx workflow.Context, in HostInput) (*hostState, error) {
 		status:    HostStatus{Host: in.Host, LastPass: in.LastPass, Interval: in.Interval, Managed: sortedVMIDs(in.Desired)},
 		notices:   workflow.GetSignalChannel(ctx, SignalDesiredChanged),
 		configure: workflow.GetSignalChannel(ctx, SignalConfigure),
+	}
+	if v := in.LastVerdict; v != nil {
+		h.status.Managed, h.status.Drifted, h.status.Unmanaged, h.status.Holding = v.Managed, v.Drifted, v.Unmanaged, v.Holding
 	}
 	if err := workflow.SetQueryHandler(ctx, QueryHostStatus, func() (HostStatus, error) { return h.status, nil }); err != nil {
 		return nil, err
@@ -221,6 +230,7 @@ func (h *hostState) pass(ctx workflow.Context) {
 	st.LastError = ""
 	if h.fromGuests {
 		st.Managed, st.Drifted, st.Unmanaged, st.Holding = list.Managed, list.Drifted, list.Unmanaged, list.Holding
+		h.verdict = &list
 	} else {
 		st.Drifted, st.Unmanaged = drift(h.in.Desired, list.Guests)
 		st.Holding = slices.DeleteFunc(slices.Clone(list.Holding), func(vmid int) bool { return !h.desires(vmid) })
@@ -297,6 +307,9 @@ func (h *hostState) shouldContinueAsNew(ctx workflow.Context) bool {
 func (h *hostState) continueAsNew(ctx workflow.Context) error {
 	next := h.in
 	next.LastPass = h.status.LastPass
+	if h.verdict != nil {
+		next.LastVerdict = h.verdict
+	}
 	return workflow.NewContinueAsNewError(ctx, HostWorkflow, next)
 }
 

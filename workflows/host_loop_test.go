@@ -135,6 +135,9 @@ func TestHostWithManyDriftedGuestsContinuesAsNewByHistorySize(t *testing.T) {
 					t.Fatalf("pass %d woke %v, want the 22 drifted guests that do not hold", i+1, w)
 				}
 			}
+			if v := next.LastVerdict; v == nil || len(v.Managed) != 24 || len(v.Drifted) != 24 || !slices.Equal(v.Holding, []int{101, 102}) {
+				t.Errorf("continued with the verdict %+v, want the last pass's: 24 managed and drifted, 101 and 102 holding", v)
+			}
 			if len(next.Desired) != 24 || next.Interval != time.Minute || next.MaxHistoryEvents != bound || next.LastPass.IsZero() {
 				t.Errorf("continued with %d desired guests, interval %s, bound %d, last pass %s",
 					len(next.Desired), next.Interval, next.MaxHistoryEvents, next.LastPass)
@@ -258,5 +261,33 @@ func TestHostJudgesAgainstPublishedDesiredStates(t *testing.T) {
 	}
 	if len(n.wakes) != 1 || !slices.Equal(n.wakes[0], wantDrifted[:len(wantDrifted)-1]) {
 		t.Errorf("woke %v, want once the drifted guests but 124, which holds", n.wakes)
+	}
+}
+
+// A run continued from another shows the verdict it carried until its own
+// first pass.
+func TestHostShowsTheCarriedVerdictUntilItsFirstPass(t *testing.T) {
+	n := &fakeNode{}
+	env := newHostEnv(t, n)
+	verdict := &ListGuestsResult{Managed: []int{101, 102}, Drifted: []int{102}, Unmanaged: []int{150}, Holding: []int{101}}
+	env.RegisterDelayedCallback(func() {
+		v, err := env.QueryWorkflow(QueryHostStatus)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st HostStatus
+		if err := v.Get(&st); err != nil {
+			t.Fatal(err)
+		}
+		if n.passes != 0 || !slices.Equal(st.Managed, verdict.Managed) || !slices.Equal(st.Drifted, verdict.Drifted) ||
+			!slices.Equal(st.Unmanaged, verdict.Unmanaged) || !slices.Equal(st.Holding, verdict.Holding) {
+			t.Errorf("after %d passes the status is %+v, want the carried verdict %+v", n.passes, st, *verdict)
+		}
+		env.CancelWorkflow()
+	}, 10*time.Minute)
+	start := env.Now()
+	env.ExecuteWorkflow(HostWorkflow, HostInput{Host: "pve1", Interval: time.Hour, LastPass: start, LastVerdict: verdict})
+	if err := env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Errorf("ended with %v, want cancelled", err)
 	}
 }
