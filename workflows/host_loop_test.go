@@ -78,6 +78,19 @@ func drifted24() (map[string]desired.Spec, []GuestSummary) {
 	return want, have
 }
 
+func queryHostStatus(t *testing.T, env *testsuite.TestWorkflowEnvironment) HostStatus {
+	t.Helper()
+	v, err := env.QueryWorkflow(QueryHostStatus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st HostStatus
+	if err := v.Get(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 func continuedHostInput(t *testing.T, env *testsuite.TestWorkflowEnvironment) (HostInput, bool) {
 	t.Helper()
 	var can *workflow.ContinueAsNewError
@@ -193,14 +206,7 @@ func TestHostTakesItsSettingsAndNoticesWhileRunning(t *testing.T) {
 		if n.passes != 12 {
 			t.Errorf("%d passes 20 minutes in, want 12: one at the start, one when the interval changed at the tenth minute (overdue), then one a minute", n.passes)
 		}
-		v, err := env.QueryWorkflow(QueryHostStatus)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var st HostStatus
-		if err := v.Get(&st); err != nil {
-			t.Fatal(err)
-		}
+		st := queryHostStatus(t, env)
 		if st.Interval != time.Minute || len(st.Managed) != 23 || slices.Contains(st.Drifted, 124) {
 			t.Errorf("status %+v, want interval 1m and 23 managed guests without 124", st)
 		}
@@ -233,13 +239,7 @@ func TestHostJudgesAgainstPublishedDesiredStates(t *testing.T) {
 	env := newHostEnv(t, n)
 	var st HostStatus
 	env.RegisterDelayedCallback(func() {
-		v, err := env.QueryWorkflow(QueryHostStatus)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := v.Get(&st); err != nil {
-			t.Fatal(err)
-		}
+		st = queryHostStatus(t, env)
 		env.CancelWorkflow()
 	}, 30*time.Second)
 	env.ExecuteWorkflow(HostWorkflow, HostInput{Host: "pve1", Interval: time.Minute, Desired: announced})
@@ -271,14 +271,7 @@ func TestHostShowsTheCarriedVerdictUntilItsFirstPass(t *testing.T) {
 	env := newHostEnv(t, n)
 	verdict := &ListGuestsResult{Managed: []int{101, 102}, Drifted: []int{102}, Unmanaged: []int{150}, Holding: []int{101}}
 	env.RegisterDelayedCallback(func() {
-		v, err := env.QueryWorkflow(QueryHostStatus)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var st HostStatus
-		if err := v.Get(&st); err != nil {
-			t.Fatal(err)
-		}
+		st := queryHostStatus(t, env)
 		if n.passes != 0 || !slices.Equal(st.Managed, verdict.Managed) || !slices.Equal(st.Drifted, verdict.Drifted) ||
 			!slices.Equal(st.Unmanaged, verdict.Unmanaged) || !slices.Equal(st.Holding, verdict.Holding) {
 			t.Errorf("after %d passes the status is %+v, want the carried verdict %+v", n.passes, st, *verdict)
